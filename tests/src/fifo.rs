@@ -1,0 +1,141 @@
+//! Task IO over FIFOs created by the test (as containerd clients do).
+
+use std::fs::{File, OpenOptions};
+use std::io::{Read, Write};
+use std::os::unix::fs::OpenOptionsExt;
+use std::path::{Path, PathBuf};
+use std::sync::mpsc;
+use std::thread;
+use std::time::Duration;
+
+use anyhow::{anyhow, Context, Result};
+
+/// FIFO paths for one process; empty strings mean "no such stream".
+#[derive(Debug, Clone, Default)]
+pub struct TaskIo {
+    /// stdin FIFO path.
+    pub stdin: Option<PathBuf>,
+    /// stdout FIFO path.
+    pub stdout: Option<PathBuf>,
+    /// stderr FIFO path (unused with a terminal).
+    pub stderr: Option<PathBuf>,
+    /// Allocate a terminal.
+    pub terminal: bool,
+}
+
+fn s(p: &Option<PathBuf>) -> String {
+    p.as_ref().map(|p| p.display().to_string()).unwrap_or_default()
+}
+
+impl TaskIo {
+    /// No IO at all (streams go to /dev/null).
+    pub fn null() -> Self {
+        Self::default()
+    }
+
+    /// Creates FIFOs `<dir>/<name>-{stdin,stdout,stderr}` as requested.
+    pub fn create(dir: &Path, name: &str, stdin: bool, stderr: bool, terminal: bool) -> Result<Self> {
+        std::fs::create_dir_all(dir)?;
+        let mk = |stream: &str| -> Result<PathBuf> {
+            let p = dir.join(format!("{name}-{stream}"));
+            nix::unistd::mkfifo(&p, nix::sys::stat::Mode::from_bits_truncate(0o600))
+                .with_context(|| format!("mkfifo {}", p.display()))?;
+            Ok(p)
+        };
+        Ok(Self {
+            stdin: if stdin { Some(mk("stdin")?) } else { None },
+            stdout: Some(mk("stdout")?),
+            stderr: if stderr && !terminal { Some(mk("stderr")?) } else { None },
+            terminal,
+        })
+    }
+
+    /// Paths as strings, as the Tasks API wants them.
+    pub fn strings(&self) -> (String, String, String) {
+        (s(&self.stdin), s(&self.stdout), s(&self.stderr))
+    }
+
+    /// Removes the FIFO files.
+    pub fn remove(&self) {
+        for p in [&self.stdin, &self.stdout, &self.stderr].into_iter().flatten() {
+            let _ = std::fs::remove_file(p);
+        }
+    }
+}
+
+/// Reads a FIFO to EOF in a background thread.
+pub struct FifoReader {
+    path: PathBuf,
+    rx: mpsc::Receiver<std::io::Result<Vec<u8>>>,
+}
+
+impl FifoReader {
+    /// Starts reading `path` (opening blocks until a writer appears).
+    pub fn spawn(path: &Path) -> Self {
+        let (tx, rx) = mpsc::channel();
+        let p = path.to_path_buf();
+        thread::spawn(move || {
+            let r = (|| {
+                let mut f = File::open(&p)?;
+                let mut buf = Vec::new();
+                f.read_to_end(&mut buf)?;
+                Ok(buf)
+            })();
+            let _ = tx.send(r);
+        });
+        Self {
+            path: path.to_path_buf(),
+            rx,
+        }
+    }
+
+    /// Waits for EOF up to `timeout`; returns the data read as (lossy) UTF-8.
+    pub fn collect(self, timeout: Duration) -> Result<String> {
+        match self.rx.recv_timeout(timeout) {
+            Ok(r) => {
+                let data = r.with_context(|| format!("reading {}", self.path.display()))?;
+                Ok(String::from_utf8_lossy(&data).into_owned())
+            }
+            Err(_) => {
+                // Unblock a reader still waiting in open(2).
+                let _ = OpenOptions::new()
+                    .write(true)
+                    .custom_flags(libc::O_NONBLOCK)
+                    .open(&self.path);
+                Err(anyhow!(
+                    "no EOF on {} within {timeout:?}",
+                    self.path.display()
+                ))
+            }
+        }
+    }
+}
+
+/// Writer side of a stdin FIFO; opened O_RDWR so it never blocks.
+pub struct FifoWriter {
+    file: Option<File>,
+}
+
+impl FifoWriter {
+    /// Opens `path` for writing without waiting for a reader.
+    pub fn open(path: &Path) -> Result<Self> {
+        let f = OpenOptions::new()
+            .read(true)
+            .write(true)
+            .open(path)
+            .with_context(|| format!("opening {}", path.display()))?;
+        Ok(Self { file: Some(f) })
+    }
+
+    /// Writes `data` (must fit in the pipe buffer if nobody reads yet).
+    pub fn write(&mut self, data: &[u8]) -> Result<()> {
+        let f = self.file.as_mut().context("stdin already closed")?;
+        f.write_all(data)?;
+        Ok(())
+    }
+
+    /// Closes our end.
+    pub fn close(&mut self) {
+        self.file = None;
+    }
+}
