@@ -1,0 +1,571 @@
+//! One container managed by the shim: its bundle, rootfs, OCI runtime, init
+//! and exec processes, and the operations containerd asks of them.
+
+use std::{
+    collections::HashMap,
+    path::{Path, PathBuf},
+};
+
+use containerd_shim::{
+    io::Stdio,
+    mount::{mount_rootfs, umount_recursive},
+    protos::{api::Mount, protobuf::well_known_types::any::Any},
+};
+use serde::{Deserialize, Serialize};
+use tracing::{info, warn};
+
+use crate::{
+    error::{Error, Result},
+    options::{CheckpointOptions, RuntimeOptions},
+    process::{Process, State},
+    runtime::{read_pid_file, InitArgs, OciRuntime},
+    stdio::PendingStdio,
+};
+
+/// File in the bundle recording how the runtime was driven, so the shim's
+/// `delete` action can clean up after a crashed shim server.
+pub const OPTIONS_FILE: &str = "mose-runtime.json";
+
+/// What the `delete` action needs to find the container again.
+#[derive(Debug, Serialize, Deserialize)]
+pub struct PersistedRuntime {
+    pub binary: String,
+    pub root: PathBuf,
+    pub systemd_cgroup: bool,
+}
+
+/// Default state root of the OCI runtime: one per containerd instance and
+/// namespace, so several containerd daemons on one host (the two-node
+/// testbed) never see each other's containers, even with equal ids.
+pub fn runtime_root(opts: &RuntimeOptions, containerd_address: &str, namespace: &str) -> PathBuf {
+    let base = if opts.root.is_empty() {
+        PathBuf::from("/run/mose/runc").join(format!("{:016x}", fnv1a(containerd_address)))
+    } else {
+        PathBuf::from(&opts.root)
+    };
+    base.join(namespace)
+}
+
+fn fnv1a(s: &str) -> u64 {
+    s.bytes().fold(0xcbf29ce484222325u64, |h, b| {
+        (h ^ b as u64).wrapping_mul(0x100000001b3)
+    })
+}
+
+pub struct Container {
+    pub id: String,
+    pub bundle: PathBuf,
+    pub runtime: OciRuntime,
+    pub options: RuntimeOptions,
+    pub init: Process,
+    pub execs: HashMap<String, Process>,
+    /// Restore from this CRIU image at Start instead of starting fresh.
+    pub restore_from: Option<PathBuf>,
+    rootfs_mounted: bool,
+}
+
+/// Validated inputs of a Create request.
+pub struct CreateArgs<'a> {
+    pub id: &'a str,
+    pub bundle: &'a Path,
+    pub rootfs: &'a [Mount],
+    pub stdio: Stdio,
+    pub checkpoint: &'a str,
+    pub options: RuntimeOptions,
+    pub address: &'a str,
+    pub namespace: &'a str,
+}
+
+impl Container {
+    /// Validates the bundle, mounts the rootfs and creates the container with
+    /// the OCI runtime (or prepares a restore). Any failure undoes what was done.
+    pub async fn create(args: CreateArgs<'_>) -> Result<Container> {
+        let spec = read_spec(args.bundle)?;
+        let runtime = OciRuntime {
+            binary: args.options.binary().to_string(),
+            root: runtime_root(&args.options, args.address, args.namespace),
+            systemd_cgroup: args.options.systemd_cgroup,
+            log_dir: args.bundle.to_path_buf(),
+        };
+        std::fs::create_dir_all(&runtime.root)
+            .map_err(Error::io(format!("create runtime root {}", runtime.root.display())))?;
+        persist_runtime(args.bundle, &runtime)?;
+
+        let mut c = Container {
+            id: args.id.to_string(),
+            bundle: args.bundle.to_path_buf(),
+            runtime,
+            options: args.options,
+            init: Process::new("", args.stdio),
+            execs: HashMap::new(),
+            restore_from: None,
+            rootfs_mounted: false,
+        };
+        let root_path = spec_root(&spec, args.bundle);
+        if let Err(e) = c.mount_rootfs(args.rootfs, &root_path) {
+            c.unmount_rootfs();
+            return Err(e);
+        }
+        if !root_path.is_dir() {
+            c.unmount_rootfs();
+            return Err(Error::InvalidArgument(format!(
+                "container rootfs {} does not exist: the create request carried no rootfs \
+                 mounts and the spec's root.path names no directory",
+                root_path.display()
+            )));
+        }
+        if !args.checkpoint.is_empty() {
+            let image = PathBuf::from(args.checkpoint);
+            if !image.join("inventory.img").exists() {
+                c.unmount_rootfs();
+                return Err(Error::InvalidArgument(format!(
+                    "checkpoint {} holds no CRIU image (inventory.img missing)",
+                    image.display()
+                )));
+            }
+            c.restore_from = Some(image);
+            return Ok(c);
+        }
+        if let Err(e) = c.create_init().await {
+            c.unmount_rootfs();
+            let _ = c.runtime.delete(&c.id, true).await;
+            return Err(e);
+        }
+        Ok(c)
+    }
+
+    fn mount_rootfs(&mut self, mounts: &[Mount], root_path: &Path) -> Result<()> {
+        if mounts.is_empty() {
+            return Ok(());
+        }
+        let target = self.bundle.join("rootfs");
+        std::fs::create_dir_all(&target)
+            .map_err(Error::io(format!("create rootfs dir {}", target.display())))?;
+        if root_path != target {
+            warn!(spec_root = %root_path.display(), "rootfs mounts go to bundle/rootfs, spec names another root");
+        }
+        for m in mounts {
+            self.rootfs_mounted = true;
+            mount_rootfs(
+                Some(m.type_.as_str()).filter(|s| !s.is_empty()),
+                Some(m.source.as_str()).filter(|s| !s.is_empty()),
+                &m.options,
+                &target,
+            )
+            .map_err(|e| {
+                Error::InvalidArgument(format!(
+                    "cannot mount rootfs ({} {} -> {}): {e}",
+                    m.type_,
+                    m.source,
+                    target.display()
+                ))
+            })?;
+        }
+        Ok(())
+    }
+
+    /// Unmounts the rootfs this shim mounted (idempotent).
+    pub fn unmount_rootfs(&mut self) {
+        if !self.rootfs_mounted {
+            return;
+        }
+        let target = self.bundle.join("rootfs");
+        if let Some(t) = target.to_str() {
+            if let Err(e) = umount_recursive(Some(t), libc::MNT_DETACH) {
+                warn!(error = %e, "unmount rootfs");
+            }
+        }
+        self.rootfs_mounted = false;
+    }
+
+    async fn create_init(&mut self) -> Result<()> {
+        let mut pending =
+            PendingStdio::prepare(&self.init.stdio, self.options.io_uid, self.options.io_gid)?;
+        let pid_file = self.bundle.join("init.pid");
+        let console = pending.console_path();
+        let init = InitArgs {
+            bundle: &self.bundle,
+            pid_file: &pid_file,
+            console_socket: console.as_deref(),
+            no_pivot_root: self.options.no_pivot_root,
+            no_new_keyring: self.options.no_new_keyring,
+        };
+        let io = pending.take_runtime_io();
+        let res = with_console(&pending, self.runtime.create(&self.id, &init, io)).await;
+        let console_fd = match res {
+            Ok(fd) => fd,
+            Err(e) => {
+                pending.abort().await;
+                return Err(e);
+            }
+        };
+        let pid = read_pid_file(&pid_file)?;
+        self.init.io = Some(pending.finish(console_fd).await?);
+        self.init.pid = pid;
+        info!(id = %self.id, pid, "container created");
+        Ok(())
+    }
+
+    /// Starts the init process: `runtime start`, or a CRIU restore when the
+    /// container was created from a checkpoint.
+    pub async fn start_init(&mut self) -> Result<i32> {
+        if self.init.state != State::Created {
+            return Err(Error::FailedPrecondition(format!(
+                "container {} cannot be started: it is {:?}, not created",
+                self.id, self.init.state
+            )));
+        }
+        if let Some(image) = self.restore_from.clone() {
+            self.restore(&image).await?;
+        } else {
+            self.runtime.start(&self.id).await?;
+        }
+        self.init.state = State::Running;
+        Ok(self.init.pid)
+    }
+
+    async fn restore(&mut self, image: &Path) -> Result<()> {
+        let mut pending =
+            PendingStdio::prepare(&self.init.stdio, self.options.io_uid, self.options.io_gid)?;
+        let pid_file = self.bundle.join("init.pid");
+        let mut work = self.work_dir("restore", &self.options.criu_work_path.clone())?;
+        let console = pending.console_path();
+        let init = InitArgs {
+            bundle: &self.bundle,
+            pid_file: &pid_file,
+            console_socket: console.as_deref(),
+            no_pivot_root: self.options.no_pivot_root,
+            no_new_keyring: self.options.no_new_keyring,
+        };
+        let opts = CheckpointOptions {
+            terminal: self.init.stdio.terminal,
+            ..Default::default()
+        };
+        let io = pending.take_runtime_io();
+        let res = with_console(
+            &pending,
+            self.runtime.restore(&self.id, &init, &opts, image, &work.path, io),
+        )
+        .await;
+        let console_fd = match res {
+            Ok(fd) => fd,
+            Err(e) => {
+                work.keep = true;
+                pending.abort().await;
+                let _ = self.runtime.delete(&self.id, true).await;
+                return Err(e);
+            }
+        };
+        let pid = read_pid_file(&pid_file)?;
+        self.init.io = Some(pending.finish(console_fd).await?);
+        self.init.pid = pid;
+        info!(id = %self.id, pid, image = %image.display(), "container restored");
+        Ok(())
+    }
+
+    /// Dumps the container to `path` (or the image path the options name).
+    pub async fn checkpoint(&mut self, path: &str, mut opts: CheckpointOptions) -> Result<()> {
+        if self.init.is_stopped() || self.init.state == State::Created {
+            return Err(Error::FailedPrecondition(format!(
+                "cannot checkpoint container {}: it is not running",
+                self.id
+            )));
+        }
+        if opts.image_path.is_empty() {
+            opts.image_path = if path.is_empty() {
+                self.options.criu_image_path.clone()
+            } else {
+                path.to_string()
+            };
+        }
+        if opts.image_path.is_empty() {
+            return Err(Error::InvalidArgument(
+                "checkpoint needs an image path: none in the request, its options or the \
+                 runtime options (CriuImagePath)"
+                    .into(),
+            ));
+        }
+        let image = PathBuf::from(&opts.image_path);
+        std::fs::create_dir_all(&image)
+            .map_err(Error::io(format!("create checkpoint dir {}", image.display())))?;
+        let work_base = if opts.work_path.is_empty() {
+            self.options.criu_work_path.clone()
+        } else {
+            opts.work_path.clone()
+        };
+        let work = self.work_dir("dump", &work_base)?;
+        // terminal containers need CRIU's shell-job mode
+        opts.terminal |= self.init.stdio.terminal;
+        let mut work = work;
+        if let Err(e) = self.runtime.checkpoint(&self.id, &opts, &image, &work.path).await {
+            work.keep = true;
+            return Err(e);
+        }
+        info!(id = %self.id, image = %image.display(), exit = opts.exit, "container checkpointed");
+        Ok(())
+    }
+
+    fn work_dir(&self, what: &str, base: &str) -> Result<WorkDir> {
+        let (path, owned) = if base.is_empty() {
+            let n = std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map(|d| d.as_nanos())
+                .unwrap_or_default();
+            (self.bundle.join(format!("criu-{what}-{n}")), true)
+        } else {
+            (PathBuf::from(base), false)
+        };
+        std::fs::create_dir_all(&path)
+            .map_err(Error::io(format!("create CRIU work dir {}", path.display())))?;
+        Ok(WorkDir {
+            path,
+            owned,
+            keep: false,
+        })
+    }
+
+    /// Starts exec `exec_id` with the runtime; returns its pid.
+    pub async fn start_exec(&mut self, exec_id: &str) -> Result<i32> {
+        if self.init.is_stopped() {
+            return Err(Error::FailedPrecondition(format!(
+                "cannot start exec {exec_id}: container {} is not running",
+                self.id
+            )));
+        }
+        let (stdio, spec) = {
+            let p = self.exec(exec_id)?;
+            if p.state != State::Created {
+                return Err(Error::FailedPrecondition(format!(
+                    "exec {exec_id} was already started"
+                )));
+            }
+            (p.stdio.clone(), p.spec.clone().unwrap_or_default())
+        };
+        let spec_path = self.bundle.join(format!(".exec-{exec_id}.json"));
+        let spec_bytes = serde_json::to_vec(&spec)
+            .map_err(|e| Error::Internal(format!("serialize exec spec: {e}")))?;
+        std::fs::write(&spec_path, spec_bytes)
+            .map_err(Error::io(format!("write exec spec {}", spec_path.display())))?;
+        let pid_file = self.bundle.join(format!(".exec-{exec_id}.pid"));
+        let mut pending = PendingStdio::prepare(&stdio, self.options.io_uid, self.options.io_gid)?;
+        let console = pending.console_path();
+        let io = pending.take_runtime_io();
+        let res = with_console(
+            &pending,
+            self.runtime
+                .exec_process(&self.id, &spec_path, &pid_file, console.as_deref(), io),
+        )
+        .await;
+        let _ = std::fs::remove_file(&spec_path);
+        let console_fd = match res {
+            Ok(fd) => fd,
+            Err(e) => {
+                pending.abort().await;
+                let _ = std::fs::remove_file(&pid_file);
+                return Err(e);
+            }
+        };
+        let pid = read_pid_file(&pid_file);
+        let _ = std::fs::remove_file(&pid_file);
+        let pid = pid?;
+        let io = pending.finish(console_fd).await?;
+        let p = self.exec_mut(exec_id)?;
+        p.pid = pid;
+        p.io = Some(io);
+        p.state = State::Running;
+        Ok(pid)
+    }
+
+    pub fn exec(&self, exec_id: &str) -> Result<&Process> {
+        self.execs.get(exec_id).ok_or_else(|| {
+            Error::NotFound(format!("exec {exec_id} not found in container {}", self.id))
+        })
+    }
+
+    pub fn exec_mut(&mut self, exec_id: &str) -> Result<&mut Process> {
+        let id = self.id.clone();
+        self.execs
+            .get_mut(exec_id)
+            .ok_or_else(|| Error::NotFound(format!("exec {exec_id} not found in container {id}")))
+    }
+
+    /// The init (empty `exec_id`) or an exec process.
+    pub fn process(&self, exec_id: &str) -> Result<&Process> {
+        if exec_id.is_empty() {
+            Ok(&self.init)
+        } else {
+            self.exec(exec_id)
+        }
+    }
+
+    pub fn process_mut(&mut self, exec_id: &str) -> Result<&mut Process> {
+        if exec_id.is_empty() {
+            Ok(&mut self.init)
+        } else {
+            self.exec_mut(exec_id)
+        }
+    }
+
+    /// Removes the container from the runtime and unmounts its rootfs.
+    pub async fn destroy(&mut self) -> Result<()> {
+        let res = self.runtime.delete(&self.id, true).await;
+        self.unmount_rootfs();
+        let _ = std::fs::remove_file(self.bundle.join("init.pid"));
+        match res {
+            Err(Error::Runtime(m)) if m.contains("does not exist") || m.contains("not exist") => {
+                Ok(())
+            }
+            other => other,
+        }
+    }
+}
+
+/// A CRIU work directory; the shim's own are removed after a success and
+/// kept (for their logs) after a failure, with CRIU's leftover mounts removed.
+struct WorkDir {
+    path: PathBuf,
+    owned: bool,
+    keep: bool,
+}
+
+impl Drop for WorkDir {
+    fn drop(&mut self) {
+        // failed restores can leave CRIU cgroup yard mounts behind
+        if let Some(p) = self.path.to_str() {
+            let _ = umount_recursive(Some(p), libc::MNT_DETACH);
+        }
+        if self.owned && !self.keep {
+            let _ = std::fs::remove_dir_all(&self.path);
+        }
+    }
+}
+
+/// Runs a runtime command that may connect to the console socket, receiving
+/// the terminal concurrently; returns the pty master for terminal processes.
+async fn with_console(
+    pending: &PendingStdio,
+    fut: impl std::future::Future<Output = Result<()>>,
+) -> Result<Option<std::os::fd::OwnedFd>> {
+    let Some(console) = &pending.console else {
+        fut.await?;
+        return Ok(None);
+    };
+    let recv = console.receive();
+    tokio::pin!(recv);
+    tokio::pin!(fut);
+    let mut got: Option<std::os::fd::OwnedFd> = None;
+    loop {
+        tokio::select! {
+            r = &mut recv, if got.is_none() => { got = Some(r?); }
+            r = &mut fut => {
+                r?;
+                if let Some(fd) = got { return Ok(Some(fd)); }
+                // the runtime finished; the console must already be queued
+                let fd = tokio::time::timeout(std::time::Duration::from_secs(10), &mut recv)
+                    .await
+                    .map_err(|_| Error::Runtime("the runtime did not send the container's terminal".into()))??;
+                return Ok(Some(fd));
+            }
+        }
+    }
+}
+
+fn read_spec(bundle: &Path) -> Result<serde_json::Value> {
+    let path = bundle.join("config.json");
+    let text = std::fs::read_to_string(&path)
+        .map_err(Error::io(format!("read OCI spec {}", path.display())))?;
+    let spec: serde_json::Value = serde_json::from_str(&text).map_err(|e| {
+        Error::InvalidArgument(format!("invalid OCI spec {}: {e}", path.display()))
+    })?;
+    validate_spec(&spec).map_err(|m| Error::InvalidArgument(format!("invalid OCI spec: {m}")))?;
+    Ok(spec)
+}
+
+/// Checks what the runtime would otherwise reject with a less clear message.
+pub fn validate_spec(spec: &serde_json::Value) -> std::result::Result<(), String> {
+    if !spec.is_object() {
+        return Err("config.json is not a JSON object".into());
+    }
+    if spec.get("ociVersion").and_then(|v| v.as_str()).is_none() {
+        return Err("ociVersion is missing".into());
+    }
+    if let Some(p) = spec.get("process") {
+        let args = p.get("args").and_then(|a| a.as_array());
+        if args.is_none_or(|a| a.is_empty()) {
+            return Err("process.args is empty: nothing to run".into());
+        }
+        if let Some(cwd) = p.get("cwd").and_then(|c| c.as_str()) {
+            if !cwd.starts_with('/') {
+                return Err(format!("process.cwd {cwd:?} is not an absolute path"));
+            }
+        }
+    }
+    Ok(())
+}
+
+fn spec_root(spec: &serde_json::Value, bundle: &Path) -> PathBuf {
+    let p = spec
+        .get("root")
+        .and_then(|r| r.get("path"))
+        .and_then(|p| p.as_str())
+        .unwrap_or("rootfs");
+    let p = Path::new(p);
+    if p.is_absolute() {
+        p.to_path_buf()
+    } else {
+        bundle.join(p)
+    }
+}
+
+fn persist_runtime(bundle: &Path, rt: &OciRuntime) -> Result<()> {
+    let p = PersistedRuntime {
+        binary: rt.binary.clone(),
+        root: rt.root.clone(),
+        systemd_cgroup: rt.systemd_cgroup,
+    };
+    let bytes = serde_json::to_vec(&p).map_err(|e| Error::Internal(e.to_string()))?;
+    std::fs::write(bundle.join(OPTIONS_FILE), bytes)
+        .map_err(Error::io(format!("write {}", bundle.join(OPTIONS_FILE).display())))
+}
+
+/// Parses the JSON OCI process spec of an Exec request.
+pub fn parse_exec_spec(any: Option<&Any>) -> Result<serde_json::Value> {
+    let any = any.ok_or_else(|| Error::InvalidArgument("exec request carries no process spec".into()))?;
+    let v: serde_json::Value = serde_json::from_slice(&any.value).map_err(|e| {
+        Error::InvalidArgument(format!("exec process spec ({}) is not valid JSON: {e}", any.type_url))
+    })?;
+    let args = v.get("args").and_then(|a| a.as_array());
+    if args.is_none_or(|a| a.is_empty()) {
+        return Err(Error::InvalidArgument("exec process spec has empty args".into()));
+    }
+    Ok(v)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn spec_validation() {
+        let ok = serde_json::json!({"ociVersion":"1.0.2","process":{"args":["sh"],"cwd":"/"}});
+        assert!(validate_spec(&ok).is_ok());
+        let e = validate_spec(&serde_json::json!({"ociVersion":"1.0.2","process":{"args":[]}}))
+            .unwrap_err();
+        assert!(e.contains("process.args"));
+        let e = validate_spec(&serde_json::json!({"ociVersion":"1","process":{"args":["a"],"cwd":"rel"}}))
+            .unwrap_err();
+        assert!(e.contains("not an absolute path"));
+        assert!(validate_spec(&serde_json::json!([1])).is_err());
+    }
+
+    #[test]
+    fn runtime_roots_differ_per_containerd() {
+        let o = RuntimeOptions::default();
+        let a = runtime_root(&o, "/run/a.sock", "ns");
+        let b = runtime_root(&o, "/run/b.sock", "ns");
+        assert_ne!(a, b);
+        assert!(a.ends_with("ns"));
+        let o = RuntimeOptions { root: "/x".into(), ..Default::default() };
+        assert_eq!(runtime_root(&o, "/run/a.sock", "ns"), PathBuf::from("/x/ns"));
+    }
+}

@@ -1,0 +1,341 @@
+//! Runtime and checkpoint options: what containerd hands the shim as
+//! protobuf `Any` values, decoded and validated in one place.
+//!
+//! Runtime options arrive as `containerd.runc.v1.Options` (gRPC clients, CRI
+//! with runc-style options) or `runtimeoptions.v1.Options` (`ctr
+//! --runtime-config-path`, CRI's generic options), whose `config_path` names a
+//! TOML file with the same keys. Checkpoint options arrive as
+//! `containerd.runc.v1.CheckpointOptions`, or as the older
+//! `containerd.linux.runc.CheckpointOptions` that `ctr` sends to runtimes it
+//! does not recognise as runc; both have the same wire layout.
+
+use std::path::PathBuf;
+
+use containerd_shim_protos::{
+    protobuf::{well_known_types::any::Any, CodedInputStream, Message},
+    shim::oci::{CheckpointOptions as PbCheckpointOptions, Options as PbOptions},
+};
+use serde::Deserialize;
+
+use crate::error::{Error, Result};
+
+pub const RUNC_OPTIONS_TYPE: &str = "containerd.runc.v1.Options";
+pub const GENERIC_OPTIONS_TYPE: &str = "runtimeoptions.v1.Options";
+pub const RUNC_CHECKPOINT_TYPE: &str = "containerd.runc.v1.CheckpointOptions";
+pub const LINUX_CHECKPOINT_TYPE: &str = "containerd.linux.runc.CheckpointOptions";
+
+/// The OCI runtime binary used when the options name none.
+pub const DEFAULT_BINARY: &str = "runc";
+
+/// How the shim drives the OCI runtime for one container.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct RuntimeOptions {
+    /// OCI runtime binary: `runc` (default), `crun`, `youki` or a path.
+    pub binary_name: String,
+    /// `--root` for the runtime's state; empty means the shim's default.
+    pub root: String,
+    pub systemd_cgroup: bool,
+    pub no_pivot_root: bool,
+    pub no_new_keyring: bool,
+    /// Default image/work paths for checkpoints that do not name their own.
+    pub criu_image_path: String,
+    pub criu_work_path: String,
+    pub io_uid: u32,
+    pub io_gid: u32,
+    pub shim_cgroup: String,
+}
+
+impl RuntimeOptions {
+    pub fn binary(&self) -> &str {
+        if self.binary_name.is_empty() {
+            DEFAULT_BINARY
+        } else {
+            &self.binary_name
+        }
+    }
+}
+
+/// The TOML form of the runtime options (file named by `runtimeoptions.v1.Options`).
+/// Keys follow containerd's runc options so one file serves both shims.
+#[derive(Debug, Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct TomlOptions {
+    #[serde(rename = "BinaryName", default)]
+    binary_name: String,
+    #[serde(rename = "Root", default)]
+    root: String,
+    #[serde(rename = "SystemdCgroup", default)]
+    systemd_cgroup: bool,
+    #[serde(rename = "NoPivotRoot", default)]
+    no_pivot_root: bool,
+    #[serde(rename = "NoNewKeyring", default)]
+    no_new_keyring: bool,
+    #[serde(rename = "CriuImagePath", default)]
+    criu_image_path: String,
+    #[serde(rename = "CriuWorkPath", default)]
+    criu_work_path: String,
+    #[serde(rename = "IoUid", default)]
+    io_uid: u32,
+    #[serde(rename = "IoGid", default)]
+    io_gid: u32,
+    #[serde(rename = "ShimCgroup", default)]
+    shim_cgroup: String,
+}
+
+fn type_name(any: &Any) -> &str {
+    any.type_url.rsplit('/').next().unwrap_or_default()
+}
+
+/// Decodes the runtime options of a Create request. `None` or an empty `Any`
+/// yields the defaults; an unknown type is rejected rather than ignored, so a
+/// misconfigured runtime class fails loudly at create.
+pub fn decode_runtime_options(any: Option<&Any>) -> Result<RuntimeOptions> {
+    let Some(any) = any.filter(|a| !a.type_url.is_empty()) else {
+        return Ok(RuntimeOptions::default());
+    };
+    match type_name(any) {
+        RUNC_OPTIONS_TYPE => {
+            let o = PbOptions::parse_from_bytes(&any.value).map_err(|e| {
+                Error::InvalidArgument(format!("malformed {RUNC_OPTIONS_TYPE} runtime options: {e}"))
+            })?;
+            Ok(RuntimeOptions {
+                binary_name: o.binary_name,
+                root: o.root,
+                systemd_cgroup: o.systemd_cgroup,
+                no_pivot_root: o.no_pivot_root,
+                no_new_keyring: o.no_new_keyring,
+                criu_image_path: o.criu_image_path,
+                criu_work_path: o.criu_work_path,
+                io_uid: o.io_uid,
+                io_gid: o.io_gid,
+                shim_cgroup: o.shim_cgroup,
+            })
+        }
+        GENERIC_OPTIONS_TYPE => {
+            let (_type_url, config_path) = decode_generic_options(&any.value)?;
+            if config_path.is_empty() {
+                return Ok(RuntimeOptions::default());
+            }
+            load_options_file(&PathBuf::from(config_path))
+        }
+        other => Err(Error::InvalidArgument(format!(
+            "unsupported runtime options type {other:?}: the MOSE shim accepts \
+             {RUNC_OPTIONS_TYPE} or {GENERIC_OPTIONS_TYPE} (ctr --runtime-config-path FILE)"
+        ))),
+    }
+}
+
+/// Reads the TOML options file named by `runtimeoptions.v1.Options.config_path`.
+pub fn load_options_file(path: &std::path::Path) -> Result<RuntimeOptions> {
+    let text = std::fs::read_to_string(path).map_err(|e| {
+        Error::InvalidArgument(format!(
+            "cannot read runtime options file {}: {e}",
+            path.display()
+        ))
+    })?;
+    let t: TomlOptions = toml::from_str(&text).map_err(|e| {
+        Error::InvalidArgument(format!(
+            "invalid runtime options file {}: {e} (accepted keys: BinaryName, Root, \
+             SystemdCgroup, NoPivotRoot, NoNewKeyring, CriuImagePath, CriuWorkPath, \
+             IoUid, IoGid, ShimCgroup)",
+            path.display()
+        ))
+    })?;
+    Ok(RuntimeOptions {
+        binary_name: t.binary_name,
+        root: t.root,
+        systemd_cgroup: t.systemd_cgroup,
+        no_pivot_root: t.no_pivot_root,
+        no_new_keyring: t.no_new_keyring,
+        criu_image_path: t.criu_image_path,
+        criu_work_path: t.criu_work_path,
+        io_uid: t.io_uid,
+        io_gid: t.io_gid,
+        shim_cgroup: t.shim_cgroup,
+    })
+}
+
+/// `runtimeoptions.v1.Options { string type_url = 1; string config_path = 2; }`,
+/// decoded by hand because its generated type is not part of the shim protos.
+fn decode_generic_options(bytes: &[u8]) -> Result<(String, String)> {
+    let bad = |e: containerd_shim_protos::protobuf::Error| {
+        Error::InvalidArgument(format!("malformed {GENERIC_OPTIONS_TYPE}: {e}"))
+    };
+    let mut input = CodedInputStream::from_bytes(bytes);
+    let (mut type_url, mut config_path) = (String::new(), String::new());
+    while let Some(tag) = input.read_raw_tag_or_eof().map_err(bad)? {
+        match tag {
+            0x0a => type_url = input.read_string().map_err(bad)?,
+            0x12 => config_path = input.read_string().map_err(bad)?,
+            other => {
+                let wire = containerd_shim_protos::protobuf::rt::WireType::new(other & 7)
+                    .ok_or_else(|| {
+                        Error::InvalidArgument(format!(
+                            "malformed {GENERIC_OPTIONS_TYPE}: bad wire type in tag {other}"
+                        ))
+                    })?;
+                input.skip_field(wire).map_err(bad)?;
+            }
+        }
+    }
+    Ok((type_url, config_path))
+}
+
+/// Everything a checkpoint request asks of CRIU.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct CheckpointOptions {
+    /// Stop the container after the dump (otherwise it keeps running).
+    pub exit: bool,
+    pub open_tcp: bool,
+    pub external_unix_sockets: bool,
+    pub terminal: bool,
+    pub file_locks: bool,
+    pub empty_namespaces: Vec<String>,
+    /// CRIU's `--manage-cgroups-mode`: soft, full, strict or ignore.
+    pub cgroups_mode: String,
+    pub image_path: String,
+    pub work_path: String,
+}
+
+const CGROUP_MODES: [&str; 4] = ["soft", "full", "strict", "ignore"];
+const NAMESPACES: [&str; 7] = ["network", "ipc", "uts", "mount", "pid", "user", "cgroup"];
+
+/// Decodes and validates checkpoint options; `None` means defaults
+/// (leave running, image written to the path containerd gives).
+pub fn decode_checkpoint_options(any: Option<&Any>) -> Result<CheckpointOptions> {
+    let Some(any) = any.filter(|a| !a.type_url.is_empty()) else {
+        return Ok(CheckpointOptions::default());
+    };
+    let name = type_name(any);
+    if name != RUNC_CHECKPOINT_TYPE && name != LINUX_CHECKPOINT_TYPE {
+        return Err(Error::InvalidArgument(format!(
+            "unsupported checkpoint options type {name:?}: the MOSE shim accepts \
+             {RUNC_CHECKPOINT_TYPE} or {LINUX_CHECKPOINT_TYPE}"
+        )));
+    }
+    let o = PbCheckpointOptions::parse_from_bytes(&any.value)
+        .map_err(|e| Error::InvalidArgument(format!("malformed {name} checkpoint options: {e}")))?;
+    if !o.cgroups_mode.is_empty() && !CGROUP_MODES.contains(&o.cgroups_mode.as_str()) {
+        return Err(Error::InvalidArgument(format!(
+            "invalid checkpoint cgroups_mode {:?}: expected one of {}",
+            o.cgroups_mode,
+            CGROUP_MODES.join(", ")
+        )));
+    }
+    for ns in &o.empty_namespaces {
+        if !NAMESPACES.contains(&ns.as_str()) {
+            return Err(Error::InvalidArgument(format!(
+                "invalid checkpoint empty_namespaces entry {ns:?}: expected one of {}",
+                NAMESPACES.join(", ")
+            )));
+        }
+    }
+    Ok(CheckpointOptions {
+        exit: o.exit,
+        open_tcp: o.open_tcp,
+        external_unix_sockets: o.external_unix_sockets,
+        terminal: o.terminal,
+        file_locks: o.file_locks,
+        empty_namespaces: o.empty_namespaces,
+        cgroups_mode: o.cgroups_mode,
+        image_path: o.image_path,
+        work_path: o.work_path,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use containerd_shim_protos::protobuf::CodedOutputStream;
+
+    use super::*;
+
+    fn any(type_url: &str, value: Vec<u8>) -> Any {
+        Any {
+            type_url: type_url.to_string(),
+            value,
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn defaults_without_options() {
+        assert_eq!(decode_runtime_options(None).unwrap().binary(), "runc");
+        assert_eq!(
+            decode_checkpoint_options(None).unwrap(),
+            CheckpointOptions::default()
+        );
+    }
+
+    #[test]
+    fn runc_options_select_binary() {
+        let o = PbOptions {
+            binary_name: "crun".into(),
+            ..Default::default()
+        };
+        let a = any(
+            &format!("type.googleapis.com/{RUNC_OPTIONS_TYPE}"),
+            o.write_to_bytes().unwrap(),
+        );
+        assert_eq!(decode_runtime_options(Some(&a)).unwrap().binary(), "crun");
+    }
+
+    #[test]
+    fn unknown_options_type_is_rejected() {
+        let a = any("example.com/Bogus", vec![1, 2, 3]);
+        let e = decode_runtime_options(Some(&a)).unwrap_err().to_string();
+        assert!(e.contains("unsupported runtime options type \"Bogus\""), "{e}");
+        let e = decode_checkpoint_options(Some(&a)).unwrap_err().to_string();
+        assert!(e.contains("unsupported checkpoint options type"), "{e}");
+    }
+
+    #[test]
+    fn generic_options_read_toml_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("mose.toml");
+        std::fs::write(&path, "BinaryName = \"crun\"\nRoot = \"/run/x\"\n").unwrap();
+        let mut bytes = Vec::new();
+        {
+            let mut out = CodedOutputStream::vec(&mut bytes);
+            out.write_string(1, "x").unwrap();
+            out.write_string(2, path.to_str().unwrap()).unwrap();
+            out.flush().unwrap();
+        }
+        let o = decode_runtime_options(Some(&any(GENERIC_OPTIONS_TYPE, bytes))).unwrap();
+        assert_eq!((o.binary(), o.root.as_str()), ("crun", "/run/x"));
+
+        std::fs::write(&path, "BinaryNmae = \"crun\"\n").unwrap();
+        let e = load_options_file(&path).unwrap_err().to_string();
+        assert!(e.contains("BinaryNmae") && e.contains("accepted keys"), "{e}");
+    }
+
+    #[test]
+    fn checkpoint_options_are_validated() {
+        let o = PbCheckpointOptions {
+            exit: true,
+            cgroups_mode: "sideways".into(),
+            ..Default::default()
+        };
+        let a = any(LINUX_CHECKPOINT_TYPE, o.write_to_bytes().unwrap());
+        let e = decode_checkpoint_options(Some(&a)).unwrap_err().to_string();
+        assert!(e.contains("cgroups_mode") && e.contains("soft"), "{e}");
+
+        let o = PbCheckpointOptions {
+            exit: true,
+            open_tcp: true,
+            empty_namespaces: vec!["network".into()],
+            ..Default::default()
+        };
+        let a = any(RUNC_CHECKPOINT_TYPE, o.write_to_bytes().unwrap());
+        let c = decode_checkpoint_options(Some(&a)).unwrap();
+        assert!(c.exit && c.open_tcp);
+        assert_eq!(c.empty_namespaces, vec!["network".to_string()]);
+    }
+
+    #[test]
+    fn truncated_generic_options_rejected() {
+        let e = decode_runtime_options(Some(&any(GENERIC_OPTIONS_TYPE, vec![0x12, 0x10, b'a'])))
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("malformed runtimeoptions.v1.Options"), "{e}");
+    }
+}

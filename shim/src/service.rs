@@ -1,0 +1,597 @@
+//! The containerd Task API (shim v2) served by the MOSE shim: one service for
+//! every container of this shim's group, publishing task events to containerd.
+
+use std::{
+    collections::{HashMap, VecDeque},
+    path::PathBuf,
+    sync::Arc,
+    time::{Duration, Instant},
+};
+
+use async_trait::async_trait;
+use containerd_shim::{
+    io::Stdio,
+    monitor::{Subject, Topic},
+    asynchronous::monitor::monitor_subscribe,
+    protos::{
+        api::*,
+        events::task::*,
+        protobuf::{well_known_types::any::Any, well_known_types::timestamp::Timestamp, MessageDyn},
+        shim::oci::ProcessDetails,
+        shim_async::Task,
+        topics::*,
+        ttrpc::{self, r#async::TtrpcContext},
+    },
+    publisher::RemotePublisher,
+    util::timestamp,
+    ExitSignal,
+};
+use containerd_shim_protos::protobuf::Message;
+use tokio::sync::Mutex;
+use tracing::{debug, info, warn};
+
+use crate::{
+    container::{parse_exec_spec, Container, CreateArgs},
+    error::{Error, Result},
+    metrics,
+    options::{decode_checkpoint_options, decode_runtime_options},
+    process::{Exit, Process, State},
+};
+
+/// How long an exit waits for the process's output to drain to containerd
+/// before it is reported (so `ctr run` prints everything the process wrote).
+const OUTPUT_DRAIN: Duration = Duration::from_secs(2);
+/// Exits of unknown pids are kept this long, in case the pid is registered late.
+const UNCLAIMED_TTL: Duration = Duration::from_secs(30);
+
+type ContainerRef = Arc<Mutex<Container>>;
+
+/// The shared state behind the Task service.
+pub struct TaskService {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    namespace: String,
+    containerd_address: String,
+    containers: Mutex<HashMap<String, ContainerRef>>,
+    /// pid -> (container id, exec id) of every live process.
+    pids: std::sync::Mutex<HashMap<i32, (String, String)>>,
+    /// Exits that arrived before their pid was registered.
+    unclaimed: std::sync::Mutex<VecDeque<(i32, i32, Timestamp, Instant)>>,
+    publisher: RemotePublisher,
+    exit: Arc<ExitSignal>,
+}
+
+impl TaskService {
+    pub async fn new(
+        namespace: &str,
+        containerd_address: &str,
+        publisher: RemotePublisher,
+        exit: Arc<ExitSignal>,
+    ) -> Result<Self> {
+        let inner = Arc::new(Inner {
+            namespace: namespace.to_string(),
+            containerd_address: containerd_address.to_string(),
+            containers: Mutex::new(HashMap::new()),
+            pids: std::sync::Mutex::new(HashMap::new()),
+            unclaimed: std::sync::Mutex::new(VecDeque::new()),
+            publisher,
+            exit,
+        });
+        let mut sub = monitor_subscribe(Topic::Pid).await?;
+        let weak = Arc::downgrade(&inner);
+        tokio::spawn(async move {
+            while let Some(ev) = sub.rx.recv().await {
+                let Subject::Pid(pid) = ev.subject else { continue };
+                let Some(inner) = weak.upgrade() else { break };
+                let ts = timestamp().unwrap_or_default();
+                tokio::spawn(async move { inner.handle_exit(pid, ev.exit_code, ts).await });
+            }
+        });
+        Ok(Self { inner })
+    }
+}
+
+fn lock_std<T>(m: &std::sync::Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+impl Inner {
+    async fn publish(&self, topic: &str, event: Box<dyn MessageDyn>) {
+        if let Err(e) = self
+            .publisher
+            .publish(ttrpc::context::Context::default(), topic, &self.namespace, event)
+            .await
+        {
+            warn!(topic, error = %e, "failed to publish event");
+        }
+    }
+
+    async fn container(&self, id: &str) -> Result<ContainerRef> {
+        self.containers
+            .lock()
+            .await
+            .get(id)
+            .cloned()
+            .ok_or_else(|| Error::NotFound(format!("container {id} not found in this shim")))
+    }
+
+    /// Registers a running process's pid; returns an exit that already
+    /// arrived for it, if any.
+    fn register_pid(&self, pid: i32, id: &str, exec_id: &str) -> Option<(i32, Timestamp)> {
+        lock_std(&self.pids).insert(pid, (id.to_string(), exec_id.to_string()));
+        let mut un = lock_std(&self.unclaimed);
+        let pos = un.iter().position(|(p, ..)| *p == pid)?;
+        un.remove(pos).map(|(_, code, ts, _)| (code, ts))
+    }
+
+    async fn handle_exit(self: Arc<Self>, pid: i32, code: i32, ts: Timestamp) {
+        let owner = lock_std(&self.pids).remove(&pid);
+        let Some((id, exec_id)) = owner else {
+            let mut un = lock_std(&self.unclaimed);
+            let now = Instant::now();
+            while un.front().is_some_and(|(.., at)| now.duration_since(*at) > UNCLAIMED_TTL) {
+                un.pop_front();
+            }
+            un.push_back((pid, code, ts, now));
+            return;
+        };
+        let Ok(c) = self.container(&id).await else { return };
+        // let the output drain before reporting the exit, without holding the lock
+        let io = {
+            let c = c.lock().await;
+            c.process(&exec_id).ok().and_then(|p| p.io.clone())
+        };
+        if let Some(io) = io {
+            let drain = tokio::spawn(async move { io.tasks.shutdown().await });
+            if tokio::time::timeout(OUTPUT_DRAIN, drain).await.is_err() {
+                debug!(pid, "output still open after exit; reporting exit anyway");
+            }
+        }
+        let mut c = c.lock().await;
+        let Ok(p) = c.process_mut(&exec_id) else { return };
+        let exit = Exit { code: code as u32, at: ts.clone() };
+        p.set_exited(exit);
+        info!(container = %id, exec = %exec_id, pid, code, "process exited");
+        self.publish(
+            TASK_EXIT_EVENT_TOPIC,
+            Box::new(TaskExit {
+                container_id: id.clone(),
+                id: if exec_id.is_empty() { id.clone() } else { exec_id.clone() },
+                pid: pid as u32,
+                exit_status: code as u32,
+                exited_at: Some(ts).into(),
+                ..Default::default()
+            }),
+        )
+        .await;
+        drop(c);
+    }
+}
+
+fn task_io(stdio: &Stdio) -> TaskIO {
+    TaskIO {
+        stdin: stdio.stdin.clone(),
+        stdout: stdio.stdout.clone(),
+        stderr: stdio.stderr.clone(),
+        terminal: stdio.terminal,
+        ..Default::default()
+    }
+}
+
+fn empty() -> containerd_shim::protos::protobuf::well_known_types::empty::Empty {
+    Default::default()
+}
+
+type TResult<T> = ttrpc::Result<T>;
+
+#[async_trait]
+impl Task for TaskService {
+    async fn state(&self, _ctx: &TtrpcContext, req: StateRequest) -> TResult<StateResponse> {
+        let c = self.inner.container(&req.id).await?;
+        let c = c.lock().await;
+        let p = c.process(&req.exec_id)?;
+        let mut resp = StateResponse {
+            id: if req.exec_id.is_empty() { c.id.clone() } else { req.exec_id.clone() },
+            bundle: c.bundle.display().to_string(),
+            pid: p.pid.max(0) as u32,
+            stdin: p.stdio.stdin.clone(),
+            stdout: p.stdio.stdout.clone(),
+            stderr: p.stdio.stderr.clone(),
+            terminal: p.stdio.terminal,
+            exec_id: req.exec_id.clone(),
+            ..Default::default()
+        };
+        resp.status = p.state.to_proto().into();
+        if let Some(e) = &p.exit {
+            resp.exit_status = e.code;
+            resp.exited_at = Some(e.at.clone()).into();
+        }
+        Ok(resp)
+    }
+
+    async fn create(&self, _ctx: &TtrpcContext, req: CreateTaskRequest) -> TResult<CreateTaskResponse> {
+        if req.id.is_empty() {
+            return Err(Error::InvalidArgument("create: container id is empty".into()).into());
+        }
+        let mut map = self.inner.containers.lock().await;
+        if map.contains_key(&req.id) {
+            return Err(Error::AlreadyExists(format!("container {} already exists", req.id)).into());
+        }
+        let options = decode_runtime_options(req.options.as_ref())?;
+        let stdio = Stdio::new(&req.stdin, &req.stdout, &req.stderr, req.terminal);
+        let bundle = PathBuf::from(&req.bundle);
+        let c = Container::create(CreateArgs {
+            id: &req.id,
+            bundle: &bundle,
+            rootfs: &req.rootfs,
+            stdio: stdio.clone(),
+            checkpoint: &req.checkpoint,
+            options,
+            address: &self.inner.containerd_address,
+            namespace: &self.inner.namespace,
+        })
+        .await?;
+        let pid = c.init.pid;
+        if pid > 0 {
+            self.inner.register_pid(pid, &req.id, "");
+        }
+        info!(id = %req.id, pid, restore = !req.checkpoint.is_empty(), "task created");
+        map.insert(req.id.clone(), Arc::new(Mutex::new(c)));
+        drop(map);
+        self.inner
+            .publish(
+                TASK_CREATE_EVENT_TOPIC,
+                Box::new(TaskCreate {
+                    container_id: req.id.clone(),
+                    bundle: req.bundle.clone(),
+                    rootfs: req.rootfs.clone(),
+                    io: Some(task_io(&stdio)).into(),
+                    checkpoint: req.checkpoint.clone(),
+                    pid: pid.max(0) as u32,
+                    ..Default::default()
+                }),
+            )
+            .await;
+        Ok(CreateTaskResponse { pid: pid.max(0) as u32, ..Default::default() })
+    }
+
+    async fn start(&self, _ctx: &TtrpcContext, req: StartRequest) -> TResult<StartResponse> {
+        let cref = self.inner.container(&req.id).await?;
+        let mut c = cref.lock().await;
+        if req.exec_id.is_empty() {
+            let restored = c.restore_from.is_some();
+            let pid = c.start_init().await?;
+            if restored {
+                if let Some((code, ts)) = self.inner.register_pid(pid, &req.id, "") {
+                    drop(c);
+                    self.inner.clone().handle_exit_now(pid, code, ts, &req.id, "").await;
+                    c = cref.lock().await;
+                }
+            }
+            self.inner
+                .publish(
+                    TASK_START_EVENT_TOPIC,
+                    Box::new(TaskStart { container_id: req.id.clone(), pid: pid as u32, ..Default::default() }),
+                )
+                .await;
+            drop(c);
+            Ok(StartResponse { pid: pid as u32, ..Default::default() })
+        } else {
+            let pid = c.start_exec(&req.exec_id).await?;
+            let early = self.inner.register_pid(pid, &req.id, &req.exec_id);
+            self.inner
+                .publish(
+                    TASK_EXEC_STARTED_EVENT_TOPIC,
+                    Box::new(TaskExecStarted {
+                        container_id: req.id.clone(),
+                        exec_id: req.exec_id.clone(),
+                        pid: pid as u32,
+                        ..Default::default()
+                    }),
+                )
+                .await;
+            drop(c);
+            if let Some((code, ts)) = early {
+                self.inner.clone().handle_exit_now(pid, code, ts, &req.id, &req.exec_id).await;
+            }
+            Ok(StartResponse { pid: pid as u32, ..Default::default() })
+        }
+    }
+
+    async fn delete(&self, _ctx: &TtrpcContext, req: DeleteRequest) -> TResult<DeleteResponse> {
+        let cref = self.inner.container(&req.id).await?;
+        let mut c = cref.lock().await;
+        if !req.exec_id.is_empty() {
+            let p = c.exec(&req.exec_id)?;
+            if p.state == State::Running {
+                return Err(Error::FailedPrecondition(format!(
+                    "cannot delete exec {}: it is still running",
+                    req.exec_id
+                ))
+                .into());
+            }
+            let exit = p.exit.clone().unwrap_or_default();
+            let pid = p.pid;
+            if let Some(p) = c.execs.remove(&req.exec_id) {
+                if let Some(io) = p.io {
+                    io.tasks.abort().await;
+                }
+            }
+            return Ok(DeleteResponse {
+                pid: pid.max(0) as u32,
+                exit_status: exit.code,
+                exited_at: Some(exit.at).into(),
+                ..Default::default()
+            });
+        }
+        if matches!(c.init.state, State::Running | State::Paused) {
+            return Err(Error::FailedPrecondition(format!(
+                "cannot delete container {}: its task is still running (kill it first)",
+                req.id
+            ))
+            .into());
+        }
+        c.destroy().await?;
+        if let Some(io) = c.init.io.take() {
+            io.tasks.abort().await;
+        }
+        for (_, p) in c.execs.drain() {
+            if let Some(io) = p.io {
+                io.tasks.abort().await;
+            }
+        }
+        let exit = c.init.exit.clone().unwrap_or_else(|| Exit {
+            code: 0,
+            at: timestamp().unwrap_or_default(),
+        });
+        let pid = c.init.pid.max(0) as u32;
+        lock_std(&self.inner.pids).retain(|_, (cid, _)| cid != &req.id);
+        drop(c);
+        self.inner.containers.lock().await.remove(&req.id);
+        info!(id = %req.id, "task deleted");
+        self.inner
+            .publish(
+                TASK_DELETE_EVENT_TOPIC,
+                Box::new(TaskDelete {
+                    container_id: req.id.clone(),
+                    pid,
+                    exit_status: exit.code,
+                    exited_at: Some(exit.at.clone()).into(),
+                    id: req.id.clone(),
+                    ..Default::default()
+                }),
+            )
+            .await;
+        Ok(DeleteResponse {
+            pid,
+            exit_status: exit.code,
+            exited_at: Some(exit.at).into(),
+            ..Default::default()
+        })
+    }
+
+    async fn pids(&self, _ctx: &TtrpcContext, req: PidsRequest) -> TResult<PidsResponse> {
+        let cref = self.inner.container(&req.id).await?;
+        let c = cref.lock().await;
+        let pids = c.runtime.ps(&c.id).await?;
+        let mut resp = PidsResponse::default();
+        for pid in pids {
+            let mut info = ProcessInfo { pid: pid as u32, ..Default::default() };
+            if let Some((exec_id, _)) = c.execs.iter().find(|(_, p)| p.pid == pid) {
+                let d = ProcessDetails { exec_id: exec_id.clone(), ..Default::default() };
+                info.info = Some(Any {
+                    type_url: "containerd.runc.v1.ProcessDetails".into(),
+                    value: d.write_to_bytes().map_err(Error::from)?,
+                    ..Default::default()
+                })
+                .into();
+            }
+            resp.processes.push(info);
+        }
+        Ok(resp)
+    }
+
+    async fn pause(&self, _ctx: &TtrpcContext, req: PauseRequest) -> TResult<Empty> {
+        let cref = self.inner.container(&req.id).await?;
+        let mut c = cref.lock().await;
+        if c.init.state != State::Running {
+            return Err(Error::FailedPrecondition(format!(
+                "cannot pause container {}: it is {:?}, not running",
+                req.id, c.init.state
+            ))
+            .into());
+        }
+        c.runtime.pause(&req.id).await?;
+        c.init.state = State::Paused;
+        self.inner
+            .publish(TASK_PAUSED_EVENT_TOPIC, Box::new(TaskPaused { container_id: req.id.clone(), ..Default::default() }))
+            .await;
+        Ok(empty())
+    }
+
+    async fn resume(&self, _ctx: &TtrpcContext, req: ResumeRequest) -> TResult<Empty> {
+        let cref = self.inner.container(&req.id).await?;
+        let mut c = cref.lock().await;
+        if c.init.state != State::Paused {
+            return Err(Error::FailedPrecondition(format!(
+                "cannot resume container {}: it is {:?}, not paused",
+                req.id, c.init.state
+            ))
+            .into());
+        }
+        c.runtime.resume(&req.id).await?;
+        c.init.state = State::Running;
+        self.inner
+            .publish(TASK_RESUMED_EVENT_TOPIC, Box::new(TaskResumed { container_id: req.id.clone(), ..Default::default() }))
+            .await;
+        Ok(empty())
+    }
+
+    async fn checkpoint(&self, _ctx: &TtrpcContext, req: CheckpointTaskRequest) -> TResult<Empty> {
+        let opts = decode_checkpoint_options(req.options.as_ref())?;
+        let cref = self.inner.container(&req.id).await?;
+        let mut c = cref.lock().await;
+        c.checkpoint(&req.path, opts).await?;
+        self.inner
+            .publish(
+                TASK_CHECKPOINTED_EVENT_TOPIC,
+                Box::new(TaskCheckpointed {
+                    container_id: req.id.clone(),
+                    checkpoint: req.path.clone(),
+                    ..Default::default()
+                }),
+            )
+            .await;
+        Ok(empty())
+    }
+
+    async fn kill(&self, _ctx: &TtrpcContext, req: KillRequest) -> TResult<Empty> {
+        let cref = self.inner.container(&req.id).await?;
+        let c = cref.lock().await;
+        if req.exec_id.is_empty() {
+            if c.init.is_stopped() && !req.all {
+                return Err(Error::NotFound(format!("process already finished: container {}", req.id)).into());
+            }
+            if c.init.is_stopped() || (c.init.state == State::Created && c.restore_from.is_some()) {
+                return Ok(empty());
+            }
+            c.runtime.kill(&req.id, req.signal, req.all).await?;
+        } else {
+            let p: &Process = c.exec(&req.exec_id)?;
+            if p.is_stopped() {
+                return Err(Error::NotFound(format!("process already finished: exec {}", req.exec_id)).into());
+            }
+            if p.pid <= 0 {
+                return Err(Error::FailedPrecondition(format!("exec {} has not been started", req.exec_id)).into());
+            }
+            let sig = nix::sys::signal::Signal::try_from(req.signal as i32)
+                .map_err(|_| Error::InvalidArgument(format!("invalid signal {}", req.signal)))?;
+            nix::sys::signal::kill(nix::unistd::Pid::from_raw(p.pid), sig).map_err(|e| {
+                Error::Internal(format!("kill exec {} (pid {}) with {sig}: {e}", req.exec_id, p.pid))
+            })?;
+        }
+        Ok(empty())
+    }
+
+    async fn exec(&self, _ctx: &TtrpcContext, req: ExecProcessRequest) -> TResult<Empty> {
+        if req.exec_id.is_empty() {
+            return Err(Error::InvalidArgument("exec: exec id is empty".into()).into());
+        }
+        let spec = parse_exec_spec(req.spec.as_ref())?;
+        let cref = self.inner.container(&req.id).await?;
+        let mut c = cref.lock().await;
+        if c.execs.contains_key(&req.exec_id) {
+            return Err(Error::AlreadyExists(format!("exec {} already exists in container {}", req.exec_id, req.id)).into());
+        }
+        if c.init.is_stopped() {
+            return Err(Error::FailedPrecondition(format!("cannot exec in container {}: it is stopped", req.id)).into());
+        }
+        let mut p = Process::new(&req.exec_id, Stdio::new(&req.stdin, &req.stdout, &req.stderr, req.terminal));
+        p.spec = Some(spec);
+        c.execs.insert(req.exec_id.clone(), p);
+        self.inner
+            .publish(
+                TASK_EXEC_ADDED_EVENT_TOPIC,
+                Box::new(TaskExecAdded { container_id: req.id.clone(), exec_id: req.exec_id.clone(), ..Default::default() }),
+            )
+            .await;
+        Ok(empty())
+    }
+
+    async fn resize_pty(&self, _ctx: &TtrpcContext, req: ResizePtyRequest) -> TResult<Empty> {
+        let cref = self.inner.container(&req.id).await?;
+        let c = cref.lock().await;
+        let p = c.process(&req.exec_id)?;
+        match &p.io {
+            Some(io) => io.resize(req.width, req.height)?,
+            None => return Err(Error::FailedPrecondition("process has no stdio yet".into()).into()),
+        }
+        Ok(empty())
+    }
+
+    async fn close_io(&self, _ctx: &TtrpcContext, req: CloseIORequest) -> TResult<Empty> {
+        let cref = self.inner.container(&req.id).await?;
+        let c = cref.lock().await;
+        let p = c.process(&req.exec_id)?;
+        if let Some(io) = &p.io {
+            io.tasks.close_input();
+        }
+        Ok(empty())
+    }
+
+    async fn update(&self, _ctx: &TtrpcContext, req: UpdateTaskRequest) -> TResult<Empty> {
+        let res = req
+            .resources
+            .as_ref()
+            .ok_or_else(|| Error::InvalidArgument("update carries no resources".into()))?;
+        let _: serde_json::Value = serde_json::from_slice(&res.value).map_err(|e| {
+            Error::InvalidArgument(format!("update resources ({}) are not valid JSON: {e}", res.type_url))
+        })?;
+        let cref = self.inner.container(&req.id).await?;
+        let c = cref.lock().await;
+        let path = c.bundle.join(".update-resources.json");
+        std::fs::write(&path, &res.value).map_err(Error::io(format!("write {}", path.display())))?;
+        let r = c.runtime.update(&req.id, &path).await;
+        let _ = std::fs::remove_file(&path);
+        r?;
+        Ok(empty())
+    }
+
+    async fn wait(&self, _ctx: &TtrpcContext, req: WaitRequest) -> TResult<WaitResponse> {
+        let mut rx = {
+            let cref = self.inner.container(&req.id).await?;
+            let c = cref.lock().await;
+            c.process(&req.exec_id)?.subscribe_exit()
+        };
+        let exit = loop {
+            if let Some(e) = rx.borrow_and_update().clone() {
+                break e;
+            }
+            if rx.changed().await.is_err() {
+                return Err(Error::NotFound(format!("process {} was deleted while waiting", req.id)).into());
+            }
+        };
+        Ok(WaitResponse { exit_status: exit.code, exited_at: Some(exit.at).into(), ..Default::default() })
+    }
+
+    async fn stats(&self, _ctx: &TtrpcContext, req: StatsRequest) -> TResult<StatsResponse> {
+        let cref = self.inner.container(&req.id).await?;
+        let pid = cref.lock().await.init.pid;
+        let any = tokio::task::spawn_blocking(move || metrics::collect(pid))
+            .await
+            .map_err(|e| Error::Internal(format!("metrics task failed: {e}")))??;
+        Ok(StatsResponse { stats: Some(any).into(), ..Default::default() })
+    }
+
+    async fn connect(&self, _ctx: &TtrpcContext, req: ConnectRequest) -> TResult<ConnectResponse> {
+        let task_pid = match self.inner.container(&req.id).await {
+            Ok(c) => c.lock().await.init.pid.max(0) as u32,
+            Err(_) => 0,
+        };
+        Ok(ConnectResponse {
+            shim_pid: std::process::id(),
+            task_pid,
+            version: env!("CARGO_PKG_VERSION").to_string(),
+            ..Default::default()
+        })
+    }
+
+    async fn shutdown(&self, _ctx: &TtrpcContext, req: ShutdownRequest) -> TResult<Empty> {
+        let n = self.inner.containers.lock().await.len();
+        if req.now || n == 0 {
+            info!(remaining = n, "shim shutting down");
+            self.inner.exit.signal();
+        }
+        Ok(empty())
+    }
+}
+
+impl Inner {
+    /// Reports an exit that arrived before its process was registered.
+    async fn handle_exit_now(self: Arc<Self>, pid: i32, code: i32, ts: Timestamp, id: &str, exec_id: &str) {
+        lock_std(&self.pids).insert(pid, (id.to_string(), exec_id.to_string()));
+        self.handle_exit(pid, code, ts).await;
+    }
+}
