@@ -1,0 +1,77 @@
+#!/usr/bin/env bash
+# MOSE node set-up on a fresh Debian 12 machine (run as root). Idempotent.
+#
+#  - Debian packages: containerd, runc, crun, iptables (CRIU locks the
+#    container's network with it), busybox-static (test images), protoc
+#    (gRPC client in the tests), iproute2.
+#  - A working CRIU >= 4 (scripts/provision-criu.sh).
+#  - Builds the workspace and installs containerd-shim-mose-v2 where
+#    containerd finds it, plus the containerd config snippet.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+ROOT=$(pwd)
+PREFIX=${MOSE_PREFIX:-/usr/local}
+PROFILE=${MOSE_PROFILE:-release}
+
+log() { echo "[setup] $*" >&2; }
+
+if [[ $(id -u) -ne 0 ]]; then
+  echo "setup.sh must run as root (it installs packages and the shim)" >&2
+  exit 1
+fi
+
+PKGS=(containerd runc crun iptables busybox-static protobuf-compiler iproute2 ca-certificates pkg-config)
+missing=()
+for p in "${PKGS[@]}"; do
+  dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
+done
+if ((${#missing[@]})); then
+  log "installing Debian packages: ${missing[*]}"
+  apt-get update -qq
+  # without recommends: Debian 12 recommends its criu 3.17, which cannot run on recent kernels
+  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+else
+  log "Debian packages present"
+fi
+
+"$ROOT/scripts/provision-criu.sh"
+
+if ! command -v cargo >/dev/null; then
+  if [[ -x "$HOME/.cargo/bin/cargo" ]]; then
+    export PATH="$HOME/.cargo/bin:$PATH"
+  else
+    echo "cargo not found: install a Rust toolchain (rustup) first" >&2
+    exit 1
+  fi
+fi
+
+log "building the workspace ($PROFILE)"
+if [[ "$PROFILE" == release ]]; then
+  cargo build --release --workspace --bins --quiet
+else
+  cargo build --workspace --bins --quiet
+fi
+BIN="$ROOT/target/$PROFILE"
+
+install -D -m 0755 "$BIN/containerd-shim-mose-v2" "$PREFIX/bin/containerd-shim-mose-v2"
+log "installed $PREFIX/bin/containerd-shim-mose-v2 ($("$PREFIX/bin/containerd-shim-mose-v2" -v | tail -1 | xargs))"
+
+# containerd configuration: the snippet registers runtime "mose"
+install -D -m 0644 "$ROOT/config/containerd-mose.toml" /etc/containerd/conf.d/mose.toml
+install -D -m 0644 "$ROOT/config/mose-runtime.toml" /etc/mose/runtime.toml
+CFG=/etc/containerd/config.toml
+if [[ ! -f "$CFG" ]]; then
+  printf 'version = 2\nimports = ["/etc/containerd/conf.d/*.toml"]\n' > "$CFG"
+  log "wrote $CFG importing /etc/containerd/conf.d/*.toml"
+elif ! grep -q '^imports' "$CFG"; then
+  # imports must be a top-level key: put it right after the version line
+  if grep -q '^version' "$CFG"; then
+    sed -i '0,/^version.*/s//&\nimports = ["\/etc\/containerd\/conf.d\/*.toml"]/' "$CFG"
+  else
+    sed -i '1i imports = ["/etc/containerd/conf.d/*.toml"]' "$CFG"
+  fi
+  log "added imports of /etc/containerd/conf.d/*.toml to $CFG"
+elif ! grep -q 'conf.d' "$CFG"; then
+  log "warning: $CFG has its own imports line; add \"/etc/containerd/conf.d/*.toml\" to it"
+fi
+log "done: use 'ctr run --runtime io.containerd.mose.v2 ...' or runtime handler 'mose' (CRI)"
