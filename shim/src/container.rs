@@ -96,7 +96,7 @@ impl Container {
             bundle: args.bundle.to_path_buf(),
             runtime,
             options: args.options,
-            init: Process::new("", args.stdio),
+            init: Process::new(args.stdio),
             execs: HashMap::new(),
             restore_from: None,
             rootfs_mounted: false,

@@ -7,6 +7,7 @@ mod bootstrap;
 mod container;
 mod error;
 mod metrics;
+mod oom;
 mod options;
 mod process;
 mod reaper;

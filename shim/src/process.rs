@@ -35,8 +35,6 @@ impl State {
 
 /// A container's init or exec process.
 pub struct Process {
-    /// Empty for the init process.
-    pub exec_id: String,
     pub stdio: Stdio,
     pub pid: i32,
     pub state: State,
@@ -48,10 +46,9 @@ pub struct Process {
 }
 
 impl Process {
-    pub fn new(exec_id: &str, stdio: Stdio) -> Self {
+    pub fn new(stdio: Stdio) -> Self {
         let (exited, _) = watch::channel(None);
         Self {
-            exec_id: exec_id.to_string(),
             stdio,
             pid: 0,
             state: State::Created,

@@ -236,6 +236,7 @@ impl Task for TaskService {
         let pid = c.init.pid;
         if pid > 0 {
             self.inner.register_pid(pid, &req.id, "");
+            self.inner.watch_oom(pid, &req.id);
         }
         info!(id = %req.id, pid, restore = !req.checkpoint.is_empty(), "task created");
         map.insert(req.id.clone(), Arc::new(Mutex::new(c)));
@@ -264,6 +265,7 @@ impl Task for TaskService {
             let restored = c.restore_from.is_some();
             let pid = c.start_init().await?;
             if restored {
+                self.inner.watch_oom(pid, &req.id);
                 if let Some((code, ts)) = self.inner.register_pid(pid, &req.id, "") {
                     drop(c);
                     self.inner.clone().handle_exit_now(pid, code, ts, &req.id, "").await;
@@ -488,7 +490,7 @@ impl Task for TaskService {
         if c.init.is_stopped() {
             return Err(Error::FailedPrecondition(format!("cannot exec in container {}: it is stopped", req.id)).into());
         }
-        let mut p = Process::new(&req.exec_id, Stdio::new(&req.stdin, &req.stdout, &req.stderr, req.terminal));
+        let mut p = Process::new(Stdio::new(&req.stdin, &req.stdout, &req.stderr, req.terminal));
         p.spec = Some(spec);
         c.execs.insert(req.exec_id.clone(), p);
         self.inner
@@ -589,6 +591,25 @@ impl Task for TaskService {
 }
 
 impl Inner {
+    /// Publishes TaskOOM for every OOM kill in the container's cgroup.
+    fn watch_oom(self: &Arc<Self>, pid: i32, id: &str) {
+        let Some(mut rx) = crate::oom::watch(pid) else { return };
+        let weak = Arc::downgrade(self);
+        let id = id.to_string();
+        tokio::spawn(async move {
+            while rx.recv().await.is_some() {
+                let Some(inner) = weak.upgrade() else { break };
+                warn!(container = %id, "OOM event");
+                inner
+                    .publish(
+                        TASK_OOM_EVENT_TOPIC,
+                        Box::new(TaskOOM { container_id: id.clone(), ..Default::default() }),
+                    )
+                    .await;
+            }
+        });
+    }
+
     /// Reports an exit that arrived before its process was registered.
     async fn handle_exit_now(self: Arc<Self>, pid: i32, code: i32, ts: Timestamp, id: &str, exec_id: &str) {
         lock_std(&self.pids).insert(pid, (id.to_string(), exec_id.to_string()));
