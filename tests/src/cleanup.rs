@@ -161,7 +161,12 @@ pub struct Leftovers<'a> {
 /// Asserts nothing of a deleted container is left; lists every leftover found.
 pub fn assert_no_leftovers(l: &Leftovers<'_>) -> Result<()> {
     let mut problems = Vec::new();
-    let alive: Vec<u32> = l.pids.iter().copied().filter(|&p| process_alive(p)).collect();
+    let alive: Vec<u32> = l
+        .pids
+        .iter()
+        .copied()
+        .filter(|&p| process_alive(p))
+        .collect();
     if !alive.is_empty() {
         problems.push(format!("processes still alive: {alive:?}"));
     }

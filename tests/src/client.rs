@@ -9,11 +9,11 @@ use containerd_client::services::v1::snapshots::snapshots_client::SnapshotsClien
 use containerd_client::services::v1::snapshots::MountsRequest;
 use containerd_client::services::v1::tasks_client::TasksClient;
 use containerd_client::services::v1::{
-    CheckpointTaskRequest, CloseIoRequest, Container, CreateContainerRequest,
-    CreateTaskRequest, DeleteContainerRequest, DeleteProcessRequest, DeleteTaskRequest,
-    ExecProcessRequest, GetContainerRequest, GetRequest, KillRequest, ListPidsRequest,
-    MetricsRequest, PauseTaskRequest, ResizePtyRequest, ResumeTaskRequest, StartRequest,
-    UpdateContainerRequest, UpdateTaskRequest, WaitRequest,
+    CheckpointTaskRequest, CloseIoRequest, Container, CreateContainerRequest, CreateTaskRequest,
+    DeleteContainerRequest, DeleteProcessRequest, DeleteTaskRequest, ExecProcessRequest,
+    GetContainerRequest, GetRequest, KillRequest, ListPidsRequest, MetricsRequest,
+    PauseTaskRequest, ResizePtyRequest, ResumeTaskRequest, StartRequest, UpdateContainerRequest,
+    UpdateTaskRequest, WaitRequest,
 };
 use containerd_client::types::{Descriptor, Mount};
 use containerd_shim_protos::cgroups::metrics::Metrics as CgroupsV1Metrics;
@@ -173,11 +173,7 @@ impl Client {
     {
         match tokio::time::timeout(timeout + Duration::from_secs(2), fut).await {
             Err(_) => bail!("{what}: timed out after {timeout:?}"),
-            Ok(Err(st)) => Err(anyhow!(
-                "{what}: {:?}: {}",
-                st.code(),
-                st.message()
-            )),
+            Ok(Err(st)) => Err(anyhow!("{what}: {:?}: {}", st.code(), st.message())),
             Ok(Ok(r)) => Ok(r.into_inner()),
         }
     }
@@ -187,7 +183,8 @@ impl Client {
         let r = self
             .call(
                 "containers.get",
-                self.containers().get(self.req(GetContainerRequest { id: id.into() })),
+                self.containers()
+                    .get(self.req(GetContainerRequest { id: id.into() })),
             )
             .await?;
         r.container.context("no container in response")

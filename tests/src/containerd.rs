@@ -264,7 +264,8 @@ state = "{state}"
             .unwrap_or_default();
         for ns in namespaces {
             let ctr = Ctr::new(&self.socket(), &ns).with_timeout(Duration::from_secs(20));
-            let mut ids: BTreeSet<String> = ctr.list("tasks").unwrap_or_default().into_iter().collect();
+            let mut ids: BTreeSet<String> =
+                ctr.list("tasks").unwrap_or_default().into_iter().collect();
             ids.extend(ctr.list("containers").unwrap_or_default());
             for id in ids {
                 ctr.force_remove(&id);
@@ -299,4 +300,3 @@ impl Drop for TestContainerd {
         }
     }
 }
-

@@ -4,7 +4,7 @@ use std::fs::{File, OpenOptions};
 use std::io::{Read, Write};
 use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
-use std::sync::mpsc;
+use std::sync::{mpsc, Arc, Mutex};
 use std::thread;
 use std::time::Duration;
 
@@ -24,7 +24,9 @@ pub struct TaskIo {
 }
 
 fn s(p: &Option<PathBuf>) -> String {
-    p.as_ref().map(|p| p.display().to_string()).unwrap_or_default()
+    p.as_ref()
+        .map(|p| p.display().to_string())
+        .unwrap_or_default()
 }
 
 impl TaskIo {
@@ -34,7 +36,13 @@ impl TaskIo {
     }
 
     /// Creates FIFOs `<dir>/<name>-{stdin,stdout,stderr}` as requested.
-    pub fn create(dir: &Path, name: &str, stdin: bool, stderr: bool, terminal: bool) -> Result<Self> {
+    pub fn create(
+        dir: &Path,
+        name: &str,
+        stdin: bool,
+        stderr: bool,
+        terminal: bool,
+    ) -> Result<Self> {
         std::fs::create_dir_all(dir)?;
         let mk = |stream: &str| -> Result<PathBuf> {
             let p = dir.join(format!("{name}-{stream}"));
@@ -45,7 +53,11 @@ impl TaskIo {
         Ok(Self {
             stdin: if stdin { Some(mk("stdin")?) } else { None },
             stdout: Some(mk("stdout")?),
-            stderr: if stderr && !terminal { Some(mk("stderr")?) } else { None },
+            stderr: if stderr && !terminal {
+                Some(mk("stderr")?)
+            } else {
+                None
+            },
             terminal,
         })
     }
@@ -57,44 +69,78 @@ impl TaskIo {
 
     /// Removes the FIFO files.
     pub fn remove(&self) {
-        for p in [&self.stdin, &self.stdout, &self.stderr].into_iter().flatten() {
+        for p in [&self.stdin, &self.stdout, &self.stderr]
+            .into_iter()
+            .flatten()
+        {
             let _ = std::fs::remove_file(p);
         }
     }
 }
 
-/// Reads a FIFO to EOF in a background thread.
+/// Reads a FIFO to EOF in a background thread, keeping what was read so far.
 pub struct FifoReader {
     path: PathBuf,
-    rx: mpsc::Receiver<std::io::Result<Vec<u8>>>,
+    buf: Arc<Mutex<Vec<u8>>>,
+    rx: mpsc::Receiver<std::io::Result<()>>,
 }
 
 impl FifoReader {
     /// Starts reading `path` (opening blocks until a writer appears).
     pub fn spawn(path: &Path) -> Self {
         let (tx, rx) = mpsc::channel();
-        let p = path.to_path_buf();
+        let buf = Arc::new(Mutex::new(Vec::new()));
+        let (p, b) = (path.to_path_buf(), buf.clone());
         thread::spawn(move || {
             let r = (|| {
                 let mut f = File::open(&p)?;
-                let mut buf = Vec::new();
-                f.read_to_end(&mut buf)?;
-                Ok(buf)
+                let mut chunk = [0u8; 4096];
+                loop {
+                    let n = f.read(&mut chunk)?;
+                    if n == 0 {
+                        return Ok(());
+                    }
+                    if let Ok(mut b) = b.lock() {
+                        b.extend_from_slice(&chunk[..n]);
+                    }
+                }
             })();
             let _ = tx.send(r);
         });
         Self {
             path: path.to_path_buf(),
+            buf,
             rx,
         }
     }
 
-    /// Waits for EOF up to `timeout`; returns the data read as (lossy) UTF-8.
+    /// What was read so far (lossy UTF-8).
+    pub fn contents(&self) -> String {
+        self.buf
+            .lock()
+            .map(|b| String::from_utf8_lossy(&b).into_owned())
+            .unwrap_or_default()
+    }
+
+    /// Waits until the output contains `needle`; returns the output so far.
+    pub fn wait_for(&self, needle: &str, timeout: Duration) -> Result<String> {
+        crate::poll_until(
+            &format!("{needle:?} on {}", self.path.display()),
+            timeout,
+            || {
+                let c = self.contents();
+                c.contains(needle).then_some(c)
+            },
+        )
+        .with_context(|| format!("output so far: {:?}", self.contents()))
+    }
+
+    /// Waits for EOF up to `timeout`; returns everything read (lossy UTF-8).
     pub fn collect(self, timeout: Duration) -> Result<String> {
         match self.rx.recv_timeout(timeout) {
             Ok(r) => {
-                let data = r.with_context(|| format!("reading {}", self.path.display()))?;
-                Ok(String::from_utf8_lossy(&data).into_owned())
+                r.with_context(|| format!("reading {}", self.path.display()))?;
+                Ok(self.contents())
             }
             Err(_) => {
                 // Unblock a reader still waiting in open(2).
@@ -103,8 +149,9 @@ impl FifoReader {
                     .custom_flags(libc::O_NONBLOCK)
                     .open(&self.path);
                 Err(anyhow!(
-                    "no EOF on {} within {timeout:?}",
-                    self.path.display()
+                    "no EOF on {} within {timeout:?}; read so far: {:?}",
+                    self.path.display(),
+                    self.contents()
                 ))
             }
         }

@@ -60,7 +60,12 @@ fn dir_header(path: &str, mode: u32) -> tar::Header {
     h
 }
 
-fn append_file<W: Write>(b: &mut tar::Builder<W>, path: &str, mode: u32, data: &[u8]) -> Result<()> {
+fn append_file<W: Write>(
+    b: &mut tar::Builder<W>,
+    path: &str,
+    mode: u32,
+    data: &[u8],
+) -> Result<()> {
     let mut h = tar::Header::new_gnu();
     h.set_entry_type(tar::EntryType::Regular);
     h.set_mode(mode);
@@ -169,7 +174,12 @@ pub fn build_oci_archive() -> Result<Vec<u8>> {
     }))?;
 
     let mut b = tar::Builder::new(Vec::new());
-    append_file(&mut b, "oci-layout", 0o644, br#"{"imageLayoutVersion":"1.0.0"}"#)?;
+    append_file(
+        &mut b,
+        "oci-layout",
+        0o644,
+        br#"{"imageLayoutVersion":"1.0.0"}"#,
+    )?;
     append_dir(&mut b, "blobs", 0o755)?;
     append_dir(&mut b, "blobs/sha256", 0o755)?;
     for (digest, data) in [

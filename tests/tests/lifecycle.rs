@@ -36,11 +36,7 @@ fn ctr_run_stdin_is_forwarded() {
     let out = e
         .ctr
         .run_stdin(
-            e.run_args(
-                "cat-in",
-                &["--rm"],
-                &["sh", "-c", "head -n 2; echo done"],
-            ),
+            e.run_args("cat-in", &["--rm"], &["sh", "-c", "head -n 2; echo done"]),
             b"hello from stdin\nline 2\n",
         )
         .expect("ctr run -i");
@@ -58,7 +54,7 @@ async fn grpc_run_exit_codes_and_separate_streams() {
         ("g3", "echo to-out; echo to-err >&2; exit 3", 3),
         ("g42", "echo to-out; echo to-err >&2; exit 42", 42),
     ] {
-        e.create_container(id, &[], &["sh", "-c", script]);
+        e.create_container(id, &[], &["sh", "-c", script]).await;
         let io = e.fifos(id, false, true, false);
         let out = FifoReader::spawn(io.stdout.as_ref().unwrap());
         let err = FifoReader::spawn(io.stderr.as_ref().unwrap());
@@ -85,7 +81,7 @@ async fn grpc_stdin_cat_ends_on_close_io() {
     let e = env("life");
     let c = e.client().await;
     let id = "cat";
-    e.create_container(id, &[], &["cat"]);
+    e.create_container(id, &[], &["cat"]).await;
     let io = e.fifos(id, true, true, false);
     let out = FifoReader::spawn(io.stdout.as_ref().unwrap());
     let err = FifoReader::spawn(io.stderr.as_ref().unwrap());
@@ -115,7 +111,8 @@ async fn delete_running_container_leaves_nothing_behind() {
     let c = e.client().await;
     let id = "tree";
     // A small process tree: sh with two background sleepers.
-    e.create_container(id, &[], &["sh", "-c", "sleep 1000 & sleep 1000 & wait"]);
+    e.create_container(id, &[], &["sh", "-c", "sleep 1000 & sleep 1000 & wait"])
+        .await;
     let io = e.fifos(id, false, true, false);
     let out = FifoReader::spawn(io.stdout.as_ref().unwrap());
     let err = FifoReader::spawn(io.stderr.as_ref().unwrap());

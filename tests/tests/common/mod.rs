@@ -77,8 +77,10 @@ impl Env {
             .expect("ctr run -d");
     }
 
-    /// `ctr containers create --runtime RT <flags> IMAGE ID <cmd>` (no task).
-    pub fn create_container(&self, id: &str, flags: &[&str], cmd: &[&str]) {
+    /// `ctr containers create --runtime RT <flags> IMAGE ID`, then sets
+    /// `process.args` to `cmd` through the Containers API (ctr 1.6 parses a
+    /// `-c` anywhere on its command line as its own `--config` flag).
+    pub async fn create_container(&self, id: &str, flags: &[&str], cmd: &[&str]) {
         let mut a: Vec<String> = vec![
             "containers".into(),
             "create".into(),
@@ -88,13 +90,16 @@ impl Env {
         a.extend(flags.iter().map(|s| s.to_string()));
         a.push(self.image.clone());
         a.push(id.into());
-        // `--` keeps e.g. `sh -c` from being parsed as ctr's `-c/--config`.
-        a.push("--".into());
-        a.extend(cmd.iter().map(|s| s.to_string()));
         self.ctr
             .run(a)
             .and_then(Output::check)
             .expect("ctr containers create");
+        if !cmd.is_empty() {
+            let c = self.client().await;
+            let mut spec = c.container_spec(id).await.expect("get spec");
+            spec["process"]["args"] = serde_json::json!(cmd);
+            c.set_container_spec(id, &spec).await.expect("set spec");
+        }
     }
 
     /// FIFOs for a process named `name`.
