@@ -44,7 +44,10 @@ use crate::{
 /// The runtime type containerd knows this shim by.
 pub const RUNTIME_TYPE: &str = "io.containerd.mose.v2";
 /// Containers carrying this annotation share one shim per sandbox (pod).
-const SANDBOX_ANNOTATIONS: [&str; 2] = ["io.kubernetes.cri.sandbox-id", "io.kubernetes.cri-o.SandboxID"];
+const SANDBOX_ANNOTATIONS: [&str; 2] = [
+    "io.kubernetes.cri.sandbox-id",
+    "io.kubernetes.cri-o.SandboxID",
+];
 /// Exit status containerd reports for a task whose shim died.
 const KILLED_STATUS: u32 = 128 + 9;
 
@@ -138,7 +141,9 @@ pub async fn delete(flags: &Flags) -> Result<()> {
 /// Serves the Task API on the socket containerd chose until shutdown.
 pub async fn serve(flags: &Flags) -> Result<()> {
     if flags.socket.is_empty() {
-        return Err(Error::InvalidArgument("-socket is required to serve".into()));
+        return Err(Error::InvalidArgument(
+            "-socket is required to serve".into(),
+        ));
     }
     set_subreaper()?;
     reap_children();
@@ -160,7 +165,9 @@ pub async fn serve(flags: &Flags) -> Result<()> {
     for (name, svc) in create_task(service) {
         services.insert(name.replace(".v3.", ".v2."), svc);
     }
-    let mut server = Server::new().add_listener(listener).register_service(services);
+    let mut server = Server::new()
+        .add_listener(listener)
+        .register_service(services);
     server
         .start()
         .await
@@ -182,7 +189,8 @@ fn socket_path(address: &str) -> &str {
 fn listen(address: &str) -> Result<Option<UnixListener>> {
     let path = socket_path(address);
     if let Some(parent) = Path::new(path).parent() {
-        std::fs::create_dir_all(parent).map_err(Error::io(format!("create {}", parent.display())))?;
+        std::fs::create_dir_all(parent)
+            .map_err(Error::io(format!("create {}", parent.display())))?;
     }
     match UnixListener::bind(path) {
         Ok(l) => Ok(Some(l)),
@@ -212,7 +220,9 @@ fn set_subreaper() -> Result<()> {
     // SAFETY: prctl with PR_SET_CHILD_SUBREAPER takes a plain integer.
     let rc = unsafe { libc::prctl(libc::PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0) };
     if rc != 0 {
-        return Err(Error::io("become child subreaper")(std::io::Error::last_os_error()));
+        return Err(Error::io("become child subreaper")(
+            std::io::Error::last_os_error(),
+        ));
     }
     Ok(())
 }
@@ -228,7 +238,11 @@ fn reap_children() {
         }
     };
     // containerd signals the shim on its own shutdown; the shim must live on
-    for kind in [SignalKind::terminate(), SignalKind::interrupt(), SignalKind::pipe()] {
+    for kind in [
+        SignalKind::terminate(),
+        SignalKind::interrupt(),
+        SignalKind::pipe(),
+    ] {
         if let Ok(mut s) = signal(kind) {
             tokio::spawn(async move {
                 while s.recv().await.is_some() {

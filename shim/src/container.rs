@@ -87,8 +87,10 @@ impl Container {
             systemd_cgroup: args.options.systemd_cgroup,
             log_dir: args.bundle.to_path_buf(),
         };
-        std::fs::create_dir_all(&runtime.root)
-            .map_err(Error::io(format!("create runtime root {}", runtime.root.display())))?;
+        std::fs::create_dir_all(&runtime.root).map_err(Error::io(format!(
+            "create runtime root {}",
+            runtime.root.display()
+        )))?;
         persist_runtime(args.bundle, &runtime)?;
 
         let mut c = Container {
@@ -244,7 +246,8 @@ impl Container {
         let io = pending.take_runtime_io();
         let res = with_console(
             &pending,
-            self.runtime.restore(&self.id, &init, &opts, image, &work.path, io),
+            self.runtime
+                .restore(&self.id, &init, &opts, image, &work.path, io),
         )
         .await;
         let console_fd = match res {
@@ -286,8 +289,10 @@ impl Container {
             ));
         }
         let image = PathBuf::from(&opts.image_path);
-        std::fs::create_dir_all(&image)
-            .map_err(Error::io(format!("create checkpoint dir {}", image.display())))?;
+        std::fs::create_dir_all(&image).map_err(Error::io(format!(
+            "create checkpoint dir {}",
+            image.display()
+        )))?;
         let work_base = if opts.work_path.is_empty() {
             self.options.criu_work_path.clone()
         } else {
@@ -297,7 +302,11 @@ impl Container {
         // terminal containers need CRIU's shell-job mode
         opts.terminal |= self.init.stdio.terminal;
         let mut work = work;
-        if let Err(e) = self.runtime.checkpoint(&self.id, &opts, &image, &work.path).await {
+        if let Err(e) = self
+            .runtime
+            .checkpoint(&self.id, &opts, &image, &work.path)
+            .await
+        {
             work.keep = true;
             return Err(e);
         }
@@ -315,8 +324,10 @@ impl Container {
         } else {
             (PathBuf::from(base), false)
         };
-        std::fs::create_dir_all(&path)
-            .map_err(Error::io(format!("create CRIU work dir {}", path.display())))?;
+        std::fs::create_dir_all(&path).map_err(Error::io(format!(
+            "create CRIU work dir {}",
+            path.display()
+        )))?;
         Ok(WorkDir {
             path,
             owned,
@@ -344,8 +355,10 @@ impl Container {
         let spec_path = self.bundle.join(format!(".exec-{exec_id}.json"));
         let spec_bytes = serde_json::to_vec(&spec)
             .map_err(|e| Error::Internal(format!("serialize exec spec: {e}")))?;
-        std::fs::write(&spec_path, spec_bytes)
-            .map_err(Error::io(format!("write exec spec {}", spec_path.display())))?;
+        std::fs::write(&spec_path, spec_bytes).map_err(Error::io(format!(
+            "write exec spec {}",
+            spec_path.display()
+        )))?;
         let pid_file = self.bundle.join(format!(".exec-{exec_id}.pid"));
         let mut pending = PendingStdio::prepare(&stdio, self.options.io_uid, self.options.io_gid)?;
         let console = pending.console_path();
@@ -474,9 +487,8 @@ fn read_spec(bundle: &Path) -> Result<serde_json::Value> {
     let path = bundle.join("config.json");
     let text = std::fs::read_to_string(&path)
         .map_err(Error::io(format!("read OCI spec {}", path.display())))?;
-    let spec: serde_json::Value = serde_json::from_str(&text).map_err(|e| {
-        Error::InvalidArgument(format!("invalid OCI spec {}: {e}", path.display()))
-    })?;
+    let spec: serde_json::Value = serde_json::from_str(&text)
+        .map_err(|e| Error::InvalidArgument(format!("invalid OCI spec {}: {e}", path.display())))?;
     validate_spec(&spec).map_err(|m| Error::InvalidArgument(format!("invalid OCI spec: {m}")))?;
     Ok(spec)
 }
@@ -524,19 +536,27 @@ fn persist_runtime(bundle: &Path, rt: &OciRuntime) -> Result<()> {
         systemd_cgroup: rt.systemd_cgroup,
     };
     let bytes = serde_json::to_vec(&p).map_err(|e| Error::Internal(e.to_string()))?;
-    std::fs::write(bundle.join(OPTIONS_FILE), bytes)
-        .map_err(Error::io(format!("write {}", bundle.join(OPTIONS_FILE).display())))
+    std::fs::write(bundle.join(OPTIONS_FILE), bytes).map_err(Error::io(format!(
+        "write {}",
+        bundle.join(OPTIONS_FILE).display()
+    )))
 }
 
 /// Parses the JSON OCI process spec of an Exec request.
 pub fn parse_exec_spec(any: Option<&Any>) -> Result<serde_json::Value> {
-    let any = any.ok_or_else(|| Error::InvalidArgument("exec request carries no process spec".into()))?;
+    let any =
+        any.ok_or_else(|| Error::InvalidArgument("exec request carries no process spec".into()))?;
     let v: serde_json::Value = serde_json::from_slice(&any.value).map_err(|e| {
-        Error::InvalidArgument(format!("exec process spec ({}) is not valid JSON: {e}", any.type_url))
+        Error::InvalidArgument(format!(
+            "exec process spec ({}) is not valid JSON: {e}",
+            any.type_url
+        ))
     })?;
     let args = v.get("args").and_then(|a| a.as_array());
     if args.is_none_or(|a| a.is_empty()) {
-        return Err(Error::InvalidArgument("exec process spec has empty args".into()));
+        return Err(Error::InvalidArgument(
+            "exec process spec has empty args".into(),
+        ));
     }
     Ok(v)
 }
@@ -552,8 +572,10 @@ mod tests {
         let e = validate_spec(&serde_json::json!({"ociVersion":"1.0.2","process":{"args":[]}}))
             .unwrap_err();
         assert!(e.contains("process.args"));
-        let e = validate_spec(&serde_json::json!({"ociVersion":"1","process":{"args":["a"],"cwd":"rel"}}))
-            .unwrap_err();
+        let e = validate_spec(
+            &serde_json::json!({"ociVersion":"1","process":{"args":["a"],"cwd":"rel"}}),
+        )
+        .unwrap_err();
         assert!(e.contains("not an absolute path"));
         assert!(validate_spec(&serde_json::json!([1])).is_err());
     }
@@ -565,7 +587,13 @@ mod tests {
         let b = runtime_root(&o, "/run/b.sock", "ns");
         assert_ne!(a, b);
         assert!(a.ends_with("ns"));
-        let o = RuntimeOptions { root: "/x".into(), ..Default::default() };
-        assert_eq!(runtime_root(&o, "/run/a.sock", "ns"), PathBuf::from("/x/ns"));
+        let o = RuntimeOptions {
+            root: "/x".into(),
+            ..Default::default()
+        };
+        assert_eq!(
+            runtime_root(&o, "/run/a.sock", "ns"),
+            PathBuf::from("/x/ns")
+        );
     }
 }

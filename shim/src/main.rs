@@ -26,7 +26,11 @@ fn init_logging(debug: bool, to_fifo: bool) {
         .with_env_filter(filter)
         .with_ansi(false)
         .with_target(false);
-    let fifo = if to_fifo { bootstrap::open_log_fifo() } else { None };
+    let fifo = if to_fifo {
+        bootstrap::open_log_fifo()
+    } else {
+        None
+    };
     let _ = match fifo {
         Some(f) => builder.with_writer(Mutex::new(f)).try_init(),
         None => builder.with_writer(std::io::stderr).try_init(),
@@ -60,7 +64,10 @@ fn main() {
     {
         Ok(rt) => rt,
         Err(e) => {
-            eprintln!("{}: cannot start async runtime: {e}", bootstrap::RUNTIME_TYPE);
+            eprintln!(
+                "{}: cannot start async runtime: {e}",
+                bootstrap::RUNTIME_TYPE
+            );
             std::process::exit(1);
         }
     };

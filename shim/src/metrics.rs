@@ -65,13 +65,17 @@ impl V1Paths {
         // controller -> mount point of its v1 hierarchy
         let mut mounts: HashMap<String, (String, String)> = HashMap::new();
         for line in mountinfo.lines() {
-            let Some((pre, post)) = line.split_once(" - ") else { continue };
+            let Some((pre, post)) = line.split_once(" - ") else {
+                continue;
+            };
             let mut post = post.split_whitespace();
             if post.next() != Some("cgroup") {
                 continue;
             }
             let pre: Vec<&str> = pre.split_whitespace().collect();
-            let (Some(root), Some(mp)) = (pre.get(3), pre.get(4)) else { continue };
+            let (Some(root), Some(mp)) = (pre.get(3), pre.get(4)) else {
+                continue;
+            };
             let opts = post.nth(1).unwrap_or_default();
             for o in opts.split(',') {
                 mounts.insert(o.to_string(), (root.to_string(), mp.to_string()));
@@ -190,7 +194,11 @@ impl V1Paths {
             let tick_ns = 1_000_000_000 / clock_ticks();
             let per_cpu = self
                 .read("cpuacct", "cpuacct.usage_percpu")
-                .map(|s| s.split_whitespace().filter_map(|v| v.parse().ok()).collect())
+                .map(|s| {
+                    s.split_whitespace()
+                        .filter_map(|v| v.parse().ok())
+                        .collect()
+                })
                 .unwrap_or_default();
             let st = self.kv("cpu", "cpu.stat");
             m.cpu = Some(CPUStat {
@@ -252,8 +260,14 @@ mod tests {
 ";
         let cgroup = "5:memory:/default/c1\n4:cpu,cpuacct:/default/c1\n0::/default/c1\n";
         let p = V1Paths::parse(cgroup, mountinfo);
-        assert_eq!(p.0["memory"], PathBuf::from("/sys/fs/cgroup/memory/default/c1"));
-        assert_eq!(p.0["cpuacct"], PathBuf::from("/sys/fs/cgroup/cpu,cpuacct/default/c1"));
+        assert_eq!(
+            p.0["memory"],
+            PathBuf::from("/sys/fs/cgroup/memory/default/c1")
+        );
+        assert_eq!(
+            p.0["cpuacct"],
+            PathBuf::from("/sys/fs/cgroup/cpu,cpuacct/default/c1")
+        );
         assert!(!p.0.contains_key("pids"));
     }
 

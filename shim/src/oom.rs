@@ -5,7 +5,7 @@
 use std::{
     io::{Read, Write},
     os::fd::{AsRawFd, FromRawFd},
-    path::PathBuf,
+    path::Path,
 };
 
 use tokio::sync::mpsc;
@@ -29,7 +29,7 @@ pub fn watch(pid: i32) -> Option<mpsc::UnboundedReceiver<()>> {
     spawned.ok().map(|_| rx)
 }
 
-fn watch_loop(dir: &PathBuf, tx: &mpsc::UnboundedSender<()>) -> std::io::Result<()> {
+fn watch_loop(dir: &Path, tx: &mpsc::UnboundedSender<()>) -> std::io::Result<()> {
     let control = std::fs::File::open(dir.join("memory.oom_control"))?;
     // SAFETY: eventfd returns a fresh descriptor we take ownership of.
     let efd = unsafe { libc::eventfd(0, libc::EFD_CLOEXEC) };

@@ -96,7 +96,9 @@ pub fn decode_runtime_options(any: Option<&Any>) -> Result<RuntimeOptions> {
     match type_name(any) {
         RUNC_OPTIONS_TYPE => {
             let o = PbOptions::parse_from_bytes(&any.value).map_err(|e| {
-                Error::InvalidArgument(format!("malformed {RUNC_OPTIONS_TYPE} runtime options: {e}"))
+                Error::InvalidArgument(format!(
+                    "malformed {RUNC_OPTIONS_TYPE} runtime options: {e}"
+                ))
             })?;
             Ok(RuntimeOptions {
                 binary_name: o.binary_name,
@@ -283,7 +285,10 @@ mod tests {
     fn unknown_options_type_is_rejected() {
         let a = any("example.com/Bogus", vec![1, 2, 3]);
         let e = decode_runtime_options(Some(&a)).unwrap_err().to_string();
-        assert!(e.contains("unsupported runtime options type \"Bogus\""), "{e}");
+        assert!(
+            e.contains("unsupported runtime options type \"Bogus\""),
+            "{e}"
+        );
         let e = decode_checkpoint_options(Some(&a)).unwrap_err().to_string();
         assert!(e.contains("unsupported checkpoint options type"), "{e}");
     }
@@ -305,7 +310,10 @@ mod tests {
 
         std::fs::write(&path, "BinaryNmae = \"crun\"\n").unwrap();
         let e = load_options_file(&path).unwrap_err().to_string();
-        assert!(e.contains("BinaryNmae") && e.contains("accepted keys"), "{e}");
+        assert!(
+            e.contains("BinaryNmae") && e.contains("accepted keys"),
+            "{e}"
+        );
     }
 
     #[test]

@@ -12,8 +12,8 @@ use std::{
 };
 
 use containerd_shim::{
-    monitor::{Subject, Topic},
     asynchronous::monitor::{monitor_subscribe, monitor_unsubscribe},
+    monitor::{Subject, Topic},
 };
 
 use crate::error::{Error, Result};
@@ -56,8 +56,14 @@ pub async fn run(mut cmd: Command, capture: Capture, what: &str) -> Result<Outpu
     // child; drop them so readers see EOF when the child is gone.
     drop(cmd);
     let pid = child.id() as i32;
-    let out = child.stdout.take().map(|o| tokio::task::spawn_blocking(move || drain(o)));
-    let err = child.stderr.take().map(|e| tokio::task::spawn_blocking(move || drain(e)));
+    let out = child
+        .stdout
+        .take()
+        .map(|o| tokio::task::spawn_blocking(move || drain(o)));
+    let err = child
+        .stderr
+        .take()
+        .map(|e| tokio::task::spawn_blocking(move || drain(e)));
 
     let code = loop {
         match sub.rx.recv().await {

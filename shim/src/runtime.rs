@@ -85,7 +85,8 @@ impl OciRuntime {
 
     fn log_path(&self) -> PathBuf {
         let n = LOG_SEQ.fetch_add(1, Ordering::Relaxed);
-        self.log_dir.join(format!(".runtime-{}-{n}.log", std::process::id()))
+        self.log_dir
+            .join(format!(".runtime-{}-{n}.log", std::process::id()))
     }
 
     /// Runs one runtime subcommand; on failure the error carries the runtime's
@@ -142,7 +143,10 @@ impl OciRuntime {
             "create",
             id,
             |c| {
-                c.arg("--bundle").arg(init.bundle).arg("--pid-file").arg(init.pid_file);
+                c.arg("--bundle")
+                    .arg(init.bundle)
+                    .arg("--pid-file")
+                    .arg(init.pid_file);
                 if let Some(s) = init.console_socket {
                     c.arg("--console-socket").arg(s);
                 }
@@ -161,9 +165,14 @@ impl OciRuntime {
     }
 
     pub async fn start(&self, id: &str) -> Result<()> {
-        self.exec("start", id, |c| {
-            c.arg(id);
-        }, None)
+        self.exec(
+            "start",
+            id,
+            |c| {
+                c.arg(id);
+            },
+            None,
+        )
         .await
         .map(|_| ())
     }
@@ -201,17 +210,27 @@ impl OciRuntime {
     }
 
     pub async fn pause(&self, id: &str) -> Result<()> {
-        self.exec("pause", id, |c| {
-            c.arg(id);
-        }, None)
+        self.exec(
+            "pause",
+            id,
+            |c| {
+                c.arg(id);
+            },
+            None,
+        )
         .await
         .map(|_| ())
     }
 
     pub async fn resume(&self, id: &str) -> Result<()> {
-        self.exec("resume", id, |c| {
-            c.arg(id);
-        }, None)
+        self.exec(
+            "resume",
+            id,
+            |c| {
+                c.arg(id);
+            },
+            None,
+        )
         .await
         .map(|_| ())
     }
@@ -219,9 +238,14 @@ impl OciRuntime {
     /// Pids of every process in the container.
     pub async fn ps(&self, id: &str) -> Result<Vec<i32>> {
         let out = self
-            .exec("ps", id, |c| {
-                c.arg("--format").arg("json").arg(id);
-            }, None)
+            .exec(
+                "ps",
+                id,
+                |c| {
+                    c.arg("--format").arg("json").arg(id);
+                },
+                None,
+            )
             .await?;
         let text = String::from_utf8_lossy(&out);
         let text = text.trim();
@@ -229,7 +253,10 @@ impl OciRuntime {
             return Ok(Vec::new());
         }
         serde_json::from_str(text).map_err(|e| {
-            Error::Runtime(format!("{} ps returned malformed JSON {text:?}: {e}", self.binary))
+            Error::Runtime(format!(
+                "{} ps returned malformed JSON {text:?}: {e}",
+                self.binary
+            ))
         })
     }
 
@@ -290,7 +317,10 @@ impl OciRuntime {
                 "checkpoint",
                 id,
                 |c| {
-                    c.arg("--image-path").arg(image).arg("--work-path").arg(work);
+                    c.arg("--image-path")
+                        .arg(image)
+                        .arg("--work-path")
+                        .arg(work);
                     if !opts.exit {
                         c.arg("--leave-running");
                     }
@@ -300,7 +330,8 @@ impl OciRuntime {
                 None,
             )
             .await;
-        r.map(|_| ()).map_err(|e| criu_error("checkpoint (CRIU dump)", e, &work.join("dump.log")))
+        r.map(|_| ())
+            .map_err(|e| criu_error("checkpoint (CRIU dump)", e, &work.join("dump.log")))
     }
 
     /// Restores a container from a CRIU image, detached, as a child of the shim.
@@ -339,7 +370,8 @@ impl OciRuntime {
                 Some(io),
             )
             .await;
-        r.map(|_| ()).map_err(|e| criu_error("restore (CRIU restore)", e, &work.join("restore.log")))
+        r.map(|_| ())
+            .map_err(|e| criu_error("restore (CRIU restore)", e, &work.join("restore.log")))
     }
 }
 
@@ -407,7 +439,10 @@ pub fn read_pid_file(path: &Path) -> Result<i32> {
     let text = std::fs::read_to_string(path)
         .map_err(Error::io(format!("read pid file {}", path.display())))?;
     text.trim().parse().map_err(|e| {
-        Error::Runtime(format!("pid file {} holds {text:?}, not a pid: {e}", path.display()))
+        Error::Runtime(format!(
+            "pid file {} holds {text:?}, not a pid: {e}",
+            path.display()
+        ))
     })
 }
 
@@ -430,8 +465,15 @@ not json
     fn criu_tail_prefers_errors() {
         let dir = tempfile::tempdir().unwrap();
         let p = dir.path().join("dump.log");
-        std::fs::write(&p, "a\nb\n(00.1) Error (criu/sk-unix.c:1): unix: Can't dump\nc\n").unwrap();
-        assert_eq!(criu_log_tail(&p, 5), "(00.1) Error (criu/sk-unix.c:1): unix: Can't dump");
+        std::fs::write(
+            &p,
+            "a\nb\n(00.1) Error (criu/sk-unix.c:1): unix: Can't dump\nc\n",
+        )
+        .unwrap();
+        assert_eq!(
+            criu_log_tail(&p, 5),
+            "(00.1) Error (criu/sk-unix.c:1): unix: Can't dump"
+        );
         assert_eq!(criu_log_tail(&dir.path().join("missing"), 5), "");
     }
 }

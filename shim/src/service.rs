@@ -10,13 +10,15 @@ use std::{
 
 use async_trait::async_trait;
 use containerd_shim::{
+    asynchronous::monitor::monitor_subscribe,
     io::Stdio,
     monitor::{Subject, Topic},
-    asynchronous::monitor::monitor_subscribe,
     protos::{
         api::*,
         events::task::*,
-        protobuf::{well_known_types::any::Any, well_known_types::timestamp::Timestamp, MessageDyn},
+        protobuf::{
+            well_known_types::any::Any, well_known_types::timestamp::Timestamp, MessageDyn,
+        },
         shim::oci::ProcessDetails,
         shim_async::Task,
         topics::*,
@@ -83,7 +85,9 @@ impl TaskService {
         let weak = Arc::downgrade(&inner);
         tokio::spawn(async move {
             while let Some(ev) = sub.rx.recv().await {
-                let Subject::Pid(pid) = ev.subject else { continue };
+                let Subject::Pid(pid) = ev.subject else {
+                    continue;
+                };
                 let Some(inner) = weak.upgrade() else { break };
                 let ts = timestamp().unwrap_or_default();
                 tokio::spawn(async move { inner.handle_exit(pid, ev.exit_code, ts).await });
@@ -101,7 +105,12 @@ impl Inner {
     async fn publish(&self, topic: &str, event: Box<dyn MessageDyn>) {
         if let Err(e) = self
             .publisher
-            .publish(ttrpc::context::Context::default(), topic, &self.namespace, event)
+            .publish(
+                ttrpc::context::Context::default(),
+                topic,
+                &self.namespace,
+                event,
+            )
             .await
         {
             warn!(topic, error = %e, "failed to publish event");
@@ -131,13 +140,18 @@ impl Inner {
         let Some((id, exec_id)) = owner else {
             let mut un = lock_std(&self.unclaimed);
             let now = Instant::now();
-            while un.front().is_some_and(|(.., at)| now.duration_since(*at) > UNCLAIMED_TTL) {
+            while un
+                .front()
+                .is_some_and(|(.., at)| now.duration_since(*at) > UNCLAIMED_TTL)
+            {
                 un.pop_front();
             }
             un.push_back((pid, code, ts, now));
             return;
         };
-        let Ok(c) = self.container(&id).await else { return };
+        let Ok(c) = self.container(&id).await else {
+            return;
+        };
         // let the output drain before reporting the exit, without holding the lock
         let io = {
             let c = c.lock().await;
@@ -150,15 +164,24 @@ impl Inner {
             }
         }
         let mut c = c.lock().await;
-        let Ok(p) = c.process_mut(&exec_id) else { return };
-        let exit = Exit { code: code as u32, at: ts.clone() };
+        let Ok(p) = c.process_mut(&exec_id) else {
+            return;
+        };
+        let exit = Exit {
+            code: code as u32,
+            at: ts.clone(),
+        };
         p.set_exited(exit);
         info!(container = %id, exec = %exec_id, pid, code, "process exited");
         self.publish(
             TASK_EXIT_EVENT_TOPIC,
             Box::new(TaskExit {
                 container_id: id.clone(),
-                id: if exec_id.is_empty() { id.clone() } else { exec_id.clone() },
+                id: if exec_id.is_empty() {
+                    id.clone()
+                } else {
+                    exec_id.clone()
+                },
                 pid: pid as u32,
                 exit_status: code as u32,
                 exited_at: Some(ts).into(),
@@ -193,7 +216,11 @@ impl Task for TaskService {
         let c = c.lock().await;
         let p = c.process(&req.exec_id)?;
         let mut resp = StateResponse {
-            id: if req.exec_id.is_empty() { c.id.clone() } else { req.exec_id.clone() },
+            id: if req.exec_id.is_empty() {
+                c.id.clone()
+            } else {
+                req.exec_id.clone()
+            },
             bundle: c.bundle.display().to_string(),
             pid: p.pid.max(0) as u32,
             stdin: p.stdio.stdin.clone(),
@@ -211,13 +238,19 @@ impl Task for TaskService {
         Ok(resp)
     }
 
-    async fn create(&self, _ctx: &TtrpcContext, req: CreateTaskRequest) -> TResult<CreateTaskResponse> {
+    async fn create(
+        &self,
+        _ctx: &TtrpcContext,
+        req: CreateTaskRequest,
+    ) -> TResult<CreateTaskResponse> {
         if req.id.is_empty() {
             return Err(Error::InvalidArgument("create: container id is empty".into()).into());
         }
         let mut map = self.inner.containers.lock().await;
         if map.contains_key(&req.id) {
-            return Err(Error::AlreadyExists(format!("container {} already exists", req.id)).into());
+            return Err(
+                Error::AlreadyExists(format!("container {} already exists", req.id)).into(),
+            );
         }
         let options = decode_runtime_options(req.options.as_ref())?;
         let stdio = Stdio::new(&req.stdin, &req.stdout, &req.stderr, req.terminal);
@@ -255,7 +288,10 @@ impl Task for TaskService {
                 }),
             )
             .await;
-        Ok(CreateTaskResponse { pid: pid.max(0) as u32, ..Default::default() })
+        Ok(CreateTaskResponse {
+            pid: pid.max(0) as u32,
+            ..Default::default()
+        })
     }
 
     async fn start(&self, _ctx: &TtrpcContext, req: StartRequest) -> TResult<StartResponse> {
@@ -268,18 +304,28 @@ impl Task for TaskService {
                 self.inner.watch_oom(pid, &req.id);
                 if let Some((code, ts)) = self.inner.register_pid(pid, &req.id, "") {
                     drop(c);
-                    self.inner.clone().handle_exit_now(pid, code, ts, &req.id, "").await;
+                    self.inner
+                        .clone()
+                        .handle_exit_now(pid, code, ts, &req.id, "")
+                        .await;
                     c = cref.lock().await;
                 }
             }
             self.inner
                 .publish(
                     TASK_START_EVENT_TOPIC,
-                    Box::new(TaskStart { container_id: req.id.clone(), pid: pid as u32, ..Default::default() }),
+                    Box::new(TaskStart {
+                        container_id: req.id.clone(),
+                        pid: pid as u32,
+                        ..Default::default()
+                    }),
                 )
                 .await;
             drop(c);
-            Ok(StartResponse { pid: pid as u32, ..Default::default() })
+            Ok(StartResponse {
+                pid: pid as u32,
+                ..Default::default()
+            })
         } else {
             let pid = c.start_exec(&req.exec_id).await?;
             let early = self.inner.register_pid(pid, &req.id, &req.exec_id);
@@ -296,9 +342,15 @@ impl Task for TaskService {
                 .await;
             drop(c);
             if let Some((code, ts)) = early {
-                self.inner.clone().handle_exit_now(pid, code, ts, &req.id, &req.exec_id).await;
+                self.inner
+                    .clone()
+                    .handle_exit_now(pid, code, ts, &req.id, &req.exec_id)
+                    .await;
             }
-            Ok(StartResponse { pid: pid as u32, ..Default::default() })
+            Ok(StartResponse {
+                pid: pid as u32,
+                ..Default::default()
+            })
         }
     }
 
@@ -380,9 +432,15 @@ impl Task for TaskService {
         let pids = c.runtime.ps(&c.id).await?;
         let mut resp = PidsResponse::default();
         for pid in pids {
-            let mut info = ProcessInfo { pid: pid as u32, ..Default::default() };
+            let mut info = ProcessInfo {
+                pid: pid as u32,
+                ..Default::default()
+            };
             if let Some((exec_id, _)) = c.execs.iter().find(|(_, p)| p.pid == pid) {
-                let d = ProcessDetails { exec_id: exec_id.clone(), ..Default::default() };
+                let d = ProcessDetails {
+                    exec_id: exec_id.clone(),
+                    ..Default::default()
+                };
                 info.info = Some(Any {
                     type_url: "containerd.runc.v1.ProcessDetails".into(),
                     value: d.write_to_bytes().map_err(Error::from)?,
@@ -408,7 +466,13 @@ impl Task for TaskService {
         c.runtime.pause(&req.id).await?;
         c.init.state = State::Paused;
         self.inner
-            .publish(TASK_PAUSED_EVENT_TOPIC, Box::new(TaskPaused { container_id: req.id.clone(), ..Default::default() }))
+            .publish(
+                TASK_PAUSED_EVENT_TOPIC,
+                Box::new(TaskPaused {
+                    container_id: req.id.clone(),
+                    ..Default::default()
+                }),
+            )
             .await;
         Ok(empty())
     }
@@ -426,7 +490,13 @@ impl Task for TaskService {
         c.runtime.resume(&req.id).await?;
         c.init.state = State::Running;
         self.inner
-            .publish(TASK_RESUMED_EVENT_TOPIC, Box::new(TaskResumed { container_id: req.id.clone(), ..Default::default() }))
+            .publish(
+                TASK_RESUMED_EVENT_TOPIC,
+                Box::new(TaskResumed {
+                    container_id: req.id.clone(),
+                    ..Default::default()
+                }),
+            )
             .await;
         Ok(empty())
     }
@@ -454,7 +524,11 @@ impl Task for TaskService {
         let c = cref.lock().await;
         if req.exec_id.is_empty() {
             if c.init.is_stopped() && !req.all {
-                return Err(Error::NotFound(format!("process already finished: container {}", req.id)).into());
+                return Err(Error::NotFound(format!(
+                    "process already finished: container {}",
+                    req.id
+                ))
+                .into());
             }
             if c.init.is_stopped() || (c.init.state == State::Created && c.restore_from.is_some()) {
                 return Ok(empty());
@@ -463,15 +537,26 @@ impl Task for TaskService {
         } else {
             let p: &Process = c.exec(&req.exec_id)?;
             if p.is_stopped() {
-                return Err(Error::NotFound(format!("process already finished: exec {}", req.exec_id)).into());
+                return Err(Error::NotFound(format!(
+                    "process already finished: exec {}",
+                    req.exec_id
+                ))
+                .into());
             }
             if p.pid <= 0 {
-                return Err(Error::FailedPrecondition(format!("exec {} has not been started", req.exec_id)).into());
+                return Err(Error::FailedPrecondition(format!(
+                    "exec {} has not been started",
+                    req.exec_id
+                ))
+                .into());
             }
             let sig = nix::sys::signal::Signal::try_from(req.signal as i32)
                 .map_err(|_| Error::InvalidArgument(format!("invalid signal {}", req.signal)))?;
             nix::sys::signal::kill(nix::unistd::Pid::from_raw(p.pid), sig).map_err(|e| {
-                Error::Internal(format!("kill exec {} (pid {}) with {sig}: {e}", req.exec_id, p.pid))
+                Error::Internal(format!(
+                    "kill exec {} (pid {}) with {sig}: {e}",
+                    req.exec_id, p.pid
+                ))
             })?;
         }
         Ok(empty())
@@ -485,18 +570,35 @@ impl Task for TaskService {
         let cref = self.inner.container(&req.id).await?;
         let mut c = cref.lock().await;
         if c.execs.contains_key(&req.exec_id) {
-            return Err(Error::AlreadyExists(format!("exec {} already exists in container {}", req.exec_id, req.id)).into());
+            return Err(Error::AlreadyExists(format!(
+                "exec {} already exists in container {}",
+                req.exec_id, req.id
+            ))
+            .into());
         }
         if c.init.is_stopped() {
-            return Err(Error::FailedPrecondition(format!("cannot exec in container {}: it is stopped", req.id)).into());
+            return Err(Error::FailedPrecondition(format!(
+                "cannot exec in container {}: it is stopped",
+                req.id
+            ))
+            .into());
         }
-        let mut p = Process::new(Stdio::new(&req.stdin, &req.stdout, &req.stderr, req.terminal));
+        let mut p = Process::new(Stdio::new(
+            &req.stdin,
+            &req.stdout,
+            &req.stderr,
+            req.terminal,
+        ));
         p.spec = Some(spec);
         c.execs.insert(req.exec_id.clone(), p);
         self.inner
             .publish(
                 TASK_EXEC_ADDED_EVENT_TOPIC,
-                Box::new(TaskExecAdded { container_id: req.id.clone(), exec_id: req.exec_id.clone(), ..Default::default() }),
+                Box::new(TaskExecAdded {
+                    container_id: req.id.clone(),
+                    exec_id: req.exec_id.clone(),
+                    ..Default::default()
+                }),
             )
             .await;
         Ok(empty())
@@ -529,12 +631,16 @@ impl Task for TaskService {
             .as_ref()
             .ok_or_else(|| Error::InvalidArgument("update carries no resources".into()))?;
         let _: serde_json::Value = serde_json::from_slice(&res.value).map_err(|e| {
-            Error::InvalidArgument(format!("update resources ({}) are not valid JSON: {e}", res.type_url))
+            Error::InvalidArgument(format!(
+                "update resources ({}) are not valid JSON: {e}",
+                res.type_url
+            ))
         })?;
         let cref = self.inner.container(&req.id).await?;
         let c = cref.lock().await;
         let path = c.bundle.join(".update-resources.json");
-        std::fs::write(&path, &res.value).map_err(Error::io(format!("write {}", path.display())))?;
+        std::fs::write(&path, &res.value)
+            .map_err(Error::io(format!("write {}", path.display())))?;
         let r = c.runtime.update(&req.id, &path).await;
         let _ = std::fs::remove_file(&path);
         r?;
@@ -552,10 +658,18 @@ impl Task for TaskService {
                 break e;
             }
             if rx.changed().await.is_err() {
-                return Err(Error::NotFound(format!("process {} was deleted while waiting", req.id)).into());
+                return Err(Error::NotFound(format!(
+                    "process {} was deleted while waiting",
+                    req.id
+                ))
+                .into());
             }
         };
-        Ok(WaitResponse { exit_status: exit.code, exited_at: Some(exit.at).into(), ..Default::default() })
+        Ok(WaitResponse {
+            exit_status: exit.code,
+            exited_at: Some(exit.at).into(),
+            ..Default::default()
+        })
     }
 
     async fn stats(&self, _ctx: &TtrpcContext, req: StatsRequest) -> TResult<StatsResponse> {
@@ -564,7 +678,10 @@ impl Task for TaskService {
         let any = tokio::task::spawn_blocking(move || metrics::collect(pid))
             .await
             .map_err(|e| Error::Internal(format!("metrics task failed: {e}")))??;
-        Ok(StatsResponse { stats: Some(any).into(), ..Default::default() })
+        Ok(StatsResponse {
+            stats: Some(any).into(),
+            ..Default::default()
+        })
     }
 
     async fn connect(&self, _ctx: &TtrpcContext, req: ConnectRequest) -> TResult<ConnectResponse> {
@@ -593,7 +710,9 @@ impl Task for TaskService {
 impl Inner {
     /// Publishes TaskOOM for every OOM kill in the container's cgroup.
     fn watch_oom(self: &Arc<Self>, pid: i32, id: &str) {
-        let Some(mut rx) = crate::oom::watch(pid) else { return };
+        let Some(mut rx) = crate::oom::watch(pid) else {
+            return;
+        };
         let weak = Arc::downgrade(self);
         let id = id.to_string();
         tokio::spawn(async move {
@@ -603,7 +722,10 @@ impl Inner {
                 inner
                     .publish(
                         TASK_OOM_EVENT_TOPIC,
-                        Box::new(TaskOOM { container_id: id.clone(), ..Default::default() }),
+                        Box::new(TaskOOM {
+                            container_id: id.clone(),
+                            ..Default::default()
+                        }),
                     )
                     .await;
             }
@@ -611,7 +733,14 @@ impl Inner {
     }
 
     /// Reports an exit that arrived before its process was registered.
-    async fn handle_exit_now(self: Arc<Self>, pid: i32, code: i32, ts: Timestamp, id: &str, exec_id: &str) {
+    async fn handle_exit_now(
+        self: Arc<Self>,
+        pid: i32,
+        code: i32,
+        ts: Timestamp,
+        id: &str,
+        exec_id: &str,
+    ) {
         lock_std(&self.pids).insert(pid, (id.to_string(), exec_id.to_string()));
         self.handle_exit(pid, code, ts).await;
     }

@@ -95,24 +95,24 @@ impl PendingStdio {
         if !stdio.stdin.is_empty() {
             let (r, w) = pipe()?;
             chown_fd(&r, uid, gid)?;
-            let sender = pipe::Sender::from_owned_fd(w)
-                .map_err(Error::io("register stdin pipe"))?;
+            let sender =
+                pipe::Sender::from_owned_fd(w).map_err(Error::io("register stdin pipe"))?;
             shim.tasks.copy_from_fifo(&stdio.stdin, sender)?;
             runtime.stdin = Some(r);
         }
         if !stdio.stdout.is_empty() {
             let (r, w) = pipe()?;
             chown_fd(&w, uid, gid)?;
-            let receiver = pipe::Receiver::from_owned_fd(r)
-                .map_err(Error::io("register stdout pipe"))?;
+            let receiver =
+                pipe::Receiver::from_owned_fd(r).map_err(Error::io("register stdout pipe"))?;
             shim.tasks.copy_to_fifo(receiver, &stdio.stdout)?;
             runtime.stdout = Some(w);
         }
         if !stdio.stderr.is_empty() {
             let (r, w) = pipe()?;
             chown_fd(&w, uid, gid)?;
-            let receiver = pipe::Receiver::from_owned_fd(r)
-                .map_err(Error::io("register stderr pipe"))?;
+            let receiver =
+                pipe::Receiver::from_owned_fd(r).map_err(Error::io("register stderr pipe"))?;
             shim.tasks.copy_to_fifo(receiver, &stdio.stderr)?;
             runtime.stderr = Some(w);
         }
@@ -139,10 +139,14 @@ impl PendingStdio {
         if let Some(master) = console {
             let pty = Pty::new(std::fs::File::from(master))?;
             if !self.stdio.stdin.is_empty() {
-                self.shim.tasks.copy_from_fifo(&self.stdio.stdin, pty.clone())?;
+                self.shim
+                    .tasks
+                    .copy_from_fifo(&self.stdio.stdin, pty.clone())?;
             }
             if !self.stdio.stdout.is_empty() {
-                self.shim.tasks.copy_to_fifo(pty.clone(), &self.stdio.stdout)?;
+                self.shim
+                    .tasks
+                    .copy_to_fifo(pty.clone(), &self.stdio.stdout)?;
             }
             self.shim.pty = Some(pty);
         }
@@ -181,7 +185,10 @@ impl ConsoleSocket {
             .await
             .map_err(Error::io("accept on console socket"))?;
         loop {
-            stream.readable().await.map_err(Error::io("console socket"))?;
+            stream
+                .readable()
+                .await
+                .map_err(Error::io("console socket"))?;
             let got = stream.try_io(tokio::io::Interest::READABLE, || {
                 let mut buf = [0u8; 4096];
                 let mut iov = [std::io::IoSliceMut::new(&mut buf)];
