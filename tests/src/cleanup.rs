@@ -150,6 +150,9 @@ pub fn remove_empty_cgroup_dirs(name: &str) {
 pub struct Leftovers<'a> {
     /// Container id: no cgroup dir, no bundle, no mount mentioning it may remain.
     pub container_id: &'a str,
+    /// containerd namespace: only cgroup dirs below a dir of that name count
+    /// (other users of the machine may have same-named containers).
+    pub namespace: Option<&'a str>,
     /// Pids seen while the container ran: none may still be alive.
     pub pids: Vec<u32>,
     /// containerd root and state dirs (mounts below them).
@@ -189,7 +192,13 @@ pub fn assert_no_leftovers(l: &Leftovers<'_>) -> Result<()> {
             problems.push(format!("FIFOs left: {fifos:?}"));
         }
     }
-    let cg = cgroup_dirs_named(l.container_id);
+    let cg: Vec<PathBuf> = cgroup_dirs_named(l.container_id)
+        .into_iter()
+        .filter(|p| {
+            l.namespace
+                .is_none_or(|ns| p.components().any(|c| c.as_os_str().to_str() == Some(ns)))
+        })
+        .collect();
     if !cg.is_empty() {
         problems.push(format!("cgroups left: {cg:?}"));
     }

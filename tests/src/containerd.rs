@@ -243,12 +243,13 @@ state = "{state}"
         Ok(image::TEST_IMAGE_REF.to_string())
     }
 
-    /// Asserts that deleted container `id` left nothing behind: none of `pids`
-    /// alive, no mount/dir named after it under root/state, no FIFO in the
-    /// FIFO dir, no cgroup dir named after it.
-    pub fn assert_clean(&self, id: &str, pids: &[u32]) -> Result<()> {
+    /// Asserts that deleted container `id` of `namespace` left nothing behind:
+    /// none of `pids` alive, no mount/dir named after it under root/state, no
+    /// FIFO in the FIFO dir, no cgroup dir named after it (below `namespace`).
+    pub fn assert_clean(&self, namespace: &str, id: &str, pids: &[u32]) -> Result<()> {
         cleanup::assert_no_leftovers(&cleanup::Leftovers {
             container_id: id,
+            namespace: Some(namespace),
             pids: pids.to_vec(),
             dirs: vec![self.root(), self.state()],
             fifo_dir: Some(self.fifo_dir()),

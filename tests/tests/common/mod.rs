@@ -134,7 +134,7 @@ impl Env {
 
     /// Asserts that deleted container `id` left nothing behind.
     pub fn assert_clean(&self, id: &str, pids: &[u32]) {
-        if let Err(e) = self.cd.assert_clean(id, pids) {
+        if let Err(e) = self.cd.assert_clean(&self.ns, id, pids) {
             panic!("{e:#}\ncontainerd log tail:\n{}", self.cd.log_tail(30));
         }
     }
