@@ -47,19 +47,6 @@ fn busybox_applets() -> Result<Vec<String>> {
         .collect())
 }
 
-fn dir_header(path: &str, mode: u32) -> tar::Header {
-    let mut h = tar::Header::new_gnu();
-    h.set_entry_type(tar::EntryType::Directory);
-    h.set_mode(mode);
-    h.set_size(0);
-    h.set_mtime(0);
-    h.set_uid(0);
-    h.set_gid(0);
-    // Path set by the caller via append_data.
-    let _ = path;
-    h
-}
-
 fn append_file<W: Write>(
     b: &mut tar::Builder<W>,
     path: &str,
@@ -79,7 +66,13 @@ fn append_file<W: Write>(
 }
 
 fn append_dir<W: Write>(b: &mut tar::Builder<W>, path: &str, mode: u32) -> Result<()> {
-    let mut h = dir_header(path, mode);
+    let mut h = tar::Header::new_gnu();
+    h.set_entry_type(tar::EntryType::Directory);
+    h.set_mode(mode);
+    h.set_size(0);
+    h.set_mtime(0);
+    h.set_uid(0);
+    h.set_gid(0);
     b.append_data(&mut h, path, std::io::empty())
         .with_context(|| format!("adding dir {path} to tar"))?;
     Ok(())

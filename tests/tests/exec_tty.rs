@@ -143,6 +143,8 @@ fn ctr_exec_exit_code_and_output() {
     e.assert_clean(id, &[pid]);
 }
 
+/// `sleep 0.2` after printing: ctr 1.6 may stop copying a console's output
+/// as soon as the process exits, dropping its last bytes.
 #[test]
 fn ctr_run_and_exec_with_tty() {
     let e = env("tty");
@@ -161,7 +163,7 @@ fn ctr_run_and_exec_with_tty() {
             "t1",
             "sh",
             "-c",
-            "tty; exit 5",
+            "tty; sleep 0.2; exit 5",
         ])
         .unwrap();
     assert_eq!(out.code, Some(5), "{out:?}");
@@ -182,7 +184,7 @@ fn ctr_run_and_exec_with_tty() {
             id,
             "sh",
             "-c",
-            "tty; exit 6",
+            "tty; sleep 0.2; exit 6",
         ])
         .unwrap();
     assert_eq!(out.code, Some(6), "{out:?}");

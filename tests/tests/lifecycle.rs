@@ -28,9 +28,9 @@ fn ctr_run_exit_codes_and_output() {
     assert!(e.ctr.list("containers").unwrap().is_empty());
 }
 
-#[test]
 /// ctr 1.6 never sends CloseIO when its own stdin hits EOF (non-tty), so the
 /// container must stop reading by itself (`head -n 2`).
+#[test]
 fn ctr_run_stdin_is_forwarded() {
     let e = env("life");
     let out = e
