@@ -63,7 +63,13 @@ async fn restore_into_new_container(e: &Env, new_id: &str, desc: Descriptor) -> 
     c.create_task_with(new_id, &Default::default(), rootfs, Some(desc), None)
         .await
         .expect("create task from checkpoint");
-    c.start(new_id, "").await.expect("start restored task")
+    match c.start(new_id, "").await {
+        Ok(pid) => pid,
+        Err(err) => panic!(
+            "start restored task: {err:#}\ncontainerd log:\n{}",
+            e.cd.log_tail(40)
+        ),
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
