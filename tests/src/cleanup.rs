@@ -230,3 +230,30 @@ fn find_named(dir: &Path, name: &str, depth: usize) -> Vec<PathBuf> {
     }
     out
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn mountinfo_escapes_are_decoded() {
+        assert_eq!(unescape_mountinfo(r"/a\040b\011c"), "/a b\tc");
+        assert_eq!(unescape_mountinfo(r"/plain"), "/plain");
+        assert_eq!(unescape_mountinfo(r"/end\04"), r"/end\04");
+    }
+
+    #[test]
+    fn own_process_is_alive_and_root_is_mounted() {
+        assert!(process_alive(std::process::id()));
+        assert!(mount_points().iter().any(|m| m == Path::new("/")));
+    }
+
+    #[test]
+    fn fifos_are_found() {
+        let d = tempfile::tempdir().expect("tempdir");
+        std::fs::create_dir(d.path().join("sub")).expect("mkdir");
+        let p = d.path().join("sub/f");
+        nix::unistd::mkfifo(&p, nix::sys::stat::Mode::from_bits_truncate(0o600)).expect("mkfifo");
+        assert_eq!(fifos_under(d.path()), vec![p]);
+    }
+}

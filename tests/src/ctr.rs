@@ -284,3 +284,37 @@ pub fn shell_quote(s: &str) -> String {
         format!("'{}'", s.replace('\'', r"'\''"))
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn quoting() {
+        assert_eq!(shell_quote("abc-1"), "abc-1");
+        assert_eq!(shell_quote("a b"), "'a b'");
+        assert_eq!(shell_quote("it's"), r"'it'\''s'");
+        assert_eq!(shell_quote(""), "''");
+    }
+
+    #[test]
+    fn commands_time_out() {
+        let mut cmd = Command::new("sleep");
+        cmd.arg("10");
+        let t = Instant::now();
+        let err = run_command(cmd, None, Duration::from_millis(200)).expect_err("timeout");
+        assert!(format!("{err:#}").contains("timed out"));
+        assert!(t.elapsed() < Duration::from_secs(5));
+    }
+
+    #[test]
+    fn output_and_exit_code_are_captured() {
+        let mut cmd = Command::new("sh");
+        cmd.args(["-c", "cat; echo e >&2; exit 3"]);
+        let o = run_command(cmd, Some(b"in"), Duration::from_secs(10)).expect("run");
+        assert_eq!(
+            (o.code, o.stdout.as_str(), o.stderr.as_str()),
+            (Some(3), "in", "e\n")
+        );
+    }
+}

@@ -205,3 +205,33 @@ fn write_atomic(path: &Path, data: &[u8]) -> Result<()> {
     fs::rename(&tmp, path).with_context(|| format!("renaming to {}", path.display()))?;
     Ok(())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn archive_has_oci_layout_and_named_index() {
+        let data = build_oci_archive().expect("build");
+        let mut names = Vec::new();
+        let mut index = String::new();
+        let mut ar = tar::Archive::new(&data[..]);
+        for e in ar.entries().expect("entries") {
+            let mut e = e.expect("entry");
+            let name = e.path().expect("path").display().to_string();
+            if name == "index.json" {
+                std::io::Read::read_to_string(&mut e, &mut index).expect("read index");
+            }
+            names.push(name);
+        }
+        assert!(names.contains(&"oci-layout".to_string()));
+        assert_eq!(
+            names
+                .iter()
+                .filter(|n| n.starts_with("blobs/sha256/"))
+                .count(),
+            5
+        );
+        assert!(index.contains(TEST_IMAGE_REF));
+    }
+}
