@@ -230,7 +230,7 @@ mod tests {
                 .iter()
                 .filter(|n| n.starts_with("blobs/sha256/"))
                 .count(),
-            5
+            3
         );
         assert!(index.contains(TEST_IMAGE_REF));
     }
