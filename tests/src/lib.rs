@@ -5,6 +5,17 @@
 //! `ctr` ([`ctr`]) and the gRPC API ([`client`]) and checks that nothing is
 //! left behind ([`cleanup`]). The runtime under test comes from
 //! `MOSE_TEST_RUNTIME` (default `io.containerd.mose.v2`).
+//!
+//! Run (as root, cgroup v1, containerd 1.6 and CRIU on the machine):
+//!
+//! ```text
+//! cargo build -p mose-shim                 # containerd-shim-mose-v2 into target/debug
+//! cargo test -p mose-tests -- --test-threads=2
+//! MOSE_TEST_RUNTIME=io.containerd.runc.v2 cargo test -p mose-tests -- --test-threads=2
+//! ```
+//!
+//! `MOSE_SHIM_DIR` overrides where the shim binary is looked up;
+//! `MOSE_TEST_KEEP=1` keeps each test's temp dir (containerd log, state).
 
 pub mod cleanup;
 pub mod client;
