@@ -61,6 +61,9 @@ pub struct Container {
     pub execs: HashMap<String, Process>,
     /// Restore from this CRIU image at Start instead of starting fresh.
     pub restore_from: Option<PathBuf>,
+    /// The container shares the host's pid namespace: when its init exits the
+    /// kernel does not kill the rest, so the shim must.
+    pub shares_host_pids: bool,
     rootfs_mounted: bool,
 }
 
@@ -101,6 +104,7 @@ impl Container {
             init: Process::new(args.stdio),
             execs: HashMap::new(),
             restore_from: None,
+            shares_host_pids: !has_pid_namespace(&spec),
             rootfs_mounted: false,
         };
         let root_path = spec_root(&spec, args.bundle);
@@ -513,6 +517,19 @@ pub fn validate_spec(spec: &serde_json::Value) -> std::result::Result<(), String
         }
     }
     Ok(())
+}
+
+fn has_pid_namespace(spec: &serde_json::Value) -> bool {
+    spec.pointer("/linux/namespaces")
+        .and_then(|n| n.as_array())
+        .is_some_and(|ns| {
+            ns.iter().any(|n| {
+                n.get("type").and_then(|t| t.as_str()) == Some("pid")
+                    && n.get("path")
+                        .and_then(|p| p.as_str())
+                        .is_none_or(|p| p.is_empty())
+            })
+        })
 }
 
 fn spec_root(spec: &serde_json::Value, bundle: &Path) -> PathBuf {

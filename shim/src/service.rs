@@ -173,6 +173,15 @@ impl Inner {
         };
         p.set_exited(exit);
         info!(container = %id, exec = %exec_id, pid, code, "process exited");
+        if exec_id.is_empty() && c.shares_host_pids {
+            // no pid namespace takes the rest down with the init
+            let (rt, cid) = (c.runtime.clone(), c.id.clone());
+            tokio::spawn(async move {
+                if let Err(e) = rt.kill(&cid, 9, true).await {
+                    debug!(container = %cid, error = %e, "kill remaining processes");
+                }
+            });
+        }
         self.publish(
             TASK_EXIT_EVENT_TOPIC,
             Box::new(TaskExit {
