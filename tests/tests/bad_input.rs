@@ -33,6 +33,19 @@ fn expect_error<T: std::fmt::Debug>(
     err
 }
 
+/// Under the MOSE shim the message must say precisely what was wrong.
+fn mose_says(what: &str, err: &str, needles: &[&str]) {
+    if mose_tests::runtime_is_runc() {
+        return;
+    }
+    for n in needles {
+        assert!(
+            err.contains(n),
+            "{what}: MOSE error should contain {n:?}: {err}"
+        );
+    }
+}
+
 /// Deletes container `id` (and a task if one was left) and checks cleanliness.
 async fn remove_and_check(e: &Env, id: &str) {
     let c = e.client().await;
@@ -59,11 +72,20 @@ async fn unknown_task_options_are_rejected() {
     let r = c
         .create_task_with(id, &Default::default(), rootfs, None, Some(opts))
         .await;
-    expect_error(
+    let err = expect_error(
         "unknown options",
         r,
         t,
         &["NoSuchOptions", "option", "type", "unknown", "not found"],
+    );
+    mose_says(
+        "unknown options",
+        &err,
+        &[
+            "unsupported runtime options type",
+            "NoSuchOptions",
+            "containerd.runc.v1.Options",
+        ],
     );
     remove_and_check(&e, id).await;
 }
@@ -81,7 +103,12 @@ async fn invalid_specs_are_rejected() {
     c.set_container_spec(id, &spec).await.unwrap();
     let t = Instant::now();
     let r = c.create_task(id, &Default::default()).await;
-    expect_error("empty args", r, t, &["arg"]);
+    let err = expect_error("empty args", r, t, &["arg"]);
+    mose_says(
+        "empty args",
+        &err,
+        &["invalid OCI spec", "process.args is empty"],
+    );
     remove_and_check(&e, id).await;
 
     // Relative cwd.
@@ -92,7 +119,12 @@ async fn invalid_specs_are_rejected() {
     c.set_container_spec(id, &spec).await.unwrap();
     let t = Instant::now();
     let r = c.create_task(id, &Default::default()).await;
-    expect_error("relative cwd", r, t, &["cwd", "absolute"]);
+    let err = expect_error("relative cwd", r, t, &["cwd", "absolute"]);
+    mose_says(
+        "relative cwd",
+        &err,
+        &["process.cwd", "not an absolute path"],
+    );
     remove_and_check(&e, id).await;
 
     // Init binary that does not exist.
@@ -123,11 +155,16 @@ async fn missing_rootfs_is_rejected() {
     let r = c
         .create_task_with(id, &Default::default(), vec![], None, None)
         .await;
-    expect_error(
+    let err = expect_error(
         "missing rootfs",
         r,
         t,
         &["rootfs", "mose-missing-rootfs", "no such file", "root"],
+    );
+    mose_says(
+        "missing rootfs",
+        &err,
+        &["/nonexistent/mose-missing-rootfs", "does not exist"],
     );
     remove_and_check(&e, id).await;
 }
@@ -191,11 +228,17 @@ async fn failing_criu_checkpoint_reports_error_and_keeps_task() {
 
     let t = Instant::now();
     let r = c.checkpoint(id, None).await;
-    expect_error(
+    let err = expect_error(
         "checkpoint with open TCP connection",
         r,
         t,
         &["criu", "checkpoint", "tcp"],
+    );
+    // the failing step, and the tail of CRIU's own log
+    mose_says(
+        "checkpoint with open TCP connection",
+        &err,
+        &["checkpoint (CRIU dump) failed", "dump.log", "Error ("],
     );
     assert_eq!(c.state(id, "").await.unwrap().0, status::RUNNING);
 
