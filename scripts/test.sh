@@ -5,5 +5,15 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 export PATH="$HOME/.cargo/bin:$PATH"
 MOSE_PROFILE=debug scripts/setup.sh
+log=$(mktemp /tmp/mose-test-XXXXXX.log)
+trap 'rm -f "$log"' EXIT
 # the suite starts private containerd daemons; two at a time fit a 2-core machine
-cargo test --workspace -- --test-threads=2
+set +e
+cargo test --workspace --lib --bins --tests -- --test-threads=2 2>&1 | tee "$log"
+rc=${PIPESTATUS[0]}
+set -e
+passed=$(grep -Eo '^test result: .* ([0-9]+) passed' "$log" | grep -Eo '[0-9]+ passed' | awk '{s+=$1} END {print s+0}')
+failed=$(grep -Eo '; ([0-9]+) failed' "$log" | grep -Eo '[0-9]+' | awk '{s+=$1} END {print s+0}')
+echo
+echo "MOSE suite: $passed passed, $failed failed"
+exit "$rc"
