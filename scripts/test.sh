@@ -15,5 +15,5 @@ set -e
 passed=$(grep -Eo '^test result: .* ([0-9]+) passed' "$log" | grep -Eo '[0-9]+ passed' | awk '{s+=$1} END {print s+0}')
 failed=$(grep -Eo '; ([0-9]+) failed' "$log" | grep -Eo '[0-9]+' | awk '{s+=$1} END {print s+0}')
 echo
-echo "MOSE suite: $passed passed, $failed failed"
+echo "mose: $passed passed, $failed failed"
 exit "$rc"
