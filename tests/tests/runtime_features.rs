@@ -280,3 +280,60 @@ async fn dead_shim_is_cleaned_up_by_containerd() {
         e.assert_clean(id, &[pid]);
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn task_events_are_published_in_order() {
+    let e = env("events");
+    let mut events = e.ctr.command(["events"]);
+    events.stdout(std::process::Stdio::piped());
+    let mut child = events.spawn().expect("ctr events");
+    std::thread::sleep(Duration::from_millis(300));
+    let id = "ev1";
+    e.run_detached(id, &["--net-host"], &["sleep", "1000"]);
+    let pid = e.ctr.task_pid(id).unwrap();
+    e.ctr
+        .ok(["tasks", "exec", "--exec-id", "x1", id, "true"])
+        .unwrap();
+    e.ctr.ok(["tasks", "pause", id]).unwrap();
+    e.ctr.ok(["tasks", "resume", id]).unwrap();
+    let ckpt = e.ctr.ok(["tasks", "checkpoint", id]).unwrap();
+    e.ctr.force_remove(id);
+    std::thread::sleep(Duration::from_millis(500));
+    let _ = child.kill();
+    let out = child.wait_with_output().expect("ctr events output");
+    let text = String::from_utf8_lossy(&out.stdout);
+    let topics: Vec<&str> = text
+        .lines()
+        .filter(|l| l.contains(&format!("\"container_id\":\"{id}\"")))
+        .filter_map(|l| l.split_whitespace().find(|w| w.starts_with("/tasks/")))
+        .collect();
+    let expected = [
+        "/tasks/create",
+        "/tasks/start",
+        "/tasks/exec-added",
+        "/tasks/exec-started",
+        "/tasks/exit",
+        "/tasks/paused",
+        "/tasks/resumed",
+        "/tasks/checkpointed",
+        "/tasks/exit",
+        "/tasks/delete",
+    ];
+    // every expected topic, in this order (containerd's own pause/resume
+    // around the checkpoint may add more)
+    let mut it = topics.iter();
+    // containerd 1.6's runc shim never publishes /tasks/checkpointed
+    let skip = if runtime_is_runc() {
+        Some("/tasks/checkpointed")
+    } else {
+        None
+    };
+    for want in expected.into_iter().filter(|w| Some(*w) != skip) {
+        assert!(
+            it.any(|t| *t == want),
+            "missing {want} (in order) among {topics:?}\n{text}"
+        );
+    }
+    let _ = e.ctr.run(["images", "rm", ckpt.trim()]);
+    e.assert_clean(id, &[pid]);
+}
