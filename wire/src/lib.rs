@@ -1,0 +1,1 @@
+//! MOSE wire protocol.

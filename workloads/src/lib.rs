@@ -1,0 +1,1 @@
+//! MOSE workloads (placeholder until the workloads land).
