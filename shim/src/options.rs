@@ -21,6 +21,10 @@ use crate::error::{Error, Result};
 
 pub const RUNC_OPTIONS_TYPE: &str = "containerd.runc.v1.Options";
 pub const GENERIC_OPTIONS_TYPE: &str = "runtimeoptions.v1.Options";
+/// MOSE's own task options (JSON): runtime options plus the CRIU image a
+/// migration destination restores from, without a detour through
+/// containerd's content store (disk).
+pub const MOSE_OPTIONS_TYPE: &str = "mose.v1.Options";
 pub const RUNC_CHECKPOINT_TYPE: &str = "containerd.runc.v1.CheckpointOptions";
 pub const LINUX_CHECKPOINT_TYPE: &str = "containerd.linux.runc.CheckpointOptions";
 
@@ -43,6 +47,22 @@ pub struct RuntimeOptions {
     pub io_uid: u32,
     pub io_gid: u32,
     pub shim_cgroup: String,
+    /// Restore the task from this CRIU image directory (migration destination).
+    pub restore_image: String,
+}
+
+/// JSON form of `mose.v1.Options`.
+#[derive(Debug, Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct MoseOptions {
+    #[serde(default)]
+    binary_name: String,
+    #[serde(default)]
+    root: String,
+    #[serde(default)]
+    systemd_cgroup: bool,
+    #[serde(default)]
+    restore_image: String,
 }
 
 impl RuntimeOptions {
@@ -111,6 +131,7 @@ pub fn decode_runtime_options(any: Option<&Any>) -> Result<RuntimeOptions> {
                 io_uid: o.io_uid,
                 io_gid: o.io_gid,
                 shim_cgroup: o.shim_cgroup,
+                restore_image: String::new(),
             })
         }
         GENERIC_OPTIONS_TYPE => {
@@ -120,9 +141,25 @@ pub fn decode_runtime_options(any: Option<&Any>) -> Result<RuntimeOptions> {
             }
             load_options_file(&PathBuf::from(config_path))
         }
+        MOSE_OPTIONS_TYPE => {
+            let o: MoseOptions = serde_json::from_slice(&any.value).map_err(|e| {
+                Error::InvalidArgument(format!(
+                    "malformed {MOSE_OPTIONS_TYPE} (JSON with binary_name, root, \
+                     systemd_cgroup, restore_image): {e}"
+                ))
+            })?;
+            Ok(RuntimeOptions {
+                binary_name: o.binary_name,
+                root: o.root,
+                systemd_cgroup: o.systemd_cgroup,
+                restore_image: o.restore_image,
+                ..Default::default()
+            })
+        }
         other => Err(Error::InvalidArgument(format!(
             "unsupported runtime options type {other:?}: the MOSE shim accepts \
-             {RUNC_OPTIONS_TYPE} or {GENERIC_OPTIONS_TYPE} (ctr --runtime-config-path FILE)"
+             {RUNC_OPTIONS_TYPE}, {GENERIC_OPTIONS_TYPE} (ctr --runtime-config-path FILE) \
+             or {MOSE_OPTIONS_TYPE}"
         ))),
     }
 }
@@ -154,6 +191,7 @@ pub fn load_options_file(path: &std::path::Path) -> Result<RuntimeOptions> {
         io_uid: t.io_uid,
         io_gid: t.io_gid,
         shim_cgroup: t.shim_cgroup,
+        restore_image: String::new(),
     })
 }
 
@@ -312,6 +350,25 @@ mod tests {
         let e = load_options_file(&path).unwrap_err().to_string();
         assert!(
             e.contains("BinaryNmae") && e.contains("accepted keys"),
+            "{e}"
+        );
+    }
+
+    #[test]
+    fn mose_options_carry_the_restore_image() {
+        let a = any(
+            MOSE_OPTIONS_TYPE,
+            br#"{"restore_image":"/run/mose/in/x"}"#.to_vec(),
+        );
+        let o = decode_runtime_options(Some(&a)).unwrap();
+        assert_eq!(
+            (o.binary(), o.restore_image.as_str()),
+            ("runc", "/run/mose/in/x")
+        );
+        let a = any(MOSE_OPTIONS_TYPE, br#"{"restore_imag":"/x"}"#.to_vec());
+        let e = decode_runtime_options(Some(&a)).unwrap_err().to_string();
+        assert!(
+            e.contains("restore_imag") && e.contains("mose.v1.Options"),
             "{e}"
         );
     }

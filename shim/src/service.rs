@@ -264,12 +264,18 @@ impl Task for TaskService {
         let options = decode_runtime_options(req.options.as_ref())?;
         let stdio = Stdio::new(&req.stdin, &req.stdout, &req.stderr, req.terminal);
         let bundle = PathBuf::from(&req.bundle);
+        // a migration destination names its CRIU image in MOSE's options
+        let checkpoint = if req.checkpoint.is_empty() {
+            options.restore_image.clone()
+        } else {
+            req.checkpoint.clone()
+        };
         let c = Container::create(CreateArgs {
             id: &req.id,
             bundle: &bundle,
             rootfs: &req.rootfs,
             stdio: stdio.clone(),
-            checkpoint: &req.checkpoint,
+            checkpoint: &checkpoint,
             options,
             address: &self.inner.containerd_address,
             namespace: &self.inner.namespace,
@@ -280,7 +286,7 @@ impl Task for TaskService {
             self.inner.register_pid(pid, &req.id, "");
             self.inner.watch_oom(pid, &req.id);
         }
-        info!(id = %req.id, pid, restore = !req.checkpoint.is_empty(), "task created");
+        info!(id = %req.id, pid, restore = !checkpoint.is_empty(), "task created");
         map.insert(req.id.clone(), Arc::new(Mutex::new(c)));
         drop(map);
         self.inner
@@ -291,7 +297,7 @@ impl Task for TaskService {
                     bundle: req.bundle.clone(),
                     rootfs: req.rootfs.clone(),
                     io: Some(task_io(&stdio)).into(),
-                    checkpoint: req.checkpoint.clone(),
+                    checkpoint: checkpoint.clone(),
                     pid: pid.max(0) as u32,
                     ..Default::default()
                 }),
