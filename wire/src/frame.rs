@@ -1,0 +1,361 @@
+//! Framing: `[kind u8][flags u8][reserved u16][len u32][xxh3-64 of payload u64][payload]`.
+//!
+//! The checksum catches corruption that slipped past the transport; a stream
+//! that ends inside a frame is reported as truncated, never taken as complete.
+
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use xxhash_rust::xxh3::xxh3_64;
+
+use crate::{blocks::BlockHash, message::Message, BLOCK_SIZE};
+
+/// Largest payload a frame may carry (after decompression too).
+pub const MAX_PAYLOAD: usize = 32 << 20;
+const HEADER: usize = 16;
+const FLAG_LZ4: u8 = 1;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[repr(u8)]
+pub enum FrameKind {
+    /// A JSON [`Message`].
+    Control = 1,
+    /// Page blocks: `[hash u128 LE][4096 bytes]` repeated.
+    Blocks = 2,
+    /// A chunk of the file announced by the last `FileBegin`.
+    FileData = 3,
+    /// A pages image as block hashes: `[name len u16][name][hash u128 LE]...`.
+    Manifest = 4,
+}
+
+impl FrameKind {
+    fn from_u8(v: u8) -> Option<Self> {
+        Some(match v {
+            1 => Self::Control,
+            2 => Self::Blocks,
+            3 => Self::FileData,
+            4 => Self::Manifest,
+            _ => return None,
+        })
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum WireError {
+    #[error("connection closed by the peer")]
+    Closed,
+    #[error("stream truncated inside a frame ({0})")]
+    Truncated(&'static str),
+    #[error("corrupt frame: payload checksum {actual:016x} != {expected:016x}")]
+    Checksum { expected: u64, actual: u64 },
+    #[error("malformed frame: {0}")]
+    Malformed(String),
+    #[error("frame of {0} bytes exceeds the {MAX_PAYLOAD}-byte limit")]
+    TooLarge(usize),
+    #[error("I/O error on the migration stream: {0}")]
+    Io(#[from] std::io::Error),
+}
+
+/// One received frame.
+pub struct Frame {
+    pub kind: FrameKind,
+    pub payload: Vec<u8>,
+}
+
+impl Frame {
+    pub fn message(&self) -> Result<Message, WireError> {
+        if self.kind != FrameKind::Control {
+            return Err(WireError::Malformed(format!(
+                "expected a control message, got {:?}",
+                self.kind
+            )));
+        }
+        serde_json::from_slice(&self.payload)
+            .map_err(|e| WireError::Malformed(format!("bad control message: {e}")))
+    }
+
+    /// Iterates the (hash, content) pairs of a Blocks frame.
+    pub fn blocks(&self) -> Result<Vec<(BlockHash, &[u8])>, WireError> {
+        const ENTRY: usize = 16 + BLOCK_SIZE;
+        if self.kind != FrameKind::Blocks || self.payload.len() % ENTRY != 0 {
+            return Err(WireError::Malformed("blocks frame of bad size".into()));
+        }
+        Ok(self
+            .payload
+            .chunks(ENTRY)
+            .map(|c| {
+                let mut h = [0u8; 16];
+                h.copy_from_slice(&c[..16]);
+                (u128::from_le_bytes(h), &c[16..])
+            })
+            .collect())
+    }
+
+    /// Name and block hashes of a Manifest frame.
+    pub fn manifest(&self) -> Result<(String, Vec<BlockHash>), WireError> {
+        let p = &self.payload;
+        if self.kind != FrameKind::Manifest || p.len() < 2 {
+            return Err(WireError::Malformed("bad manifest frame".into()));
+        }
+        let n = u16::from_le_bytes([p[0], p[1]]) as usize;
+        if p.len() < 2 + n || (p.len() - 2 - n) % 16 != 0 {
+            return Err(WireError::Malformed("bad manifest frame length".into()));
+        }
+        let name = String::from_utf8(p[2..2 + n].to_vec())
+            .map_err(|_| WireError::Malformed("manifest name is not UTF-8".into()))?;
+        let hashes = p[2 + n..]
+            .chunks(16)
+            .map(|c| {
+                let mut h = [0u8; 16];
+                h.copy_from_slice(c);
+                u128::from_le_bytes(h)
+            })
+            .collect();
+        Ok((name, hashes))
+    }
+}
+
+/// Reads frames, verifying each checksum.
+pub struct FrameReader<R> {
+    inner: R,
+    bytes: u64,
+}
+
+impl<R: AsyncRead + Unpin> FrameReader<R> {
+    pub fn new(inner: R) -> Self {
+        Self { inner, bytes: 0 }
+    }
+
+    /// Bytes read from the wire so far.
+    pub fn bytes(&self) -> u64 {
+        self.bytes
+    }
+
+    pub async fn next(&mut self) -> Result<Frame, WireError> {
+        let mut h = [0u8; HEADER];
+        match self.inner.read_exact(&mut h[..1]).await {
+            Ok(_) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::UnexpectedEof => {
+                return Err(WireError::Closed)
+            }
+            Err(e) => return Err(e.into()),
+        }
+        self.inner
+            .read_exact(&mut h[1..])
+            .await
+            .map_err(|e| eof_as(e, "header"))?;
+        let kind = FrameKind::from_u8(h[0])
+            .ok_or_else(|| WireError::Malformed(format!("unknown frame kind {}", h[0])))?;
+        let flags = h[1];
+        let len = u32::from_le_bytes([h[4], h[5], h[6], h[7]]) as usize;
+        let expected = u64::from_le_bytes([h[8], h[9], h[10], h[11], h[12], h[13], h[14], h[15]]);
+        if len > MAX_PAYLOAD {
+            return Err(WireError::TooLarge(len));
+        }
+        let mut payload = vec![0u8; len];
+        self.inner
+            .read_exact(&mut payload)
+            .await
+            .map_err(|e| eof_as(e, "payload"))?;
+        self.bytes += (HEADER + len) as u64;
+        let actual = xxh3_64(&payload);
+        if actual != expected {
+            return Err(WireError::Checksum { expected, actual });
+        }
+        if flags & FLAG_LZ4 != 0 {
+            payload = lz4_flex::decompress_size_prepended(&payload)
+                .map_err(|e| WireError::Malformed(format!("lz4: {e}")))?;
+            if payload.len() > MAX_PAYLOAD {
+                return Err(WireError::TooLarge(payload.len()));
+            }
+        }
+        Ok(Frame { kind, payload })
+    }
+
+    /// Reads the next frame and requires it to be a control message.
+    pub async fn message(&mut self) -> Result<Message, WireError> {
+        self.next().await?.message()
+    }
+
+    pub fn into_inner(self) -> R {
+        self.inner
+    }
+}
+
+fn eof_as(e: std::io::Error, what: &'static str) -> WireError {
+    if e.kind() == std::io::ErrorKind::UnexpectedEof {
+        WireError::Truncated(what)
+    } else {
+        WireError::Io(e)
+    }
+}
+
+/// Writes frames; optionally lz4-compresses bulk payloads.
+pub struct FrameWriter<W> {
+    inner: W,
+    bytes: u64,
+    compress: bool,
+    corrupt_next_bulk: bool,
+}
+
+impl<W: AsyncWrite + Unpin> FrameWriter<W> {
+    pub fn new(inner: W) -> Self {
+        Self {
+            inner,
+            bytes: 0,
+            compress: false,
+            corrupt_next_bulk: false,
+        }
+    }
+
+    /// Compress bulk frames (worth it when the link, not the CPU, is the bottleneck).
+    pub fn set_compression(&mut self, on: bool) {
+        self.compress = on;
+    }
+
+    /// Test hook: flips one byte of the next bulk frame after its checksum is
+    /// computed, as a faulty link would.
+    pub fn inject_corruption(&mut self) {
+        self.corrupt_next_bulk = true;
+    }
+
+    /// Bytes written to the wire so far.
+    pub fn bytes(&self) -> u64 {
+        self.bytes
+    }
+
+    async fn write(
+        &mut self,
+        kind: FrameKind,
+        payload: &[u8],
+        bulk: bool,
+    ) -> Result<(), WireError> {
+        let compressed;
+        let (flags, body) = if bulk && self.compress {
+            compressed = lz4_flex::compress_prepend_size(payload);
+            (FLAG_LZ4, &compressed[..])
+        } else {
+            (0, payload)
+        };
+        if body.len() > MAX_PAYLOAD {
+            return Err(WireError::TooLarge(body.len()));
+        }
+        let mut h = [0u8; HEADER];
+        h[0] = kind as u8;
+        h[1] = flags;
+        h[4..8].copy_from_slice(&(body.len() as u32).to_le_bytes());
+        h[8..16].copy_from_slice(&xxh3_64(body).to_le_bytes());
+        self.inner.write_all(&h).await?;
+        if bulk && self.corrupt_next_bulk && !body.is_empty() {
+            self.corrupt_next_bulk = false;
+            let mut bad = body.to_vec();
+            let mid = bad.len() / 2;
+            bad[mid] ^= 0x5a;
+            self.inner.write_all(&bad).await?;
+        } else {
+            self.inner.write_all(body).await?;
+        }
+        self.bytes += (HEADER + body.len()) as u64;
+        Ok(())
+    }
+
+    pub async fn message(&mut self, m: &Message) -> Result<(), WireError> {
+        let body = serde_json::to_vec(m).map_err(|e| WireError::Malformed(e.to_string()))?;
+        self.write(FrameKind::Control, &body, false).await?;
+        self.inner.flush().await?;
+        Ok(())
+    }
+
+    /// Sends page blocks (each exactly [`BLOCK_SIZE`] bytes).
+    pub async fn blocks(&mut self, blocks: &[(BlockHash, &[u8])]) -> Result<(), WireError> {
+        let mut body = Vec::with_capacity(blocks.len() * (16 + BLOCK_SIZE));
+        for (h, d) in blocks {
+            if d.len() != BLOCK_SIZE {
+                return Err(WireError::Malformed(format!("block of {} bytes", d.len())));
+            }
+            body.extend_from_slice(&h.to_le_bytes());
+            body.extend_from_slice(d);
+        }
+        self.write(FrameKind::Blocks, &body, true).await
+    }
+
+    pub async fn file_data(&mut self, chunk: &[u8]) -> Result<(), WireError> {
+        self.write(FrameKind::FileData, chunk, true).await
+    }
+
+    pub async fn manifest(&mut self, name: &str, hashes: &[BlockHash]) -> Result<(), WireError> {
+        let mut body = Vec::with_capacity(2 + name.len() + hashes.len() * 16);
+        body.extend_from_slice(&(name.len() as u16).to_le_bytes());
+        body.extend_from_slice(name.as_bytes());
+        for h in hashes {
+            body.extend_from_slice(&h.to_le_bytes());
+        }
+        self.write(FrameKind::Manifest, &body, true).await
+    }
+
+    pub async fn flush(&mut self) -> Result<(), WireError> {
+        self.inner.flush().await?;
+        Ok(())
+    }
+
+    pub fn into_inner(self) -> W {
+        self.inner
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::blocks::hash_block;
+
+    #[tokio::test]
+    async fn roundtrip_and_integrity() {
+        let mut buf = Vec::new();
+        {
+            let mut w = FrameWriter::new(&mut buf);
+            w.message(&Message::Ack).await.unwrap();
+            let b = vec![7u8; BLOCK_SIZE];
+            w.set_compression(true);
+            w.blocks(&[(hash_block(&b), &b)]).await.unwrap();
+            w.manifest("pages-1.img", &[1, 2]).await.unwrap();
+        }
+        let mut r = FrameReader::new(&buf[..]);
+        assert!(matches!(r.message().await.unwrap(), Message::Ack));
+        let f = r.next().await.unwrap();
+        let blocks = f.blocks().unwrap();
+        assert_eq!(blocks.len(), 1);
+        assert_eq!(blocks[0].1, &[7u8; BLOCK_SIZE][..]);
+        let (name, hashes) = r.next().await.unwrap().manifest().unwrap();
+        assert_eq!((name.as_str(), hashes), ("pages-1.img", vec![1, 2]));
+        assert!(matches!(r.next().await, Err(WireError::Closed)));
+
+        // truncated inside a frame
+        let mut r = FrameReader::new(&buf[..buf.len() - 3]);
+        r.next().await.unwrap();
+        r.next().await.unwrap();
+        assert!(matches!(r.next().await, Err(WireError::Truncated(_))));
+    }
+
+    #[tokio::test]
+    async fn corruption_is_detected() {
+        let mut buf = Vec::new();
+        {
+            let mut w = FrameWriter::new(&mut buf);
+            w.inject_corruption();
+            let b = vec![9u8; BLOCK_SIZE];
+            w.blocks(&[(hash_block(&b), &b)]).await.unwrap();
+        }
+        let mut r = FrameReader::new(&buf[..]);
+        assert!(matches!(r.next().await, Err(WireError::Checksum { .. })));
+    }
+
+    #[tokio::test]
+    async fn garbage_is_rejected_not_panicking() {
+        let junk = [0xffu8; 40];
+        let mut r = FrameReader::new(&junk[..]);
+        assert!(matches!(r.next().await, Err(WireError::Malformed(_))));
+        let mut big = [0u8; 16];
+        big[0] = 1;
+        big[4..8].copy_from_slice(&u32::MAX.to_le_bytes());
+        let mut r = FrameReader::new(&big[..]);
+        assert!(matches!(r.next().await, Err(WireError::TooLarge(_))));
+    }
+}
