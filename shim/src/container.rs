@@ -297,6 +297,22 @@ impl Container {
             "create checkpoint dir {}",
             image.display()
         )))?;
+        if !path.is_empty() && Path::new(path) != image {
+            // the images go elsewhere (e.g. tmpfs for a migration): leave a note
+            // where containerd looks, which also keeps each checkpoint record unique
+            let note = serde_json::json!({
+                "image_path": opts.image_path,
+                "container": self.id,
+                "at_ns": std::time::SystemTime::now()
+                    .duration_since(std::time::UNIX_EPOCH)
+                    .map(|d| d.as_nanos() as u64)
+                    .unwrap_or_default(),
+            });
+            let _ = std::fs::write(
+                Path::new(path).join("mose-image-location.json"),
+                note.to_string(),
+            );
+        }
         let work_base = if opts.work_path.is_empty() {
             self.options.criu_work_path.clone()
         } else {

@@ -1,0 +1,466 @@
+//! The destination endpoint: authenticates the source, receives a migration
+//! into tmpfs, recreates the container in the local containerd and restores
+//! it through the MOSE shim. Partial state is removed on any failure; a
+//! restored container is kept only once the source has released its copy.
+
+use std::{
+    collections::HashMap,
+    net::SocketAddr,
+    path::{Path, PathBuf},
+    sync::Arc,
+    time::{Duration, Instant},
+};
+
+use anyhow::{anyhow, bail, Context, Result};
+use containerd_client::services::v1::Container;
+use mose_wire::{
+    frame::{FrameKind, FrameReader, FrameWriter},
+    BlockHash, BlockStore, ContainerIdentity, Message, PROTOCOL_VERSION,
+};
+use prost_types::Any;
+use tokio::{
+    io::{AsyncRead, AsyncWrite},
+    net::TcpListener,
+};
+use tokio_rustls::TlsAcceptor;
+use tracing::{error, info, warn};
+
+use crate::{
+    containerd::{runtime, Containerd, SPEC_TYPE_URL},
+    rootfs,
+    tls::Identity,
+};
+
+/// The runtime a restored container runs under (it restores from MOSE options).
+pub const MOSE_RUNTIME: &str = "io.containerd.mose.v2";
+
+#[derive(Clone)]
+pub struct EndpointConfig {
+    pub listen: SocketAddr,
+    pub containerd: PathBuf,
+    pub identity: Identity,
+    /// tmpfs directory receiving migrations.
+    pub work_root: PathBuf,
+    /// Where the node records its migrations (JSON lines).
+    pub state_dir: PathBuf,
+    /// How long a restored container waits for the source to release its copy.
+    pub release_timeout: Duration,
+    pub io_timeout: Duration,
+}
+
+/// Serves migrations until the process ends.
+pub async fn serve(cfg: EndpointConfig) -> Result<()> {
+    let tls = TlsAcceptor::from(cfg.identity.server_config()?);
+    std::fs::create_dir_all(&cfg.work_root)
+        .with_context(|| format!("creating {}", cfg.work_root.display()))?;
+    std::fs::create_dir_all(&cfg.state_dir)
+        .with_context(|| format!("creating {}", cfg.state_dir.display()))?;
+    // whatever an earlier, killed endpoint left half-received is garbage now
+    if let Ok(rd) = std::fs::read_dir(&cfg.work_root) {
+        for e in rd.flatten() {
+            warn!(path = %e.path().display(), "removing a stale incoming migration");
+            let _ = std::fs::remove_dir_all(e.path());
+        }
+    }
+    let listener = TcpListener::bind(cfg.listen)
+        .await
+        .with_context(|| format!("listening on {}", cfg.listen))?;
+    info!(listen = %cfg.listen, node = %cfg.identity.node, "MOSE migration endpoint ready");
+    let cfg = Arc::new(cfg);
+    loop {
+        let (tcp, peer) = listener.accept().await.context("accept")?;
+        let _ = tcp.set_nodelay(true);
+        let (tls, cfg) = (tls.clone(), cfg.clone());
+        tokio::spawn(async move {
+            let stream = match tokio::time::timeout(cfg.io_timeout, tls.accept(tcp)).await {
+                Ok(Ok(s)) => s,
+                Ok(Err(e)) => {
+                    warn!(%peer, error = %e, "peer rejected during TLS handshake");
+                    return;
+                }
+                Err(_) => {
+                    warn!(%peer, "TLS handshake timed out");
+                    return;
+                }
+            };
+            let (r, w) = tokio::io::split(stream);
+            if let Err(e) = handle(&cfg, FrameReader::new(r), FrameWriter::new(w), peer).await {
+                error!(%peer, error = %format!("{e:#}"), "incoming migration failed");
+            }
+        });
+    }
+}
+
+async fn next_frame<R: AsyncRead + Unpin>(
+    r: &mut FrameReader<R>,
+    io: Duration,
+) -> Result<mose_wire::frame::Frame> {
+    tokio::time::timeout(io, r.next())
+        .await
+        .map_err(|_| anyhow!("source sent nothing for {io:?}"))?
+        .map_err(|e| anyhow!("{e}"))
+}
+
+struct Incoming {
+    dir: PathBuf,
+    blocks: BlockStore,
+    manifests: Vec<(String, Vec<BlockHash>)>,
+    files: HashMap<String, PathBuf>,
+    bytes: u64,
+}
+
+fn safe_name(name: &str) -> Result<&str> {
+    if name.is_empty() || name.contains('/') || name.starts_with('.') || name.len() > 200 {
+        bail!("refusing file name {name:?} from the source");
+    }
+    Ok(name)
+}
+
+async fn handle<R, W>(
+    cfg: &EndpointConfig,
+    mut r: FrameReader<R>,
+    mut w: FrameWriter<W>,
+    peer: SocketAddr,
+) -> Result<()>
+where
+    R: AsyncRead + Unpin,
+    W: AsyncWrite + Unpin,
+{
+    let io = cfg.io_timeout;
+    let hello = next_frame(&mut r, io).await?.message()?;
+    let source = match hello {
+        Message::Hello { version, node } if version == PROTOCOL_VERSION => node,
+        Message::Hello { version, .. } => {
+            w.message(&Message::Failed {
+                step: "hello".into(),
+                error: format!(
+                    "protocol {version} not supported (this node speaks {PROTOCOL_VERSION})"
+                ),
+            })
+            .await?;
+            bail!("source speaks protocol {version}");
+        }
+        other => bail!("expected Hello, got {other:?}"),
+    };
+    w.message(&Message::HelloOk {
+        version: PROTOCOL_VERSION,
+        node: cfg.identity.node.clone(),
+    })
+    .await?;
+    let (migration, container) = match next_frame(&mut r, io).await?.message()? {
+        Message::Begin {
+            migration,
+            container,
+            ..
+        } => (migration, container),
+        other => bail!("expected Begin, got {other:?}"),
+    };
+    let migration = safe_name(&migration)?.to_string();
+    info!(%peer, %source, %migration, container = %container.id, "incoming migration");
+    let cd = Containerd::connect(&cfg.containerd, &container.namespace).await?;
+    if cd.container(&container.id).await.is_ok() {
+        let err = format!("container {} already exists on this node", container.id);
+        w.message(&Message::Failed {
+            step: "begin".into(),
+            error: err.clone(),
+        })
+        .await?;
+        bail!(err);
+    }
+    let has_image = cd.has_image(&container.image).await;
+    w.message(&Message::BeginOk { has_image }).await?;
+
+    let dir = cfg.work_root.join(&migration);
+    std::fs::create_dir_all(dir.join("files"))?;
+    let mut inc = Incoming {
+        dir: dir.clone(),
+        blocks: BlockStore::new(),
+        manifests: Vec::new(),
+        files: HashMap::new(),
+        bytes: 0,
+    };
+    let t_begin = Instant::now();
+    let res = receive(
+        cfg, &mut r, &mut w, &cd, &container, &mut inc, &source, &migration,
+    )
+    .await;
+    let _ = std::fs::remove_dir_all(&dir);
+    match &res {
+        Ok(()) => record(
+            cfg,
+            &migration,
+            &container,
+            &source,
+            "ok",
+            None,
+            t_begin.elapsed(),
+        ),
+        Err(e) => {
+            record(
+                cfg,
+                &migration,
+                &container,
+                &source,
+                "failed",
+                Some(format!("{e:#}")),
+                t_begin.elapsed(),
+            );
+        }
+    }
+    res
+}
+
+#[allow(clippy::too_many_arguments)]
+async fn receive<R, W>(
+    cfg: &EndpointConfig,
+    r: &mut FrameReader<R>,
+    w: &mut FrameWriter<W>,
+    cd: &Containerd,
+    container: &ContainerIdentity,
+    inc: &mut Incoming,
+    _source: &str,
+    migration: &str,
+) -> Result<()>
+where
+    R: AsyncRead + Unpin,
+    W: AsyncWrite + Unpin,
+{
+    let mut current: Option<(
+        String,
+        u64,
+        String,
+        std::fs::File,
+        u64,
+        xxhash_rust::xxh3::Xxh3,
+    )> = None;
+    loop {
+        let f = tokio::time::timeout(cfg.io_timeout, r.next())
+            .await
+            .map_err(|_| {
+                anyhow!(
+                    "source sent nothing for {:?}; discarding the migration",
+                    cfg.io_timeout
+                )
+            })?
+            .map_err(|e| anyhow!("migration stream: {e}; discarding the migration"))?;
+        match f.kind {
+            FrameKind::Blocks => {
+                for (h, d) in f.blocks()? {
+                    inc.blocks.insert(h, d).map_err(|e| anyhow!("{e}"))?;
+                }
+            }
+            FrameKind::Manifest => inc.manifests.push(f.manifest()?),
+            FrameKind::FileData => {
+                let Some((name, size, _, file, written, hasher)) = current.as_mut() else {
+                    bail!("file data outside a file");
+                };
+                *written += f.payload.len() as u64;
+                if *written > *size {
+                    bail!("file {name} is longer than announced");
+                }
+                hasher.update(&f.payload);
+                std::io::Write::write_all(file, &f.payload)?;
+            }
+            FrameKind::Control => match f.message()? {
+                Message::FileBegin { name, size, hash } => {
+                    let name = safe_name(&name)?.to_string();
+                    let path = inc.dir.join("files").join(&name);
+                    let file = std::fs::File::create(&path)
+                        .with_context(|| format!("creating {}", path.display()))?;
+                    current = Some((name, size, hash, file, 0, xxhash_rust::xxh3::Xxh3::new()));
+                }
+                Message::FileEnd { name } => {
+                    let Some((n, size, hash, _f, written, hasher)) = current.take() else {
+                        bail!("FileEnd {name} without FileBegin");
+                    };
+                    let got = format!("{:032x}", hasher.digest128());
+                    if n != name || written != size || got != hash {
+                        bail!("file {name} arrived corrupt or truncated ({written}/{size} bytes, hash {got} != {hash})");
+                    }
+                    inc.bytes += size;
+                    inc.files.insert(n.clone(), inc.dir.join("files").join(&n));
+                }
+                Message::RoundStart { .. } | Message::RoundEnd { .. } => {}
+                Message::Abort { reason } => bail!("source aborted: {reason}"),
+                Message::Commit => break,
+                other => bail!("unexpected {other:?} during transfer"),
+            },
+        }
+    }
+    // all data is here: restore
+    let t = Instant::now();
+    let restored = restore(cfg, cd, container, inc, migration).await;
+    let pid = match restored {
+        Ok(pid) => pid,
+        Err(e) => {
+            let step = e.to_string();
+            let _ = cd.remove_container(&container.id).await;
+            let _ = w
+                .message(&Message::Failed {
+                    step: "restore".into(),
+                    error: format!("{e:#}"),
+                })
+                .await;
+            bail!("restore failed: {step}");
+        }
+    };
+    let restore_ms = t.elapsed().as_secs_f64() * 1000.0;
+    w.message(&Message::Restored {
+        pid,
+        restore_ms,
+        prepare_ms: 0.0,
+    })
+    .await?;
+    // two-phase hand-over: keep the restored copy only once the source let go
+    let released = tokio::time::timeout(cfg.release_timeout, r.message()).await;
+    match released {
+        Ok(Ok(Message::Released)) => {
+            w.message(&Message::Ack).await?;
+            info!(container = %container.id, pid, "migration complete; the container runs here");
+            Ok(())
+        }
+        other => {
+            warn!(container = %container.id, ?other, "source did not release its copy; removing the restored one");
+            let _ = cd.remove_container(&container.id).await;
+            bail!("source did not confirm the hand-over")
+        }
+    }
+}
+
+/// Rebuilds the CRIU image, recreates the container and restores it.
+async fn restore(
+    cfg: &EndpointConfig,
+    cd: &Containerd,
+    container: &ContainerIdentity,
+    inc: &mut Incoming,
+    _migration: &str,
+) -> Result<u32> {
+    if let Some(tar) = inc.files.remove("image.tar") {
+        let o = tokio::process::Command::new("ctr")
+            .args([
+                "-a",
+                &cfg.containerd.display().to_string(),
+                "-n",
+                &container.namespace,
+                "images",
+                "import",
+            ])
+            .arg(&tar)
+            .output()
+            .await
+            .context("running ctr images import")?;
+        if !o.status.success() {
+            bail!(
+                "importing image {}: {}",
+                container.image,
+                String::from_utf8_lossy(&o.stderr).trim()
+            );
+        }
+    }
+    let images = inc.dir.join("images");
+    std::fs::create_dir_all(&images)?;
+    let rootfs_tar = inc.files.remove("rootfs.tar");
+    for (name, path) in &inc.files {
+        std::fs::rename(path, images.join(name)).with_context(|| format!("placing {name}"))?;
+    }
+    for (name, hashes) in &inc.manifests {
+        let name = safe_name(name)?;
+        let mut data = Vec::new();
+        inc.blocks
+            .assemble(hashes, &mut data)
+            .map_err(|e| anyhow!("rebuilding {name}: {e}"))?;
+        std::fs::write(images.join(name), &data)?;
+    }
+    if !images.join("inventory.img").exists() {
+        bail!("the received checkpoint has no inventory.img");
+    }
+    let parent = cd.image_chain_id(&container.image).await?;
+    let snapshotter = if container.snapshotter.is_empty() {
+        "overlayfs"
+    } else {
+        &container.snapshotter
+    };
+    let mounts = cd
+        .prepare_snapshot(snapshotter, &container.id, &parent)
+        .await?;
+    if let Some(tar) = rootfs_tar {
+        let data = std::fs::read(&tar)?;
+        rootfs::unpack(&data, &rootfs::upperdir(&mounts)?)?;
+    }
+    let mut spec = container.spec.clone();
+    // the cgroup must not collide with the (frozen) source when both nodes share a host
+    if let Some(cg) = spec.pointer_mut("/linux/cgroupsPath") {
+        if let Some(p) = cg.as_str() {
+            *cg = serde_json::Value::String(format!(
+                "/mose-{}{}",
+                cfg.identity.node,
+                if p.starts_with('/') {
+                    p.to_string()
+                } else {
+                    format!("/{p}")
+                }
+            ));
+        }
+    }
+    let c = Container {
+        id: container.id.clone(),
+        labels: container.labels.clone().into_iter().collect(),
+        image: container.image.clone(),
+        runtime: Some(runtime(MOSE_RUNTIME, None)),
+        spec: Some(Any {
+            type_url: SPEC_TYPE_URL.into(),
+            value: serde_json::to_vec(&spec)?,
+        }),
+        snapshotter: snapshotter.into(),
+        snapshot_key: container.id.clone(),
+        ..Default::default()
+    };
+    if let Err(e) = cd.create_container(c).await {
+        let _ = cd.remove_snapshot(snapshotter, &container.id).await;
+        return Err(e);
+    }
+    let opts = Any {
+        type_url: "mose.v1.Options".into(),
+        value: serde_json::to_vec(
+            &serde_json::json!({ "restore_image": images.display().to_string() }),
+        )?,
+    };
+    cd.create_task(&container.id, mounts, Some(opts)).await?;
+    cd.start(&container.id).await
+}
+
+fn record(
+    cfg: &EndpointConfig,
+    migration: &str,
+    container: &ContainerIdentity,
+    source: &str,
+    status: &str,
+    error: Option<String>,
+    took: Duration,
+) {
+    let line = serde_json::json!({
+        "migration": migration,
+        "direction": "in",
+        "container": container.id,
+        "namespace": container.namespace,
+        "peer": source,
+        "status": status,
+        "error": error,
+        "ms": took.as_secs_f64() * 1000.0,
+        "at": std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or_default(),
+    });
+    append_record(&cfg.state_dir, &line);
+}
+
+/// Appends one migration record to the node's log.
+pub fn append_record(state_dir: &Path, line: &serde_json::Value) {
+    use std::io::Write;
+    let _ = std::fs::create_dir_all(state_dir);
+    if let Ok(mut f) = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(state_dir.join("migrations.jsonl"))
+    {
+        let _ = writeln!(f, "{line}");
+    }
+}

@@ -1,0 +1,99 @@
+//! The outcome of a migration, as people and scripts read it: status, KPIs,
+//! bytes on the wire and a timeline of phases.
+
+use std::time::Instant;
+
+use serde::{Deserialize, Serialize};
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Phase {
+    pub name: String,
+    /// Milliseconds since the migration was requested.
+    pub start_ms: f64,
+    pub duration_ms: f64,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub bytes: Option<u64>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Round {
+    pub round: u32,
+    pub final_round: bool,
+    pub pages_present: u64,
+    pub new_blocks: u64,
+    pub bytes: u64,
+    pub duration_ms: f64,
+    /// Time the application was frozen during this round (0 for live rounds).
+    pub freeze_ms: f64,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct MigrationResult {
+    /// `ok`, `failed` (the source was never stopped) or `rolled-back`
+    /// (the source was frozen and has been resumed with its state intact).
+    pub status: String,
+    pub migration: String,
+    pub container: String,
+    pub destination: String,
+    pub technique: String,
+    pub rounds: u32,
+    pub round_details: Vec<Round>,
+    /// Source-side service gap: freeze to the destination reporting the
+    /// restored container running.
+    pub downtime_ms: f64,
+    /// Request to source released.
+    pub total_ms: f64,
+    pub bytes_sent: u64,
+    pub phases: Vec<Phase>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
+}
+
+/// Records phases against a common start.
+pub struct Timeline {
+    t0: Instant,
+    pub phases: Vec<Phase>,
+}
+
+impl Timeline {
+    pub fn new() -> Self {
+        Self {
+            t0: Instant::now(),
+            phases: Vec::new(),
+        }
+    }
+
+    pub fn now_ms(&self) -> f64 {
+        self.t0.elapsed().as_secs_f64() * 1000.0
+    }
+
+    /// Starts a phase; `end` records it.
+    pub fn begin(&self, name: &str) -> PhaseStart {
+        PhaseStart {
+            name: name.to_string(),
+            start_ms: self.now_ms(),
+        }
+    }
+
+    pub fn end(&mut self, p: PhaseStart, bytes: Option<u64>) -> f64 {
+        let d = self.now_ms() - p.start_ms;
+        self.phases.push(Phase {
+            name: p.name,
+            start_ms: p.start_ms,
+            duration_ms: d,
+            bytes,
+        });
+        d
+    }
+}
+
+impl Default for Timeline {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+pub struct PhaseStart {
+    name: String,
+    start_ms: f64,
+}

@@ -1,0 +1,546 @@
+//! The source side of a migration: stream a running container to a
+//! destination node, and only release it once the destination reports the
+//! restored container running. Any failure before that resumes the source.
+
+use std::{
+    collections::{BTreeMap, HashSet},
+    path::{Path, PathBuf},
+    sync::Arc,
+    time::Duration,
+};
+
+use anyhow::{anyhow, bail, Context, Result};
+use mose_wire::{
+    blocks::{hash_block, zero_hash},
+    frame::{FrameReader, FrameWriter},
+    BlockHash, ContainerIdentity, Message, Technique, BLOCK_SIZE, PROTOCOL_VERSION,
+};
+use tokio::{
+    io::{ReadHalf, WriteHalf},
+    net::TcpStream,
+};
+use tokio_rustls::{client::TlsStream, TlsConnector};
+use tracing::{info, warn};
+use xxhash_rust::xxh3::xxh3_128;
+
+use crate::{
+    containerd::{spec_of, Containerd},
+    memory,
+    result::{MigrationResult, Round, Timeline},
+    rootfs,
+    tls::{server_name, Identity},
+};
+
+/// Faults a test can inject to exercise the failure paths.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Fault {
+    /// Corrupt one bulk frame after its checksum was computed.
+    CorruptChunk,
+    /// Close the stream in the middle of the final transfer.
+    Truncate,
+}
+
+impl std::str::FromStr for Fault {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s {
+            "corrupt-chunk" => Ok(Self::CorruptChunk),
+            "truncate" => Ok(Self::Truncate),
+            o => Err(format!(
+                "unknown fault {o:?}: expected corrupt-chunk or truncate"
+            )),
+        }
+    }
+}
+
+/// Live progress for a terminal or a log.
+#[derive(Debug, Clone)]
+pub struct Progress {
+    pub phase: String,
+    pub round: u32,
+    pub bytes: u64,
+}
+
+pub type ProgressFn = Arc<dyn Fn(&Progress) + Send + Sync>;
+
+pub struct SourceOptions {
+    pub socket: PathBuf,
+    pub namespace: String,
+    pub container: String,
+    /// Destination endpoint `host:port`.
+    pub to: String,
+    pub technique: Technique,
+    /// Upper bound on pre-copy rounds.
+    pub max_rounds: u32,
+    /// Stop pre-copy once a round moves less than this many bytes.
+    pub min_round_bytes: u64,
+    pub identity: Identity,
+    pub compress: bool,
+    /// tmpfs directory for checkpoint images.
+    pub work_root: PathBuf,
+    /// Bound on any single network wait (a cut link fails the migration
+    /// after this long instead of hanging).
+    pub io_timeout: Duration,
+    pub fault: Option<Fault>,
+    pub progress: Option<ProgressFn>,
+}
+
+type Reader = FrameReader<ReadHalf<TlsStream<TcpStream>>>;
+type Writer = FrameWriter<WriteHalf<TlsStream<TcpStream>>>;
+
+struct Session {
+    r: Reader,
+    w: Writer,
+    io_timeout: Duration,
+}
+
+impl Session {
+    async fn send(&mut self, m: &Message) -> Result<()> {
+        tokio::time::timeout(self.io_timeout, self.w.message(m))
+            .await
+            .map_err(|_| {
+                anyhow!(
+                    "destination did not take data for {:?} (link down?)",
+                    self.io_timeout
+                )
+            })?
+            .map_err(|e| anyhow!("sending to destination: {e}"))
+    }
+
+    async fn recv(&mut self, within: Duration) -> Result<Message> {
+        let m = tokio::time::timeout(within, self.r.message())
+            .await
+            .map_err(|_| anyhow!("no answer from the destination within {within:?}"))?
+            .map_err(|e| anyhow!("reading from destination: {e}"))?;
+        if let Message::Failed { step, error } = &m {
+            bail!("destination failed at {step}: {error}");
+        }
+        Ok(m)
+    }
+
+    async fn blocks(&mut self, b: &[(BlockHash, &[u8])]) -> Result<()> {
+        tokio::time::timeout(self.io_timeout, self.w.blocks(b))
+            .await
+            .map_err(|_| {
+                anyhow!(
+                    "destination did not take data for {:?} (link down?)",
+                    self.io_timeout
+                )
+            })?
+            .map_err(|e| anyhow!("sending blocks: {e}"))
+    }
+
+    async fn file(&mut self, name: &str, data: &[u8]) -> Result<()> {
+        let hash = format!("{:032x}", xxh3_128(data));
+        self.send(&Message::FileBegin {
+            name: name.into(),
+            size: data.len() as u64,
+            hash,
+        })
+        .await?;
+        for chunk in data.chunks(1 << 20) {
+            tokio::time::timeout(self.io_timeout, self.w.file_data(chunk))
+                .await
+                .map_err(|_| anyhow!("destination did not take data for {:?}", self.io_timeout))?
+                .map_err(|e| anyhow!("sending {name}: {e}"))?;
+        }
+        self.send(&Message::FileEnd { name: name.into() }).await
+    }
+}
+
+/// Migrates the container; never panics, always returns a result.
+pub async fn migrate(opts: SourceOptions) -> MigrationResult {
+    let mut tl = Timeline::new();
+    let migration = format!(
+        "{}-{}",
+        opts.container,
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_millis())
+            .unwrap_or_default()
+    );
+    let mut st = State {
+        frozen: false,
+        rounds: Vec::new(),
+        downtime_ms: 0.0,
+        bytes: 0,
+    };
+    let res = run(&opts, &migration, &mut tl, &mut st).await;
+    let total_ms = tl.now_ms();
+    let (status, error) = match res {
+        Ok(()) => ("ok", None),
+        Err(e) => {
+            let msg = format!("{e:#}");
+            warn!(error = %msg, "migration failed");
+            let status = if st.frozen {
+                // the source is still ours: give it back its CPU
+                match resume(&opts).await {
+                    Ok(()) => "rolled-back",
+                    Err(re) => {
+                        return finish(
+                            &opts,
+                            migration,
+                            tl,
+                            st,
+                            total_ms,
+                            "failed",
+                            Some(format!("{msg}; resuming the source also failed: {re:#}")),
+                        );
+                    }
+                }
+            } else {
+                "failed"
+            };
+            (status, Some(msg))
+        }
+    };
+    finish(&opts, migration, tl, st, total_ms, status, error)
+}
+
+fn finish(
+    opts: &SourceOptions,
+    migration: String,
+    tl: Timeline,
+    st: State,
+    total_ms: f64,
+    status: &str,
+    error: Option<String>,
+) -> MigrationResult {
+    let _ = std::fs::remove_dir_all(opts.work_root.join(&migration));
+    MigrationResult {
+        status: status.into(),
+        migration,
+        container: opts.container.clone(),
+        destination: opts.to.clone(),
+        technique: opts.technique.to_string(),
+        rounds: st.rounds.iter().filter(|r| !r.final_round).count() as u32,
+        round_details: st.rounds,
+        downtime_ms: st.downtime_ms,
+        total_ms,
+        bytes_sent: st.bytes,
+        phases: tl.phases,
+        error,
+    }
+}
+
+async fn resume(opts: &SourceOptions) -> Result<()> {
+    let cd = Containerd::connect(&opts.socket, &opts.namespace).await?;
+    cd.resume(&opts.container).await
+}
+
+struct State {
+    frozen: bool,
+    rounds: Vec<Round>,
+    downtime_ms: f64,
+    bytes: u64,
+}
+
+fn report(opts: &SourceOptions, phase: &str, round: u32, bytes: u64) {
+    if let Some(p) = &opts.progress {
+        p(&Progress {
+            phase: phase.into(),
+            round,
+            bytes,
+        });
+    }
+}
+
+async fn connect(opts: &SourceOptions) -> Result<Session> {
+    let host = opts
+        .to
+        .rsplit_once(':')
+        .map(|(h, _)| h.trim_start_matches('[').trim_end_matches(']'))
+        .ok_or_else(|| anyhow!("destination {:?} is not HOST:PORT", opts.to))?;
+    let cfg = opts.identity.client_config()?;
+    let tcp = tokio::time::timeout(opts.io_timeout, TcpStream::connect(&opts.to))
+        .await
+        .map_err(|_| anyhow!("connecting to {} timed out", opts.to))?
+        .with_context(|| format!("connecting to destination {}", opts.to))?;
+    let _ = tcp.set_nodelay(true);
+    let tls = tokio::time::timeout(
+        opts.io_timeout,
+        TlsConnector::from(cfg).connect(server_name(host)?, tcp),
+    )
+    .await
+    .map_err(|_| anyhow!("TLS handshake with {} timed out", opts.to))?
+    .with_context(|| format!("TLS handshake with {} (same cluster CA?)", opts.to))?;
+    let (r, w) = tokio::io::split(tls);
+    let mut w = FrameWriter::new(w);
+    w.set_compression(opts.compress);
+    Ok(Session {
+        r: FrameReader::new(r),
+        w,
+        io_timeout: opts.io_timeout,
+    })
+}
+
+async fn run(
+    opts: &SourceOptions,
+    migration: &str,
+    tl: &mut Timeline,
+    st: &mut State,
+) -> Result<()> {
+    let p = tl.begin("prepare");
+    let cd = Containerd::connect(&opts.socket, &opts.namespace).await?;
+    let c = cd.container(&opts.container).await?;
+    cd.task_pid(&opts.container).await?;
+    let identity = ContainerIdentity {
+        id: c.id.clone(),
+        namespace: opts.namespace.clone(),
+        image: c.image.clone(),
+        spec: spec_of(&c)?,
+        labels: c.labels.clone().into_iter().collect::<BTreeMap<_, _>>(),
+        snapshotter: c.snapshotter.clone(),
+        runtime: c
+            .runtime
+            .as_ref()
+            .map(|r| r.name.clone())
+            .unwrap_or_default(),
+    };
+    let mut s = connect(opts).await?;
+    s.send(&Message::Hello {
+        version: PROTOCOL_VERSION,
+        node: opts.identity.node.clone(),
+    })
+    .await?;
+    match s.recv(opts.io_timeout).await? {
+        Message::HelloOk { version, .. } if version == PROTOCOL_VERSION => {}
+        other => bail!("destination answered {other:?} to Hello (protocol {PROTOCOL_VERSION})"),
+    }
+    s.send(&Message::Begin {
+        migration: migration.into(),
+        technique: opts.technique,
+        container: identity.clone(),
+    })
+    .await?;
+    let has_image = match s.recv(opts.io_timeout).await? {
+        Message::BeginOk { has_image } => has_image,
+        other => bail!("destination answered {other:?} to Begin"),
+    };
+    let work = opts.work_root.join(migration);
+    std::fs::create_dir_all(&work).with_context(|| format!("creating {}", work.display()))?;
+    tl.end(p, None);
+
+    if !has_image {
+        let p = tl.begin("image");
+        report(opts, "image", 0, s.w.bytes());
+        let tar = work.join("image.tar");
+        export_image(&cd, &c.image, &tar).await?;
+        let data = std::fs::read(&tar).with_context(|| format!("reading {}", tar.display()))?;
+        s.file("image.tar", &data).await?;
+        let _ = std::fs::remove_file(&tar);
+        tl.end(p, Some(data.len() as u64));
+    }
+
+    let mut known: HashSet<BlockHash> = HashSet::new();
+    if opts.technique == Technique::Precopy {
+        let mut prev = u64::MAX;
+        for round in 1..=opts.max_rounds.max(1) {
+            let p = tl.begin(&format!("round {round}"));
+            let before = s.w.bytes();
+            s.send(&Message::RoundStart {
+                round,
+                final_round: false,
+            })
+            .await?;
+            let pids = cd.pids(&opts.container).await?;
+            // hash on a blocking thread while this task sends: CPU and link overlap
+            let (tx, mut rx) = tokio::sync::mpsc::channel::<Vec<(BlockHash, Vec<u8>)>>(8);
+            let mut k = std::mem::take(&mut known);
+            let scanner = tokio::task::spawn_blocking(move || {
+                let r = memory::scan(&pids, &mut k, |batch| {
+                    tx.blocking_send(batch)
+                        .map_err(|_| anyhow!("round aborted"))
+                });
+                (r, k)
+            });
+            let mut send_err = None;
+            while let Some(batch) = rx.recv().await {
+                let refs: Vec<(BlockHash, &[u8])> =
+                    batch.iter().map(|(h, d)| (*h, d.as_slice())).collect();
+                if let Err(e) = s.blocks(&refs).await {
+                    send_err = Some(e);
+                    break;
+                }
+            }
+            drop(rx);
+            let (stats, k) = scanner
+                .await
+                .map_err(|e| anyhow!("memory scan task: {e}"))?;
+            known = k;
+            if let Some(e) = send_err {
+                return Err(e);
+            }
+            let stats = stats?;
+            s.send(&Message::RoundEnd {
+                round,
+                blocks: stats.new_blocks,
+            })
+            .await?;
+            let bytes = s.w.bytes() - before;
+            let d = tl.end(p, Some(bytes));
+            report(opts, "precopy", round, s.w.bytes());
+            st.rounds.push(Round {
+                round,
+                final_round: false,
+                pages_present: stats.pages_present,
+                new_blocks: stats.new_blocks,
+                bytes,
+                duration_ms: d,
+                freeze_ms: 0.0,
+            });
+            info!(
+                round,
+                new_blocks = stats.new_blocks,
+                bytes,
+                "pre-copy round"
+            );
+            let moved = stats.new_blocks * BLOCK_SIZE as u64;
+            // stop rule: converged, or the delta stopped shrinking
+            if moved < opts.min_round_bytes || (round > 1 && moved as f64 >= 0.9 * prev as f64) {
+                break;
+            }
+            prev = moved;
+        }
+    }
+
+    // --- freeze: from here on a failure must resume the source ---
+    let freeze_at = tl.now_ms();
+    let p = tl.begin("freeze+dump");
+    report(opts, "dump", 0, s.w.bytes());
+    cd.pause(&opts.container).await?;
+    st.frozen = true;
+    let images = work.join("images");
+    let crwork = work.join("criu-work");
+    std::fs::create_dir_all(&images)?;
+    std::fs::create_dir_all(&crwork)?;
+    cd.checkpoint_to(&opts.container, &images, &crwork).await?;
+    tl.end(p, None);
+
+    let p = tl.begin("transfer");
+    let before = s.w.bytes();
+    if opts.fault == Some(Fault::CorruptChunk) {
+        s.w.inject_corruption();
+    }
+    let final_round = st.rounds.len() as u32 + 1;
+    s.send(&Message::RoundStart {
+        round: final_round,
+        final_round: true,
+    })
+    .await?;
+    let mut files = Vec::new();
+    let mut manifests = Vec::new();
+    let mut new_blocks = 0u64;
+    let mut pages_present = 0u64;
+    let zero = zero_hash();
+    for entry in
+        std::fs::read_dir(&images).with_context(|| format!("reading {}", images.display()))?
+    {
+        let entry = entry?;
+        let name = entry.file_name().to_string_lossy().to_string();
+        let data = std::fs::read(entry.path())
+            .with_context(|| format!("reading {}", entry.path().display()))?;
+        if name.starts_with("pages-") && name.ends_with(".img") && data.len() % BLOCK_SIZE == 0 {
+            let mut hashes = Vec::with_capacity(data.len() / BLOCK_SIZE);
+            let mut batch: Vec<(BlockHash, &[u8])> = Vec::new();
+            for page in data.chunks(BLOCK_SIZE) {
+                pages_present += 1;
+                let h = hash_block(page);
+                hashes.push(h);
+                if h != zero && known.insert(h) {
+                    new_blocks += 1;
+                    batch.push((h, page));
+                    if batch.len() >= 256 {
+                        s.blocks(&batch).await?;
+                        batch.clear();
+                    }
+                }
+            }
+            if !batch.is_empty() {
+                s.blocks(&batch).await?;
+            }
+            manifests.push((name, hashes));
+        } else {
+            files.push((name, data));
+        }
+    }
+    s.send(&Message::RoundEnd {
+        round: final_round,
+        blocks: new_blocks,
+    })
+    .await?;
+    if opts.fault == Some(Fault::Truncate) {
+        bail!("injected fault: stream truncated during the final transfer");
+    }
+    for (name, data) in &files {
+        s.file(name, data).await?;
+    }
+    for (name, hashes) in &manifests {
+        tokio::time::timeout(opts.io_timeout, s.w.manifest(name, hashes))
+            .await
+            .map_err(|_| anyhow!("destination did not take the page manifest"))?
+            .map_err(|e| anyhow!("sending manifest {name}: {e}"))?;
+    }
+    let mounts = cd.snapshot_mounts(&c.snapshotter, &c.snapshot_key).await?;
+    let upper = rootfs::upperdir(&mounts)?;
+    let tar = rootfs::pack(&upper)?;
+    s.file("rootfs.tar", &tar).await?;
+    let bytes = s.w.bytes() - before;
+    let d = tl.end(p, Some(bytes));
+    st.rounds.push(Round {
+        round: final_round,
+        final_round: true,
+        pages_present,
+        new_blocks,
+        bytes,
+        duration_ms: d,
+        freeze_ms: d,
+    });
+    report(opts, "restore", final_round, s.w.bytes());
+
+    let p = tl.begin("restore");
+    s.send(&Message::Commit).await?;
+    match s.recv(Duration::from_secs(120)).await? {
+        Message::Restored {
+            pid, restore_ms, ..
+        } => {
+            info!(pid, restore_ms, "destination restored the container")
+        }
+        other => bail!("destination answered {other:?} to Commit"),
+    }
+    st.downtime_ms = tl.now_ms() - freeze_at;
+    tl.end(p, None);
+
+    // commit point: the destination owns the container once it acknowledges
+    let p = tl.begin("release");
+    s.send(&Message::Released).await?;
+    match s.recv(opts.io_timeout).await? {
+        Message::Ack => {}
+        other => bail!("destination answered {other:?} to Released"),
+    }
+    st.frozen = false;
+    st.bytes = s.w.bytes();
+    if let Err(e) = cd.remove_container(&opts.container).await {
+        warn!(error = %e, "source copy could not be removed; the destination owns the container now");
+    }
+    tl.end(p, None);
+    report(opts, "done", final_round, s.w.bytes());
+    Ok(())
+}
+
+async fn export_image(cd: &Containerd, image: &str, out: &Path) -> Result<()> {
+    let o = tokio::process::Command::new("ctr")
+        .args(["-a", cd.socket(), "-n", cd.namespace(), "images", "export"])
+        .arg(out)
+        .arg(image)
+        .output()
+        .await
+        .context("running ctr images export (is ctr installed?)")?;
+    if !o.status.success() {
+        bail!(
+            "exporting image {image}: {}",
+            String::from_utf8_lossy(&o.stderr).trim()
+        );
+    }
+    Ok(())
+}
