@@ -8,6 +8,7 @@ use std::{
 use anyhow::{Context, Result};
 
 pub mod plot;
+pub mod testbed;
 
 /// Median of a sample (in the sample's unit); `NaN` when empty.
 pub fn median(xs: &[f64]) -> f64 {
