@@ -231,8 +231,12 @@ impl Container {
     }
 
     async fn restore(&mut self, image: &Path) -> Result<()> {
-        let mut pending =
-            PendingStdio::prepare(&self.init.stdio, self.options.io_uid, self.options.io_gid)?;
+        let mut pending = PendingStdio::prepare_with(
+            &self.init.stdio,
+            self.options.io_uid,
+            self.options.io_gid,
+            true,
+        )?;
         let pid_file = self.bundle.join("init.pid");
         let mut work = self.work_dir("restore", &self.options.criu_work_path.clone())?;
         let console = pending.console_path();

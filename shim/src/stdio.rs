@@ -81,6 +81,15 @@ impl PendingStdio {
     /// Prepares pipes (or a console socket for a terminal) for `stdio`, and
     /// starts copying between them and containerd's FIFOs.
     pub fn prepare(stdio: &Stdio, uid: u32, gid: u32) -> Result<Self> {
+        Self::prepare_with(stdio, uid, gid, false)
+    }
+
+    /// Like [`prepare`](Self::prepare), but streams containerd did not ask for
+    /// become pipes the shim drains (stdout/stderr) or closes (stdin) instead
+    /// of the host's `/dev/null`. A restored process holding the host's
+    /// `/dev/null` could not be checkpointed again (CRIU cannot resolve a file
+    /// outside the container's mounts), which would end its migrations.
+    pub fn prepare_with(stdio: &Stdio, uid: u32, gid: u32, null_pipes: bool) -> Result<Self> {
         let shim = ProcessStdio::default();
         let mut runtime = ProcessIo::default();
         if stdio.terminal {
@@ -115,6 +124,23 @@ impl PendingStdio {
                 pipe::Receiver::from_owned_fd(r).map_err(Error::io("register stderr pipe"))?;
             shim.tasks.copy_to_fifo(receiver, &stdio.stderr)?;
             runtime.stderr = Some(w);
+        }
+        if null_pipes {
+            if runtime.stdin.is_none() {
+                let (r, _w) = pipe()?;
+                runtime.stdin = Some(r);
+            }
+            for slot in [&mut runtime.stdout, &mut runtime.stderr] {
+                if slot.is_none() {
+                    let (r, w) = pipe()?;
+                    let mut receiver = pipe::Receiver::from_owned_fd(r)
+                        .map_err(Error::io("register output drain pipe"))?;
+                    tokio::spawn(async move {
+                        let _ = tokio::io::copy(&mut receiver, &mut tokio::io::sink()).await;
+                    });
+                    *slot = Some(w);
+                }
+            }
         }
         Ok(Self {
             shim,

@@ -184,7 +184,8 @@ async fn run() -> Result<i32> {
             rec["direction"] = "out".into();
             append_record(&a.state, &rec);
             if json {
-                println!("{}", serde_json::to_string(&r)?);
+                use std::io::Write;
+                let _ = writeln!(std::io::stdout(), "{}", serde_json::to_string(&r)?);
             } else {
                 print_table(&r);
             }
