@@ -1,0 +1,52 @@
+//! `mose-state-service`: the stateful workload MOSE migrates (see
+//! `mose_workloads::service`).
+
+use std::process::ExitCode;
+
+use mose_workloads::service::{usage, Config, Service};
+
+/// Exits at once: as PID 1 of a container the default action of SIGTERM
+/// would be to ignore it, so `ctr task kill` would not stop the service.
+extern "C" fn on_term(_: libc::c_int) {
+    // SAFETY: _exit is async-signal-safe.
+    unsafe { libc::_exit(0) };
+}
+
+fn main() -> ExitCode {
+    // SAFETY: installs an async-signal-safe handler.
+    unsafe {
+        libc::signal(libc::SIGTERM, on_term as *const () as libc::sighandler_t);
+        libc::signal(libc::SIGINT, on_term as *const () as libc::sighandler_t);
+    }
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    if args.iter().any(|a| a == "-h" || a == "--help") {
+        println!("{}", usage());
+        return ExitCode::SUCCESS;
+    }
+    let config = match Config::from_env_and_args(&args) {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("mose-state-service: {e:#}");
+            return ExitCode::from(2);
+        }
+    };
+    match Service::start(config.clone()) {
+        Ok(svc) => {
+            eprintln!(
+                "mose-state-service: listening on {} state_mib={} dirty_mib_per_s={} seed={}",
+                svc.local_addr(),
+                config.state_mib,
+                config.dirty_mib_per_s,
+                config.seed
+            );
+            // Everything runs in the service's threads; keep main alive.
+            loop {
+                std::thread::park();
+            }
+        }
+        Err(e) => {
+            eprintln!("mose-state-service: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}

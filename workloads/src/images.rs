@@ -1,0 +1,160 @@
+//! The images of MOSE's workloads: the state service and redis.
+
+use std::path::{Path, PathBuf};
+
+use anyhow::{bail, Context, Result};
+
+use crate::image::{cached_archive, ImageSpec};
+
+/// Image reference of the state service.
+pub const STATE_SERVICE_REF: &str = "localhost/mose/state-service:latest";
+/// Image reference of redis.
+pub const REDIS_REF: &str = "localhost/mose/redis:latest";
+/// Name of the state-service binary.
+pub const STATE_SERVICE_BIN: &str = "mose-state-service";
+/// Path of the state service inside its image.
+pub const STATE_SERVICE_PATH: &str = "/usr/local/bin/mose-state-service";
+/// Host redis server (Debian package `redis-server`).
+pub const REDIS_SERVER: &str = "/usr/bin/redis-server";
+/// Path of the redis configuration inside its image.
+pub const REDIS_CONF_PATH: &str = "/etc/redis/redis.conf";
+/// Port redis listens on.
+pub const REDIS_PORT: u16 = 6379;
+
+/// Redis configuration: reachable from other hosts (no protected mode) and
+/// no persistence, so that the only copy of the data is the process memory
+/// that a migration has to move.
+pub const REDIS_CONF: &str = "bind 0.0.0.0
+port 6379
+protected-mode no
+daemonize no
+supervised no
+save \"\"
+appendonly no
+dir /data
+logfile \"\"
+";
+
+/// The cargo target directory: `$CARGO_TARGET_DIR`, else `<workspace>/target`.
+pub fn target_dir() -> PathBuf {
+    if let Some(d) = std::env::var_os("CARGO_TARGET_DIR") {
+        return PathBuf::from(d);
+    }
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .map(|p| p.join("target"))
+        .unwrap_or_else(|| PathBuf::from("target"))
+}
+
+/// Where archives are cached: `<target>/mose-workloads`.
+pub fn cache_dir() -> PathBuf {
+    target_dir().join("mose-workloads")
+}
+
+/// Finds a binary of this workspace: next to the running executable (or
+/// one level up, for test binaries in `deps/`), else the newest of
+/// `<target>/{debug,release}/<name>`.
+pub fn find_binary(name: &str) -> Result<PathBuf> {
+    if let Ok(exe) = std::env::current_exe() {
+        for dir in exe.ancestors().skip(1).take(2) {
+            let p = dir.join(name);
+            if p.is_file() {
+                return Ok(p);
+            }
+        }
+    }
+    let target = target_dir();
+    let mut found: Vec<(std::time::SystemTime, PathBuf)> = ["debug", "release"]
+        .iter()
+        .map(|p| target.join(p).join(name))
+        .filter_map(|p| Some((p.metadata().ok()?.modified().ok()?, p)))
+        .collect();
+    found.sort();
+    match found.pop() {
+        Some((_, p)) => Ok(p),
+        None => bail!(
+            "{name} not found next to {:?} nor in {}/{{debug,release}}; build it with \
+             `cargo build -p mose-workloads`",
+            std::env::current_exe().ok(),
+            target.display()
+        ),
+    }
+}
+
+/// Image of the state service built from `binary` (its shared libraries and
+/// the loader come along), with busybox for debugging, `/data` for the
+/// start marker and `/tmp`.
+pub fn state_service_image(binary: &Path) -> ImageSpec {
+    ImageSpec {
+        name: STATE_SERVICE_REF.into(),
+        files: vec![(binary.to_path_buf(), STATE_SERVICE_PATH.into())],
+        libs_of: vec![binary.to_path_buf()],
+        dirs: vec![("/data".into(), 0o755), ("/tmp".into(), 0o1777)],
+        entrypoint: vec![STATE_SERVICE_PATH.into()],
+        busybox: true,
+        ..Default::default()
+    }
+}
+
+/// Image of Debian's redis server (`/usr/bin/redis-server` + libraries,
+/// busybox, `/data`, [`REDIS_CONF`]).
+pub fn redis_image() -> Result<ImageSpec> {
+    let server = Path::new(REDIS_SERVER);
+    if !server.exists() {
+        bail!("{REDIS_SERVER} not found: install the Debian package redis-server");
+    }
+    Ok(ImageSpec {
+        name: REDIS_REF.into(),
+        binaries: vec![server.to_path_buf()],
+        contents: vec![(
+            REDIS_CONF_PATH.into(),
+            REDIS_CONF.as_bytes().to_vec(),
+            0o644,
+        )],
+        dirs: vec![("/data".into(), 0o755), ("/tmp".into(), 0o1777)],
+        entrypoint: vec![REDIS_SERVER.into()],
+        cmd: vec![REDIS_CONF_PATH.into()],
+        busybox: true,
+        ..Default::default()
+    })
+}
+
+/// Builds (or reuses from `cache_dir`) the state-service archive; `binary`
+/// defaults to [`find_binary`]`("mose-state-service")`.
+pub fn state_service_archive(binary: Option<&Path>, cache_dir: &Path) -> Result<PathBuf> {
+    let bin = match binary {
+        Some(b) => b.to_path_buf(),
+        None => find_binary(STATE_SERVICE_BIN)?,
+    };
+    cached_archive(&state_service_image(&bin), cache_dir).context("state-service image")
+}
+
+/// Builds (or reuses from `cache_dir`) the redis archive.
+pub fn redis_archive(cache_dir: &Path) -> Result<PathBuf> {
+    cached_archive(&redis_image()?, cache_dir).context("redis image")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn redis_conf_disables_protection_and_persistence() {
+        for want in [
+            "protected-mode no",
+            "save \"\"",
+            "appendonly no",
+            "bind 0.0.0.0",
+        ] {
+            assert!(REDIS_CONF.contains(want), "{want}");
+        }
+    }
+
+    #[test]
+    fn state_service_spec_has_entrypoint_and_dirs() {
+        let s = state_service_image(Path::new("/bin/true"));
+        assert_eq!(s.entrypoint, vec![STATE_SERVICE_PATH.to_string()]);
+        assert!(s.dirs.iter().any(|(d, _)| d == "/data"));
+        assert!(s.busybox);
+    }
+}

@@ -1,0 +1,424 @@
+//! The state service: [`State`] plus a dirtying thread and a TCP server
+//! speaking the [`crate::protocol`].
+//!
+//! One thread per connection: requests are tiny and the clients few, and a
+//! blocking thread answers PING without any scheduling hop (well under 1 ms
+//! even while the dirtier runs), which keeps the probe's downtime
+//! measurement about the migration, not about the server.
+
+use std::io::{BufRead, BufReader, Write};
+use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::path::Path;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::Arc;
+use std::thread;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use anyhow::{bail, Context, Result};
+use serde::Serialize;
+
+use crate::protocol::{parse_request, PingReply, Request, VerifyReport};
+use crate::state::{Rng, State, Verify, PAGE};
+
+/// Pacing step of the dirtier: small so that the dirty rate is smooth.
+const DIRTY_STEP: Duration = Duration::from_millis(5);
+
+/// Connections idle this long are closed.
+const IDLE_TIMEOUT: Duration = Duration::from_secs(120);
+
+/// Marker written at start when `/data` exists (lets tests and scripts see
+/// whether a container was started fresh or restored).
+pub const MARKER: &str = "/data/started";
+
+/// Configuration of the state service.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct Config {
+    /// State size in MiB.
+    pub state_mib: u64,
+    /// Rewrite rate in MiB/s (0: idle).
+    pub dirty_mib_per_s: f64,
+    /// TCP port (0: any free port).
+    pub port: u16,
+    /// Listen address.
+    pub bind: String,
+    /// PRNG seed for the initial content and the dirtier.
+    pub seed: u64,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Self {
+            state_mib: 64,
+            dirty_mib_per_s: 0.0,
+            port: 7070,
+            bind: "0.0.0.0".into(),
+            seed: 1,
+        }
+    }
+}
+
+impl Config {
+    /// Reads `MOSE_STATE_MIB`, `MOSE_DIRTY_MIB_PER_S`, `MOSE_PORT`,
+    /// `MOSE_SEED`, `MOSE_BIND`, `MOSE_IDLE` (set: no dirtying), then the
+    /// command-line flags (which win).
+    pub fn from_env_and_args(args: &[String]) -> Result<Self> {
+        let mut c = Self::default();
+        let env = |k: &str| std::env::var(k).ok().filter(|v| !v.is_empty());
+        if let Some(v) = env("MOSE_STATE_MIB") {
+            c.state_mib = v.parse().context("MOSE_STATE_MIB")?;
+        }
+        if let Some(v) = env("MOSE_DIRTY_MIB_PER_S") {
+            c.dirty_mib_per_s = v.parse().context("MOSE_DIRTY_MIB_PER_S")?;
+        }
+        if let Some(v) = env("MOSE_PORT") {
+            c.port = v.parse().context("MOSE_PORT")?;
+        }
+        if let Some(v) = env("MOSE_SEED") {
+            c.seed = v.parse().context("MOSE_SEED")?;
+        }
+        if let Some(v) = env("MOSE_BIND") {
+            c.bind = v;
+        }
+        if env("MOSE_IDLE").is_some() {
+            c.dirty_mib_per_s = 0.0;
+        }
+        let mut it = args.iter();
+        while let Some(a) = it.next() {
+            let (flag, inline) = match a.split_once('=') {
+                Some((f, v)) if f.starts_with("--") => (f, Some(v.to_string())),
+                _ => (a.as_str(), None),
+            };
+            let mut value = || -> Result<String> {
+                match &inline {
+                    Some(v) => Ok(v.clone()),
+                    None => it
+                        .next()
+                        .cloned()
+                        .with_context(|| format!("{flag} needs a value")),
+                }
+            };
+            match flag {
+                "--state-mib" => c.state_mib = value()?.parse().context("--state-mib")?,
+                "--dirty-mib-per-s" => {
+                    c.dirty_mib_per_s = value()?.parse().context("--dirty-mib-per-s")?
+                }
+                "--port" => c.port = value()?.parse().context("--port")?,
+                "--seed" => c.seed = value()?.parse().context("--seed")?,
+                "--bind" => c.bind = value()?,
+                "--idle" => c.dirty_mib_per_s = 0.0,
+                other => bail!("unknown argument {other:?}\n{}", usage()),
+            }
+        }
+        if !(c.dirty_mib_per_s.is_finite() && c.dirty_mib_per_s >= 0.0) {
+            bail!("--dirty-mib-per-s must be >= 0");
+        }
+        Ok(c)
+    }
+}
+
+/// Usage text of `mose-state-service`.
+pub fn usage() -> &'static str {
+    "usage: mose-state-service [--state-mib S (64)] [--dirty-mib-per-s R (0)] [--idle] \
+     [--port P (7070)] [--bind ADDR (0.0.0.0)] [--seed N (1)]\n\
+     env: MOSE_STATE_MIB MOSE_DIRTY_MIB_PER_S MOSE_PORT MOSE_SEED MOSE_BIND MOSE_IDLE"
+}
+
+/// Shared by all threads of the service.
+struct Shared {
+    config: Config,
+    state: State,
+    seq: AtomicU64,
+    started: Instant,
+    stop: AtomicBool,
+}
+
+/// A running state service.
+pub struct Service {
+    shared: Arc<Shared>,
+    addr: SocketAddr,
+}
+
+/// JSON answer to STATS.
+#[derive(Debug, Serialize)]
+struct Stats<'a> {
+    state_mib: u64,
+    pages: usize,
+    page_size: usize,
+    dirty_mib_per_s: f64,
+    writes: u64,
+    seq: u64,
+    sum: String,
+    uptime_s: f64,
+    pid: u32,
+    config: &'a Config,
+}
+
+impl Service {
+    /// Allocates and fills the state, binds the port, writes the marker
+    /// file and starts the dirtier and the acceptor threads.
+    pub fn start(config: Config) -> Result<Self> {
+        let pages = usize::try_from(config.state_mib)
+            .ok()
+            .and_then(|m| m.checked_mul(1 << 20))
+            .context("state size too large")?
+            / PAGE;
+        let state = State::new(pages, config.seed)?;
+        let listener = TcpListener::bind((config.bind.as_str(), config.port))
+            .with_context(|| format!("binding {}:{}", config.bind, config.port))?;
+        let addr = listener.local_addr().context("local addr")?;
+        let shared = Arc::new(Shared {
+            config,
+            state,
+            seq: AtomicU64::new(0),
+            started: Instant::now(),
+            stop: AtomicBool::new(false),
+        });
+        write_marker(Path::new(MARKER), &shared.config);
+        if shared.config.dirty_mib_per_s > 0.0 && pages > 0 {
+            let s = shared.clone();
+            thread::Builder::new()
+                .name("dirtier".into())
+                .spawn(move || dirtier(&s))
+                .context("spawning dirtier")?;
+        }
+        let s = shared.clone();
+        thread::Builder::new()
+            .name("acceptor".into())
+            .spawn(move || acceptor(&s, listener))
+            .context("spawning acceptor")?;
+        Ok(Self { shared, addr })
+    }
+
+    /// The bound address.
+    pub fn local_addr(&self) -> SocketAddr {
+        self.addr
+    }
+
+    /// The state (for in-process tests).
+    pub fn state(&self) -> &State {
+        &self.shared.state
+    }
+
+    /// Stops dirtying and accepting (existing connections end on next request).
+    pub fn stop(&self) {
+        self.shared.stop.store(true, Ordering::Release);
+        // Wake the acceptor.
+        let _ = TcpStream::connect_timeout(
+            &SocketAddr::from(([127, 0, 0, 1], self.addr.port())),
+            Duration::from_millis(100),
+        );
+    }
+}
+
+impl Drop for Service {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
+
+fn write_marker(path: &Path, config: &Config) {
+    let Some(dir) = path.parent() else { return };
+    if !dir.is_dir() {
+        return;
+    }
+    let now = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_secs_f64())
+        .unwrap_or(0.0);
+    let line = format!(
+        "pid={} started_unix={now:.3} state_mib={} dirty_mib_per_s={} port={}\n",
+        std::process::id(),
+        config.state_mib,
+        config.dirty_mib_per_s,
+        config.port
+    );
+    if let Err(e) = std::fs::write(path, line) {
+        eprintln!("mose-state-service: writing {}: {e}", path.display());
+    }
+}
+
+/// Rewrites random pages at the configured rate, paced in [`DIRTY_STEP`]s
+/// against an absolute schedule (no drift, no bursts after a freeze beyond
+/// one step: a checkpoint pause must not be followed by a catch-up storm).
+fn dirtier(s: &Shared) {
+    let pages_per_s = s.config.dirty_mib_per_s * (1 << 20) as f64 / PAGE as f64;
+    let mut rng = Rng::new(s.config.seed ^ 0xD1B5_4A32_D192_ED03);
+    let mut buf = [0u8; PAGE];
+    let n = s.state.pages() as u64;
+    let mut origin = Instant::now();
+    let mut done = 0f64;
+    while !s.stop.load(Ordering::Acquire) {
+        let elapsed = origin.elapsed().as_secs_f64();
+        let due = elapsed * pages_per_s;
+        if due - done > pages_per_s * 0.1 + 1.0 {
+            // We were frozen (or starved) for a while: restart the schedule.
+            origin = Instant::now();
+            done = 0.0;
+            continue;
+        }
+        while done + 1.0 <= due {
+            let i = rng.below(n) as usize;
+            s.state.write_page(i, &mut rng, &mut buf);
+            done += 1.0;
+        }
+        thread::sleep(DIRTY_STEP);
+    }
+}
+
+fn acceptor(s: &Arc<Shared>, listener: TcpListener) {
+    for conn in listener.incoming() {
+        if s.stop.load(Ordering::Acquire) {
+            return;
+        }
+        match conn {
+            Ok(stream) => {
+                let s = s.clone();
+                let r = thread::Builder::new().name("conn".into()).spawn(move || {
+                    let _ = serve(&s, stream);
+                });
+                if let Err(e) = r {
+                    eprintln!("mose-state-service: spawning connection thread: {e}");
+                }
+            }
+            Err(e) => {
+                eprintln!("mose-state-service: accept: {e}");
+                thread::sleep(Duration::from_millis(10));
+            }
+        }
+    }
+}
+
+/// Serves one connection until EOF, QUIT, an I/O error or service stop.
+fn serve(s: &Shared, stream: TcpStream) -> Result<()> {
+    stream.set_nodelay(true).context("TCP_NODELAY")?;
+    // Clients that vanished without a FIN (e.g. across a migration) must
+    // not pin a thread forever.
+    stream
+        .set_read_timeout(Some(IDLE_TIMEOUT))
+        .context("read timeout")?;
+    let mut w = stream.try_clone().context("cloning stream")?;
+    let mut r = BufReader::new(stream);
+    let mut line = String::new();
+    loop {
+        line.clear();
+        if r.read_line(&mut line).context("reading request")? == 0 {
+            return Ok(());
+        }
+        if s.stop.load(Ordering::Acquire) {
+            return Ok(());
+        }
+        let answer = match parse_request(&line) {
+            Ok(Request::Ping) => PingReply {
+                seq: s.seq.fetch_add(1, Ordering::AcqRel) + 1,
+                sum: s.state.sum(),
+                writes: s.state.writes(),
+            }
+            .to_line(),
+            Ok(Request::Verify) => verify_report(s).to_line(),
+            Ok(Request::Stats) => {
+                let stats = Stats {
+                    state_mib: s.config.state_mib,
+                    pages: s.state.pages(),
+                    page_size: PAGE,
+                    dirty_mib_per_s: s.config.dirty_mib_per_s,
+                    writes: s.state.writes(),
+                    seq: s.seq.load(Ordering::Acquire),
+                    sum: format!("{:016x}", s.state.sum()),
+                    uptime_s: s.started.elapsed().as_secs_f64(),
+                    pid: std::process::id(),
+                    config: &s.config,
+                };
+                let mut j = serde_json::to_string(&stats).context("stats json")?;
+                j.push('\n');
+                j
+            }
+            Ok(Request::Quit) => return Ok(()),
+            Err(_) => "error unknown command\n".to_string(),
+        };
+        w.write_all(answer.as_bytes()).context("writing answer")?;
+    }
+}
+
+fn verify_report(s: &Shared) -> VerifyReport {
+    match s.state.verify() {
+        Verify::Ok { sum, pages } => VerifyReport::Ok {
+            seq: s.seq.load(Ordering::Acquire),
+            sum,
+            pages: pages as u64,
+        },
+        Verify::Corrupt {
+            page,
+            expected,
+            got,
+        } => VerifyReport::Corrupt {
+            first_bad_page: page as u64,
+            expected,
+            got,
+        },
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn args(s: &str) -> Vec<String> {
+        s.split_whitespace().map(String::from).collect()
+    }
+
+    #[test]
+    fn flags_parse() {
+        let c = Config::from_env_and_args(&args(
+            "--state-mib 512 --dirty-mib-per-s=16 --port 9000 --seed 5",
+        ))
+        .expect("parse");
+        assert_eq!(
+            (c.state_mib, c.dirty_mib_per_s, c.port, c.seed),
+            (512, 16.0, 9000, 5)
+        );
+        let c = Config::from_env_and_args(&args("--dirty-mib-per-s 4 --idle")).expect("idle");
+        assert_eq!(c.dirty_mib_per_s, 0.0);
+        assert!(Config::from_env_and_args(&args("--bogus")).is_err());
+        assert!(Config::from_env_and_args(&args("--port")).is_err());
+        assert!(Config::from_env_and_args(&args("--dirty-mib-per-s -1")).is_err());
+    }
+
+    #[test]
+    fn serves_ping_verify_stats_in_process() {
+        let svc = Service::start(Config {
+            state_mib: 4,
+            dirty_mib_per_s: 8.0,
+            port: 0,
+            bind: "127.0.0.1".into(),
+            seed: 3,
+        })
+        .expect("start");
+        let addr = svc.local_addr().to_string();
+        let a = crate::probe::ping(&addr).expect("ping 1");
+        let b = crate::probe::ping(&addr).expect("ping 2");
+        assert_eq!((a.seq, b.seq), (1, 2));
+        thread::sleep(Duration::from_millis(100));
+        let v = crate::probe::verify(&addr).expect("verify");
+        assert!(v.is_ok(), "{v:?}");
+        let st = crate::probe::stats(&addr).expect("stats");
+        assert_eq!(st["pages"], 1024);
+        assert!(st["writes"].as_u64().unwrap_or(0) > 0, "dirtier runs: {st}");
+        // Corruption check on an idle service (the dirtier would heal the page).
+        let idle = Service::start(Config {
+            state_mib: 1,
+            port: 0,
+            bind: "127.0.0.1".into(),
+            ..Config::default()
+        })
+        .expect("start idle");
+        idle.state().corrupt_page_for_test(10);
+        let v = crate::probe::verify(&idle.local_addr().to_string()).expect("verify");
+        assert_eq!(
+            match v {
+                VerifyReport::Corrupt { first_bad_page, .. } => first_bad_page,
+                _ => u64::MAX,
+            },
+            10
+        );
+    }
+}
