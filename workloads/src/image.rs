@@ -432,15 +432,46 @@ pub fn cached_archive(spec: &ImageSpec, cache_dir: &Path) -> Result<PathBuf> {
     let path = cache_dir.join(format!("{stem}-{}.tar", &key[..16]));
     if !path.exists() {
         write_archive(spec, &path)?;
+        prune_cache(cache_dir, &stem, &path);
     }
     Ok(path)
+}
+
+/// Archives of one image kept in the cache (every rebuilt binary gives a
+/// new key; without pruning the cache grows by an image per build).
+const KEEP_PER_IMAGE: usize = 3;
+
+/// Removes all but the newest [`KEEP_PER_IMAGE`] archives named `<stem>-*.tar`
+/// (never `keep`). Best effort: a failure only leaves files behind.
+fn prune_cache(dir: &Path, stem: &str, keep: &Path) {
+    let Ok(rd) = fs::read_dir(dir) else { return };
+    let prefix = format!("{stem}-");
+    let mut old: Vec<(std::time::SystemTime, PathBuf)> = rd
+        .filter_map(|e| e.ok())
+        .map(|e| e.path())
+        .filter(|p| {
+            p.file_name()
+                .and_then(|n| n.to_str())
+                .is_some_and(|n| n.starts_with(&prefix) && n.ends_with(".tar"))
+                && p != keep
+        })
+        .filter_map(|p| Some((p.metadata().ok()?.modified().ok()?, p)))
+        .collect();
+    old.sort();
+    let excess = (old.len() + 1).saturating_sub(KEEP_PER_IMAGE);
+    for (_, p) in old.into_iter().take(excess) {
+        let _ = fs::remove_file(p);
+    }
 }
 
 fn write_atomic(path: &Path, data: &[u8]) -> Result<()> {
     if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
         fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
     }
-    let tmp = path.with_extension(format!("tmp.{}", std::process::id()));
+    // Unique per process and call: parallel tests may build the same archive.
+    static N: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+    let n = N.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    let tmp = path.with_extension(format!("tmp.{}.{n}", std::process::id()));
     fs::write(&tmp, data).with_context(|| format!("writing {}", tmp.display()))?;
     fs::rename(&tmp, path).with_context(|| format!("renaming to {}", path.display()))?;
     Ok(())

@@ -223,3 +223,34 @@ fn redis_answers_resp() {
     assert_eq!(cmd(&["GET", "k"]), "v-mose");
     assert_eq!(cmd(&["DBSIZE"]), ":1");
 }
+
+#[test]
+fn mose_images_cli_builds_and_imports_both_images() {
+    let cd = TestContainerd::start().expect("containerd");
+    let ns = mose_tests::unique_id("wl-images");
+    let out = std::env::temp_dir().join(format!("mose-images-{}", std::process::id()));
+    let cli = |args: &[&str]| {
+        let mut cmd = std::process::Command::new(env!("CARGO_BIN_EXE_mose-images"));
+        cmd.args(args)
+            .args(["--state-service-bin", STATE_SERVICE_BIN]);
+        mose_tests::ctr::run_command(cmd, None, Duration::from_secs(120))
+            .and_then(Output::check)
+            .expect("mose-images")
+    };
+    let o = cli(&["build", "--out", &out.display().to_string()]);
+    assert!(
+        o.stdout.contains(STATE_SERVICE_REF) && o.stdout.contains(REDIS_REF),
+        "{o:?}"
+    );
+    assert!(out.join("state-service.tar").is_file() && out.join("redis.tar").is_file());
+    let _ = std::fs::remove_dir_all(&out);
+    let sock = cd.socket().display().to_string();
+    cli(&["import", "--address", &sock, "--namespace", &ns]);
+    let images = cd
+        .ctr(&ns)
+        .ok(["images", "ls", "-q"])
+        .expect("ctr images ls");
+    for r in [STATE_SERVICE_REF, REDIS_REF] {
+        assert!(images.lines().any(|l| l.trim() == r), "{r} in {images}");
+    }
+}

@@ -1,7 +1,7 @@
 //! `mose-probe`: PINGs the state service at a fixed rate and reports the
 //! client-observed downtime and seq continuity (see `mose_workloads::probe`).
 
-use std::io::Read;
+use std::io::{Read, Write};
 use std::process::ExitCode;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
@@ -149,7 +149,7 @@ fn one_shot(a: &Args, mode: &str) -> Result<ExitCode> {
         };
         match r {
             Ok((out, ok)) => {
-                println!("{out}");
+                let _ = writeln!(std::io::stdout().lock(), "{out}");
                 return Ok(if ok {
                     ExitCode::SUCCESS
                 } else {
@@ -197,20 +197,21 @@ fn run(a: Args) -> Result<ExitCode> {
     if let Some(path) = &a.samples {
         std::fs::write(path, result.samples_csv()).with_context(|| format!("writing {path}"))?;
     }
-    if a.json {
-        println!(
-            "{}",
-            serde_json::to_string_pretty(&result).context("serializing result")?
-        );
+    // A reader that went away (`| head`) is not an error worth a panic.
+    let mut text = if a.json {
+        serde_json::to_string_pretty(&result).context("serializing result")?
     } else {
-        println!("{}", result.summary());
+        let mut t = result.summary();
         for g in &result.gaps {
-            println!(
-                "gap {:.1} ms from {:.1} ms to {:.1} ms",
+            t.push_str(&format!(
+                "\ngap {:.1} ms from {:.1} ms to {:.1} ms",
                 g.duration_ms, g.start_ms, g.end_ms
-            );
+            ));
         }
-    }
+        t
+    };
+    text.push('\n');
+    let _ = std::io::stdout().lock().write_all(text.as_bytes());
     Ok(ExitCode::SUCCESS)
 }
 
