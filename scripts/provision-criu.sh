@@ -25,17 +25,38 @@ works() {
   "$bin" check >/dev/null 2>&1
 }
 
-if [[ -x "$WRAPPER" ]] && works "$WRAPPER"; then
+SOCKOPT_SRC="$(cd "$(dirname "$0")" && pwd)/criu/mose-sockopt.c"
+SOCKOPT_LIB="$PREFIX/mose-sockopt.so"
+
+# CRIU 4.1 cannot dump inet sockets on Linux >= 6.16 (SO_PASSCRED/SO_PASSSEC
+# now fail with EOPNOTSUPP on them); a tiny preload makes those reads exact zeros.
+build_sockopt() {
+  mkdir -p "$PREFIX"
+  if [[ ! -f "$SOCKOPT_LIB" || "$SOCKOPT_SRC" -nt "$SOCKOPT_LIB" ]]; then
+    gcc -shared -fPIC -O2 -o "$SOCKOPT_LIB.tmp" "$SOCKOPT_SRC" -ldl
+    mv "$SOCKOPT_LIB.tmp" "$SOCKOPT_LIB"
+  fi
+}
+
+if [[ -x "$WRAPPER" ]] && grep -q mose-sockopt "$WRAPPER" && [[ -f "$SOCKOPT_LIB" && ! "$SOCKOPT_SRC" -nt "$SOCKOPT_LIB" ]] && works "$WRAPPER"; then
   log "criu already provisioned: $("$WRAPPER" --version | head -1) via $WRAPPER"
   exit 0
 fi
 if command -v /usr/sbin/criu >/dev/null && works /usr/sbin/criu; then
-  log "distribution criu works: $(/usr/sbin/criu --version | head -1)"
+  build_sockopt
+  mkdir -p "$(dirname "$WRAPPER")"
+  printf '#!/bin/sh\n# MOSE: distribution criu with the inet socket-option fix (scripts/provision-criu.sh)\nLD_PRELOAD=%s exec /usr/sbin/criu "$@"\n' "$SOCKOPT_LIB" > "$WRAPPER.tmp"
+  chmod 0755 "$WRAPPER.tmp"; mv "$WRAPPER.tmp" "$WRAPPER"
+  log "distribution criu works: $(/usr/sbin/criu --version | head -1), wrapped at $WRAPPER"
   exit 0
 fi
 
 log "distribution criu missing or unusable here; provisioning Debian $SUITE criu into $PREFIX"
+if [[ -x "$PREFIX/root/usr/sbin/criu" ]]; then
+  SKIP_FETCH=1
+fi
 APTDIR="$PREFIX/apt"
+if [[ -z "${SKIP_FETCH:-}" ]]; then
 mkdir -p "$APTDIR/lists/partial" "$APTDIR/cache/archives/partial" "$APTDIR/etc/preferences.d" "$APTDIR/debs"
 echo "deb [signed-by=/usr/share/keyrings/debian-archive-keyring.gpg] $MIRROR $SUITE main" > "$APTDIR/etc/sources.list"
 : > "$APTDIR/etc/preferences"
@@ -70,6 +91,8 @@ ROOT="$PREFIX/root"
 rm -rf "$ROOT.new"; mkdir -p "$ROOT.new"
 for d in ./*.deb; do dpkg -x "$d" "$ROOT.new"; done
 rm -rf "$ROOT"; mv "$ROOT.new" "$ROOT"
+fi
+ROOT="$PREFIX/root"
 
 LIBPATH="$ROOT/usr/lib/x86_64-linux-gnu:$ROOT/lib/x86_64-linux-gnu"
 LOADER="$ROOT/usr/lib/x86_64-linux-gnu/ld-linux-x86-64.so.2"
@@ -84,11 +107,13 @@ if "$LOADER" --library-path "$LIBPATH" --list "$BIN" | grep -q 'not found'; then
   log "error: criu has unresolved libraries in $ROOT"; exit 1
 fi
 
+build_sockopt
 mkdir -p "$(dirname "$WRAPPER")"
 cat > "$WRAPPER.tmp" <<WRAP
 #!/bin/sh
-# MOSE: Debian $SUITE criu run through its own loader and libraries (see scripts/provision-criu.sh)
-exec "$LOADER" --library-path "$LIBPATH" "$BIN" "\$@"
+# MOSE: Debian $SUITE criu run through its own loader and libraries, with the
+# inet socket-option fix preloaded (see scripts/provision-criu.sh, mose-sockopt.c)
+exec "$LOADER" --library-path "$LIBPATH" --preload "$SOCKOPT_LIB" "$BIN" "\$@"
 WRAP
 chmod 0755 "$WRAPPER.tmp"; mv "$WRAPPER.tmp" "$WRAPPER"
 
