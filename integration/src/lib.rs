@@ -7,6 +7,7 @@ use std::{
 
 use anyhow::{Context, Result};
 
+pub mod cluster;
 pub mod plot;
 pub mod testbed;
 

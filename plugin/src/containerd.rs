@@ -226,6 +226,60 @@ impl Containerd {
         Ok(())
     }
 
+    /// CRIU dump straight through the container's shim (not containerd's
+    /// Checkpoint, which also writes a checkpoint record into its content
+    /// store: disk on the hot path, and refused when an identical record
+    /// exists). The task keeps the state it had (running or paused).
+    pub async fn shim_checkpoint(&self, id: &str, image: &Path, work: &Path) -> Result<()> {
+        use containerd_shim_protos::{
+            protobuf::well_known_types::any::Any as PbAny,
+            shim::shim::CheckpointTaskRequest as ShimCheckpoint, shim_async::TaskClient, ttrpc,
+        };
+        let pid = self.task_pid(id).await?;
+        let status = std::fs::read_to_string(format!("/proc/{pid}/status"))
+            .with_context(|| format!("reading /proc/{pid}/status"))?;
+        let ppid: u32 = status
+            .lines()
+            .find_map(|l| l.strip_prefix("PPid:"))
+            .and_then(|v| v.trim().parse().ok())
+            .ok_or_else(|| anyhow!("no parent of the task's pid {pid}"))?;
+        let bundle = std::fs::read_link(format!("/proc/{ppid}/cwd"))
+            .with_context(|| format!("finding the shim of {id} (pid {ppid})"))?;
+        let address = std::fs::read_to_string(bundle.join("address")).with_context(|| {
+            format!(
+                "no shim address in {} (is {id} run by a containerd shim?)",
+                bundle.display()
+            )
+        })?;
+        let client = ttrpc::asynchronous::Client::connect(address.trim())
+            .await
+            .map_err(|e| anyhow!("connecting to the shim of {id} at {address}: {e}"))?;
+        let opts = CheckpointOptions {
+            image_path: image.display().to_string(),
+            work_path: work.display().to_string(),
+            ..Default::default()
+        };
+        let req = ShimCheckpoint {
+            id: id.into(),
+            path: image.display().to_string(),
+            options: Some(PbAny {
+                type_url: "containerd.runc.v1.CheckpointOptions".into(),
+                value: prost::Message::encode_to_vec(&opts),
+                ..Default::default()
+            })
+            .into(),
+            ..Default::default()
+        };
+        TaskClient::new(client)
+            .checkpoint(
+                ttrpc::context::with_timeout(CALL_TIMEOUT.as_nanos() as i64),
+                &req,
+            )
+            .await
+            .map_err(|e| anyhow!("checkpoint of {id}: {e}"))?;
+        Ok(())
+    }
+
     /// Kills, waits for and deletes the task, then the container and its snapshot.
     pub async fn remove_container(&self, id: &str) -> Result<()> {
         if self.task_pid(id).await.is_ok() {

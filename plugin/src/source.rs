@@ -414,7 +414,8 @@ async fn run(
     let crwork = work.join("criu-work");
     std::fs::create_dir_all(&images)?;
     std::fs::create_dir_all(&crwork)?;
-    cd.checkpoint_to(&opts.container, &images, &crwork).await?;
+    cd.shim_checkpoint(&opts.container, &images, &crwork)
+        .await?;
     tl.end(p, None);
 
     let p = tl.begin("transfer");

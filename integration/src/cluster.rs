@@ -1,0 +1,174 @@
+//! A MOSE cluster on the testbed: every node runs containerd, the MOSE shim
+//! and `mose-plugin` with credentials from one cluster CA, and migrations are
+//! driven with `mosectl` from inside the source node's network namespace.
+
+use std::path::{Path, PathBuf};
+
+use anyhow::{anyhow, bail, Context, Result};
+
+use crate::testbed::{Node, PluginCommand, Testbed, TestbedOptions};
+
+/// Port every node's plugin listens on.
+pub const PLUGIN_PORT: u16 = 7700;
+
+/// Where the MOSE binaries are: `$MOSE_BIN_DIR`, else the shim dir the tests
+/// use (target/debug or target/release).
+pub fn bin_dir() -> Result<PathBuf> {
+    if let Some(d) = std::env::var_os("MOSE_BIN_DIR") {
+        return Ok(PathBuf::from(d));
+    }
+    let d = mose_tests::containerd::shim_dir()
+        .ok_or_else(|| anyhow!("MOSE binaries not built: run `cargo build --workspace --bins`"))?;
+    for b in ["mose-plugin", "mosectl", "containerd-shim-mose-v2"] {
+        if !d.join(b).exists() {
+            bail!(
+                "{} is missing in {}: run `cargo build --workspace --bins`",
+                b,
+                d.display()
+            );
+        }
+    }
+    Ok(d)
+}
+
+pub struct Cluster {
+    pub bed: Testbed,
+    pub tls: PathBuf,
+    pub bin: PathBuf,
+}
+
+fn run(cmd: &mut std::process::Command, what: &str) -> Result<String> {
+    let o = cmd.output().with_context(|| format!("running {what}"))?;
+    if !o.status.success() {
+        bail!(
+            "{what} failed: {}",
+            String::from_utf8_lossy(&o.stderr).trim()
+        );
+    }
+    Ok(String::from_utf8_lossy(&o.stdout).into_owned())
+}
+
+impl Cluster {
+    /// Brings up `nodes` nodes with their plugins and cluster credentials.
+    pub fn up(nodes: usize, rate_mbit: Option<u32>) -> Result<Self> {
+        let bin = bin_dir()?;
+        let tls = tempfile::Builder::new()
+            .prefix("mose-tls-")
+            .tempdir_in("/tmp")
+            .context("creating a TLS dir")?
+            .keep();
+        let mosectl = bin.join("mosectl");
+        run(
+            std::process::Command::new(&mosectl)
+                .args(["ca", "init", "--dir"])
+                .arg(&tls),
+            "mosectl ca init",
+        )?;
+        let plugin = bin.join("mose-plugin").display().to_string();
+        let tls_s = tls.display().to_string();
+        let (tls2, mosectl2) = (tls.clone(), mosectl.clone());
+        // each node's certificate is issued for the address the testbed gave
+        // it, right before its plugin starts
+        let mut opts = TestbedOptions::default()
+            .nodes(nodes)
+            .plugin_fn(move |node: &Node| {
+                let issued = run(
+                    std::process::Command::new(&mosectl2)
+                        .args(["ca", "issue", "--dir"])
+                        .arg(&tls2)
+                        .args(["--node", node.name(), "--ip", &node.ip().to_string()]),
+                    "mosectl ca issue",
+                );
+                if let Err(e) = issued {
+                    eprintln!("cluster: {e:#}");
+                    return None;
+                }
+                Some(PluginCommand::new(
+                    plugin.clone(),
+                    [
+                        "--listen".to_string(),
+                        format!("{}:{PLUGIN_PORT}", node.ip()),
+                        "--containerd".into(),
+                        node.containerd_socket().display().to_string(),
+                        "--tls-dir".into(),
+                        tls_s.clone(),
+                        "--node".into(),
+                        node.name().to_string(),
+                        "--work".into(),
+                        // tmpfs, one directory per testbed: endpoints clean theirs at start
+                        format!(
+                            "/run/mose/incoming/{}",
+                            node.dir()
+                                .parent()
+                                .and_then(|p| p.file_name())
+                                .map(|n| n.to_string_lossy().to_string())
+                                .unwrap_or_else(|| "testbed".into())
+                        ),
+                        "--state".into(),
+                        node.dir().join("mose-state").display().to_string(),
+                    ],
+                ))
+            });
+        if let Some(r) = rate_mbit {
+            opts = opts.rate_mbit(r);
+        }
+        let bed = Testbed::up(opts)?;
+        Ok(Self { bed, tls, bin })
+    }
+
+    pub fn node(&self, i: usize) -> Result<&Node> {
+        self.bed.node(i)
+    }
+
+    /// `ip:port` of node `i`'s plugin.
+    pub fn endpoint(&self, i: usize) -> Result<String> {
+        Ok(format!("{}:{PLUGIN_PORT}", self.node(i)?.ip()))
+    }
+
+    /// Runs `mosectl migrate` on node `from` (inside its netns) towards node
+    /// `to`; returns the parsed JSON result (whatever the status).
+    pub fn migrate(
+        &self,
+        from: usize,
+        to: usize,
+        ns: &str,
+        id: &str,
+        extra: &[&str],
+    ) -> Result<serde_json::Value> {
+        let src = self.node(from)?;
+        let mut cmd = src.command(&self.bin.join("mosectl").display().to_string());
+        cmd.args(["migrate", "--address"])
+            .arg(src.containerd_socket())
+            .args([
+                "--namespace",
+                ns,
+                id,
+                "--to",
+                &self.endpoint(to)?,
+                "--tls-dir",
+            ])
+            .arg(&self.tls)
+            .args(["--node", src.name(), "--state"])
+            .arg(src.dir().join("mose-state"))
+            .args(["--output", "json"])
+            .args(extra);
+        let o = cmd.output().context("running mosectl migrate")?;
+        let text = String::from_utf8_lossy(&o.stdout);
+        serde_json::from_str(text.trim()).with_context(|| {
+            format!(
+                "mosectl printed no JSON result: stdout {text:?}, stderr {:?}",
+                String::from_utf8_lossy(&o.stderr)
+            )
+        })
+    }
+
+    pub fn tls_dir(&self) -> &Path {
+        &self.tls
+    }
+}
+
+impl Drop for Cluster {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.tls);
+    }
+}
