@@ -136,7 +136,7 @@ impl Cluster {
         extra: &[&str],
     ) -> Result<serde_json::Value> {
         let src = self.node(from)?;
-        let mut cmd = src.command(&self.bin.join("mosectl").display().to_string());
+        let mut cmd = src.command(self.bin.join("mosectl"));
         cmd.args(["migrate", "--address"])
             .arg(src.containerd_socket())
             .args([
