@@ -75,7 +75,7 @@ impl Frame {
     /// Iterates the (hash, content) pairs of a Blocks frame.
     pub fn blocks(&self) -> Result<Vec<(BlockHash, &[u8])>, WireError> {
         const ENTRY: usize = 16 + BLOCK_SIZE;
-        if self.kind != FrameKind::Blocks || self.payload.len() % ENTRY != 0 {
+        if self.kind != FrameKind::Blocks || !self.payload.len().is_multiple_of(ENTRY) {
             return Err(WireError::Malformed("blocks frame of bad size".into()));
         }
         Ok(self
@@ -96,7 +96,7 @@ impl Frame {
             return Err(WireError::Malformed("bad manifest frame".into()));
         }
         let n = u16::from_le_bytes([p[0], p[1]]) as usize;
-        if p.len() < 2 + n || (p.len() - 2 - n) % 16 != 0 {
+        if p.len() < 2 + n || !(p.len() - 2 - n).is_multiple_of(16) {
             return Err(WireError::Malformed("bad manifest frame length".into()));
         }
         let name = String::from_utf8(p[2..2 + n].to_vec())
