@@ -254,17 +254,20 @@ impl Containerd {
         let client = ttrpc::asynchronous::Client::connect(address.trim())
             .await
             .map_err(|e| anyhow!("connecting to the shim of {id} at {address}: {e}"))?;
-        let opts = CheckpointOptions {
-            image_path: image.display().to_string(),
-            work_path: work.display().to_string(),
-            ..Default::default()
-        };
+        // established connections cannot follow the service to another
+        // address: dump them closed, and ignore ones not yet accepted
+        let opts = serde_json::json!({
+            "image_path": image.display().to_string(),
+            "work_path": work.display().to_string(),
+            "tcp_close": true,
+            "skip_in_flight": true,
+        });
         let req = ShimCheckpoint {
             id: id.into(),
             path: image.display().to_string(),
             options: Some(PbAny {
-                type_url: "containerd.runc.v1.CheckpointOptions".into(),
-                value: prost::Message::encode_to_vec(&opts),
+                type_url: "mose.v1.CheckpointOptions".into(),
+                value: serde_json::to_vec(&opts)?,
                 ..Default::default()
             })
             .into(),

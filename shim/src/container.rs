@@ -84,6 +84,7 @@ impl Container {
     /// the OCI runtime (or prepares a restore). Any failure undoes what was done.
     pub async fn create(args: CreateArgs<'_>) -> Result<Container> {
         let spec = read_spec(args.bundle)?;
+        attach_criu_config(args.bundle, &spec)?;
         let runtime = OciRuntime {
             binary: args.options.binary().to_string(),
             root: runtime_root(&args.options, args.address, args.namespace),
@@ -252,12 +253,21 @@ impl Container {
             ..Default::default()
         };
         let io = pending.take_runtime_io();
+        // restore with the settings the image was dumped with
+        let conf = self.bundle.join(CRIU_CONFIG);
+        if conf.exists() {
+            let extra = std::fs::read_to_string(image.join(IMAGE_CRIU_CONFIG)).unwrap_or_default();
+            let _ = std::fs::write(&conf, extra);
+        }
         let res = with_console(
             &pending,
             self.runtime
                 .restore(&self.id, &init, &opts, image, &work.path, io),
         )
         .await;
+        if conf.exists() {
+            let _ = std::fs::write(&conf, "");
+        }
         let console_fd = match res {
             Ok(fd) => fd,
             Err(e) => {
@@ -326,13 +336,25 @@ impl Container {
         // terminal containers need CRIU's shell-job mode
         opts.terminal |= self.init.stdio.terminal;
         let mut work = work;
-        if let Err(e) = self
+        let extra = criu_config_lines(&opts);
+        let conf = self.bundle.join(CRIU_CONFIG);
+        if conf.exists() {
+            std::fs::write(&conf, &extra)
+                .map_err(Error::io(format!("write {}", conf.display())))?;
+        }
+        let res = self
             .runtime
             .checkpoint(&self.id, &opts, &image, &work.path)
-            .await
-        {
+            .await;
+        if conf.exists() {
+            let _ = std::fs::write(&conf, "");
+        }
+        if let Err(e) = res {
             work.keep = true;
             return Err(e);
+        }
+        if !extra.is_empty() {
+            let _ = std::fs::write(image.join(IMAGE_CRIU_CONFIG), &extra);
         }
         info!(id = %self.id, image = %image.display(), exit = opts.exit, "container checkpointed");
         Ok(())
@@ -537,6 +559,47 @@ pub fn validate_spec(spec: &serde_json::Value) -> std::result::Result<(), String
         }
     }
     Ok(())
+}
+
+/// CRIU settings runc has no flag for (e.g. `tcp-close`) reach CRIU through a
+/// per-container configuration file, named by the `org.criu.config`
+/// annotation that runc honours. The shim adds the annotation at create and
+/// writes the file around each checkpoint and restore.
+pub const CRIU_CONFIG: &str = "mose-criu.conf";
+/// Written next to a CRIU image: the settings it was dumped with, which its
+/// restore needs too.
+const IMAGE_CRIU_CONFIG: &str = "mose-criu.conf";
+
+fn attach_criu_config(bundle: &Path, spec: &serde_json::Value) -> Result<()> {
+    if spec.pointer("/annotations/org.criu.config").is_some() {
+        return Ok(()); // the user's own CRIU configuration wins
+    }
+    let conf = bundle.join(CRIU_CONFIG);
+    std::fs::write(&conf, "").map_err(Error::io(format!("create {}", conf.display())))?;
+    let mut spec = spec.clone();
+    if let Some(obj) = spec.as_object_mut() {
+        let ann = obj
+            .entry("annotations")
+            .or_insert_with(|| serde_json::Value::Object(Default::default()));
+        if let Some(a) = ann.as_object_mut() {
+            a.insert("org.criu.config".into(), conf.display().to_string().into());
+        }
+    }
+    let path = bundle.join("config.json");
+    let bytes = serde_json::to_vec(&spec).map_err(|e| Error::Internal(e.to_string()))?;
+    std::fs::write(&path, bytes).map_err(Error::io(format!("write {}", path.display())))
+}
+
+/// The CRIU configuration lines for `opts` beyond runc's own flags.
+fn criu_config_lines(opts: &CheckpointOptions) -> String {
+    let mut s = String::new();
+    if opts.tcp_close {
+        s.push_str("tcp-close\n");
+    }
+    if opts.skip_in_flight {
+        s.push_str("skip-in-flight\n");
+    }
+    s
 }
 
 fn has_pid_namespace(spec: &serde_json::Value) -> bool {

@@ -235,6 +235,32 @@ pub struct CheckpointOptions {
     pub cgroups_mode: String,
     pub image_path: String,
     pub work_path: String,
+    /// Dump established TCP connections as closed (they cannot follow a
+    /// service to another address) instead of failing on them.
+    pub tcp_close: bool,
+    /// Ignore connections not yet accepted, rather than failing on them.
+    pub skip_in_flight: bool,
+}
+
+/// MOSE's checkpoint options (JSON): containerd's runc checkpoint options
+/// plus the CRIU settings a migration needs that runc has no flag for.
+pub const MOSE_CHECKPOINT_TYPE: &str = "mose.v1.CheckpointOptions";
+
+#[derive(Debug, Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct MoseCheckpointOptions {
+    #[serde(default)]
+    exit: bool,
+    #[serde(default)]
+    image_path: String,
+    #[serde(default)]
+    work_path: String,
+    #[serde(default)]
+    tcp_close: bool,
+    #[serde(default)]
+    skip_in_flight: bool,
+    #[serde(default)]
+    file_locks: bool,
 }
 
 const CGROUP_MODES: [&str; 4] = ["soft", "full", "strict", "ignore"];
@@ -247,10 +273,27 @@ pub fn decode_checkpoint_options(any: Option<&Any>) -> Result<CheckpointOptions>
         return Ok(CheckpointOptions::default());
     };
     let name = type_name(any);
+    if name == MOSE_CHECKPOINT_TYPE {
+        let o: MoseCheckpointOptions = serde_json::from_slice(&any.value).map_err(|e| {
+            Error::InvalidArgument(format!(
+                "malformed {MOSE_CHECKPOINT_TYPE} (JSON with exit, image_path, work_path, \
+                 tcp_close, skip_in_flight, file_locks): {e}"
+            ))
+        })?;
+        return Ok(CheckpointOptions {
+            exit: o.exit,
+            image_path: o.image_path,
+            work_path: o.work_path,
+            tcp_close: o.tcp_close,
+            skip_in_flight: o.skip_in_flight,
+            file_locks: o.file_locks,
+            ..Default::default()
+        });
+    }
     if name != RUNC_CHECKPOINT_TYPE && name != LINUX_CHECKPOINT_TYPE {
         return Err(Error::InvalidArgument(format!(
             "unsupported checkpoint options type {name:?}: the MOSE shim accepts \
-             {RUNC_CHECKPOINT_TYPE} or {LINUX_CHECKPOINT_TYPE}"
+             {RUNC_CHECKPOINT_TYPE}, {LINUX_CHECKPOINT_TYPE} or {MOSE_CHECKPOINT_TYPE}"
         )));
     }
     let o = PbCheckpointOptions::parse_from_bytes(&any.value)
@@ -280,6 +323,7 @@ pub fn decode_checkpoint_options(any: Option<&Any>) -> Result<CheckpointOptions>
         cgroups_mode: o.cgroups_mode,
         image_path: o.image_path,
         work_path: o.work_path,
+        ..Default::default()
     })
 }
 
