@@ -54,7 +54,9 @@ fi
 BIN="$ROOT/target/$PROFILE"
 
 install -D -m 0755 "$BIN/containerd-shim-mose-v2" "$PREFIX/bin/containerd-shim-mose-v2"
-log "installed $PREFIX/bin/containerd-shim-mose-v2 ($("$PREFIX/bin/containerd-shim-mose-v2" -v | tail -1 | xargs))"
+install -D -m 0755 "$BIN/mose-plugin" "$PREFIX/bin/mose-plugin"
+install -D -m 0755 "$BIN/mosectl" "$PREFIX/bin/mosectl"
+log "installed containerd-shim-mose-v2 ($("$PREFIX/bin/containerd-shim-mose-v2" -v | tail -1 | xargs)), mose-plugin and mosectl in $PREFIX/bin"
 
 # containerd configuration: the snippet registers runtime "mose"
 install -D -m 0644 "$ROOT/config/containerd-mose.toml" /etc/containerd/conf.d/mose.toml
