@@ -9,7 +9,7 @@ log=$(mktemp /tmp/mose-test-XXXXXX.log)
 trap 'rm -f "$log"' EXIT
 # the suite starts private containerd daemons; two at a time fit a 2-core machine
 set +e
-cargo test --workspace --lib --bins --tests -- --test-threads=2 2>&1 | tee "$log"
+cargo test --workspace --no-fail-fast --lib --bins --tests -- --test-threads=2 2>&1 | tee "$log"
 rc=${PIPESTATUS[0]}
 set -e
 passed=$(grep -Eo '^test result: .* ([0-9]+) passed' "$log" | grep -Eo '[0-9]+ passed' | awk '{s+=$1} END {print s+0}')
