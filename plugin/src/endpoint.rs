@@ -289,7 +289,8 @@ where
     }
     // all data is here: restore
     let t = Instant::now();
-    let restored = restore(cfg, cd, container, inc, migration).await;
+    let mut steps = Vec::new();
+    let restored = restore(cfg, cd, container, inc, migration, &mut steps).await;
     let pid = match restored {
         Ok(pid) => pid,
         Err(e) => {
@@ -309,6 +310,7 @@ where
         pid,
         restore_ms,
         prepare_ms: 0.0,
+        steps,
     })
     .await?;
     // two-phase hand-over: keep the restored copy only once the source let go
@@ -334,7 +336,13 @@ async fn restore(
     container: &ContainerIdentity,
     inc: &mut Incoming,
     _migration: &str,
+    steps: &mut Vec<(String, f64)>,
 ) -> Result<u32> {
+    let mut t = Instant::now();
+    let mut step = |name: &str, steps: &mut Vec<(String, f64)>| {
+        steps.push((name.to_string(), t.elapsed().as_secs_f64() * 1000.0));
+        t = Instant::now();
+    };
     if let Some(tar) = inc.files.remove("image.tar") {
         let o = tokio::process::Command::new("ctr")
             .args([
@@ -357,6 +365,7 @@ async fn restore(
             );
         }
     }
+    step("import image", steps);
     let images = inc.dir.join("images");
     std::fs::create_dir_all(&images)?;
     let rootfs_tar = inc.files.remove("rootfs.tar");
@@ -374,6 +383,7 @@ async fn restore(
     if !images.join("inventory.img").exists() {
         bail!("the received checkpoint has no inventory.img");
     }
+    step("assemble image", steps);
     let parent = cd.image_chain_id(&container.image).await?;
     let snapshotter = if container.snapshotter.is_empty() {
         "overlayfs"
@@ -387,6 +397,7 @@ async fn restore(
         let data = std::fs::read(&tar)?;
         rootfs::unpack(&data, &rootfs::upperdir(&mounts)?)?;
     }
+    step("snapshot+rootfs", steps);
     let mut spec = container.spec.clone();
     // the cgroup must not collide with the (frozen) source when both nodes share a host
     if let Some(cg) = spec.pointer_mut("/linux/cgroupsPath") {
@@ -425,8 +436,12 @@ async fn restore(
             &serde_json::json!({ "restore_image": images.display().to_string() }),
         )?,
     };
+    step("create container", steps);
     cd.create_task(&container.id, mounts, Some(opts)).await?;
-    cd.start(&container.id).await
+    step("create task", steps);
+    let pid = cd.start(&container.id).await?;
+    step("CRIU restore", steps);
+    Ok(pid)
 }
 
 fn record(

@@ -503,9 +503,23 @@ async fn run(
     s.send(&Message::Commit).await?;
     match s.recv(Duration::from_secs(120)).await? {
         Message::Restored {
-            pid, restore_ms, ..
+            pid,
+            restore_ms,
+            steps,
+            ..
         } => {
-            info!(pid, restore_ms, "destination restored the container")
+            info!(pid, restore_ms, "destination restored the container");
+            // the destination's steps end when its answer left: place them
+            let mut at = tl.now_ms() - steps.iter().map(|(_, d)| d).sum::<f64>();
+            for (name, d) in steps {
+                tl.phases.push(crate::result::Phase {
+                    name: format!("dest: {name}"),
+                    start_ms: at,
+                    duration_ms: d,
+                    bytes: None,
+                });
+                at += d;
+            }
         }
         other => bail!("destination answered {other:?} to Commit"),
     }

@@ -107,6 +107,9 @@ pub enum Message {
         pid: u32,
         restore_ms: f64,
         prepare_ms: f64,
+        /// The destination's own timeline: (step, milliseconds), in order.
+        #[serde(default)]
+        steps: Vec<(String, f64)>,
     },
     Failed {
         step: String,
