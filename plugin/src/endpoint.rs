@@ -278,7 +278,14 @@ where
                         bail!("file {name} arrived corrupt or truncated ({written}/{size} bytes, hash {got} != {hash})");
                     }
                     inc.bytes += size;
-                    inc.files.insert(n.clone(), inc.dir.join("files").join(&n));
+                    let path = inc.dir.join("files").join(&n);
+                    if n == "image.tar" {
+                        // import now, while the source still runs: not in the downtime
+                        import_image(cfg, container, &path).await?;
+                        let _ = std::fs::remove_file(&path);
+                    } else {
+                        inc.files.insert(n.clone(), path);
+                    }
                 }
                 Message::RoundStart { .. } | Message::RoundEnd { .. } => {}
                 Message::Abort { reason } => bail!("source aborted: {reason}"),
@@ -442,6 +449,34 @@ async fn restore(
     let pid = cd.start(&container.id).await?;
     step("CRIU restore", steps);
     Ok(pid)
+}
+
+async fn import_image(
+    cfg: &EndpointConfig,
+    container: &ContainerIdentity,
+    tar: &Path,
+) -> Result<()> {
+    let o = tokio::process::Command::new("ctr")
+        .args([
+            "-a",
+            &cfg.containerd.display().to_string(),
+            "-n",
+            &container.namespace,
+            "images",
+            "import",
+        ])
+        .arg(tar)
+        .output()
+        .await
+        .context("running ctr images import")?;
+    if !o.status.success() {
+        bail!(
+            "importing image {}: {}",
+            container.image,
+            String::from_utf8_lossy(&o.stderr).trim()
+        );
+    }
+    Ok(())
 }
 
 fn record(

@@ -8,3 +8,28 @@ pub mod result;
 pub mod rootfs;
 pub mod source;
 pub mod tls;
+
+/// Makes sure `dir` is memory-backed: checkpoint images must never touch the
+/// disk on the hot path. Mounts a tmpfs there when it is not one already
+/// (on some hosts `/run` itself is on disk).
+pub fn ensure_tmpfs(dir: &std::path::Path) -> anyhow::Result<()> {
+    use anyhow::Context;
+    std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+    let st = nix::sys::statfs::statfs(dir).with_context(|| format!("statfs {}", dir.display()))?;
+    if st.filesystem_type() == nix::sys::statfs::TMPFS_MAGIC {
+        return Ok(());
+    }
+    nix::mount::mount(
+        Some("tmpfs"),
+        dir,
+        Some("tmpfs"),
+        nix::mount::MsFlags::MS_NOSUID | nix::mount::MsFlags::MS_NODEV,
+        Some("mode=0700"),
+    )
+    .with_context(|| {
+        format!(
+            "mounting a tmpfs on {} (MOSE keeps checkpoint images in memory; run as root)",
+            dir.display()
+        )
+    })
+}

@@ -317,6 +317,7 @@ async fn run(
         Message::BeginOk { has_image } => has_image,
         other => bail!("destination answered {other:?} to Begin"),
     };
+    crate::ensure_tmpfs(&opts.work_root)?;
     let work = opts.work_root.join(migration);
     std::fs::create_dir_all(&work).with_context(|| format!("creating {}", work.display()))?;
     tl.end(p, None);

@@ -79,6 +79,28 @@ impl BlockStore {
         self.bytes
     }
 
+    /// Writes a pages image from its block list straight to `out`.
+    pub fn write_to(
+        &self,
+        hashes: &[BlockHash],
+        out: &mut impl std::io::Write,
+    ) -> Result<(), BlockError> {
+        let zero = [0u8; BLOCK_SIZE];
+        let zh = zero_hash();
+        for (i, h) in hashes.iter().enumerate() {
+            let b: &[u8] = if *h == zh {
+                &zero
+            } else {
+                self.blocks
+                    .get(h)
+                    .ok_or(BlockError::Missing { index: i, hash: *h })?
+            };
+            out.write_all(b)
+                .map_err(|e| BlockError::Io(e.to_string()))?;
+        }
+        Ok(())
+    }
+
     /// Rebuilds a pages image from its block list; names the first missing block.
     pub fn assemble(&self, hashes: &[BlockHash], out: &mut Vec<u8>) -> Result<(), BlockError> {
         out.reserve(hashes.len() * BLOCK_SIZE);
@@ -110,6 +132,8 @@ pub enum BlockError {
     },
     #[error("page block #{index} ({hash:032x}) was never received")]
     Missing { index: usize, hash: BlockHash },
+    #[error("writing a pages image: {0}")]
+    Io(String),
 }
 
 #[cfg(test)]
