@@ -1,0 +1,448 @@
+//! Migration benchmark on the two-node testbed: the state service with
+//! S MiB of state dirtied at R MiB/s, over links shaped to L Mbit/s, migrated
+//! with MOSE `cold` and `precopy` and, in the same run, with the baseline a
+//! careful user has today: `ctr tasks checkpoint --exit` into tmpfs under
+//! containerd's runc shim, the image directory streamed as tar over TCP
+//! through the same shaped link into the destination containerd's content
+//! store, and a containerd restore (no MOSE). A probe client at 200 req/s
+//! measures the client-observed downtime of each.
+//!
+//! Usage: mose-bench-migration [--state 64,512] [--dirty 0,16] [--links 1000,200] [--runs 1]
+//! Writes results/bench-migration.json and results/bench-migration.svg.
+
+use std::{
+    io::{Read, Write},
+    net::{TcpListener, TcpStream},
+    path::{Path, PathBuf},
+    process::{Command, Stdio},
+    time::{Duration, Instant},
+};
+
+use anyhow::{anyhow, bail, Context, Result};
+use containerd_client::types::Descriptor;
+use mose_integration::{cluster::Cluster, median, ms, plot, print_table, results_dir, write_json};
+use mose_tests::fifo::TaskIo;
+use mose_workloads::{
+    image::ctr_import,
+    images::{cache_dir, state_service_archive, STATE_SERVICE_REF},
+    probe::{ping, verify, Probe},
+};
+use sha2::{Digest, Sha256};
+
+const PORT: u16 = 7070;
+const XFER_PORT: u16 = 7799;
+const CRIU_TAR: &str = "application/vnd.containerd.container.criu.checkpoint.criu.tar";
+const BASE: &str = "/run/mose-baseline";
+
+fn list(name: &str, default: &str) -> Result<Vec<u64>> {
+    let args: Vec<String> = std::env::args().collect();
+    let v = match args.iter().position(|a| a == name) {
+        Some(i) => args
+            .get(i + 1)
+            .cloned()
+            .with_context(|| format!("{name} needs a value"))?,
+        None => default.to_string(),
+    };
+    v.split(',')
+        .map(|x| {
+            x.trim()
+                .parse()
+                .with_context(|| format!("{name}: {x:?} is not a number"))
+        })
+        .collect()
+}
+
+struct Run {
+    technique: String,
+    downtime_ms: f64,
+    total_ms: f64,
+    bytes: f64,
+    rounds: u64,
+    max_live_freeze_ms: f64,
+    seq_ok: bool,
+    verify_ok: bool,
+    rss_mib: f64,
+    detail: serde_json::Value,
+}
+
+fn service_cmd(mib: u64, dirty: u64) -> Vec<String> {
+    vec![
+        "/usr/local/bin/mose-state-service".into(),
+        "--state-mib".into(),
+        mib.to_string(),
+        "--dirty-mib-per-s".into(),
+        dirty.to_string(),
+        "--port".into(),
+        PORT.to_string(),
+    ]
+}
+
+/// Creates the state-service container with CRIU settings for clients'
+/// connections (closed, in-flight skipped) and starts it.
+async fn start_service(
+    c: &Cluster,
+    node: usize,
+    ns: &str,
+    id: &str,
+    runtime: &str,
+    mib: u64,
+    dirty: u64,
+) -> Result<f64> {
+    let n = c.node(node)?;
+    let mut args = vec![
+        "containers".to_string(),
+        "create".into(),
+        "--runtime".into(),
+        runtime.into(),
+        "--net-host".into(),
+    ];
+    args.push(STATE_SERVICE_REF.into());
+    args.push(id.into());
+    args.extend(service_cmd(mib, dirty));
+    n.ctr(ns).ok(args)?;
+    let client = mose_tests::client::Client::connect(n.containerd_socket(), ns).await?;
+    if runtime.contains("runc") {
+        // the baseline tells CRIU the same as MOSE does: close client
+        // connections, skip unaccepted ones
+        let mut spec = client.container_spec(id).await?;
+        spec["annotations"]["org.criu.config"] = serde_json::json!(format!("{BASE}/criu.conf"));
+        client.set_container_spec(id, &spec).await?;
+    }
+    client.create_task(id, &TaskIo::null()).await?;
+    let pid = client.start(id, "").await?;
+    let addr = format!("{}:{PORT}", n.ip());
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while ping(&addr).is_err() {
+        if Instant::now() > deadline {
+            bail!("state service {id} did not answer on {addr}");
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
+    let rss_kib: f64 = status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.split_whitespace().next()?.parse().ok())
+        .unwrap_or(0.0);
+    Ok(rss_kib / 1024.0)
+}
+
+fn remove(c: &Cluster, node: usize, ns: &str, id: &str) {
+    if let Ok(n) = c.node(node) {
+        let ctr = n.ctr(ns);
+        let _ = ctr.run(["tasks", "kill", "-s", "SIGKILL", id]);
+        std::thread::sleep(Duration::from_millis(300));
+        let _ = ctr.run(["tasks", "delete", id]);
+        let _ = ctr.run(["containers", "delete", id]);
+    }
+}
+
+/// The baseline: ctr checkpoint --exit into tmpfs, tar over TCP, containerd restore.
+async fn baseline(
+    c: &Cluster,
+    ns: &str,
+    id: &str,
+    mib: u64,
+    dirty: u64,
+) -> Result<(f64, f64, serde_json::Value)> {
+    let (n1, n2) = (c.node(1)?, c.node(2)?);
+    let img = PathBuf::from(BASE).join(id);
+    let _ = std::fs::remove_dir_all(&img);
+    let t0 = Instant::now();
+    n1.ctr(ns)
+        .ok([
+            "tasks".as_ref(),
+            "checkpoint".as_ref(),
+            "--exit".as_ref(),
+            "--image-path".as_ref(),
+            img.as_os_str(),
+            id.as_ref(),
+        ])
+        .context("ctr tasks checkpoint --exit")?;
+    let t1 = Instant::now();
+    // destination: receive the tar into containerd's content store
+    let (sock2, ns2, ip2) = (
+        n2.containerd_socket().to_path_buf(),
+        ns.to_string(),
+        n2.ip(),
+    );
+    let reference = format!("baseline-{id}");
+    let r2 = reference.clone();
+    let receiver = n2.spawn_in_netns(move || -> Result<(String, u64)> {
+        let l = TcpListener::bind((ip2, XFER_PORT))?;
+        let (mut s, _) = l.accept()?;
+        let mut ingest = Command::new("ctr")
+            .arg("-a")
+            .arg(&sock2)
+            .args(["-n", &ns2, "content", "ingest", &r2])
+            .stdin(Stdio::piped())
+            .spawn()
+            .context("ctr content ingest")?;
+        let mut stdin = ingest.stdin.take().ok_or_else(|| anyhow!("no stdin"))?;
+        let (mut h, mut n, mut buf) = (Sha256::new(), 0u64, vec![0u8; 1 << 20]);
+        loop {
+            let k = s.read(&mut buf)?;
+            if k == 0 {
+                break;
+            }
+            h.update(&buf[..k]);
+            stdin.write_all(&buf[..k])?;
+            n += k as u64;
+        }
+        drop(stdin);
+        if !ingest.wait()?.success() {
+            bail!("ctr content ingest failed");
+        }
+        Ok((format!("sha256:{:x}", h.finalize()), n))
+    })?;
+    std::thread::sleep(Duration::from_millis(100));
+    let (img2, ip) = (img.clone(), n2.ip());
+    n1.run_in_netns(move || -> Result<()> {
+        let s = TcpStream::connect((ip, XFER_PORT))?;
+        let mut b = tar::Builder::new(s);
+        b.append_dir_all(".", &img2)?;
+        b.into_inner()?.flush()?;
+        Ok(())
+    })?;
+    let (digest, size) = receiver
+        .join()
+        .map_err(|_| anyhow!("receiver panicked"))??;
+    let t2 = Instant::now();
+    // restore on the destination under containerd's runc shim
+    let mut args = vec![
+        "containers".to_string(),
+        "create".into(),
+        "--runtime".into(),
+        "io.containerd.runc.v2".into(),
+        "--net-host".into(),
+        STATE_SERVICE_REF.into(),
+        id.into(),
+    ];
+    args.extend(service_cmd(mib, dirty));
+    n2.ctr(ns).ok(args)?;
+    let client = mose_tests::client::Client::connect(n2.containerd_socket(), ns).await?;
+    let mut spec = client.container_spec(id).await?;
+    spec["annotations"]["org.criu.config"] = serde_json::json!(format!("{BASE}/criu.conf"));
+    client.set_container_spec(id, &spec).await?;
+    let rootfs = client.rootfs_mounts(id).await?;
+    let desc = Descriptor {
+        media_type: CRIU_TAR.into(),
+        digest,
+        size: size as i64,
+        annotations: Default::default(),
+    };
+    client
+        .create_task_with(id, &TaskIo::null(), rootfs, Some(desc), None)
+        .await?;
+    client.start(id, "").await?;
+    let t3 = Instant::now();
+    let _ = n1.ctr(ns).run(["tasks", "delete", id]);
+    let _ = n1.ctr(ns).run(["containers", "delete", id]);
+    let _ = n2.ctr(ns).run(["content", "rm", &reference]);
+    let _ = std::fs::remove_dir_all(&img);
+    let phases = serde_json::json!([
+        {"name": "checkpoint --exit", "ms": ms(t1 - t0)},
+        {"name": "tar over TCP + ingest", "ms": ms(t2 - t1), "bytes": size},
+        {"name": "restore", "ms": ms(t3 - t2)},
+    ]);
+    Ok((ms(t3 - t0), size as f64, phases))
+}
+
+#[tokio::main(flavor = "multi_thread", worker_threads = 2)]
+async fn main() -> Result<()> {
+    let states = list("--state", "64,512")?;
+    let dirties = list("--dirty", "0,16")?;
+    let links = list("--links", "1000,200")?;
+    let runs = list("--runs", "1")?.first().copied().unwrap_or(1);
+    mose_plugin::ensure_tmpfs(Path::new(BASE))?;
+    std::fs::write(
+        Path::new(BASE).join("criu.conf"),
+        "tcp-close\nskip-in-flight\n",
+    )?;
+    let archive = state_service_archive(None, &cache_dir())?;
+    let mut all = Vec::new();
+    let mut rows = Vec::new();
+    for &link in &links {
+        eprintln!("[bench] testbed with links shaped to {link} Mbit/s");
+        let c = Cluster::up(2, Some(link as u32))?;
+        let ns = mose_tests::unique_id("bench");
+        for i in [1, 2] {
+            ctr_import(c.node(i)?.containerd_socket(), &ns, &archive)?;
+        }
+        let addrs = vec![
+            format!("{}:{PORT}", c.node(1)?.ip()),
+            format!("{}:{PORT}", c.node(2)?.ip()),
+        ];
+        let mut k = 0;
+        for &mib in &states {
+            for &dirty in &dirties {
+                for run in 0..runs {
+                    for technique in ["baseline", "cold", "precopy"] {
+                        k += 1;
+                        let id = format!("s{k}");
+                        eprintln!("[bench] S={mib} MiB R={dirty} MiB/s L={link} Mbit/s {technique} (run {})", run + 1);
+                        let runtime = if technique == "baseline" {
+                            "io.containerd.runc.v2"
+                        } else {
+                            "io.containerd.mose.v2"
+                        };
+                        let rss = start_service(&c, 1, &ns, &id, runtime, mib, dirty).await?;
+                        std::thread::sleep(Duration::from_secs(1));
+                        let probe = Probe::start(addrs.clone(), 200.0)?;
+                        std::thread::sleep(Duration::from_millis(500));
+                        let (total, bytes, rounds, live_freeze, detail) = if technique == "baseline"
+                        {
+                            let (t, b, phases) = baseline(&c, &ns, &id, mib, dirty).await?;
+                            (t, b, 0, 0.0, serde_json::json!({"phases": phases}))
+                        } else {
+                            let r = c.migrate(
+                                1,
+                                2,
+                                &ns,
+                                &id,
+                                &["--technique", technique, "--max-rounds", "5"],
+                            )?;
+                            if r["status"] != "ok" {
+                                bail!("{technique} failed: {}", r["error"]);
+                            }
+                            let lf = r["round_details"]
+                                .as_array()
+                                .map(|a| {
+                                    a.iter()
+                                        .filter(|x| x["final_round"] == false)
+                                        .filter_map(|x| x["freeze_ms"].as_f64())
+                                        .fold(0.0, f64::max)
+                                })
+                                .unwrap_or(0.0);
+                            (
+                                r["total_ms"].as_f64().unwrap_or(0.0),
+                                r["bytes_sent"].as_f64().unwrap_or(0.0),
+                                r["rounds"].as_u64().unwrap_or(0),
+                                lf,
+                                r,
+                            )
+                        };
+                        std::thread::sleep(Duration::from_millis(800));
+                        let p = probe.stop();
+                        let v = verify(&addrs[1]).map(|v| v.is_ok()).unwrap_or(false);
+                        remove(&c, 2, &ns, &id);
+                        remove(&c, 1, &ns, &id);
+                        let run = Run {
+                            technique: technique.into(),
+                            downtime_ms: p.downtime_ms,
+                            total_ms: total,
+                            bytes,
+                            rounds,
+                            max_live_freeze_ms: live_freeze,
+                            seq_ok: p.seq_ok,
+                            verify_ok: v,
+                            rss_mib: rss,
+                            detail,
+                        };
+                        rows.push(vec![
+                            format!("{mib}"),
+                            format!("{dirty}"),
+                            format!("{link}"),
+                            run.technique.clone(),
+                            format!("{:.0}", run.downtime_ms),
+                            format!("{:.0}", run.total_ms),
+                            format!("{:.1}", run.bytes / 1048576.0),
+                            format!("{:.2}", run.bytes / 1048576.0 / run.rss_mib.max(1.0)),
+                            run.rounds.to_string(),
+                            format!("{:.0}", run.max_live_freeze_ms),
+                            if run.seq_ok && run.verify_ok {
+                                "yes".into()
+                            } else {
+                                "NO".into()
+                            },
+                        ]);
+                        all.push(((mib, dirty, link), run, p));
+                    }
+                }
+            }
+        }
+    }
+    println!();
+    print_table(
+        &[
+            "S MiB",
+            "R MiB/s",
+            "L Mbit/s",
+            "technique",
+            "downtime ms",
+            "total ms",
+            "MiB sent",
+            "sent/RSS",
+            "rounds",
+            "live freeze ms",
+            "intact",
+        ],
+        &rows,
+    );
+    // ratios against the baseline of the same configuration
+    println!("\nratios to the baseline (median downtime):");
+    let mut ratios = Vec::new();
+    let mut configs: Vec<(u64, u64, u64)> = all.iter().map(|(k, ..)| *k).collect();
+    configs.dedup();
+    let mut labels = Vec::new();
+    let mut series: Vec<Vec<f64>> = vec![Vec::new(); 3];
+    for cfg in &configs {
+        let m = |t: &str| {
+            median(
+                &all.iter()
+                    .filter(|(k, r, _)| k == cfg && r.technique == t)
+                    .map(|(_, r, _)| r.downtime_ms)
+                    .collect::<Vec<_>>(),
+            )
+        };
+        let (b, cold, pre) = (m("baseline"), m("cold"), m("precopy"));
+        println!(
+            "  S={} R={} L={}: cold {:.2}x, precopy {:.2}x (baseline {:.0} ms)",
+            cfg.0,
+            cfg.1,
+            cfg.2,
+            cold / b,
+            pre / b,
+            b
+        );
+        ratios.push(serde_json::json!({"state_mib": cfg.0, "dirty_mib_per_s": cfg.1, "link_mbit": cfg.2, "baseline_ms": b, "cold_ratio": cold / b, "precopy_ratio": pre / b}));
+        labels.push(format!("{}M/{}R/{}L", cfg.0, cfg.1, cfg.2));
+        series[0].push(b);
+        series[1].push(cold);
+        series[2].push(pre);
+    }
+    let dir = results_dir()?;
+    let runs_json: Vec<serde_json::Value> = all
+        .iter()
+        .map(|((s, r, l), run, p)| {
+            serde_json::json!({
+                "state_mib": s, "dirty_mib_per_s": r, "link_mbit": l, "technique": run.technique,
+                "downtime_ms": run.downtime_ms, "total_ms": run.total_ms, "bytes": run.bytes, "rounds": run.rounds,
+                "max_live_freeze_ms": run.max_live_freeze_ms, "rss_mib": run.rss_mib,
+                "seq_ok": run.seq_ok, "verify_ok": run.verify_ok, "probe": p, "detail": run.detail,
+            })
+        })
+        .collect();
+    write_json(
+        &dir.join("bench-migration.json"),
+        &serde_json::json!({"runs": runs_json, "ratios": ratios}),
+    )?;
+    let label_refs: Vec<&str> = labels.iter().map(|s| s.as_str()).collect();
+    plot::grouped_bars(
+        &dir.join("bench-migration.svg"),
+        "client-observed downtime (ms): baseline vs MOSE",
+        "ms",
+        &label_refs,
+        &[
+            ("baseline (ctr + tar/TCP)", series[0].clone()),
+            ("MOSE cold", series[1].clone()),
+            ("MOSE precopy", series[2].clone()),
+        ],
+    )?;
+    println!(
+        "\nwrote {} and {}",
+        dir.join("bench-migration.json").display(),
+        dir.join("bench-migration.svg").display()
+    );
+    Ok(())
+}
