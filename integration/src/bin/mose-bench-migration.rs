@@ -14,7 +14,6 @@ use std::{
     io::{Read, Write},
     net::{TcpListener, TcpStream},
     path::{Path, PathBuf},
-    process::{Command, Stdio},
     time::{Duration, Instant},
 };
 
@@ -160,25 +159,13 @@ async fn baseline(
         ])
         .context("ctr tasks checkpoint --exit")?;
     let t1 = Instant::now();
-    // destination: receive the tar into containerd's content store
-    let (sock2, ns2, ip2) = (
-        n2.containerd_socket().to_path_buf(),
-        ns.to_string(),
-        n2.ip(),
-    );
-    let reference = format!("baseline-{id}");
-    let r2 = reference.clone();
+    // destination: receive the tar into tmpfs, then into containerd's content store
+    let (ip2, recv) = (n2.ip(), PathBuf::from(BASE).join(format!("recv-{id}.tar")));
+    let recv2 = recv.clone();
     let receiver = n2.spawn_in_netns(move || -> Result<(String, u64)> {
         let l = TcpListener::bind((ip2, XFER_PORT))?;
         let (mut s, _) = l.accept()?;
-        let mut ingest = Command::new("ctr")
-            .arg("-a")
-            .arg(&sock2)
-            .args(["-n", &ns2, "content", "ingest", &r2])
-            .stdin(Stdio::piped())
-            .spawn()
-            .context("ctr content ingest")?;
-        let mut stdin = ingest.stdin.take().ok_or_else(|| anyhow!("no stdin"))?;
+        let mut f = std::fs::File::create(&recv2)?;
         let (mut h, mut n, mut buf) = (Sha256::new(), 0u64, vec![0u8; 1 << 20]);
         loop {
             let k = s.read(&mut buf)?;
@@ -186,12 +173,8 @@ async fn baseline(
                 break;
             }
             h.update(&buf[..k]);
-            stdin.write_all(&buf[..k])?;
+            f.write_all(&buf[..k])?;
             n += k as u64;
-        }
-        drop(stdin);
-        if !ingest.wait()?.success() {
-            bail!("ctr content ingest failed");
         }
         Ok((format!("sha256:{:x}", h.finalize()), n))
     })?;
@@ -207,6 +190,8 @@ async fn baseline(
     let (digest, size) = receiver
         .join()
         .map_err(|_| anyhow!("receiver panicked"))??;
+    ingest(n2.containerd_socket(), ns, &recv, &digest, size).await?;
+    let _ = std::fs::remove_file(&recv);
     let t2 = Instant::now();
     // restore on the destination under containerd's runc shim
     let mut args = vec![
@@ -225,6 +210,7 @@ async fn baseline(
     spec["annotations"]["org.criu.config"] = serde_json::json!(format!("{BASE}/criu.conf"));
     client.set_container_spec(id, &spec).await?;
     let rootfs = client.rootfs_mounts(id).await?;
+    let desc_digest = digest.clone();
     let desc = Descriptor {
         media_type: CRIU_TAR.into(),
         digest,
@@ -238,7 +224,7 @@ async fn baseline(
     let t3 = Instant::now();
     let _ = n1.ctr(ns).run(["tasks", "delete", id]);
     let _ = n1.ctr(ns).run(["containers", "delete", id]);
-    let _ = n2.ctr(ns).run(["content", "rm", &reference]);
+    let _ = n2.ctr(ns).run(["content", "rm", &desc_digest]);
     let _ = std::fs::remove_dir_all(&img);
     let phases = serde_json::json!([
         {"name": "checkpoint --exit", "ms": ms(t1 - t0)},
@@ -246,6 +232,58 @@ async fn baseline(
         {"name": "restore", "ms": ms(t3 - t2)},
     ]);
     Ok((ms(t3 - t0), size as f64, phases))
+}
+
+/// Writes a file into containerd's content store as a GC root (so it is not
+/// collected before the restore uses it), as containerd's own clients do
+/// under a lease.
+async fn ingest(socket: &Path, ns: &str, file: &Path, digest: &str, size: u64) -> Result<()> {
+    use containerd_client::services::v1::{
+        content_client::ContentClient, WriteAction, WriteContentRequest,
+    };
+    let data = std::fs::read(file).with_context(|| format!("reading {}", file.display()))?;
+    let r#ref = format!("baseline-{}", digest.trim_start_matches("sha256:"));
+    let mut msgs: Vec<WriteContentRequest> = data
+        .chunks(1 << 20)
+        .enumerate()
+        .map(|(i, c)| WriteContentRequest {
+            action: WriteAction::Write as i32,
+            r#ref: r#ref.clone(),
+            total: size as i64,
+            offset: (i << 20) as i64,
+            data: c.to_vec(),
+            ..Default::default()
+        })
+        .collect();
+    msgs.push(WriteContentRequest {
+        action: WriteAction::Commit as i32,
+        r#ref,
+        total: size as i64,
+        offset: size as i64,
+        expected: digest.into(),
+        labels: [(
+            "containerd.io/gc.root".to_string(),
+            "mose-bench".to_string(),
+        )]
+        .into(),
+        ..Default::default()
+    });
+    let channel = containerd_client::connect(socket).await?;
+    let mut req = tonic::Request::new(tokio_stream::iter(msgs));
+    req.metadata_mut()
+        .insert("containerd-namespace", ns.parse()?);
+    let mut resp = ContentClient::new(channel)
+        .write(req)
+        .await
+        .map_err(|s| anyhow!("content write: {}", s.message()))?
+        .into_inner();
+    while resp
+        .message()
+        .await
+        .map_err(|s| anyhow!("content write: {}", s.message()))?
+        .is_some()
+    {}
+    Ok(())
 }
 
 #[tokio::main(flavor = "multi_thread", worker_threads = 2)]
