@@ -350,27 +350,9 @@ async fn restore(
         steps.push((name.to_string(), t.elapsed().as_secs_f64() * 1000.0));
         t = Instant::now();
     };
+    // a defensive import, should the image have come without FileEnd handling
     if let Some(tar) = inc.files.remove("image.tar") {
-        let o = tokio::process::Command::new("ctr")
-            .args([
-                "-a",
-                &cfg.containerd.display().to_string(),
-                "-n",
-                &container.namespace,
-                "images",
-                "import",
-            ])
-            .arg(&tar)
-            .output()
-            .await
-            .context("running ctr images import")?;
-        if !o.status.success() {
-            bail!(
-                "importing image {}: {}",
-                container.image,
-                String::from_utf8_lossy(&o.stderr).trim()
-            );
-        }
+        import_image(cfg, container, &tar).await?;
     }
     step("import image", steps);
     let images = inc.dir.join("images");

@@ -63,38 +63,7 @@ impl TestContainerd {
     }
 
     fn config(&self) -> String {
-        format!(
-            r#"version = 2
-root = "{root}"
-state = "{state}"
-
-[grpc]
-  address = "{sock}"
-
-[ttrpc]
-  address = "{sock}.ttrpc"
-
-[debug]
-  level = "debug"
-
-[plugins."io.containerd.grpc.v1.cri"]
-  disable_tcp_service = true
-  stream_server_address = "127.0.0.1"
-  stream_server_port = "0"
-
-[plugins."io.containerd.grpc.v1.cri".containerd]
-  default_runtime_name = "runc"
-
-[plugins."io.containerd.grpc.v1.cri".containerd.runtimes.runc]
-  runtime_type = "io.containerd.runc.v2"
-
-[plugins."io.containerd.grpc.v1.cri".containerd.runtimes.mose]
-  runtime_type = "io.containerd.mose.v2"
-"#,
-            root = self.root().display(),
-            state = self.state().display(),
-            sock = self.socket().display(),
-        )
+        containerd_config(&self.root(), &self.state(), &self.socket())
     }
 
     fn spawn(&self) -> Result<()> {
@@ -300,4 +269,41 @@ impl Drop for TestContainerd {
             eprintln!("removing {}: {e}", self.dir.display());
         }
     }
+}
+
+/// The configuration of a private containerd for MOSE's tests and testbed:
+/// its own root, state and sockets, and the CRI runtimes `runc` and `mose`.
+pub fn containerd_config(root: &Path, state: &Path, socket: &Path) -> String {
+    format!(
+        r#"version = 2
+root = "{root}"
+state = "{state}"
+
+[grpc]
+  address = "{sock}"
+
+[ttrpc]
+  address = "{sock}.ttrpc"
+
+[debug]
+  level = "debug"
+
+[plugins."io.containerd.grpc.v1.cri"]
+  disable_tcp_service = true
+  stream_server_address = "127.0.0.1"
+  stream_server_port = "0"
+
+[plugins."io.containerd.grpc.v1.cri".containerd]
+  default_runtime_name = "runc"
+
+[plugins."io.containerd.grpc.v1.cri".containerd.runtimes.runc]
+  runtime_type = "io.containerd.runc.v2"
+
+[plugins."io.containerd.grpc.v1.cri".containerd.runtimes.mose]
+  runtime_type = "io.containerd.mose.v2"
+"#,
+        root = root.display(),
+        state = state.display(),
+        sock = socket.display(),
+    )
 }

@@ -1099,38 +1099,7 @@ fn open_log(path: &Path) -> Result<fs::File> {
 /// The same configuration as `mose_tests::containerd::TestContainerd`
 /// (private root/state/sockets, CRI runtimes `runc` and `mose`).
 fn containerd_config(n: &Node) -> String {
-    format!(
-        r#"version = 2
-root = "{root}"
-state = "{state}"
-
-[grpc]
-  address = "{sock}"
-
-[ttrpc]
-  address = "{sock}.ttrpc"
-
-[debug]
-  level = "debug"
-
-[plugins."io.containerd.grpc.v1.cri"]
-  disable_tcp_service = true
-  stream_server_address = "127.0.0.1"
-  stream_server_port = "0"
-
-[plugins."io.containerd.grpc.v1.cri".containerd]
-  default_runtime_name = "runc"
-
-[plugins."io.containerd.grpc.v1.cri".containerd.runtimes.runc]
-  runtime_type = "io.containerd.runc.v2"
-
-[plugins."io.containerd.grpc.v1.cri".containerd.runtimes.mose]
-  runtime_type = "io.containerd.mose.v2"
-"#,
-        root = n.root().display(),
-        state = n.state().display(),
-        sock = n.socket.display(),
-    )
+    mose_tests::containerd::containerd_config(&n.root(), &n.state(), &n.socket)
 }
 
 /// Waits until `n`'s containerd answers `ctr version`.
