@@ -440,8 +440,14 @@ async fn run(
     {
         let entry = entry?;
         let name = entry.file_name().to_string_lossy().to_string();
-        let data = std::fs::read(entry.path())
-            .with_context(|| format!("reading {}", entry.path().display()))?;
+        // map, do not copy: the image is already in memory (tmpfs)
+        let file = std::fs::File::open(entry.path())
+            .with_context(|| format!("opening {}", entry.path().display()))?;
+        // SAFETY: the image files are ours (the dump is finished) and are not
+        // modified while mapped.
+        let map = unsafe { memmap2::Mmap::map(&file) }
+            .with_context(|| format!("mapping {}", entry.path().display()))?;
+        let data: &[u8] = &map;
         if name.starts_with("pages-") && name.ends_with(".img") && data.len() % BLOCK_SIZE == 0 {
             let mut hashes = Vec::with_capacity(data.len() / BLOCK_SIZE);
             let mut batch: Vec<(BlockHash, &[u8])> = Vec::new();
@@ -463,7 +469,7 @@ async fn run(
             }
             manifests.push((name, hashes));
         } else {
-            files.push((name, data));
+            files.push((name, data.to_vec()));
         }
     }
     s.send(&Message::RoundEnd {

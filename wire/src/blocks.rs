@@ -79,24 +79,44 @@ impl BlockStore {
         self.bytes
     }
 
-    /// Writes a pages image from its block list straight to `out`.
+    /// Writes a pages image from its block list straight to `out`, in
+    /// vectored batches: the blocks are copied once, into the file.
     pub fn write_to(
         &self,
         hashes: &[BlockHash],
         out: &mut impl std::io::Write,
     ) -> Result<(), BlockError> {
+        const BATCH: usize = 256;
         let zero = [0u8; BLOCK_SIZE];
         let zh = zero_hash();
-        for (i, h) in hashes.iter().enumerate() {
-            let b: &[u8] = if *h == zh {
-                &zero
-            } else {
-                self.blocks
-                    .get(h)
-                    .ok_or(BlockError::Missing { index: i, hash: *h })?
-            };
-            out.write_all(b)
-                .map_err(|e| BlockError::Io(e.to_string()))?;
+        let io = |e: std::io::Error| BlockError::Io(e.to_string());
+        let mut start = 0;
+        while start < hashes.len() {
+            let end = (start + BATCH).min(hashes.len());
+            let mut bufs: Vec<&[u8]> = Vec::with_capacity(end - start);
+            for (i, h) in hashes[start..end].iter().enumerate() {
+                bufs.push(if *h == zh {
+                    &zero
+                } else {
+                    self.blocks.get(h).ok_or(BlockError::Missing {
+                        index: start + i,
+                        hash: *h,
+                    })?
+                });
+            }
+            // write_vectored may stop early: finish the batch block by block
+            let slices: Vec<std::io::IoSlice<'_>> =
+                bufs.iter().map(|b| std::io::IoSlice::new(b)).collect();
+            let mut done = out.write_vectored(&slices).map_err(io)?;
+            for b in &bufs {
+                if done >= b.len() {
+                    done -= b.len();
+                    continue;
+                }
+                out.write_all(&b[done..]).map_err(io)?;
+                done = 0;
+            }
+            start = end;
         }
         Ok(())
     }
@@ -163,5 +183,33 @@ mod tests {
         assert!(matches!(e, BlockError::Missing { index: 0, .. }));
         assert!(s.contains(zero_hash()));
         assert_eq!(s.bytes(), BLOCK_SIZE as u64);
+    }
+
+    #[test]
+    fn vectored_write_matches_assembly_across_batches() {
+        let mut s = BlockStore::new();
+        let mut hashes = Vec::new();
+        for i in 0..600u32 {
+            if i % 7 == 0 {
+                hashes.push(zero_hash());
+                continue;
+            }
+            let b: Vec<u8> = (0..BLOCK_SIZE)
+                .map(|j| (i as usize * 31 + j) as u8)
+                .collect();
+            let h = hash_block(&b);
+            s.insert(h, &b).unwrap();
+            hashes.push(h);
+        }
+        let mut a = Vec::new();
+        s.assemble(&hashes, &mut a).unwrap();
+        let mut w = Vec::new();
+        s.write_to(&hashes, &mut w).unwrap();
+        assert_eq!(a, w);
+        let missing = [hashes[1], 42];
+        assert!(matches!(
+            s.write_to(&missing, &mut Vec::new()),
+            Err(BlockError::Missing { index: 1, .. })
+        ));
     }
 }
