@@ -448,7 +448,10 @@ async fn run(
         let map = unsafe { memmap2::Mmap::map(&file) }
             .with_context(|| format!("mapping {}", entry.path().display()))?;
         let data: &[u8] = &map;
-        if name.starts_with("pages-") && name.ends_with(".img") && data.len() % BLOCK_SIZE == 0 {
+        if name.starts_with("pages-")
+            && name.ends_with(".img")
+            && data.len().is_multiple_of(BLOCK_SIZE)
+        {
             let mut hashes = Vec::with_capacity(data.len() / BLOCK_SIZE);
             let mut batch: Vec<(BlockHash, &[u8])> = Vec::new();
             for page in data.chunks(BLOCK_SIZE) {
