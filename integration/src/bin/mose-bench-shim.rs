@@ -17,6 +17,7 @@ use std::{
 };
 
 use anyhow::{anyhow, bail, Context, Result};
+use containerd_client::types::Descriptor;
 use mose_integration::{median, ms, percentile, plot, print_table, results_dir, write_json};
 use mose_tests::{
     client::{CheckpointOptions, Client},
@@ -94,7 +95,7 @@ async fn one(cd: &TestContainerd, c: &Client, image: &str, rt: &str, id: &str) -
 
     let opts = CheckpointOptions::default().to_any();
     let t4 = Instant::now();
-    let descs = c.checkpoint(id, Some(opts)).await?;
+    let descs = checkpoint_leased(cd, id, opts).await?;
     let t5 = Instant::now();
     let criu = descs
         .into_iter()
@@ -134,6 +135,50 @@ async fn one(cd: &TestContainerd, c: &Client, image: &str, rt: &str, id: &str) -
     })
 }
 
+const LEASE: &str = "mose-bench-shim";
+
+/// Checkpoints under a lease, so containerd's garbage collector cannot take
+/// the checkpoint before the restore reads it (containerd's own clients do
+/// the same).
+async fn checkpoint_leased(
+    cd: &TestContainerd,
+    id: &str,
+    opts: prost_types::Any,
+) -> Result<Vec<Descriptor>> {
+    use containerd_client::services::v1::{tasks_client::TasksClient, CheckpointTaskRequest};
+    let channel = containerd_client::connect(cd.socket()).await?;
+    let mut req = tonic::Request::new(CheckpointTaskRequest {
+        container_id: id.into(),
+        parent_checkpoint: String::new(),
+        options: Some(opts),
+    });
+    req.metadata_mut()
+        .insert("containerd-namespace", NS.parse()?);
+    req.metadata_mut()
+        .insert("containerd-lease", LEASE.parse()?);
+    let r = TasksClient::new(channel)
+        .checkpoint(req)
+        .await
+        .map_err(|s| anyhow!("checkpoint {id}: {}", s.message()))?;
+    Ok(r.into_inner().descriptors)
+}
+
+async fn create_lease(cd: &TestContainerd) -> Result<()> {
+    use containerd_client::services::v1::{leases_client::LeasesClient, CreateRequest};
+    let channel = containerd_client::connect(cd.socket()).await?;
+    let mut req = tonic::Request::new(CreateRequest {
+        id: LEASE.into(),
+        labels: Default::default(),
+    });
+    req.metadata_mut()
+        .insert("containerd-namespace", NS.parse()?);
+    LeasesClient::new(channel)
+        .create(req)
+        .await
+        .map_err(|s| anyhow!("create lease: {}", s.message()))?;
+    Ok(())
+}
+
 #[tokio::main(flavor = "multi_thread", worker_threads = 2)]
 async fn main() -> Result<()> {
     let n: usize = match std::env::args().nth(1) {
@@ -145,6 +190,7 @@ async fn main() -> Result<()> {
     let cd = TestContainerd::start()?;
     let image = cd.import_test_image(NS)?;
     let c = cd.client(NS).await?;
+    create_lease(&cd).await?;
     let mut samples: Vec<Vec<[f64; 5]>> = vec![Vec::new(); RUNTIMES.len()];
     // one warm-up round each (page cache, first shim exec)
     for (i, (name, rt)) in RUNTIMES.iter().enumerate() {
