@@ -170,5 +170,15 @@ impl Cluster {
 impl Drop for Cluster {
     fn drop(&mut self) {
         let _ = std::fs::remove_dir_all(&self.tls);
+        // the plugins' tmpfs work dirs (see `up`)
+        let incoming = Path::new("/run/mose/incoming").join(
+            self.bed
+                .dir()
+                .file_name()
+                .map(|n| n.to_string_lossy().to_string())
+                .unwrap_or_default(),
+        );
+        mose_tests::cleanup::unmount_under(&incoming);
+        let _ = std::fs::remove_dir_all(&incoming);
     }
 }

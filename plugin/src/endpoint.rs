@@ -51,8 +51,8 @@ pub struct EndpointConfig {
 /// Serves migrations until the process ends.
 pub async fn serve(cfg: EndpointConfig) -> Result<()> {
     let tls = TlsAcceptor::from(cfg.identity.server_config()?);
-    std::fs::create_dir_all(&cfg.work_root)
-        .with_context(|| format!("creating {}", cfg.work_root.display()))?;
+    // received images live in memory, never on disk
+    crate::ensure_tmpfs(&cfg.work_root)?;
     std::fs::create_dir_all(&cfg.state_dir)
         .with_context(|| format!("creating {}", cfg.state_dir.display()))?;
     // whatever an earlier, killed endpoint left half-received is garbage now
