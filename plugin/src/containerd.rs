@@ -14,39 +14,16 @@ use containerd_client::{
             RemoveSnapshotRequest,
         },
         tasks_client::TasksClient,
-        CheckpointTaskRequest, Container, CreateContainerRequest, CreateTaskRequest,
-        DeleteContainerRequest, DeleteTaskRequest, GetContainerRequest, GetImageRequest,
-        GetRequest, KillRequest, ListPidsRequest, PauseTaskRequest, ReadContentRequest,
-        ResumeTaskRequest, StartRequest, WaitRequest,
+        Container, CreateContainerRequest, CreateTaskRequest, DeleteContainerRequest,
+        DeleteTaskRequest, GetContainerRequest, GetImageRequest, GetRequest, KillRequest,
+        ListPidsRequest, PauseTaskRequest, ReadContentRequest, ResumeTaskRequest, StartRequest,
+        WaitRequest,
     },
     types::Mount,
 };
 use prost_types::Any;
 use sha2::{Digest, Sha256};
 use tonic::{transport::Channel, Request};
-
-/// `containerd.runc.v1.CheckpointOptions` (the fields MOSE sets).
-#[derive(Clone, PartialEq, prost::Message)]
-pub struct CheckpointOptions {
-    #[prost(bool, tag = "1")]
-    pub exit: bool,
-    #[prost(bool, tag = "2")]
-    pub open_tcp: bool,
-    #[prost(bool, tag = "3")]
-    pub external_unix_sockets: bool,
-    #[prost(bool, tag = "4")]
-    pub terminal: bool,
-    #[prost(bool, tag = "5")]
-    pub file_locks: bool,
-    #[prost(string, repeated, tag = "6")]
-    pub empty_namespaces: Vec<String>,
-    #[prost(string, tag = "7")]
-    pub cgroups_mode: String,
-    #[prost(string, tag = "8")]
-    pub image_path: String,
-    #[prost(string, tag = "9")]
-    pub work_path: String,
-}
 
 pub const SPEC_TYPE_URL: &str = "types.containerd.io/opencontainers/runtime-spec/1/Spec";
 const CALL_TIMEOUT: Duration = Duration::from_secs(120);
@@ -166,28 +143,6 @@ impl Containerd {
             }))
             .await
             .map_err(|s| anyhow!("resume {id}: {}", s.message()))?;
-        Ok(())
-    }
-
-    /// CRIU dump of the task into `image` (tmpfs), leaving it as it was (running or paused).
-    pub async fn checkpoint_to(&self, id: &str, image: &Path, work: &Path) -> Result<()> {
-        let opts = CheckpointOptions {
-            image_path: image.display().to_string(),
-            work_path: work.display().to_string(),
-            ..Default::default()
-        };
-        let any = Any {
-            type_url: "containerd.runc.v1.CheckpointOptions".into(),
-            value: prost::Message::encode_to_vec(&opts),
-        };
-        self.tasks()
-            .checkpoint(self.req(CheckpointTaskRequest {
-                container_id: id.into(),
-                parent_checkpoint: String::new(),
-                options: Some(any),
-            }))
-            .await
-            .map_err(|s| anyhow!("checkpoint of {id}: {}", s.message()))?;
         Ok(())
     }
 

@@ -350,11 +350,6 @@ async fn restore(
         steps.push((name.to_string(), t.elapsed().as_secs_f64() * 1000.0));
         t = Instant::now();
     };
-    // a defensive import, should the image have come without FileEnd handling
-    if let Some(tar) = inc.files.remove("image.tar") {
-        import_image(cfg, container, &tar).await?;
-    }
-    step("import image", steps);
     let images = inc.dir.join("images");
     std::fs::create_dir_all(&images)?;
     let rootfs_tar = inc.files.remove("rootfs.tar");

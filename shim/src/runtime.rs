@@ -164,9 +164,10 @@ impl OciRuntime {
         .map(|_| ())
     }
 
-    pub async fn start(&self, id: &str) -> Result<()> {
+    /// A subcommand whose only argument is the container id.
+    async fn on_container(&self, sub: &str, id: &str) -> Result<()> {
         self.exec(
-            "start",
+            sub,
             id,
             |c| {
                 c.arg(id);
@@ -175,6 +176,10 @@ impl OciRuntime {
         )
         .await
         .map(|_| ())
+    }
+
+    pub async fn start(&self, id: &str) -> Result<()> {
+        self.on_container("start", id).await
     }
 
     pub async fn kill(&self, id: &str, signal: u32, all: bool) -> Result<()> {
@@ -210,29 +215,11 @@ impl OciRuntime {
     }
 
     pub async fn pause(&self, id: &str) -> Result<()> {
-        self.exec(
-            "pause",
-            id,
-            |c| {
-                c.arg(id);
-            },
-            None,
-        )
-        .await
-        .map(|_| ())
+        self.on_container("pause", id).await
     }
 
     pub async fn resume(&self, id: &str) -> Result<()> {
-        self.exec(
-            "resume",
-            id,
-            |c| {
-                c.arg(id);
-            },
-            None,
-        )
-        .await
-        .map(|_| ())
+        self.on_container("resume", id).await
     }
 
     /// Pids of every process in the container.
