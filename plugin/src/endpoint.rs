@@ -358,11 +358,13 @@ async fn restore(
     }
     for (name, hashes) in &inc.manifests {
         let name = safe_name(name)?;
-        let mut data = Vec::new();
+        // straight from the block store into the file: one copy, no staging buffer
+        let path = images.join(name);
+        let mut file =
+            std::fs::File::create(&path).with_context(|| format!("creating {}", path.display()))?;
         inc.blocks
-            .assemble(hashes, &mut data)
+            .write_to(hashes, &mut file)
             .map_err(|e| anyhow!("rebuilding {name}: {e}"))?;
-        std::fs::write(images.join(name), &data)?;
     }
     if !images.join("inventory.img").exists() {
         bail!("the received checkpoint has no inventory.img");

@@ -121,8 +121,9 @@ impl BlockStore {
         Ok(())
     }
 
-    /// Rebuilds a pages image from its block list; names the first missing block.
-    pub fn assemble(&self, hashes: &[BlockHash], out: &mut Vec<u8>) -> Result<(), BlockError> {
+    /// Reference rebuild into memory, for checking [`Self::write_to`].
+    #[cfg(test)]
+    fn assemble(&self, hashes: &[BlockHash], out: &mut Vec<u8>) -> Result<(), BlockError> {
         out.reserve(hashes.len() * BLOCK_SIZE);
         let zero = zero_hash();
         for (i, h) in hashes.iter().enumerate() {
