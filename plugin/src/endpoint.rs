@@ -148,6 +148,7 @@ where
     })
     .await?;
     let (migration, container) = match next_frame(&mut r, io).await?.message()? {
+        Message::Measure { bytes } => return answer_probe(&mut r, &mut w, bytes, io).await,
         Message::Begin {
             migration,
             container,
@@ -208,6 +209,51 @@ where
         }
     }
     res
+}
+
+/// Largest link probe a peer may ask this node to absorb.
+const MAX_PROBE_BYTES: u64 = 256 << 20;
+
+/// Receives a link probe's filler and reports how fast it arrived, timed from
+/// the first frame to the last (the first frame's own transit is excluded, so
+/// connection set-up and slow start do not count).
+async fn answer_probe<R, W>(
+    r: &mut FrameReader<R>,
+    w: &mut FrameWriter<W>,
+    bytes: u64,
+    io: Duration,
+) -> Result<()>
+where
+    R: AsyncRead + Unpin,
+    W: AsyncWrite + Unpin,
+{
+    if bytes == 0 || bytes > MAX_PROBE_BYTES {
+        w.message(&Message::Failed {
+            step: "measure".into(),
+            error: format!("a link probe must be 1 byte to {MAX_PROBE_BYTES} bytes, not {bytes}"),
+        })
+        .await?;
+        bail!("refused a link probe of {bytes} bytes");
+    }
+    let mut got = 0u64;
+    let mut first: Option<(Instant, u64)> = None;
+    while got < bytes {
+        let f = next_frame(r, io).await?;
+        if f.kind != FrameKind::FileData {
+            bail!("link probe: expected filler, got a {:?} frame", f.kind);
+        }
+        got += f.payload.len() as u64;
+        if first.is_none() {
+            first = Some((Instant::now(), got));
+        }
+    }
+    let (t0, first_bytes) = first.unwrap_or((Instant::now(), 0));
+    w.message(&Message::Measured {
+        bytes: got - first_bytes,
+        ms: t0.elapsed().as_secs_f64() * 1000.0,
+    })
+    .await?;
+    Ok(())
 }
 
 #[allow(clippy::too_many_arguments)]

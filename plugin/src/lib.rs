@@ -3,6 +3,7 @@
 
 pub mod containerd;
 pub mod endpoint;
+pub mod measure;
 pub mod memory;
 pub mod result;
 pub mod rootfs;

@@ -76,6 +76,8 @@ pub struct SourceOptions {
     pub min_round_bytes: u64,
     pub identity: Identity,
     pub compress: bool,
+    /// Cap on the sending rate in bits per second (`mose.io/max-bandwidth`).
+    pub bandwidth_cap_bps: Option<u64>,
     /// tmpfs directory for checkpoint images.
     pub work_root: PathBuf,
     /// Bound on any single network wait (a cut link fails the migration
@@ -85,8 +87,10 @@ pub struct SourceOptions {
     pub progress: Option<ProgressFn>,
 }
 
-type Reader = FrameReader<ReadHalf<TlsStream<TcpStream>>>;
-type Writer = FrameWriter<WriteHalf<TlsStream<TcpStream>>>;
+/// The reading half of a stream to a node endpoint.
+pub type Reader = FrameReader<ReadHalf<TlsStream<TcpStream>>>;
+/// The writing half of a stream to a node endpoint.
+pub type Writer = FrameWriter<WriteHalf<TlsStream<TcpStream>>>;
 
 struct Session {
     r: Reader,
@@ -246,32 +250,34 @@ fn report(opts: &SourceOptions, phase: &str, round: u32, bytes: u64) {
 }
 
 async fn connect(opts: &SourceOptions) -> Result<Session> {
-    let host = opts
-        .to
-        .rsplit_once(':')
-        .map(|(h, _)| h.trim_start_matches('[').trim_end_matches(']'))
-        .ok_or_else(|| anyhow!("destination {:?} is not HOST:PORT", opts.to))?;
-    let cfg = opts.identity.client_config()?;
-    let tcp = tokio::time::timeout(opts.io_timeout, TcpStream::connect(&opts.to))
-        .await
-        .map_err(|_| anyhow!("connecting to {} timed out", opts.to))?
-        .with_context(|| format!("connecting to destination {}", opts.to))?;
-    let _ = tcp.set_nodelay(true);
-    let tls = tokio::time::timeout(
-        opts.io_timeout,
-        TlsConnector::from(cfg).connect(server_name(host)?, tcp),
-    )
-    .await
-    .map_err(|_| anyhow!("TLS handshake with {} timed out", opts.to))?
-    .with_context(|| format!("TLS handshake with {} (same cluster CA?)", opts.to))?;
-    let (r, w) = tokio::io::split(tls);
-    let mut w = FrameWriter::new(w);
+    let (r, mut w) = connect_to(&opts.identity, &opts.to, opts.io_timeout).await?;
     w.set_compression(opts.compress);
+    w.set_rate_limit(opts.bandwidth_cap_bps.map(|b| b / 8));
     Ok(Session {
-        r: FrameReader::new(r),
+        r,
         w,
         io_timeout: opts.io_timeout,
     })
+}
+
+/// Opens a mutually authenticated stream to the node endpoint at `to`.
+pub async fn connect_to(identity: &Identity, to: &str, io: Duration) -> Result<(Reader, Writer)> {
+    let host = to
+        .rsplit_once(':')
+        .map(|(h, _)| h.trim_start_matches('[').trim_end_matches(']'))
+        .ok_or_else(|| anyhow!("destination {to:?} is not HOST:PORT"))?;
+    let cfg = identity.client_config()?;
+    let tcp = tokio::time::timeout(io, TcpStream::connect(to))
+        .await
+        .map_err(|_| anyhow!("connecting to {to} timed out"))?
+        .with_context(|| format!("connecting to destination {to}"))?;
+    let _ = tcp.set_nodelay(true);
+    let tls = tokio::time::timeout(io, TlsConnector::from(cfg).connect(server_name(host)?, tcp))
+        .await
+        .map_err(|_| anyhow!("TLS handshake with {to} timed out"))?
+        .with_context(|| format!("TLS handshake with {to} (same cluster CA?)"))?;
+    let (r, w) = tokio::io::split(tls);
+    Ok((FrameReader::new(r), FrameWriter::new(w)))
 }
 
 async fn run(

@@ -194,6 +194,45 @@ pub struct FrameWriter<W> {
     bytes: u64,
     compress: bool,
     corrupt_next_bulk: bool,
+    pacer: Option<Pacer>,
+}
+
+/// Keeps the average sending rate under a cap (`mose.io/max-bandwidth`):
+/// after each frame it sleeps until the bytes sent in the current window
+/// fit the rate. A pause longer than [`Pacer::IDLE`] starts a new window, so
+/// idle time is not saved up into a burst.
+struct Pacer {
+    bytes_per_s: f64,
+    window: std::time::Instant,
+    sent: u64,
+    last: std::time::Instant,
+}
+
+impl Pacer {
+    const IDLE: std::time::Duration = std::time::Duration::from_millis(250);
+
+    fn new(bytes_per_s: u64) -> Self {
+        let now = std::time::Instant::now();
+        Self {
+            bytes_per_s: bytes_per_s.max(1) as f64,
+            window: now,
+            sent: 0,
+            last: now,
+        }
+    }
+
+    /// How long to wait after sending `n` more bytes.
+    fn delay(&mut self, n: u64) -> std::time::Duration {
+        let now = std::time::Instant::now();
+        if now.duration_since(self.last) > Self::IDLE {
+            self.window = now;
+            self.sent = 0;
+        }
+        self.sent += n;
+        self.last = now;
+        let due = std::time::Duration::from_secs_f64(self.sent as f64 / self.bytes_per_s);
+        due.saturating_sub(now.duration_since(self.window))
+    }
 }
 
 impl<W: AsyncWrite + Unpin> FrameWriter<W> {
@@ -203,7 +242,13 @@ impl<W: AsyncWrite + Unpin> FrameWriter<W> {
             bytes: 0,
             compress: false,
             corrupt_next_bulk: false,
+            pacer: None,
         }
+    }
+
+    /// Caps the sending rate at `bytes_per_s` (None: as fast as the link goes).
+    pub fn set_rate_limit(&mut self, bytes_per_s: Option<u64>) {
+        self.pacer = bytes_per_s.map(Pacer::new);
     }
 
     /// Compress bulk frames (worth it when the link, not the CPU, is the bottleneck).
@@ -254,6 +299,13 @@ impl<W: AsyncWrite + Unpin> FrameWriter<W> {
             self.inner.write_all(body).await?;
         }
         self.bytes += (HEADER + body.len()) as u64;
+        if let Some(p) = self.pacer.as_mut() {
+            let wait = p.delay((HEADER + body.len()) as u64);
+            if !wait.is_zero() {
+                self.inner.flush().await?;
+                tokio::time::sleep(wait).await;
+            }
+        }
         Ok(())
     }
 
@@ -332,6 +384,38 @@ mod tests {
         r.next().await.unwrap();
         r.next().await.unwrap();
         assert!(matches!(r.next().await, Err(WireError::Truncated(_))));
+    }
+
+    #[test]
+    fn pacer_spreads_bytes_over_time_and_forgets_idle_time() {
+        let mut p = Pacer::new(1_000_000);
+        let d = p.delay(500_000);
+        assert!(
+            d > std::time::Duration::from_millis(450) && d <= std::time::Duration::from_millis(500),
+            "{d:?}"
+        );
+        // the window keeps counting: another 500 KB is due at 1 s
+        let d = p.delay(500_000);
+        assert!(d > std::time::Duration::from_millis(950), "{d:?}");
+        // after an idle pause a new window starts (no saved-up burst, no debt)
+        p.last -= Pacer::IDLE * 2;
+        let d = p.delay(100_000);
+        assert!(d <= std::time::Duration::from_millis(100), "{d:?}");
+    }
+
+    #[tokio::test]
+    async fn rate_limited_writer_takes_as_long_as_the_cap_says() {
+        let mut buf = Vec::new();
+        let mut w = FrameWriter::new(&mut buf);
+        w.set_rate_limit(Some(4 * 1024 * 1024));
+        let b = vec![3u8; BLOCK_SIZE];
+        let blocks: Vec<(BlockHash, &[u8])> = (0..64).map(|_| (hash_block(&b), &b[..])).collect();
+        let t = std::time::Instant::now();
+        for _ in 0..4 {
+            w.blocks(&blocks).await.unwrap();
+        }
+        // 1 MiB at 4 MiB/s: at least ~250 ms (a lower bound only; never an upper one)
+        assert!(t.elapsed() >= std::time::Duration::from_millis(240), "{:?}", t.elapsed());
     }
 
     #[tokio::test]

@@ -120,6 +120,18 @@ pub enum Message {
     },
     Released,
     Ack,
+    /// Link probe instead of a migration: `bytes` of filler follow as file
+    /// data; the destination answers [`Message::Measured`]. The policy uses it
+    /// to learn the link's real rate between two plugins.
+    Measure {
+        bytes: u64,
+    },
+    /// The destination's view of a probe: `bytes` arrived over `ms`, timed
+    /// from the first filler frame to the last.
+    Measured {
+        bytes: u64,
+        ms: f64,
+    },
 }
 
 #[cfg(test)]

@@ -174,6 +174,7 @@ async fn run() -> Result<i32> {
                 min_round_bytes: a.min_round_mib << 20,
                 identity: Identity::new(&a.tls_dir, &a.node),
                 compress: a.compress,
+                bandwidth_cap_bps: None,
                 work_root: a.work,
                 io_timeout: Duration::from_secs(a.io_timeout.max(1)),
                 fault: a.inject_fault,

@@ -1,0 +1,391 @@
+//! This node's throughputs, learned online: every completed migration adds
+//! a (bytes, milliseconds) sample per phase, and each phase is fitted as
+//! `ms = fixed + bytes / throughput`. The fixed parts matter: CRIU costs a
+//! few hundred milliseconds even for a tiny container, so a pure throughput
+//! would mispredict small containers badly. Samples persist across restarts
+//! in `<state>/calibration.json`; a fresh node starts from a quick start-up
+//! calibration of what it can measure alone (hashing, tmpfs writes, live
+//! memory scans) and the defaults for CRIU dump and restore.
+
+use std::{collections::BTreeMap, path::PathBuf};
+
+use anyhow::{Context, Result};
+use mose_policy::model::Calibration;
+use serde::{Deserialize, Serialize};
+use tracing::warn;
+
+use crate::result::MigrationResult;
+
+/// Samples kept per phase (the most recent win).
+const KEEP: usize = 32;
+/// Samples smaller than this say nothing about throughput.
+const MIN_BYTES: f64 = 1048576.0;
+
+/// The phases the cost model has a throughput for.
+pub const PHASES: [&str; 5] = ["scan", "dump", "hash", "assemble", "restore"];
+
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq)]
+pub struct Sample {
+    pub bytes: f64,
+    pub ms: f64,
+}
+
+/// An affine fit `ms = fixed_ms + bytes / bytes_per_s * 1000`.
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq)]
+pub struct Fit {
+    pub fixed_ms: f64,
+    pub bytes_per_s: f64,
+}
+
+/// Fits samples to `ms = a + bytes/b`. With too few samples or too little
+/// spread in size to separate the two, it keeps the `prior` throughput and
+/// learns only the fixed part; a fit that makes no physical sense (negative
+/// fixed time, non-positive throughput) falls back the same way.
+pub fn fit(samples: &[Sample], prior: f64) -> Fit {
+    let ok: Vec<&Sample> = samples
+        .iter()
+        .filter(|s| s.ms.is_finite() && s.ms > 0.0 && s.bytes.is_finite() && s.bytes >= 0.0)
+        .collect();
+    let fixed_only = |b: f64| {
+        let n = ok.len().max(1) as f64;
+        let a = ok.iter().map(|s| s.ms - s.bytes / b * 1000.0).sum::<f64>() / n;
+        Fit {
+            fixed_ms: a.max(0.0),
+            bytes_per_s: b,
+        }
+    };
+    let big: Vec<&&Sample> = ok.iter().filter(|s| s.bytes >= MIN_BYTES).collect();
+    let (lo, hi) = big.iter().fold((f64::MAX, 0.0f64), |(lo, hi), s| {
+        (lo.min(s.bytes), hi.max(s.bytes))
+    });
+    if big.len() < 2 || hi < lo * 1.5 {
+        if big.is_empty() {
+            return fixed_only(prior);
+        }
+        // one size only: split its time with the prior's fixed part unknown;
+        // take the throughput it implies, capped by the prior from above
+        let b = big.iter().map(|s| s.bytes).sum::<f64>()
+            / (big.iter().map(|s| s.ms).sum::<f64>() / 1000.0);
+        return fixed_only(prior.clamp(b, 4.0 * b));
+    }
+    let n = big.len() as f64;
+    let mx = big.iter().map(|s| s.bytes).sum::<f64>() / n;
+    let my = big.iter().map(|s| s.ms).sum::<f64>() / n;
+    let sxy: f64 = big.iter().map(|s| (s.bytes - mx) * (s.ms - my)).sum();
+    let sxx: f64 = big.iter().map(|s| (s.bytes - mx).powi(2)).sum();
+    let slope = sxy / sxx; // ms per byte
+    if !(slope.is_finite() && slope > 0.0) {
+        return fixed_only(prior);
+    }
+    let a = my - slope * mx;
+    if a < 0.0 {
+        // through the origin instead
+        let b = big.iter().map(|s| s.bytes).sum::<f64>()
+            / (big.iter().map(|s| s.ms).sum::<f64>() / 1000.0);
+        return Fit {
+            fixed_ms: 0.0,
+            bytes_per_s: b,
+        };
+    }
+    Fit {
+        fixed_ms: a,
+        bytes_per_s: 1000.0 / slope,
+    }
+}
+
+/// Everything learned, as persisted.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct Learned {
+    /// Per phase (see [`PHASES`]).
+    pub samples: BTreeMap<String, Vec<Sample>>,
+    /// Downtime not explained by the phases above (containerd create, round trips).
+    pub other_downtime_ms: Vec<f64>,
+    /// Total time outside the live rounds and the downtime (connect, image, release).
+    pub other_total_ms: Vec<f64>,
+    /// Migrations learned from.
+    pub migrations: u64,
+}
+
+fn push<T>(v: &mut Vec<T>, x: T) {
+    v.push(x);
+    if v.len() > KEEP {
+        v.remove(0);
+    }
+}
+
+fn median(v: &[f64]) -> Option<f64> {
+    let mut v: Vec<f64> = v.iter().copied().filter(|x| x.is_finite()).collect();
+    if v.is_empty() {
+        return None;
+    }
+    v.sort_by(|a, b| a.total_cmp(b));
+    Some(v[v.len() / 2])
+}
+
+impl Learned {
+    pub fn add(&mut self, phase: &str, bytes: f64, ms: f64) {
+        if ms.is_finite() && ms > 0.0 && bytes.is_finite() && bytes >= 0.0 {
+            push(
+                self.samples.entry(phase.to_string()).or_default(),
+                Sample { bytes, ms },
+            );
+        }
+    }
+
+    /// The model's calibration: fitted throughputs, and every fixed part
+    /// that falls inside the freeze folded into `fixed_downtime_ms`.
+    pub fn calibration(&self) -> Calibration {
+        let d = Calibration::default();
+        let f = |p: &str, prior: f64| {
+            fit(
+                self.samples.get(p).map(Vec::as_slice).unwrap_or(&[]),
+                prior,
+            )
+        };
+        let scan = f("scan", d.scan_bytes_per_s);
+        let dump = f("dump", d.dump_bytes_per_s);
+        let hash = f("hash", d.hash_bytes_per_s);
+        let assemble = f("assemble", d.assemble_bytes_per_s);
+        let restore = f("restore", d.restore_bytes_per_s);
+        let have = |p: &str| self.samples.get(p).is_some_and(|v| !v.is_empty());
+        let in_freeze = ["dump", "hash", "assemble", "restore"];
+        let fixed_downtime = if in_freeze.iter().all(|p| have(p)) {
+            dump.fixed_ms
+                + hash.fixed_ms
+                + assemble.fixed_ms
+                + restore.fixed_ms
+                + median(&self.other_downtime_ms).unwrap_or(0.0)
+        } else {
+            d.fixed_downtime_ms
+        };
+        Calibration {
+            scan_bytes_per_s: scan.bytes_per_s,
+            dump_bytes_per_s: dump.bytes_per_s,
+            hash_bytes_per_s: hash.bytes_per_s,
+            assemble_bytes_per_s: assemble.bytes_per_s,
+            restore_bytes_per_s: restore.bytes_per_s,
+            fixed_downtime_ms: fixed_downtime,
+            fixed_total_ms: median(&self.other_total_ms).unwrap_or(d.fixed_total_ms),
+            ..d
+        }
+    }
+
+    /// Learns from a completed migration; `link_bytes_per_s` is the rate
+    /// the link was measured at (to separate sending from computing).
+    pub fn learn(&mut self, r: &MigrationResult, link_bytes_per_s: f64) {
+        if r.status != "ok" {
+            return;
+        }
+        let Some(last) = r.round_details.iter().find(|x| x.final_round) else {
+            return;
+        };
+        let m = (last.pages_present * mose_wire::BLOCK_SIZE as u64) as f64;
+        let link = if link_bytes_per_s > 0.0 {
+            link_bytes_per_s
+        } else {
+            f64::INFINITY
+        };
+        let phase = |name: &str| r.phases.iter().find(|p| p.name == name);
+        let mut explained = 0.0;
+        if let Some(p) = phase("freeze+dump") {
+            self.add("dump", m, p.duration_ms);
+            explained += p.duration_ms;
+        }
+        if let Some(p) = phase("transfer") {
+            let wire = p.bytes.unwrap_or(last.bytes) as f64 / link * 1000.0;
+            self.add("hash", m, (p.duration_ms - wire).max(1.0));
+            explained += p.duration_ms;
+        }
+        if let Some(p) = phase("dest: assemble image") {
+            self.add("assemble", m, p.duration_ms);
+            explained += p.duration_ms;
+        }
+        if let Some(p) = phase("dest: CRIU restore") {
+            self.add("restore", m, p.duration_ms);
+            explained += p.duration_ms;
+        }
+        if explained > 0.0 {
+            push(&mut self.other_downtime_ms, (r.downtime_ms - explained).max(0.0));
+        }
+        let mut live = 0.0;
+        for round in r.round_details.iter().filter(|x| !x.final_round) {
+            live += round.duration_ms;
+            let wire = round.bytes as f64 / link * 1000.0;
+            // a scan-bound round says how fast memory is read and hashed live
+            if round.round > 1 && wire < 0.3 * round.duration_ms {
+                let scanned = (round.pages_present * mose_wire::BLOCK_SIZE as u64) as f64;
+                self.add("scan", scanned, round.duration_ms - wire);
+            }
+        }
+        push(
+            &mut self.other_total_ms,
+            (r.total_ms - r.downtime_ms - live).max(0.0),
+        );
+        self.migrations += 1;
+    }
+}
+
+/// The learned calibration of this node, persisted in its state directory.
+pub struct Store {
+    path: PathBuf,
+    pub learned: Learned,
+}
+
+impl Store {
+    /// Loads `<state>/calibration.json`; a missing or unreadable file starts
+    /// afresh (with a warning for the unreadable one).
+    pub fn open(state_dir: &std::path::Path) -> Self {
+        let path = state_dir.join("calibration.json");
+        let learned = match std::fs::read(&path) {
+            Ok(b) => serde_json::from_slice(&b).unwrap_or_else(|e| {
+                warn!(path = %path.display(), error = %e, "ignoring an unreadable calibration");
+                Learned::default()
+            }),
+            Err(_) => Learned::default(),
+        };
+        Self { path, learned }
+    }
+
+    pub fn save(&self) -> Result<()> {
+        if let Some(dir) = self.path.parent() {
+            std::fs::create_dir_all(dir)?;
+        }
+        let tmp = self.path.with_extension("json.tmp");
+        std::fs::write(&tmp, serde_json::to_vec_pretty(&self.learned)?)
+            .with_context(|| format!("writing {}", tmp.display()))?;
+        std::fs::rename(&tmp, &self.path)
+            .with_context(|| format!("replacing {}", self.path.display()))
+    }
+
+    /// Start-up calibration of what this node can measure on its own, done
+    /// once (only when nothing was learned for those phases yet): hashing
+    /// and tmpfs writes of `mib` MiB, and a live scan of that much memory.
+    pub fn calibrate_startup(&mut self, tmpfs: &std::path::Path, mib: usize) -> Result<()> {
+        let have = |p: &str| self.learned.samples.get(p).is_some_and(|v| !v.is_empty());
+        if have("hash") && have("assemble") && have("scan") {
+            return Ok(());
+        }
+        let bytes = mib << 20;
+        let mut data = vec![0u8; bytes];
+        for (i, c) in data.chunks_mut(8).enumerate() {
+            let x = (i as u64).wrapping_mul(0x9e37_79b9_7f4a_7c15);
+            c.copy_from_slice(&x.to_le_bytes()[..c.len()]);
+        }
+        let t = std::time::Instant::now();
+        let hashes = mose_wire::blocks::hash_blocks(&data);
+        let hash_ms = t.elapsed().as_secs_f64() * 1000.0;
+        let file = tmpfs.join(".mose-calibration");
+        let t = std::time::Instant::now();
+        std::fs::write(&file, &data).with_context(|| format!("writing {}", file.display()))?;
+        let write_ms = t.elapsed().as_secs_f64() * 1000.0;
+        let _ = std::fs::remove_file(&file);
+        // a live scan of this process reads the same buffer through /proc
+        let t = std::time::Instant::now();
+        let mut known = std::collections::HashSet::new();
+        let stats = crate::memory::scan(&[std::process::id()], &mut known, |_| Ok(()))?;
+        let scan_ms = t.elapsed().as_secs_f64() * 1000.0;
+        let scanned = (stats.pages_present * mose_wire::BLOCK_SIZE as u64) as f64;
+        std::hint::black_box(&hashes);
+        drop(data);
+        let b = bytes as f64;
+        if !have("hash") {
+            self.learned.add("hash", b, hash_ms);
+        }
+        if !have("assemble") {
+            self.learned.add("assemble", b, write_ms);
+        }
+        if !have("scan") {
+            self.learned.add("scan", scanned, scan_ms);
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn s(mib: f64, ms: f64) -> Sample {
+        Sample {
+            bytes: mib * 1048576.0,
+            ms,
+        }
+    }
+
+    #[test]
+    fn affine_fit_recovers_fixed_cost_and_throughput() {
+        // 200 ms + 1 GiB/s
+        let gib = 1073741824.0;
+        let v: Vec<Sample> = [64.0, 128.0, 512.0]
+            .iter()
+            .map(|m| s(*m, 200.0 + m * 1048576.0 / gib * 1000.0))
+            .collect();
+        let f = fit(&v, 5e8);
+        assert!((f.fixed_ms - 200.0).abs() < 1.0, "{f:?}");
+        assert!((f.bytes_per_s / gib - 1.0).abs() < 0.01, "{f:?}");
+    }
+
+    #[test]
+    fn one_size_keeps_a_throughput_that_explains_it() {
+        let f = fit(&[s(64.0, 100.0)], 1e9);
+        let predicted = f.fixed_ms + 64.0 * 1048576.0 / f.bytes_per_s * 1000.0;
+        assert!((predicted - 100.0).abs() < 1.0, "{f:?}");
+        assert!(f.fixed_ms >= 0.0 && f.bytes_per_s > 0.0);
+    }
+
+    #[test]
+    fn nonsense_falls_back_to_the_prior() {
+        // bigger took less time: noise, not physics
+        let f = fit(&[s(64.0, 500.0), s(512.0, 100.0)], 1e9);
+        assert_eq!(f.bytes_per_s, 1e9);
+        assert!(f.fixed_ms >= 0.0);
+        let f = fit(&[], 1e9);
+        assert_eq!(
+            f,
+            Fit {
+                fixed_ms: 0.0,
+                bytes_per_s: 1e9
+            }
+        );
+        let f = fit(&[s(f64::NAN, 1.0), s(1.0, -4.0)], 7e8);
+        assert_eq!(f.bytes_per_s, 7e8);
+    }
+
+    #[test]
+    fn learning_from_a_migration_moves_the_calibration() {
+        let r: MigrationResult = serde_json::from_value(serde_json::json!({
+            "status": "ok", "migration": "m", "container": "c", "destination": "d",
+            "technique": "precopy", "rounds": 2, "downtime_ms": 900.0, "total_ms": 2500.0,
+            "bytes_sent": 70000000u64,
+            "round_details": [
+                {"round": 1, "final_round": false, "pages_present": 16384, "new_blocks": 16000, "bytes": 67000000u64, "duration_ms": 600.0, "freeze_ms": 0.0},
+                {"round": 2, "final_round": false, "pages_present": 16384, "new_blocks": 3, "bytes": 12000u64, "duration_ms": 60.0, "freeze_ms": 0.0},
+                {"round": 3, "final_round": true, "pages_present": 16384, "new_blocks": 18, "bytes": 360000u64, "duration_ms": 30.0, "freeze_ms": 30.0}
+            ],
+            "phases": [
+                {"name": "freeze+dump", "start_ms": 700.0, "duration_ms": 300.0},
+                {"name": "transfer", "start_ms": 1000.0, "duration_ms": 30.0, "bytes": 360000u64},
+                {"name": "dest: assemble image", "start_ms": 1030.0, "duration_ms": 100.0},
+                {"name": "dest: CRIU restore", "start_ms": 1150.0, "duration_ms": 400.0}
+            ]
+        }))
+        .unwrap();
+        let mut l = Learned::default();
+        l.learn(&r, 125e6);
+        assert_eq!(l.migrations, 1);
+        for p in ["dump", "hash", "assemble", "restore", "scan"] {
+            assert_eq!(l.samples[p].len(), 1, "{p}");
+        }
+        let c = l.calibration();
+        let m = 16384.0 * 4096.0;
+        // one sample per phase: the calibration reproduces it
+        let dump_ms = m / c.dump_bytes_per_s * 1000.0;
+        assert!(dump_ms <= 300.0 + 1e-6);
+        assert!(c.fixed_downtime_ms >= 0.0 && c.fixed_downtime_ms < 900.0);
+        // a failed migration teaches nothing
+        let mut failed = r.clone();
+        failed.status = "rolled-back".into();
+        l.learn(&failed, 125e6);
+        assert_eq!(l.migrations, 1);
+    }
+}
