@@ -1,0 +1,701 @@
+//! Plan selection: the plan that best meets a container's targets, and a
+//! plain statement of what cannot be met.
+//!
+//! Candidates are cold and pre-copy with 1 to 8 rounds, each under a set of
+//! bandwidth caps. A plan is feasible when every target set by the
+//! annotations holds for its prediction. Among feasible plans the objective
+//! decides (min-downtime: lowest downtime; min-bandwidth: lowest peak rate;
+//! ties go to fewer bytes, then to the simpler plan). When none is feasible,
+//! the plan with the smallest sum of relative violations is chosen, or the
+//! migration is refused if the user asked for `mose.io/strict=true`.
+
+use std::cmp::Ordering;
+
+use serde::{Deserialize, Serialize};
+
+use crate::annotations::{
+    KpiTargets, Objective, Technique, TechniqueChoice, MAX_BANDWIDTH, MAX_DOWNTIME,
+    MAX_MIGRATION_TIME, TECHNIQUE,
+};
+use crate::model::{predict, Calibration, Measurements, PlanParams, Prediction};
+
+/// Highest pre-copy round bound among the candidates; more rounds than this
+/// rarely pay off and the stop rule usually ends the live phase earlier.
+pub const MAX_CANDIDATE_ROUNDS: u32 = 8;
+/// Fractions of the link (or of `mose.io/max-bandwidth`) tried as caps.
+pub const CAP_FRACTIONS: [f64; 7] = [1.0, 0.75, 0.5, 0.35, 0.25, 0.15, 0.1];
+
+/// One target against one plan's prediction.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct TargetCheck {
+    /// The annotation that set the target, e.g. `mose.io/max-downtime`.
+    pub annotation: String,
+    /// The target, in `unit`.
+    pub limit: f64,
+    /// The prediction for the chosen (or closest) plan, in `unit`.
+    pub predicted: f64,
+    /// `ms` or `bit/s`.
+    pub unit: String,
+    pub feasible: bool,
+    /// How far over the limit the prediction is, in `unit`; 0 if feasible.
+    pub miss_by: f64,
+}
+
+impl TargetCheck {
+    fn new(annotation: &str, limit: f64, predicted: f64, unit: &str) -> TargetCheck {
+        let over = predicted - limit;
+        TargetCheck {
+            annotation: annotation.to_string(),
+            limit,
+            predicted,
+            unit: unit.to_string(),
+            feasible: over <= 0.0,
+            miss_by: over.max(0.0),
+        }
+    }
+
+    /// Violation relative to the limit (0 when met).
+    fn relative_miss(&self) -> f64 {
+        if self.limit > 0.0 {
+            self.miss_by / self.limit
+        } else {
+            self.miss_by
+        }
+    }
+
+    /// `200ms`, `300Mbit`: the limit as a user would write it.
+    fn limit_text(&self) -> String {
+        self.fmt_value(self.limit, true)
+    }
+
+    fn fmt_value(&self, v: f64, compact: bool) -> String {
+        match (self.unit.as_str(), compact) {
+            ("ms", true) => fmt_duration_ms(v),
+            ("ms", false) => fmt_ms_spaced(v),
+            (_, true) => fmt_rate(v),
+            (_, false) => format!("{}/s", fmt_rate(v)),
+        }
+    }
+}
+
+/// The outcome of planning: the plan to run (if any), its prediction, every
+/// target checked against it, and a sentence saying why.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Decision {
+    /// `None` when refused.
+    pub plan: Option<PlanParams>,
+    pub predicted: Option<Prediction>,
+    /// One entry per target set by the annotations, checked against the
+    /// chosen plan (or, when refused, against the closest plan).
+    pub targets: Vec<TargetCheck>,
+    /// Every target is predicted to be met.
+    pub feasible: bool,
+    /// No migration should happen.
+    pub refused: bool,
+    /// For humans: the plan chosen and why, or which target cannot be met and by how much.
+    pub reason: String,
+    pub candidates_considered: usize,
+}
+
+impl Decision {
+    fn refuse(reason: String, targets: Vec<TargetCheck>, candidates_considered: usize) -> Decision {
+        Decision {
+            plan: None,
+            predicted: None,
+            targets,
+            feasible: false,
+            refused: true,
+            reason,
+            candidates_considered,
+        }
+    }
+}
+
+/// A candidate evaluated against the targets.
+struct Scored {
+    plan: PlanParams,
+    pred: Prediction,
+    checks: Vec<TargetCheck>,
+}
+
+impl Scored {
+    fn feasible(&self) -> bool {
+        self.checks.iter().all(|c| c.feasible)
+    }
+
+    fn violation(&self) -> f64 {
+        self.checks.iter().map(TargetCheck::relative_miss).sum()
+    }
+}
+
+/// Values within a relative 1e-9 count as equal, so that float noise does
+/// not decide between plans that the model sees as equivalent.
+fn cmp_f64(a: f64, b: f64) -> Ordering {
+    let tol = 1e-9 * a.abs().max(b.abs()).max(1.0);
+    if (a - b).abs() <= tol {
+        Ordering::Equal
+    } else {
+        a.total_cmp(&b)
+    }
+}
+
+/// The objective's order: better plans first.
+fn cmp_objective(objective: Objective, a: &Scored, b: &Scored) -> Ordering {
+    let primary = match objective {
+        Objective::MinDowntime => cmp_f64(a.pred.downtime_ms, b.pred.downtime_ms),
+        Objective::MinBandwidth => a.pred.rate_bps.cmp(&b.pred.rate_bps),
+    };
+    primary.then(a.pred.bytes.cmp(&b.pred.bytes))
+}
+
+/// The bandwidth caps (bit/s) to try; `None` = uncapped.
+fn caps(targets: &KpiTargets, m: &Measurements) -> Vec<Option<u64>> {
+    let mut caps: Vec<Option<u64>> = Vec::new();
+    match targets.max_bandwidth_bps {
+        Some(max) => {
+            // never uncapped: the cap is what MOSE enforces
+            caps.extend(CAP_FRACTIONS.iter().map(|f| Some((max as f64 * f) as u64)));
+        }
+        None => caps.push(None),
+    }
+    if targets.objective == Objective::MinBandwidth {
+        let link_bps = m.link_bytes_per_s * 8.0;
+        caps.extend(CAP_FRACTIONS.iter().map(|f| Some((link_bps * f) as u64)));
+    }
+    let max = targets.max_bandwidth_bps.unwrap_or(u64::MAX);
+    let mut out: Vec<Option<u64>> = Vec::new();
+    for c in caps {
+        let ok = match c {
+            None => true,
+            Some(c) => c > 0 && c <= max,
+        };
+        if ok && !out.contains(&c) {
+            out.push(c);
+        }
+    }
+    out
+}
+
+fn candidates(targets: &KpiTargets, m: &Measurements) -> Vec<PlanParams> {
+    let techniques: Vec<Technique> = match targets.technique {
+        TechniqueChoice::Auto => vec![Technique::Cold, Technique::Precopy],
+        TechniqueChoice::Fixed(t) => vec![t],
+    };
+    let mut out = Vec::new();
+    for cap in caps(targets, m) {
+        for &t in &techniques {
+            let rounds: Vec<u32> = match t {
+                Technique::Cold => vec![0],
+                Technique::Precopy => (1..=MAX_CANDIDATE_ROUNDS).collect(),
+                Technique::Postcopy => vec![0],
+                Technique::Hybrid => vec![1],
+            };
+            for max_rounds in rounds {
+                out.push(PlanParams {
+                    technique: t,
+                    max_rounds,
+                    bandwidth_cap_bps: cap,
+                    compression: false,
+                });
+            }
+        }
+    }
+    out
+}
+
+fn checks(targets: &KpiTargets, p: &Prediction) -> Vec<TargetCheck> {
+    let mut v = Vec::new();
+    if let Some(d) = targets.max_downtime {
+        v.push(TargetCheck::new(
+            MAX_DOWNTIME,
+            d.as_secs_f64() * 1e3,
+            p.downtime_ms,
+            "ms",
+        ));
+    }
+    if let Some(d) = targets.max_migration_time {
+        v.push(TargetCheck::new(
+            MAX_MIGRATION_TIME,
+            d.as_secs_f64() * 1e3,
+            p.total_ms,
+            "ms",
+        ));
+    }
+    if let Some(b) = targets.max_bandwidth_bps {
+        v.push(TargetCheck::new(
+            MAX_BANDWIDTH,
+            b as f64,
+            p.rate_bps as f64,
+            "bit/s",
+        ));
+    }
+    v
+}
+
+/// Chooses how to migrate a container measured as `m` on a node calibrated
+/// as `c`, so that its annotations' `targets` are met.
+///
+/// Never returns a plan using a technique MOSE does not implement; invalid
+/// measurements or calibration give a refused decision naming the field.
+pub fn select(targets: &KpiTargets, m: &Measurements, c: &Calibration) -> Decision {
+    if let TechniqueChoice::Fixed(t) = targets.technique {
+        if !t.is_implemented() {
+            return Decision::refuse(
+                format!("{TECHNIQUE}={t} cannot be used: MOSE does not implement {t} migration yet; use auto, cold or precopy"),
+                Vec::new(),
+                0,
+            );
+        }
+    }
+    if let Err(e) = m.validate().and_then(|()| c.validate()) {
+        return Decision::refuse(format!("cannot plan: {e}"), Vec::new(), 0);
+    }
+    let cands = candidates(targets, m);
+    let considered = cands.len();
+    let mut scored: Vec<Scored> = Vec::new();
+    for plan in cands {
+        match predict(m, c, &plan) {
+            Ok(pred) if pred.available => scored.push(Scored {
+                checks: checks(targets, &pred),
+                plan,
+                pred,
+            }),
+            Ok(_) => {}
+            Err(e) => return Decision::refuse(format!("cannot plan: {e}"), Vec::new(), considered),
+        }
+    }
+    let objective = targets.objective;
+    let best_feasible = scored
+        .iter()
+        .filter(|s| s.feasible())
+        .min_by(|a, b| cmp_objective(objective, a, b));
+    if let Some(best) = best_feasible {
+        return Decision {
+            plan: Some(best.plan),
+            predicted: Some(best.pred),
+            targets: best.checks.clone(),
+            feasible: true,
+            refused: false,
+            reason: format!(
+                "{}: {}; {}",
+                best.plan.describe(),
+                summary(&best.pred),
+                if best.checks.is_empty() {
+                    format!("no targets set, chosen for {objective}")
+                } else {
+                    format!("all targets met, chosen for {objective}")
+                }
+            ),
+            candidates_considered: considered,
+        };
+    }
+    let closest = scored.iter().min_by(|a, b| {
+        cmp_f64(a.violation(), b.violation()).then_with(|| cmp_objective(objective, a, b))
+    });
+    let Some(closest) = closest else {
+        return Decision::refuse("no plan could be evaluated".into(), Vec::new(), considered);
+    };
+    let misses: Vec<String> = closest
+        .checks
+        .iter()
+        .filter(|c| !c.feasible)
+        .map(|c| {
+            format!(
+                "{}={} cannot be met: the best plan ({}) is predicted at {}, {} over",
+                c.annotation,
+                c.limit_text(),
+                closest.plan.describe(),
+                c.fmt_value(c.predicted, false),
+                c.fmt_value(c.miss_by, false),
+            )
+        })
+        .collect();
+    let misses = misses.join("; ");
+    if targets.strict {
+        return Decision::refuse(
+            format!("refused (mose.io/strict=true): {misses}"),
+            closest.checks.clone(),
+            considered,
+        );
+    }
+    Decision {
+        plan: Some(closest.plan),
+        predicted: Some(closest.pred),
+        targets: closest.checks.clone(),
+        feasible: false,
+        refused: false,
+        reason: format!(
+            "{misses}; running the closest plan ({})",
+            summary(&closest.pred)
+        ),
+        candidates_considered: considered,
+    }
+}
+
+fn summary(p: &Prediction) -> String {
+    format!(
+        "predicted downtime {}, total {}, {} on the wire at up to {}/s",
+        fmt_ms_spaced(p.downtime_ms),
+        fmt_ms_spaced(p.total_ms),
+        fmt_bytes(p.bytes),
+        fmt_rate(p.rate_bps as f64)
+    )
+}
+
+/// Trims a fixed-point number: `1.500` → `1.5`, `2.000` → `2`.
+fn trim_num(v: f64, decimals: usize) -> String {
+    let s = format!("{v:.decimals$}");
+    if s.contains('.') {
+        s.trim_end_matches('0').trim_end_matches('.').to_string()
+    } else {
+        s
+    }
+}
+
+/// `200ms`, `1.5s`: a duration in the annotation's own form.
+pub fn fmt_duration_ms(ms: f64) -> String {
+    if ms >= 1000.0 {
+        format!("{}s", trim_num(ms / 1e3, 3))
+    } else {
+        format!("{}ms", trim_num(ms, 3))
+    }
+}
+
+/// `540 ms`, `2.3 s`: a predicted duration in prose.
+fn fmt_ms_spaced(ms: f64) -> String {
+    if ms >= 10_000.0 {
+        format!("{} s", trim_num(ms / 1e3, 1))
+    } else {
+        format!("{} ms", trim_num(ms, 0))
+    }
+}
+
+/// `300Mbit`, `2.5Gbit`: a rate (bit/s) in the annotation's own form.
+pub fn fmt_rate(bps: f64) -> String {
+    let units = [(1e12, "Tbit"), (1e9, "Gbit"), (1e6, "Mbit"), (1e3, "kbit")];
+    for (scale, name) in units {
+        if bps >= scale {
+            return format!("{}{name}", trim_num(bps / scale, 2));
+        }
+    }
+    format!("{}bit", trim_num(bps, 0))
+}
+
+fn fmt_bytes(b: u64) -> String {
+    let mib = b as f64 / (1024.0 * 1024.0);
+    if mib >= 1024.0 {
+        format!("{} GiB", trim_num(mib / 1024.0, 2))
+    } else {
+        format!("{} MiB", trim_num(mib, 1))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use super::*;
+    use crate::annotations::parse_pairs;
+
+    const MIB: u64 = 1024 * 1024;
+
+    fn meas(mem_mib: u64, dirty_mib_s: f64, link_mbit: f64) -> Measurements {
+        Measurements {
+            memory_bytes: mem_mib * MIB,
+            dirty_bytes_per_s: dirty_mib_s * MIB as f64,
+            working_set_bytes: None,
+            link_bytes_per_s: link_mbit * 1e6 / 8.0,
+        }
+    }
+
+    fn targets(pairs: &[(&str, &str)]) -> KpiTargets {
+        parse_pairs(pairs.iter().copied()).unwrap()
+    }
+
+    fn run(pairs: &[(&str, &str)], m: &Measurements) -> Decision {
+        let d = select(&targets(pairs), m, &Calibration::default());
+        // every decision is well-formed JSON that round-trips
+        let back: Decision = serde_json::from_str(&serde_json::to_string(&d).unwrap()).unwrap();
+        assert_eq!(back, d);
+        d
+    }
+
+    #[test]
+    fn no_targets_min_downtime_prefers_precopy() {
+        let d = run(&[], &meas(512, 8.0, 1000.0));
+        assert!(d.feasible && !d.refused, "{d:?}");
+        assert_eq!(d.plan.unwrap().technique, Technique::Precopy);
+        assert!(d.targets.is_empty());
+        assert_eq!(d.candidates_considered, 9);
+        assert!(d.reason.contains("no targets set"), "{}", d.reason);
+    }
+
+    #[test]
+    fn tight_downtime_picks_precopy_over_cold() {
+        let m = meas(512, 8.0, 1000.0);
+        let cold = predict(
+            &m,
+            &Calibration::default(),
+            &PlanParams {
+                technique: Technique::Cold,
+                max_rounds: 0,
+                bandwidth_cap_bps: None,
+                compression: false,
+            },
+        )
+        .unwrap();
+        // a budget cold cannot meet
+        let budget = format!("{}ms", (cold.downtime_ms * 0.8) as u64);
+        let d = run(&[(MAX_DOWNTIME, &budget), (MAX_MIGRATION_TIME, "30s")], &m);
+        assert!(d.feasible, "{d:?}");
+        assert_eq!(d.plan.unwrap().technique, Technique::Precopy);
+        assert!(d.targets.iter().all(|t| t.feasible && t.miss_by == 0.0));
+        assert_eq!(d.targets[0].annotation, MAX_DOWNTIME);
+        assert_eq!(d.targets[0].unit, "ms");
+    }
+
+    #[test]
+    fn migration_time_limit_can_force_cold() {
+        // pre-copy adds a live phase; a tight total-time budget leaves only cold
+        let m = meas(512, 8.0, 100.0);
+        let d = run(&[], &m);
+        let pre = d.predicted.unwrap();
+        assert_eq!(d.plan.unwrap().technique, Technique::Precopy);
+        let cold = run(&[(TECHNIQUE, "cold")], &m).predicted.unwrap();
+        assert!(cold.total_ms < pre.total_ms);
+        // pre-copy sends all memory live and then the final delta: it always
+        // takes longer than cold
+        let limit = format!("{}ms", (cold.total_ms + 1.0) as u64);
+        let d = run(&[(MAX_MIGRATION_TIME, &limit)], &m);
+        assert!(d.feasible, "{d:?}");
+        assert_eq!(d.plan.unwrap().technique, Technique::Cold);
+    }
+
+    /// Every candidate plan a brute-force search would consider.
+    fn all_candidates(m: &Measurements) -> Vec<PlanParams> {
+        let mut caps = vec![None];
+        caps.extend(
+            CAP_FRACTIONS
+                .iter()
+                .map(|f| Some((m.link_bytes_per_s * 8.0 * f) as u64)),
+        );
+        let mut v = Vec::new();
+        for cap in caps {
+            let mut push = |technique, max_rounds| {
+                v.push(PlanParams {
+                    technique,
+                    max_rounds,
+                    bandwidth_cap_bps: cap,
+                    compression: false,
+                })
+            };
+            push(Technique::Cold, 0);
+            for k in 1..=MAX_CANDIDATE_ROUNDS {
+                push(Technique::Precopy, k);
+            }
+        }
+        v
+    }
+
+    #[test]
+    fn min_bandwidth_uses_the_lowest_rate_that_meets_the_targets() {
+        let obj = crate::annotations::OBJECTIVE;
+        let m = meas(256, 16.0, 1000.0);
+        let free = run(&[(obj, "min-bandwidth")], &m);
+        assert!(free.feasible);
+        // no limits: the smallest fraction of the link
+        assert_eq!(
+            free.plan.unwrap().bandwidth_cap_bps,
+            Some(100_000_000),
+            "{free:?}"
+        );
+        assert!(free.predicted.unwrap().rate_bps <= 100_000_000);
+
+        // at 100Mbit the container dirties faster than pre-copy sends, so a
+        // downtime limit forces a faster plan, but no faster than needed
+        let d = run(&[(obj, "min-bandwidth"), (MAX_DOWNTIME, "2s")], &m);
+        assert!(d.feasible, "{d:?}");
+        let p = d.predicted.unwrap();
+        assert!(p.downtime_ms <= 2000.0);
+        assert!(p.rate_bps > free.predicted.unwrap().rate_bps, "{d:?}");
+        for pp in all_candidates(&m) {
+            let pr = predict(&m, &Calibration::default(), &pp).unwrap();
+            if pr.downtime_ms <= 2000.0 {
+                assert!(pr.rate_bps >= p.rate_bps, "{pp:?} {pr:?} beats {d:?}");
+            }
+        }
+    }
+
+    #[test]
+    fn min_downtime_is_the_best_of_all_candidates() {
+        let m = meas(512, 24.0, 300.0);
+        let d = run(&[], &m);
+        let best = d.predicted.unwrap().downtime_ms;
+        for pp in all_candidates(&m) {
+            let pr = predict(&m, &Calibration::default(), &pp).unwrap();
+            assert!(pr.downtime_ms >= best - 1e-6, "{pp:?} {pr:?} beats {d:?}");
+        }
+    }
+
+    #[test]
+    fn max_bandwidth_is_never_exceeded() {
+        for objective in ["min-downtime", "min-bandwidth"] {
+            let m = meas(512, 8.0, 1000.0);
+            let d = run(
+                &[
+                    (MAX_BANDWIDTH, "300Mbit"),
+                    (crate::annotations::OBJECTIVE, objective),
+                ],
+                &m,
+            );
+            let plan = d.plan.unwrap();
+            let cap = plan.bandwidth_cap_bps.unwrap();
+            assert!(cap <= 300_000_000, "{objective}: {plan:?}");
+            assert!(d.predicted.unwrap().rate_bps <= 300_000_000);
+            let check = d
+                .targets
+                .iter()
+                .find(|t| t.annotation == MAX_BANDWIDTH)
+                .unwrap();
+            assert!(check.feasible && check.unit == "bit/s");
+            if objective == "min-downtime" {
+                assert_eq!(cap, 300_000_000, "min-downtime uses all it may");
+            }
+        }
+        // a cap above the link: the plan still carries the cap
+        let d = run(&[(MAX_BANDWIDTH, "10Gbit")], &meas(64, 0.0, 1000.0));
+        assert_eq!(d.plan.unwrap().bandwidth_cap_bps, Some(10_000_000_000));
+    }
+
+    #[test]
+    fn unreachable_target_runs_the_closest_plan_and_says_why() {
+        // 2 GiB cannot be dumped and restored in 200 ms whatever the technique
+        let m = meas(2048, 1.0, 1000.0);
+        let d = run(&[(MAX_DOWNTIME, "200ms")], &m);
+        assert!(!d.feasible && !d.refused, "{d:?}");
+        assert!(d.plan.is_some());
+        let t = &d.targets[0];
+        assert!(!t.feasible && t.miss_by > 0.0);
+        assert!((t.predicted - t.limit - t.miss_by).abs() < 1e-6);
+        assert!(
+            d.reason
+                .starts_with("mose.io/max-downtime=200ms cannot be met: the best plan (precopy"),
+            "{}",
+            d.reason
+        );
+        assert!(d.reason.contains(" ms over"), "{}", d.reason);
+        // the closest plan is the lowest-downtime one when only downtime is set
+        let free = run(&[], &m);
+        assert_eq!(free.predicted, d.predicted);
+    }
+
+    #[test]
+    fn strict_refuses_instead() {
+        let m = meas(2048, 64.0, 100.0);
+        let d = run(
+            &[
+                (MAX_DOWNTIME, "200ms"),
+                (crate::annotations::STRICT, "true"),
+            ],
+            &m,
+        );
+        assert!(d.refused && !d.feasible && d.plan.is_none() && d.predicted.is_none());
+        assert!(
+            d.reason.starts_with(
+                "refused (mose.io/strict=true): mose.io/max-downtime=200ms cannot be met"
+            ),
+            "{}",
+            d.reason
+        );
+        assert_eq!(d.targets.len(), 1);
+        // strict with reachable targets runs normally
+        let d = run(
+            &[(MAX_DOWNTIME, "60s"), (crate::annotations::STRICT, "true")],
+            &meas(512, 1.0, 1000.0),
+        );
+        assert!(d.feasible && !d.refused && d.plan.is_some());
+    }
+
+    #[test]
+    fn closest_plan_balances_several_misses() {
+        let m = meas(2048, 64.0, 100.0);
+        let d = run(&[(MAX_DOWNTIME, "100ms"), (MAX_MIGRATION_TIME, "1s")], &m);
+        assert!(!d.feasible);
+        assert_eq!(d.reason.matches("cannot be met").count(), 2, "{}", d.reason);
+        assert!(
+            d.reason.contains("mose.io/max-migration-time=1s"),
+            "{}",
+            d.reason
+        );
+    }
+
+    #[test]
+    fn explicit_technique_is_respected() {
+        let m = meas(512, 8.0, 1000.0);
+        let d = run(&[(TECHNIQUE, "cold")], &m);
+        assert_eq!(d.plan.unwrap().technique, Technique::Cold);
+        assert_eq!(d.candidates_considered, 1);
+        let d = run(&[(TECHNIQUE, "precopy"), (MAX_DOWNTIME, "10s")], &m);
+        assert_eq!(d.plan.unwrap().technique, Technique::Precopy);
+        assert!(d.feasible);
+        // cold is forced even when it misses the target
+        let d = run(&[(TECHNIQUE, "cold"), (MAX_DOWNTIME, "10ms")], &m);
+        assert_eq!(d.plan.unwrap().technique, Technique::Cold);
+        assert!(!d.feasible);
+    }
+
+    #[test]
+    fn unavailable_technique_is_refused_never_planned() {
+        for t in ["postcopy", "hybrid"] {
+            let d = run(&[(TECHNIQUE, t)], &meas(512, 8.0, 1000.0));
+            assert!(d.refused && !d.feasible && d.plan.is_none(), "{d:?}");
+            assert!(
+                d.reason.contains(&format!("mose.io/technique={t}")),
+                "{}",
+                d.reason
+            );
+            assert!(d.reason.contains("does not implement"));
+        }
+    }
+
+    #[test]
+    fn bad_measurements_are_refused_naming_the_field() {
+        let d = run(&[], &meas(512, 8.0, 0.0));
+        assert!(d.refused);
+        assert!(
+            d.reason.contains("measurements.link_bytes_per_s"),
+            "{}",
+            d.reason
+        );
+    }
+
+    #[test]
+    fn auto_never_picks_an_unavailable_technique() {
+        for (mem, dirty, link) in [(64, 0.0, 10.0), (4096, 4096.0, 10.0), (1, 1.0, 10_000.0)] {
+            for obj in ["min-downtime", "min-bandwidth"] {
+                let d = run(
+                    &[(crate::annotations::OBJECTIVE, obj), (MAX_DOWNTIME, "1ms")],
+                    &meas(mem, dirty, link),
+                );
+                assert!(d.plan.unwrap().technique.is_implemented());
+            }
+        }
+    }
+
+    #[test]
+    fn formatting() {
+        assert_eq!(fmt_duration_ms(200.0), "200ms");
+        assert_eq!(fmt_duration_ms(1500.0), "1.5s");
+        assert_eq!(fmt_duration_ms(0.5), "0.5ms");
+        assert_eq!(fmt_rate(300e6), "300Mbit");
+        assert_eq!(fmt_rate(2.5e9), "2.5Gbit");
+        assert_eq!(fmt_rate(12.0), "12bit");
+        assert_eq!(fmt_ms_spaced(540.4), "540 ms");
+        assert_eq!(fmt_ms_spaced(12_345.0), "12.3 s");
+        assert_eq!(
+            Duration::from_millis(200).as_secs_f64() * 1e3,
+            200.0,
+            "limits are exact in ms"
+        );
+    }
+}
