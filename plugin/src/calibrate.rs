@@ -262,7 +262,8 @@ impl Store {
     /// and tmpfs writes of `mib` MiB, and a live scan of that much memory.
     pub fn calibrate_startup(&mut self, tmpfs: &std::path::Path, mib: usize) -> Result<()> {
         let have = |p: &str| self.learned.samples.get(p).is_some_and(|v| !v.is_empty());
-        if have("hash") && have("assemble") && have("scan") {
+        let (has_hash, has_assemble, has_scan) = (have("hash"), have("assemble"), have("scan"));
+        if has_hash && has_assemble && has_scan {
             return Ok(());
         }
         let bytes = mib << 20;
@@ -288,13 +289,13 @@ impl Store {
         std::hint::black_box(&hashes);
         drop(data);
         let b = bytes as f64;
-        if !have("hash") {
+        if !has_hash {
             self.learned.add("hash", b, hash_ms);
         }
-        if !have("assemble") {
+        if !has_assemble {
             self.learned.add("assemble", b, write_ms);
         }
-        if !have("scan") {
+        if !has_scan {
             self.learned.add("scan", scanned, scan_ms);
         }
         Ok(())

@@ -1,10 +1,12 @@
 //! MOSE's node plugin: the migration endpoint that receives containers
 //! (`mose-plugin`), and the source side that sends them (`mosectl migrate`).
 
+pub mod calibrate;
 pub mod containerd;
 pub mod endpoint;
 pub mod measure;
 pub mod memory;
+pub mod policy;
 pub mod result;
 pub mod rootfs;
 pub mod source;

@@ -1,11 +1,12 @@
 //! `mose-plugin`: a node's MOSE endpoint. Receives migrations from other nodes
 //! over mutually authenticated TLS and restores them into the local containerd.
 
-use std::{net::SocketAddr, path::PathBuf, time::Duration};
+use std::{collections::HashMap, net::SocketAddr, path::PathBuf, time::Duration};
 
 use clap::Parser;
 use mose_plugin::{
     endpoint::{serve, EndpointConfig},
+    policy::{serve_policy, PolicyConfig},
     tls::Identity,
 };
 
@@ -36,6 +37,38 @@ struct Args {
     /// Seconds a silent source may stall a transfer before it is discarded.
     #[arg(long, default_value_t = 10)]
     io_timeout: u64,
+    /// Unix socket of the policy hook (`mosectl plan`, `mosectl migrate`).
+    #[arg(long, default_value = "/run/mose/policy.sock")]
+    policy_socket: PathBuf,
+    /// A program replacing the built-in policy: a plan request as JSON on
+    /// stdin, a decision as JSON on stdout (see docs/policy.md).
+    #[arg(long)]
+    policy_program: Option<PathBuf>,
+    /// Seconds the policy program may take.
+    #[arg(long, default_value_t = 5)]
+    policy_timeout: u64,
+    /// A configured link rate instead of probing: HOST:PORT=RATE, e.g.
+    /// 10.0.0.2:7700=300Mbit (repeatable).
+    #[arg(long = "link", value_parser = parse_link)]
+    links: Vec<(String, f64)>,
+    /// MiB sent by a link probe.
+    #[arg(long, default_value_t = 8)]
+    probe_mib: u64,
+    /// Seconds a measurement stays fresh.
+    #[arg(long, default_value_t = 30)]
+    measure_max_age: u64,
+    /// Milliseconds between the two snapshots of a dirty-rate sample.
+    #[arg(long, default_value_t = 1000)]
+    sample_ms: u64,
+}
+
+/// `HOST:PORT=RATE` with RATE in the form of `mose.io/max-bandwidth`.
+fn parse_link(s: &str) -> Result<(String, f64), String> {
+    let (dest, rate) = s
+        .rsplit_once('=')
+        .ok_or_else(|| format!("--link {s:?}: expected HOST:PORT=RATE, e.g. 10.0.0.2:7700=300Mbit"))?;
+    let bps = mose_policy::annotations::parse_rate(rate).map_err(|e| format!("--link {s:?}: {e}"))?;
+    Ok((dest.to_string(), bps as f64 / 8.0))
 }
 
 #[tokio::main]
@@ -57,7 +90,32 @@ async fn main() {
         release_timeout: Duration::from_secs(a.io_timeout.max(5)),
         io_timeout: Duration::from_secs(a.io_timeout),
     };
-    if let Err(e) = serve(cfg).await {
+    let policy = PolicyConfig {
+        socket: a.policy_socket,
+        containerd: cfg.containerd.clone(),
+        identity: cfg.identity.clone(),
+        state_dir: cfg.state_dir.clone(),
+        scratch: cfg.work_root.clone(),
+        program: a.policy_program,
+        program_timeout: Duration::from_secs(a.policy_timeout.max(1)),
+        links: a.links.into_iter().collect::<HashMap<_, _>>(),
+        probe_bytes: a.probe_mib.clamp(1, 256) << 20,
+        max_age: Duration::from_secs(a.measure_max_age),
+        sample_interval: Duration::from_millis(a.sample_ms.max(50)),
+        sample_stride: 4,
+        refresh_every: Duration::from_secs(a.measure_max_age.max(5)),
+        io_timeout: cfg.io_timeout,
+    };
+    // both servers use the tmpfs work root: mount it once, before either starts
+    if let Err(e) = mose_plugin::ensure_tmpfs(&cfg.work_root) {
+        eprintln!("mose-plugin: {e:#}");
+        std::process::exit(1);
+    }
+    let r = tokio::select! {
+        r = serve(cfg) => r,
+        r = serve_policy(policy) => r,
+    };
+    if let Err(e) = r {
         eprintln!("mose-plugin: {e:#}");
         std::process::exit(1);
     }
