@@ -536,7 +536,35 @@ fn read_spec(bundle: &Path) -> Result<serde_json::Value> {
     let spec: serde_json::Value = serde_json::from_str(&text)
         .map_err(|e| Error::InvalidArgument(format!("invalid OCI spec {}: {e}", path.display())))?;
     validate_spec(&spec).map_err(|m| Error::InvalidArgument(format!("invalid OCI spec: {m}")))?;
+    validate_annotations(&spec)?;
     Ok(spec)
+}
+
+/// Refuses a spec whose `mose.io/*` annotations (the user's migration
+/// targets) are malformed, so a typo fails `ctr run` at once rather than
+/// surprising the user at migration time. The message is mose-policy's own,
+/// naming the annotation, quoting the value and stating the accepted form.
+/// Reading only: runs before anything is written or the runtime is invoked.
+pub fn validate_annotations(spec: &serde_json::Value) -> Result<()> {
+    let Some(annotations) = spec.get("annotations").and_then(|a| a.as_object()) else {
+        return Ok(());
+    };
+    let mut pairs = Vec::with_capacity(annotations.len());
+    for (key, value) in annotations {
+        match value.as_str() {
+            Some(v) => pairs.push((key.as_str(), v)),
+            None if key.starts_with(mose_policy::annotations::PREFIX) => {
+                return Err(Error::InvalidArgument(format!(
+                    "annotation {key}={value}: expected a string value"
+                )))
+            }
+            // not ours; the OCI runtime judges it
+            None => {}
+        }
+    }
+    mose_policy::annotations::parse_pairs(pairs)
+        .map(|_| ())
+        .map_err(|e| Error::InvalidArgument(e.to_string()))
 }
 
 /// Checks what the runtime would otherwise reject with a less clear message.
@@ -678,6 +706,54 @@ mod tests {
         .unwrap_err();
         assert!(e.contains("not an absolute path"));
         assert!(validate_spec(&serde_json::json!([1])).is_err());
+    }
+
+    #[test]
+    fn mose_annotations_are_validated() {
+        let spec = |ann: serde_json::Value| serde_json::json!({"ociVersion":"1.0.2","process":{"args":["sh"]},"annotations":ann});
+        assert!(validate_annotations(&serde_json::json!({"ociVersion":"1.0.2"})).is_ok());
+        let ok = spec(serde_json::json!({
+            "mose.io/max-downtime": "200ms",
+            "mose.io/technique": "precopy",
+            "org.criu.config": "/x",
+            "example.com/number": 3
+        }));
+        assert!(validate_annotations(&ok).is_ok());
+        let e = validate_annotations(&spec(serde_json::json!({"mose.io/max-downtime": "abc"})))
+            .unwrap_err();
+        assert!(matches!(e, Error::InvalidArgument(_)));
+        assert_eq!(
+            e.to_string(),
+            mose_policy::annotations::parse_pairs([("mose.io/max-downtime", "abc")])
+                .unwrap_err()
+                .to_string()
+        );
+        assert!(e.to_string().contains("200ms"));
+        let e = validate_annotations(&spec(serde_json::json!({"mose.io/max-downtme": "1s"})))
+            .unwrap_err();
+        assert!(e.to_string().contains("did you mean mose.io/max-downtime"));
+        let e =
+            validate_annotations(&spec(serde_json::json!({"mose.io/strict": true}))).unwrap_err();
+        assert!(e.to_string().contains("expected a string"));
+    }
+
+    #[test]
+    fn create_with_bad_annotations_leaves_the_bundle_untouched() {
+        let dir = tempfile::tempdir().unwrap();
+        let spec = serde_json::json!({"ociVersion":"1.0.2","process":{"args":["sh"],"cwd":"/"},
+            "annotations":{"mose.io/max-bandwidth":"fast"}});
+        let text = spec.to_string();
+        std::fs::write(dir.path().join("config.json"), &text).unwrap();
+        let e = read_spec(dir.path()).unwrap_err();
+        assert!(e
+            .to_string()
+            .starts_with("annotation mose.io/max-bandwidth=\"fast\""));
+        let names: Vec<_> = std::fs::read_dir(dir.path()).unwrap().collect();
+        assert_eq!(names.len(), 1, "only config.json");
+        assert_eq!(
+            std::fs::read_to_string(dir.path().join("config.json")).unwrap(),
+            text
+        );
     }
 
     #[test]

@@ -253,3 +253,77 @@ async fn failing_criu_checkpoint_reports_error_and_keeps_task() {
     e.ctr.force_remove(id);
     e.assert_clean(id, &pids);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn malformed_mose_annotations_are_rejected_at_create() {
+    if mose_tests::runtime_is_runc() {
+        return; // the mose.io/* contract is MOSE's own
+    }
+    let e = env("bad");
+    let c = e.client().await;
+
+    // Through the spec, as the CRI plugin passes pod annotations.
+    let id = "annot";
+    e.create_container(id, &[], &["true"]).await;
+    let mut spec = c.container_spec(id).await.unwrap();
+    spec["annotations"] = serde_json::json!({
+        "mose.io/max-downtime": "abc",
+        "mose.io/objective": "min-downtime",
+    });
+    c.set_container_spec(id, &spec).await.unwrap();
+    let t = Instant::now();
+    let r = c.create_task(id, &Default::default()).await;
+    let err = expect_error("malformed annotation", r, t, &["mose.io/max-downtime"]);
+    mose_says(
+        "malformed annotation",
+        &err,
+        &[
+            "annotation mose.io/max-downtime=\"abc\": expected a duration such as 200ms or 1.5s",
+            "InvalidArgument",
+        ],
+    );
+    remove_and_check(&e, id).await;
+
+    // Through `ctr run --annotation`: a typo in the key.
+    let id = "annotypo";
+    let out = e.run(
+        id,
+        &["--annotation", "mose.io/max-downtme=200ms"],
+        &["true"],
+    );
+    assert!(!out.success(), "ctr run must fail: {out:?}");
+    for needle in ["mose.io/max-downtme", "did you mean mose.io/max-downtime?"] {
+        assert!(out.stderr.contains(needle), "{needle:?} missing: {out:?}");
+    }
+    assert!(
+        c.state(id, "").await.is_err(),
+        "no task may exist after a failed create"
+    );
+    e.ctr.force_remove(id);
+    e.assert_clean(id, &[]);
+
+    // A valid set is accepted and the container runs.
+    let id = "annotok";
+    let out = e.run(
+        id,
+        &[
+            "--rm",
+            "--annotation",
+            "mose.io/max-downtime=200ms",
+            "--annotation",
+            "mose.io/max-migration-time=5s",
+            "--annotation",
+            "mose.io/objective=min-bandwidth",
+            "--annotation",
+            "mose.io/max-bandwidth=300Mbit",
+            "--annotation",
+            "mose.io/technique=precopy",
+            "--annotation",
+            "mose.io/strict=true",
+        ],
+        &["echo", "annotated"],
+    );
+    let out = out.check().expect("valid annotations are accepted");
+    assert!(out.stdout.contains("annotated"), "{out:?}");
+    e.assert_clean(id, &[]);
+}
