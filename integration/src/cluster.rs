@@ -51,6 +51,13 @@ fn run(cmd: &mut std::process::Command, what: &str) -> Result<String> {
 impl Cluster {
     /// Brings up `nodes` nodes with their plugins and cluster credentials.
     pub fn up(nodes: usize, rate_mbit: Option<u32>) -> Result<Self> {
+        Self::up_with(nodes, rate_mbit, &[])
+    }
+
+    /// Like [`Cluster::up`], with extra `mose-plugin` arguments for every node
+    /// (e.g. `--policy-program`).
+    pub fn up_with(nodes: usize, rate_mbit: Option<u32>, plugin_args: &[String]) -> Result<Self> {
+        let plugin_args = plugin_args.to_vec();
         let bin = bin_dir()?;
         let tls = tempfile::Builder::new()
             .prefix("mose-tls-")
@@ -106,7 +113,12 @@ impl Cluster {
                         ),
                         "--state".into(),
                         node.dir().join("mose-state").display().to_string(),
-                    ],
+                        "--policy-socket".into(),
+                        node.dir().join("policy.sock").display().to_string(),
+                    ]
+                    .into_iter()
+                    .chain(plugin_args.iter().cloned())
+                    .collect::<Vec<_>>(),
                 ))
             });
         if let Some(r) = rate_mbit {
@@ -150,6 +162,8 @@ impl Cluster {
             .arg(&self.tls)
             .args(["--node", src.name(), "--state"])
             .arg(src.dir().join("mose-state"))
+            .arg("--policy-socket")
+            .arg(self.policy_socket(from)?)
             .args(["--output", "json"])
             .args(extra);
         let o = cmd.output().context("running mosectl migrate")?;
@@ -157,6 +171,39 @@ impl Cluster {
         serde_json::from_str(text.trim()).with_context(|| {
             format!(
                 "mosectl printed no JSON result: stdout {text:?}, stderr {:?}",
+                String::from_utf8_lossy(&o.stderr)
+            )
+        })
+    }
+
+    /// Node `i`'s policy hook socket.
+    pub fn policy_socket(&self, i: usize) -> Result<PathBuf> {
+        Ok(self.node(i)?.dir().join("policy.sock"))
+    }
+
+    /// Runs `mosectl plan` on node `from` for a migration to node `to`.
+    pub fn plan(&self, from: usize, to: usize, ns: &str, id: &str) -> Result<serde_json::Value> {
+        let src = self.node(from)?;
+        let o = src
+            .command(self.bin.join("mosectl"))
+            .args([
+                "plan",
+                "--namespace",
+                ns,
+                id,
+                "--to",
+                &self.endpoint(to)?,
+                "--output",
+                "json",
+                "--policy-socket",
+            ])
+            .arg(self.policy_socket(from)?)
+            .output()
+            .context("running mosectl plan")?;
+        let text = String::from_utf8_lossy(&o.stdout);
+        serde_json::from_str(text.trim()).with_context(|| {
+            format!(
+                "mosectl plan printed no JSON: stdout {text:?}, stderr {:?}",
                 String::from_utf8_lossy(&o.stderr)
             )
         })

@@ -136,12 +136,8 @@ impl Learned {
     /// that falls inside the freeze folded into `fixed_downtime_ms`.
     pub fn calibration(&self) -> Calibration {
         let d = Calibration::default();
-        let f = |p: &str, prior: f64| {
-            fit(
-                self.samples.get(p).map(Vec::as_slice).unwrap_or(&[]),
-                prior,
-            )
-        };
+        let f =
+            |p: &str, prior: f64| fit(self.samples.get(p).map(Vec::as_slice).unwrap_or(&[]), prior);
         let scan = f("scan", d.scan_bytes_per_s);
         let dump = f("dump", d.dump_bytes_per_s);
         let hash = f("hash", d.hash_bytes_per_s);
@@ -205,7 +201,10 @@ impl Learned {
             explained += p.duration_ms;
         }
         if explained > 0.0 {
-            push(&mut self.other_downtime_ms, (r.downtime_ms - explained).max(0.0));
+            push(
+                &mut self.other_downtime_ms,
+                (r.downtime_ms - explained).max(0.0),
+            );
         }
         let mut live = 0.0;
         for round in r.round_details.iter().filter(|x| !x.final_round) {
@@ -266,37 +265,39 @@ impl Store {
         if has_hash && has_assemble && has_scan {
             return Ok(());
         }
-        let bytes = mib << 20;
-        let mut data = vec![0u8; bytes];
-        for (i, c) in data.chunks_mut(8).enumerate() {
-            let x = (i as u64).wrapping_mul(0x9e37_79b9_7f4a_7c15);
-            c.copy_from_slice(&x.to_le_bytes()[..c.len()]);
-        }
-        let t = std::time::Instant::now();
-        let hashes = mose_wire::blocks::hash_blocks(&data);
-        let hash_ms = t.elapsed().as_secs_f64() * 1000.0;
-        let file = tmpfs.join(".mose-calibration");
-        let t = std::time::Instant::now();
-        std::fs::write(&file, &data).with_context(|| format!("writing {}", file.display()))?;
-        let write_ms = t.elapsed().as_secs_f64() * 1000.0;
-        let _ = std::fs::remove_file(&file);
-        // a live scan of this process reads the same buffer through /proc
-        let t = std::time::Instant::now();
-        let mut known = std::collections::HashSet::new();
-        let stats = crate::memory::scan(&[std::process::id()], &mut known, |_| Ok(()))?;
-        let scan_ms = t.elapsed().as_secs_f64() * 1000.0;
-        let scanned = (stats.pages_present * mose_wire::BLOCK_SIZE as u64) as f64;
-        std::hint::black_box(&hashes);
-        drop(data);
-        let b = bytes as f64;
-        if !has_hash {
-            self.learned.add("hash", b, hash_ms);
-        }
-        if !has_assemble {
-            self.learned.add("assemble", b, write_ms);
-        }
-        if !has_scan {
-            self.learned.add("scan", scanned, scan_ms);
+        // two sizes, so the fit separates fixed costs from throughput
+        for bytes in [(mib / 4).max(1) << 20, mib << 20] {
+            let mut data = vec![0u8; bytes];
+            for (i, c) in data.chunks_mut(8).enumerate() {
+                let x = (i as u64).wrapping_mul(0x9e37_79b9_7f4a_7c15);
+                c.copy_from_slice(&x.to_le_bytes()[..c.len()]);
+            }
+            let t = std::time::Instant::now();
+            let hashes = mose_wire::blocks::hash_blocks(&data);
+            let hash_ms = t.elapsed().as_secs_f64() * 1000.0;
+            std::hint::black_box(&hashes);
+            let file = tmpfs.join(".mose-calibration");
+            let t = std::time::Instant::now();
+            std::fs::write(&file, &data).with_context(|| format!("writing {}", file.display()))?;
+            let write_ms = t.elapsed().as_secs_f64() * 1000.0;
+            let _ = std::fs::remove_file(&file);
+            // a live scan of this process reads the same buffer through /proc
+            let t = std::time::Instant::now();
+            let mut known = std::collections::HashSet::new();
+            let stats = crate::memory::scan(&[std::process::id()], &mut known, |_| Ok(()))?;
+            let scan_ms = t.elapsed().as_secs_f64() * 1000.0;
+            let scanned = (stats.pages_present * mose_wire::BLOCK_SIZE as u64) as f64;
+            drop(data);
+            let b = bytes as f64;
+            if !has_hash {
+                self.learned.add("hash", b, hash_ms);
+            }
+            if !has_assemble {
+                self.learned.add("assemble", b, write_ms);
+            }
+            if !has_scan {
+                self.learned.add("scan", scanned, scan_ms);
+            }
         }
         Ok(())
     }

@@ -57,7 +57,10 @@ pub async fn serve(cfg: EndpointConfig) -> Result<()> {
         .with_context(|| format!("creating {}", cfg.state_dir.display()))?;
     // whatever an earlier, killed endpoint left half-received is garbage now
     if let Ok(rd) = std::fs::read_dir(&cfg.work_root) {
-        for e in rd.flatten().filter(|e| !e.file_name().to_string_lossy().starts_with(".mose-")) {
+        for e in rd
+            .flatten()
+            .filter(|e| !e.file_name().to_string_lossy().starts_with(".mose-"))
+        {
             warn!(path = %e.path().display(), "removing a stale incoming migration");
             let _ = std::fs::remove_dir_all(e.path());
         }

@@ -95,7 +95,9 @@ pub fn sample_memory(pids: &[u32], interval: Duration, stride: u64) -> Result<Me
     let (after, present) = snapshot(pids, stride);
     // the two snapshots each take time: the interval is start to start
     let elapsed = t0.elapsed().as_secs_f64() - interval.as_secs_f64() / 2.0;
-    let span = interval.as_secs_f64().max(elapsed.min(interval.as_secs_f64() * 2.0));
+    let span = interval
+        .as_secs_f64()
+        .max(elapsed.min(interval.as_secs_f64() * 2.0));
     let zero = zero_hash();
     let changed = after
         .iter()

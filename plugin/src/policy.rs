@@ -154,7 +154,10 @@ pub async fn serve_policy(cfg: PolicyConfig) -> Result<()> {
     });
     tokio::spawn(refresh_loop(p.clone()));
     loop {
-        let (s, _) = listener.accept().await.context("accept on the policy socket")?;
+        let (s, _) = listener
+            .accept()
+            .await
+            .context("accept on the policy socket")?;
         let p = p.clone();
         tokio::spawn(async move {
             if let Err(e) = serve_client(&p, s).await {

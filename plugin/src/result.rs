@@ -47,6 +47,87 @@ pub struct MigrationResult {
     pub phases: Vec<Phase>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub error: Option<String>,
+    /// What the policy planned and predicted, next to what was measured.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub plan: Option<PlanRecord>,
+}
+
+/// The plan a migration followed, with its predictions beside the measured KPIs.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct PlanRecord {
+    /// `builtin`, or the operator's policy program.
+    pub policy: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub policy_error: Option<String>,
+    pub decision: mose_policy::Decision,
+    pub measurements: mose_policy::Measurements,
+    pub kpis: Vec<KpiComparison>,
+}
+
+/// One KPI: its target (if annotated), the prediction and the measurement.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct KpiComparison {
+    pub kpi: String,
+    pub unit: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub target: Option<f64>,
+    pub predicted: f64,
+    pub measured: f64,
+    /// Whether the measurement met the target (absent without a target).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub met: Option<bool>,
+}
+
+impl PlanRecord {
+    /// Sets the measured side from a finished migration.
+    pub fn compare(
+        policy: String,
+        policy_error: Option<String>,
+        decision: mose_policy::Decision,
+        request: &mose_policy::PlanRequest,
+        r: &MigrationResult,
+    ) -> Self {
+        let t = &request.targets;
+        let p = decision.predicted.clone();
+        let row = |kpi: &str, unit: &str, target: Option<f64>, predicted: f64, measured: f64| {
+            KpiComparison {
+                kpi: kpi.into(),
+                unit: unit.into(),
+                target,
+                predicted,
+                measured,
+                met: target.map(|x| measured <= x),
+            }
+        };
+        let ms = |d: Option<std::time::Duration>| d.map(|d| d.as_secs_f64() * 1000.0);
+        let kpis = match &p {
+            Some(p) => vec![
+                row(
+                    "downtime",
+                    "ms",
+                    ms(t.max_downtime),
+                    p.downtime_ms,
+                    r.downtime_ms,
+                ),
+                row(
+                    "total",
+                    "ms",
+                    ms(t.max_migration_time),
+                    p.total_ms,
+                    r.total_ms,
+                ),
+                row("bytes", "B", None, p.bytes as f64, r.bytes_sent as f64),
+            ],
+            None => Vec::new(),
+        };
+        Self {
+            policy,
+            policy_error,
+            decision,
+            measurements: request.measurements.clone(),
+            kpis,
+        }
+    }
 }
 
 /// Records phases against a common start.

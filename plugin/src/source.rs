@@ -224,6 +224,7 @@ fn finish(
         bytes_sent: st.bytes,
         phases: tl.phases,
         error,
+        plan: None,
     }
 }
 

@@ -415,7 +415,11 @@ mod tests {
             w.blocks(&blocks).await.unwrap();
         }
         // 1 MiB at 4 MiB/s: at least ~250 ms (a lower bound only; never an upper one)
-        assert!(t.elapsed() >= std::time::Duration::from_millis(240), "{:?}", t.elapsed());
+        assert!(
+            t.elapsed() >= std::time::Duration::from_millis(240),
+            "{:?}",
+            t.elapsed()
+        );
     }
 
     #[tokio::test]

@@ -64,10 +64,11 @@ struct Args {
 
 /// `HOST:PORT=RATE` with RATE in the form of `mose.io/max-bandwidth`.
 fn parse_link(s: &str) -> Result<(String, f64), String> {
-    let (dest, rate) = s
-        .rsplit_once('=')
-        .ok_or_else(|| format!("--link {s:?}: expected HOST:PORT=RATE, e.g. 10.0.0.2:7700=300Mbit"))?;
-    let bps = mose_policy::annotations::parse_rate(rate).map_err(|e| format!("--link {s:?}: {e}"))?;
+    let (dest, rate) = s.rsplit_once('=').ok_or_else(|| {
+        format!("--link {s:?}: expected HOST:PORT=RATE, e.g. 10.0.0.2:7700=300Mbit")
+    })?;
+    let bps =
+        mose_policy::annotations::parse_rate(rate).map_err(|e| format!("--link {s:?}: {e}"))?;
     Ok((dest.to_string(), bps as f64 / 8.0))
 }
 

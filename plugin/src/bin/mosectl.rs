@@ -6,7 +6,8 @@ use anyhow::Result;
 use clap::{Parser, Subcommand};
 use mose_plugin::{
     endpoint::append_record,
-    result::MigrationResult,
+    policy::{report_result, request_plan, PlanAnswer, PlanQuery},
+    result::{MigrationResult, PlanRecord},
     source::{migrate, Fault, Progress, SourceOptions},
     tls::{init_ca, issue, Identity},
 };
@@ -28,6 +29,9 @@ enum Cmd {
     },
     /// Migrate a running container to another node.
     Migrate(MigrateArgs),
+    /// Show the plan the node's policy picks for a container, with its
+    /// predicted KPIs and whether each annotated target can be met.
+    Plan(PlanArgs),
     /// List the migrations recorded on this node.
     Migrations {
         #[arg(long, default_value = "/var/lib/mose")]
@@ -73,10 +77,19 @@ struct MigrateArgs {
     /// Destination node's endpoint, HOST:PORT.
     #[arg(long)]
     to: String,
-    #[arg(long, default_value = "precopy")]
-    technique: Technique,
-    #[arg(long, default_value_t = 4)]
-    max_rounds: u32,
+    /// cold or precopy; without it the node's policy plans the migration
+    /// from the container's mose.io/* annotations.
+    #[arg(long)]
+    technique: Option<Technique>,
+    /// Upper bound on pre-copy rounds (default: the plan's, else 4).
+    #[arg(long)]
+    max_rounds: Option<u32>,
+    /// Cap on the migration's sending rate, e.g. 300Mbit (default: the plan's).
+    #[arg(long, value_parser = parse_rate)]
+    max_bandwidth: Option<u64>,
+    /// The node's policy hook (served by mose-plugin).
+    #[arg(long, default_value = "/run/mose/policy.sock")]
+    policy_socket: PathBuf,
     /// Stop pre-copy when a round moves fewer MiB than this.
     #[arg(long, default_value_t = 1)]
     min_round_mib: u64,
@@ -101,6 +114,97 @@ struct MigrateArgs {
     /// Test hook: corrupt-chunk or truncate.
     #[arg(long, hide = true)]
     inject_fault: Option<Fault>,
+}
+
+fn parse_rate(s: &str) -> Result<u64, String> {
+    mose_policy::annotations::parse_rate(s)
+}
+
+#[derive(clap::Args)]
+struct PlanArgs {
+    #[arg(long, short = 'n', default_value = "default")]
+    namespace: String,
+    /// The container to plan for.
+    container: String,
+    /// Destination node's endpoint, HOST:PORT.
+    #[arg(long)]
+    to: String,
+    /// Plan for this technique only (as `migrate --technique` would).
+    #[arg(long)]
+    technique: Option<mose_policy::Technique>,
+    /// Measure now instead of using recent measurements.
+    #[arg(long)]
+    fresh: bool,
+    #[arg(long, default_value = "/run/mose/policy.sock")]
+    policy_socket: PathBuf,
+    /// `table` or `json`.
+    #[arg(long, default_value = "table")]
+    output: String,
+}
+
+fn mib(b: f64) -> String {
+    format!("{:.1} MiB", b / 1048576.0)
+}
+
+fn print_plan(a: &PlanAnswer) {
+    use mose_policy::select::{fmt_duration_ms, fmt_rate};
+    let r = &a.request;
+    let m = &r.measurements;
+    let d = &a.decision;
+    println!(
+        "plan for {}/{} -> {} (policy: {})",
+        r.namespace, r.container, r.destination, a.policy
+    );
+    if let Some(e) = &a.policy_error {
+        println!("  note        {e}");
+    }
+    println!(
+        "  measured    memory {}, dirtied {}/s, link {} ({})",
+        mib(m.memory_bytes as f64),
+        mib(m.dirty_bytes_per_s),
+        fmt_rate(m.link_bytes_per_s * 8.0),
+        a.link_source
+    );
+    match (&d.plan, &d.predicted) {
+        (Some(p), Some(x)) => {
+            println!("  plan        {}", p.describe());
+            println!(
+                "  predicted   downtime {}, total {}, {} on the wire at up to {}",
+                fmt_duration_ms(x.downtime_ms),
+                fmt_duration_ms(x.total_ms),
+                mib(x.bytes as f64),
+                fmt_rate(x.rate_bps as f64)
+            );
+        }
+        _ => println!("  plan        none: refused"),
+    }
+    if !d.targets.is_empty() {
+        println!(
+            "  {:<28} {:>12} {:>12}  met",
+            "target", "limit", "predicted"
+        );
+        for t in &d.targets {
+            let f = |v: f64| {
+                if t.unit == "ms" {
+                    fmt_duration_ms(v)
+                } else {
+                    fmt_rate(v)
+                }
+            };
+            let ok = if t.feasible {
+                "yes".to_string()
+            } else {
+                format!("NO ({} over)", f(t.miss_by))
+            };
+            println!(
+                "  {:<28} {:>12} {:>12}  {ok}",
+                t.annotation,
+                f(t.limit),
+                f(t.predicted)
+            );
+        }
+    }
+    println!("  reason      {}", d.reason);
 }
 
 fn progress_printer() -> Arc<dyn Fn(&Progress) + Send + Sync> {
@@ -141,6 +245,141 @@ fn print_table(r: &MigrationResult) {
     if let Some(e) = &r.error {
         println!("  error       {e}");
     }
+    if let Some(p) = &r.plan {
+        println!("  plan ({}) vs measured:", p.policy);
+        println!(
+            "    {:<10} {:>14} {:>14} {:>14}  met",
+            "kpi", "target", "predicted", "measured"
+        );
+        for k in &p.kpis {
+            let f = |v: f64| {
+                if k.unit == "B" {
+                    mib(v)
+                } else {
+                    format!("{v:.0} {}", k.unit)
+                }
+            };
+            println!(
+                "    {:<10} {:>14} {:>14} {:>14}  {}",
+                k.kpi,
+                k.target.map(f).unwrap_or_else(|| "-".into()),
+                f(k.predicted),
+                f(k.measured),
+                match k.met {
+                    Some(true) => "yes",
+                    Some(false) => "NO",
+                    None => "-",
+                }
+            );
+        }
+    }
+}
+
+/// `mosectl migrate`: plans (unless told exactly what to do), migrates,
+/// records the plan beside the result and lets the policy learn from it.
+async fn migrate_cmd(a: MigrateArgs) -> Result<i32> {
+    let json = a.output == "json";
+    let query = PlanQuery {
+        namespace: a.namespace.clone(),
+        container: a.container.clone(),
+        destination: a.to.clone(),
+        technique: a.technique.map(|t| match t {
+            Technique::Cold => mose_policy::Technique::Cold,
+            Technique::Precopy => mose_policy::Technique::Precopy,
+        }),
+        fresh: false,
+    };
+    let plan = match request_plan(&a.policy_socket, &query).await {
+        Ok(p) => Some(p),
+        // an explicit technique does not need the policy
+        Err(e) if a.technique.is_some() => {
+            tracing::warn!(error = %format!("{e:#}"), "no plan (policy hook unavailable): migrating as told, without predictions");
+            None
+        }
+        Err(e) => anyhow::bail!("{e:#}; pass --technique to migrate without a plan"),
+    };
+    if let Some(p) = &plan {
+        if p.decision.refused {
+            let r = serde_json::json!({
+                "status": "failed", "container": a.container, "destination": a.to,
+                "error": format!("the policy refused to migrate: {}", p.decision.reason),
+                "plan": p,
+            });
+            if json {
+                println!("{r}");
+            } else {
+                print_plan(p);
+                eprintln!(
+                    "mosectl: the policy refused to migrate (mose.io/strict): {}",
+                    p.decision.reason
+                );
+            }
+            return Ok(1);
+        }
+        if !json {
+            print_plan(p);
+        }
+    }
+    let planned = plan.as_ref().and_then(|p| p.decision.plan.clone());
+    let technique = match (a.technique, &planned) {
+        (Some(t), _) => t,
+        (None, Some(p)) => match p.technique {
+            mose_policy::Technique::Cold => Technique::Cold,
+            mose_policy::Technique::Precopy => Technique::Precopy,
+            other => anyhow::bail!("the plan asks for {other}, which this mosectl cannot run"),
+        },
+        (None, None) => anyhow::bail!("no technique given and no plan"),
+    };
+    let max_rounds = a
+        .max_rounds
+        .or(planned.as_ref().map(|p| p.max_rounds))
+        .unwrap_or(4);
+    let cap = a
+        .max_bandwidth
+        .or(planned.as_ref().and_then(|p| p.bandwidth_cap_bps));
+    let compress = a.compress || planned.as_ref().is_some_and(|p| p.compression);
+    let progress = (!json && std::io::stderr().is_terminal()).then(progress_printer);
+    let mut r = migrate(SourceOptions {
+        socket: a.address,
+        namespace: a.namespace,
+        container: a.container,
+        to: a.to,
+        technique,
+        max_rounds,
+        min_round_bytes: a.min_round_mib << 20,
+        identity: Identity::new(&a.tls_dir, &a.node),
+        compress,
+        bandwidth_cap_bps: cap,
+        work_root: a.work,
+        io_timeout: Duration::from_secs(a.io_timeout.max(1)),
+        fault: a.inject_fault,
+        progress,
+    })
+    .await;
+    if let Some(p) = plan {
+        r.plan = Some(PlanRecord::compare(
+            p.policy,
+            p.policy_error,
+            p.decision,
+            &p.request,
+            &r,
+        ));
+        if r.status == "ok" {
+            if let Err(e) = report_result(&a.policy_socket, &r).await {
+                tracing::warn!(error = %format!("{e:#}"), "the policy could not learn from this migration");
+            }
+        }
+    }
+    let mut rec = serde_json::to_value(&r)?;
+    rec["direction"] = "out".into();
+    append_record(&a.state, &rec);
+    if json {
+        use std::io::Write;
+        let _ = writeln!(std::io::stdout(), "{}", serde_json::to_string(&r)?);
+    } else {
+        print_table(&r);
+    }
+    Ok(if r.status == "ok" { 0 } else { 1 })
 }
 
 async fn run() -> Result<i32> {
@@ -161,37 +400,23 @@ async fn run() -> Result<i32> {
                 dir.join(format!("{node}.pem")).display()
             );
         }
-        Cmd::Migrate(a) => {
-            let json = a.output == "json";
-            let progress = (!json && std::io::stderr().is_terminal()).then(progress_printer);
-            let r = migrate(SourceOptions {
-                socket: a.address,
+        Cmd::Plan(a) => {
+            let q = PlanQuery {
                 namespace: a.namespace,
                 container: a.container,
-                to: a.to,
+                destination: a.to,
                 technique: a.technique,
-                max_rounds: a.max_rounds,
-                min_round_bytes: a.min_round_mib << 20,
-                identity: Identity::new(&a.tls_dir, &a.node),
-                compress: a.compress,
-                bandwidth_cap_bps: None,
-                work_root: a.work,
-                io_timeout: Duration::from_secs(a.io_timeout.max(1)),
-                fault: a.inject_fault,
-                progress,
-            })
-            .await;
-            let mut rec = serde_json::to_value(&r)?;
-            rec["direction"] = "out".into();
-            append_record(&a.state, &rec);
-            if json {
-                use std::io::Write;
-                let _ = writeln!(std::io::stdout(), "{}", serde_json::to_string(&r)?);
+                fresh: a.fresh,
+            };
+            let ans = request_plan(&a.policy_socket, &q).await?;
+            if a.output == "json" {
+                println!("{}", serde_json::to_string(&ans)?);
             } else {
-                print_table(&r);
+                print_plan(&ans);
             }
-            return Ok(if r.status == "ok" { 0 } else { 1 });
+            return Ok(if ans.decision.refused { 1 } else { 0 });
         }
+        Cmd::Migrate(a) => return migrate_cmd(a).await,
         Cmd::Migrations { state, output } => {
             let text = std::fs::read_to_string(state.join("migrations.jsonl")).unwrap_or_default();
             let recs: Vec<serde_json::Value> = text
