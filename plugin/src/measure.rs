@@ -65,7 +65,7 @@ fn snapshot(pids: &[u32], stride: u64) -> (HashMap<(u32, u64), BlockHash>, u64) 
                     }
                     present_total += 1;
                     let pfn = at + i as u64;
-                    if pfn % stride != 0 {
+                    if !pfn.is_multiple_of(stride) {
                         continue;
                     }
                     if mem.read_exact_at(&mut buf, pfn * page).is_ok() {

@@ -88,7 +88,7 @@ impl PlanRecord {
         r: &MigrationResult,
     ) -> Self {
         let t = &request.targets;
-        let p = decision.predicted.clone();
+        let p = decision.predicted;
         let row = |kpi: &str, unit: &str, target: Option<f64>, predicted: f64, measured: f64| {
             KpiComparison {
                 kpi: kpi.into(),
