@@ -69,3 +69,71 @@ pub fn grouped_bars(
     root.present().map_err(|e| anyhow!("plot: {e}"))?;
     Ok(())
 }
+
+/// Points of a predicted-vs-measured panel: (predicted, measured, group).
+pub type Points = Vec<(f64, f64, String)>;
+
+/// Predicted-vs-measured scatter, one panel per quantity, with the y = x line
+/// and the ±20% band: points inside the band are predictions within 20%.
+pub fn predicted_vs_measured(path: &Path, title: &str, panels: &[(&str, Points)]) -> Result<()> {
+    let root = SVGBackend::new(path, (520 * panels.len().max(1) as u32, 520)).into_drawing_area();
+    root.fill(&WHITE).map_err(|e| anyhow!("plot: {e}"))?;
+    let root = root
+        .titled(title, ("sans-serif", 20))
+        .map_err(|e| anyhow!("plot: {e}"))?;
+    let areas = root.split_evenly((1, panels.len().max(1)));
+    let palette = [BLUE, RED, GREEN, MAGENTA, CYAN, BLACK];
+    for ((name, pts), area) in panels.iter().zip(areas.iter()) {
+        let max = pts
+            .iter()
+            .flat_map(|(p, m, _)| [*p, *m])
+            .filter(|v| v.is_finite())
+            .fold(1.0f64, f64::max)
+            * 1.1;
+        let mut chart = ChartBuilder::on(area)
+            .caption(*name, ("sans-serif", 16))
+            .margin(10)
+            .x_label_area_size(40)
+            .y_label_area_size(60)
+            .build_cartesian_2d(0.0..max, 0.0..max)
+            .map_err(|e| anyhow!("plot: {e}"))?;
+        chart
+            .configure_mesh()
+            .x_desc("predicted ms")
+            .y_desc("measured ms")
+            .draw()
+            .map_err(|e| anyhow!("plot: {e}"))?;
+        for (f, style) in [
+            (1.0, BLACK.stroke_width(1)),
+            (0.8, RGBColor(160, 160, 160).stroke_width(1)),
+            (1.2, RGBColor(160, 160, 160).stroke_width(1)),
+        ] {
+            chart
+                .draw_series(LineSeries::new([(0.0, 0.0), (max, max * f)], style))
+                .map_err(|e| anyhow!("plot: {e}"))?;
+        }
+        let mut groups: Vec<String> = pts.iter().map(|(_, _, g)| g.clone()).collect();
+        groups.sort();
+        groups.dedup();
+        for (gi, g) in groups.iter().enumerate() {
+            let color = palette[gi % palette.len()];
+            chart
+                .draw_series(
+                    pts.iter()
+                        .filter(|(_, _, pg)| pg == g)
+                        .map(|(p, m, _)| Circle::new((*p, *m), 4, color.filled())),
+                )
+                .map_err(|e| anyhow!("plot: {e}"))?
+                .label(g.as_str())
+                .legend(move |(x, y)| Circle::new((x, y), 4, color.filled()));
+        }
+        chart
+            .configure_series_labels()
+            .border_style(BLACK)
+            .background_style(WHITE.mix(0.8))
+            .draw()
+            .map_err(|e| anyhow!("plot: {e}"))?;
+    }
+    root.present().map_err(|e| anyhow!("plot: {e}"))?;
+    Ok(())
+}

@@ -63,6 +63,9 @@ pub struct Progress {
 
 pub type ProgressFn = Arc<dyn Fn(&Progress) + Send + Sync>;
 
+/// See [`SourceOptions::stop_when`].
+pub type StopFn = Arc<dyn Fn(u64) -> bool + Send + Sync>;
+
 pub struct SourceOptions {
     pub socket: PathBuf,
     pub namespace: String,
@@ -76,6 +79,9 @@ pub struct SourceOptions {
     pub min_round_bytes: u64,
     pub identity: Identity,
     pub compress: bool,
+    /// Pre-copy stop rule from the plan: given a round's delta in bytes,
+    /// whether sending that in the freeze would already meet the downtime target.
+    pub stop_when: Option<StopFn>,
     /// Cap on the sending rate in bits per second (`mose.io/max-bandwidth`).
     pub bandwidth_cap_bps: Option<u64>,
     /// tmpfs directory for checkpoint images.
@@ -404,8 +410,13 @@ async fn run(
                 "pre-copy round"
             );
             let moved = stats.new_blocks * BLOCK_SIZE as u64;
-            // stop rule: converged, or the delta stopped shrinking
+            // stop rule: converged, or the delta stopped shrinking, or the
+            // downtime target is in reach
             if moved < opts.min_round_bytes || (round > 1 && moved as f64 >= 0.9 * prev as f64) {
+                break;
+            }
+            if opts.stop_when.as_ref().is_some_and(|f| f(moved)) {
+                info!(round, moved, "downtime target in reach: freezing now");
                 break;
             }
             prev = moved;

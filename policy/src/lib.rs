@@ -18,8 +18,6 @@ pub mod schema;
 pub mod select;
 
 pub use annotations::{parse, AnnotationError, KpiTargets, Objective, Technique, TechniqueChoice};
-pub use model::{
-    predict, Calibration, Measurements, ModelError, Observation, PlanParams, Prediction,
-};
+pub use model::{predict, Calibration, Measurements, ModelError, PlanParams, Prediction};
 pub use schema::{validate_decision, PlanRequest};
 pub use select::{select, Decision, TargetCheck};

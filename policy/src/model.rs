@@ -28,11 +28,6 @@ pub const MIN_ROUND_BYTES: f64 = 1024.0 * 1024.0;
 /// A round moving at least this fraction of the previous round's bytes ends
 /// the live phase: the delta stopped shrinking (MOSE's own stop rule).
 pub const SHRINK_STOP: f64 = 0.9;
-/// Weight of a new observation in [`Calibration::learn`].
-pub const LEARN_ALPHA: f64 = 0.3;
-/// Throughput samples smaller than this are dominated by fixed costs and
-/// would teach the model nonsense; [`Calibration::learn`] ignores them.
-pub const MIN_SAMPLE_BYTES: u64 = 1024 * 1024;
 
 /// Invalid input to the model, naming the offending field.
 #[derive(Debug, Clone, PartialEq, thiserror::Error)]
@@ -123,87 +118,7 @@ impl Default for Calibration {
     }
 }
 
-/// Bytes moved and time taken by one phase of a past migration.
-#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
-pub struct PhaseSample {
-    pub bytes: u64,
-    pub ms: f64,
-}
-
-impl PhaseSample {
-    /// The sample's throughput, if the sample is large and sane enough to learn from.
-    fn throughput(&self) -> Option<f64> {
-        if self.bytes < MIN_SAMPLE_BYTES || !self.ms.is_finite() || self.ms <= 0.0 {
-            return None;
-        }
-        let t = self.bytes as f64 / (self.ms / 1e3);
-        t.is_finite().then_some(t)
-    }
-}
-
-/// What a finished migration measured, phase by phase; absent phases teach
-/// nothing.
-#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
-#[serde(default)]
-pub struct Observation {
-    pub scan: Option<PhaseSample>,
-    pub dump: Option<PhaseSample>,
-    pub hash: Option<PhaseSample>,
-    pub assemble: Option<PhaseSample>,
-    pub restore: Option<PhaseSample>,
-    /// Observed downtime minus its memory-proportional phases.
-    pub fixed_downtime_ms: Option<f64>,
-    /// Observed total minus the live rounds and the downtime.
-    pub fixed_total_ms: Option<f64>,
-    /// Observed wire bytes / payload bytes of an uncompressed migration.
-    pub wire_overhead: Option<f64>,
-}
-
-fn ewma(old: &mut f64, new: f64) {
-    *old = (1.0 - LEARN_ALPHA) * *old + LEARN_ALPHA * new;
-}
-
 impl Calibration {
-    /// Folds a finished migration's measurements into the calibration with an
-    /// exponentially weighted moving average (weight [`LEARN_ALPHA`]), so one
-    /// odd migration cannot swing the next plan. Samples under
-    /// [`MIN_SAMPLE_BYTES`], with zero or non-finite times, negative fixed
-    /// costs or an overhead below 1 (a compressed run) are ignored. Returns
-    /// how many samples were used.
-    pub fn learn(&mut self, obs: &Observation) -> usize {
-        let mut used = 0;
-        let phases = [
-            (obs.scan, &mut self.scan_bytes_per_s),
-            (obs.dump, &mut self.dump_bytes_per_s),
-            (obs.hash, &mut self.hash_bytes_per_s),
-            (obs.assemble, &mut self.assemble_bytes_per_s),
-            (obs.restore, &mut self.restore_bytes_per_s),
-        ];
-        for (sample, slot) in phases {
-            if let Some(t) = sample.and_then(|s| s.throughput()) {
-                ewma(slot, t);
-                used += 1;
-            }
-        }
-        for (sample, slot) in [
-            (obs.fixed_downtime_ms, &mut self.fixed_downtime_ms),
-            (obs.fixed_total_ms, &mut self.fixed_total_ms),
-        ] {
-            if let Some(v) = sample.filter(|v| v.is_finite() && *v >= 0.0) {
-                ewma(slot, v);
-                used += 1;
-            }
-        }
-        if let Some(v) = obs
-            .wire_overhead
-            .filter(|v| v.is_finite() && (1.0..=10.0).contains(v))
-        {
-            ewma(&mut self.wire_overhead, v);
-            used += 1;
-        }
-        used
-    }
-
     /// Checks that every throughput is positive and finite, fixed costs are
     /// finite and non-negative and the overhead is at least 1.
     pub fn validate(&self) -> Result<(), ModelError> {
@@ -259,6 +174,11 @@ pub struct PlanParams {
     pub bandwidth_cap_bps: Option<u64>,
     /// lz4 on bulk data. Not modelled: the state is assumed incompressible.
     pub compression: bool,
+    /// Pre-copy stop rule: end the live rounds as soon as a round's delta,
+    /// sent in the freeze, would keep the downtime under this many ms (set
+    /// from `mose.io/max-downtime`; MOSE's source applies the same rule).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub stop_below_downtime_ms: Option<u64>,
 }
 
 impl PlanParams {
@@ -295,6 +215,29 @@ pub struct Prediction {
     /// Whether MOSE implements the technique; unavailable predictions are
     /// rough placeholders and are never selected.
     pub available: bool,
+}
+
+/// The downtime if the freeze had to send `final_bytes` of memory: the
+/// freeze's fixed and memory-proportional costs plus that transfer. Pre-copy's
+/// downtime-target stop rule uses it, on both the model's and the source's side.
+pub fn downtime_if_final_ms(
+    m: &Measurements,
+    c: &Calibration,
+    final_bytes: f64,
+    cap_bps: Option<u64>,
+) -> f64 {
+    let bw = match cap_bps {
+        Some(cap) if cap > 0 => m.link_bytes_per_s.min(cap as f64 / 8.0),
+        _ => m.link_bytes_per_s,
+    };
+    let mem = m.memory_bytes as f64;
+    c.fixed_downtime_ms
+        + 1e3
+            * (mem / c.dump_bytes_per_s
+                + mem / c.hash_bytes_per_s
+                + mem / c.assemble_bytes_per_s
+                + mem / c.restore_bytes_per_s
+                + final_bytes * c.wire_overhead / bw)
 }
 
 /// Predicts the cost of `plan` for a container measured as `m` on a node
@@ -369,6 +312,11 @@ pub fn predict(
                 t_last = t;
                 if b < MIN_ROUND_BYTES || (i > 1 && b >= SHRINK_STOP * prev_b) {
                     break;
+                }
+                if let Some(target) = plan.stop_below_downtime_ms {
+                    if downtime_if_final_ms(m, c, b, plan.bandwidth_cap_bps) <= target as f64 {
+                        break;
+                    }
                 }
                 prev_b = b;
             }
@@ -460,11 +408,40 @@ mod tests {
             max_rounds: rounds,
             bandwidth_cap_bps: None,
             compression: false,
+            stop_below_downtime_ms: None,
         }
     }
 
     fn p(m: &Measurements, pl: &PlanParams) -> Prediction {
         predict(m, &Calibration::default(), pl).unwrap()
+    }
+
+    #[test]
+    fn a_downtime_target_in_reach_ends_the_rounds() {
+        // dirtying keeps rounds going (each delta shrinks), unless the target is in reach
+        let m = meas(512, 8.0, 1000.0);
+        let free = p(&m, &plan(Technique::Precopy, 8));
+        assert!(free.rounds > 1, "{free:?}");
+        let reach = PlanParams {
+            stop_below_downtime_ms: Some(60_000),
+            ..plan(Technique::Precopy, 8)
+        };
+        let stopped = p(&m, &reach);
+        assert_eq!(stopped.rounds, 1, "{stopped:?}");
+        assert!(stopped.total_ms < free.total_ms);
+        // an unreachable target changes nothing
+        let far = PlanParams {
+            stop_below_downtime_ms: Some(1),
+            ..plan(Technique::Precopy, 8)
+        };
+        assert_eq!(p(&m, &far), free);
+        // the rule's downtime is the freeze with that delta on the wire
+        let c = Calibration::default();
+        assert!(downtime_if_final_ms(&m, &c, 0.0, None) < downtime_if_final_ms(&m, &c, 1e8, None));
+        assert!(
+            downtime_if_final_ms(&m, &c, 1e8, Some(100_000_000))
+                > downtime_if_final_ms(&m, &c, 1e8, None)
+        );
     }
 
     fn all_plans() -> Vec<PlanParams> {
@@ -682,57 +659,6 @@ mod tests {
             assert!(!got.available);
             assert!(got.downtime_ms.is_finite() && got.bytes > 0);
         }
-    }
-
-    #[test]
-    fn learning_moves_towards_observations_and_ignores_junk() {
-        let mut c = Calibration::default();
-        let obs = Observation {
-            dump: Some(PhaseSample {
-                bytes: 1000 * MIB,
-                ms: 2000.0,
-            }),
-            fixed_downtime_ms: Some(200.0),
-            wire_overhead: Some(1.05),
-            ..Default::default()
-        };
-        assert_eq!(c.learn(&obs), 3);
-        let observed = 1000.0 * MIB as f64 / 2.0;
-        let want = 0.7 * 9e8 + 0.3 * observed;
-        assert!((c.dump_bytes_per_s - want).abs() < 1e-3);
-        assert!((c.fixed_downtime_ms - 144.0).abs() < 1e-9);
-        assert!((c.wire_overhead - (0.7 * 1.01 + 0.3 * 1.05)).abs() < 1e-12);
-        for _ in 0..50 {
-            c.learn(&obs);
-        }
-        assert!((c.dump_bytes_per_s - observed).abs() / observed < 1e-6);
-
-        let before = c.clone();
-        let junk = Observation {
-            scan: Some(PhaseSample {
-                bytes: 1000,
-                ms: 1.0,
-            }),
-            dump: Some(PhaseSample {
-                bytes: 100 * MIB,
-                ms: 0.0,
-            }),
-            hash: Some(PhaseSample {
-                bytes: 100 * MIB,
-                ms: f64::NAN,
-            }),
-            restore: Some(PhaseSample {
-                bytes: 100 * MIB,
-                ms: -3.0,
-            }),
-            fixed_total_ms: Some(f64::INFINITY),
-            fixed_downtime_ms: Some(-1.0),
-            wire_overhead: Some(0.5),
-            ..Default::default()
-        };
-        assert_eq!(c.learn(&junk), 0);
-        assert_eq!(c, before);
-        assert!(c.validate().is_ok());
     }
 
     #[test]

@@ -176,6 +176,14 @@ fn caps(targets: &KpiTargets, m: &Measurements) -> Vec<Option<u64>> {
     out
 }
 
+/// Pre-copy stops its rounds once the downtime target is in reach.
+fn stop_rule(targets: &KpiTargets, t: Technique) -> Option<u64> {
+    match t {
+        Technique::Precopy => targets.max_downtime.map(|d| d.as_millis() as u64),
+        _ => None,
+    }
+}
+
 fn candidates(targets: &KpiTargets, m: &Measurements) -> Vec<PlanParams> {
     let techniques: Vec<Technique> = match targets.technique {
         TechniqueChoice::Auto => vec![Technique::Cold, Technique::Precopy],
@@ -196,6 +204,7 @@ fn candidates(targets: &KpiTargets, m: &Measurements) -> Vec<PlanParams> {
                     max_rounds,
                     bandwidth_cap_bps: cap,
                     compression: false,
+                    stop_below_downtime_ms: stop_rule(targets, t),
                 });
             }
         }
@@ -441,6 +450,7 @@ mod tests {
                 max_rounds: 0,
                 bandwidth_cap_bps: None,
                 compression: false,
+                stop_below_downtime_ms: None,
             },
         )
         .unwrap();
@@ -487,6 +497,7 @@ mod tests {
                     max_rounds,
                     bandwidth_cap_bps: cap,
                     compression: false,
+                    stop_below_downtime_ms: None,
                 })
             };
             push(Technique::Cold, 0);

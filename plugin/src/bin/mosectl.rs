@@ -338,6 +338,19 @@ async fn migrate_cmd(a: MigrateArgs) -> Result<i32> {
         .max_bandwidth
         .or(planned.as_ref().and_then(|p| p.bandwidth_cap_bps));
     let compress = a.compress || planned.as_ref().is_some_and(|p| p.compression);
+    // the plan's downtime-target stop rule, judged with the same model
+    let stop_when: Option<mose_plugin::source::StopFn> = match (&plan, &planned) {
+        (Some(ans), Some(p)) if a.max_rounds.is_none() => p.stop_below_downtime_ms.map(|target| {
+            let (m, c) = (
+                ans.request.measurements.clone(),
+                ans.request.calibration.clone(),
+            );
+            Arc::new(move |bytes: u64| {
+                mose_policy::model::downtime_if_final_ms(&m, &c, bytes as f64, cap) <= target as f64
+            }) as mose_plugin::source::StopFn
+        }),
+        _ => None,
+    };
     let progress = (!json && std::io::stderr().is_terminal()).then(progress_printer);
     let mut r = migrate(SourceOptions {
         socket: a.address,
@@ -350,6 +363,7 @@ async fn migrate_cmd(a: MigrateArgs) -> Result<i32> {
         identity: Identity::new(&a.tls_dir, &a.node),
         compress,
         bandwidth_cap_bps: cap,
+        stop_when,
         work_root: a.work,
         io_timeout: Duration::from_secs(a.io_timeout.max(1)),
         fault: a.inject_fault,

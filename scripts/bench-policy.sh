@@ -1,0 +1,11 @@
+#!/usr/bin/env bash
+# Policy benchmark: cost-model accuracy (predicted vs measured downtime and
+# total time) and target hit-rate, MOSE's plan vs a fixed configuration, on
+# the two-node testbed.
+# Usage: scripts/bench-policy.sh [--runs 3] [--state 32,128] [--dirty 0,8] [--links 1000,200]
+set -euo pipefail
+cd "$(dirname "$0")/.."
+export PATH="$HOME/.cargo/bin:$PATH"
+scripts/setup.sh
+export MOSE_SHIM_DIR="$PWD/target/release" MOSE_BIN_DIR="$PWD/target/release"
+exec target/release/mose-bench-policy "$@"
