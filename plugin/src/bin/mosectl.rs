@@ -320,7 +320,7 @@ async fn migrate_cmd(a: MigrateArgs) -> Result<i32> {
             print_plan(p);
         }
     }
-    let planned = plan.as_ref().and_then(|p| p.decision.plan.clone());
+    let planned = plan.as_ref().and_then(|p| p.decision.plan);
     let technique = match (a.technique, &planned) {
         (Some(t), _) => t,
         (None, Some(p)) => match p.technique {
