@@ -93,6 +93,9 @@ pub fn sample_memory(pids: &[u32], interval: Duration, stride: u64) -> Result<Me
     }
     std::thread::sleep(interval);
     let (after, present) = snapshot(pids, stride);
+    if after.is_empty() {
+        bail!("processes {pids:?} went away while their memory was sampled");
+    }
     // the two snapshots each take time: the interval is start to start
     let elapsed = t0.elapsed().as_secs_f64() - interval.as_secs_f64() / 2.0;
     let span = interval

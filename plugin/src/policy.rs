@@ -115,7 +115,9 @@ type Key = (String, String);
 struct Policy {
     cfg: PolicyConfig,
     store: Mutex<Store>,
-    memory: Mutex<HashMap<Key, (Instant, MemorySample)>>,
+    /// Samples with the pids they were taken from: a container restored
+    /// here since has new pids, and an old sample says nothing about it.
+    memory: Mutex<HashMap<Key, (Instant, Vec<u32>, MemorySample)>>,
     links: Mutex<HashMap<String, (Instant, LinkSample)>>,
     /// Containers planned recently, refreshed in the background.
     watched: Mutex<HashMap<Key, Instant>>,
@@ -197,6 +199,11 @@ async fn handle(p: &Policy, req: Request) -> Result<serde_json::Value> {
                 .map(|(_, l)| l.bytes_per_s)
                 .or_else(|| p.cfg.links.get(&result.destination).copied())
                 .unwrap_or(0.0);
+            // the container left this node: its samples describe nothing here now
+            p.memory
+                .lock()
+                .await
+                .retain(|(_, id), _| *id != result.container);
             let mut store = p.store.lock().await;
             let before = store.learned.migrations;
             store.learned.learn(&result, link);
@@ -216,7 +223,7 @@ async fn handle(p: &Policy, req: Request) -> Result<serde_json::Value> {
                 .lock()
                 .await
                 .iter()
-                .map(|((ns, id), (t, m))| serde_json::json!({"namespace": ns, "container": id, "age_s": t.elapsed().as_secs_f64(), "memory": m}))
+                .map(|((ns, id), (t, _, m))| serde_json::json!({"namespace": ns, "container": id, "age_s": t.elapsed().as_secs_f64(), "memory": m}))
                 .collect();
             let links: Vec<_> = p
                 .links
@@ -251,30 +258,37 @@ async fn targets_of(cd: &Containerd, id: &str) -> Result<KpiTargets> {
     annotations::parse(&ann).map_err(|e| anyhow!("container {id}: {e}"))
 }
 
-async fn measure_memory(p: &Policy, ns: &str, id: &str) -> Result<MemorySample> {
+async fn pids_of(p: &Policy, ns: &str, id: &str) -> Result<Vec<u32>> {
     let cd = Containerd::connect(&p.cfg.containerd, ns).await?;
-    let pids = cd.pids(id).await?;
+    let mut pids = cd.pids(id).await?;
+    pids.sort_unstable();
+    Ok(pids)
+}
+
+async fn measure_memory(p: &Policy, ns: &str, id: &str, pids: Vec<u32>) -> Result<MemorySample> {
     let (interval, stride) = (p.cfg.sample_interval, p.cfg.sample_stride);
-    let m = tokio::task::spawn_blocking(move || sample_memory(&pids, interval, stride))
+    let sampled = pids.clone();
+    let m = tokio::task::spawn_blocking(move || sample_memory(&sampled, interval, stride))
         .await
         .map_err(|e| anyhow!("memory sampling: {e}"))??;
     p.memory
         .lock()
         .await
-        .insert((ns.to_string(), id.to_string()), (Instant::now(), m));
+        .insert((ns.to_string(), id.to_string()), (Instant::now(), pids, m));
     Ok(m)
 }
 
 async fn memory_of(p: &Policy, ns: &str, id: &str, fresh: bool) -> Result<MemorySample> {
     let key = (ns.to_string(), id.to_string());
+    let pids = pids_of(p, ns, id).await?;
     if !fresh {
-        if let Some((t, m)) = p.memory.lock().await.get(&key) {
-            if t.elapsed() < p.cfg.max_age {
+        if let Some((t, was, m)) = p.memory.lock().await.get(&key) {
+            if t.elapsed() < p.cfg.max_age && *was == pids {
                 return Ok(*m);
             }
         }
     }
-    measure_memory(p, ns, id).await
+    measure_memory(p, ns, id, pids).await
 }
 
 async fn link_to(p: &Policy, to: &str, fresh: bool) -> Result<(f64, String)> {
@@ -403,7 +417,11 @@ async fn refresh_loop(p: Arc<Policy>) {
             w.keys().cloned().collect()
         };
         for (ns, id) in keys {
-            if let Err(e) = measure_memory(&p, &ns, &id).await {
+            let sampled = match pids_of(&p, &ns, &id).await {
+                Ok(pids) => measure_memory(&p, &ns, &id, pids).await,
+                Err(e) => Err(e),
+            };
+            if let Err(e) = sampled {
                 // gone (migrated away or deleted): stop watching it
                 p.watched.lock().await.remove(&(ns.clone(), id.clone()));
                 info!(namespace = %ns, container = %id, error = %format!("{e:#}"), "stopped sampling");
