@@ -111,13 +111,15 @@ enum Request {
 }
 
 type Key = (String, String);
+/// When a memory sample was taken, of which pids, and what it found.
+type Sampled = (Instant, Vec<u32>, MemorySample);
 
 struct Policy {
     cfg: PolicyConfig,
     store: Mutex<Store>,
     /// Samples with the pids they were taken from: a container restored
     /// here since has new pids, and an old sample says nothing about it.
-    memory: Mutex<HashMap<Key, (Instant, Vec<u32>, MemorySample)>>,
+    memory: Mutex<HashMap<Key, Sampled>>,
     links: Mutex<HashMap<String, (Instant, LinkSample)>>,
     /// Containers planned recently, refreshed in the background.
     watched: Mutex<HashMap<Key, Instant>>,
