@@ -303,6 +303,142 @@ impl Store {
     }
 }
 
+/// The hidden `mose-plugin` mode that CRIU calibration dumps and restores:
+/// holds `mib` MiB of incompressible memory in its own session, says so by
+/// creating `ready`, and sleeps until killed.
+pub fn calibration_target(mib: usize, ready: &std::path::Path) -> ! {
+    // a session of its own: CRIU dumps it without --shell-job
+    let _ = nix::unistd::setsid();
+    let mut data = vec![0u8; mib << 20];
+    let mut x: u64 = 0x2545_f491_4f6c_dd1d;
+    for c in data.chunks_mut(8) {
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        c.copy_from_slice(&x.to_le_bytes()[..c.len()]);
+    }
+    std::hint::black_box(&data);
+    let _ = std::fs::write(ready, b"ready");
+    loop {
+        std::thread::sleep(std::time::Duration::from_secs(3600));
+        std::hint::black_box(&data);
+    }
+}
+
+/// Times a real CRIU dump and restore of a process holding `mib` MiB (this
+/// very binary in [`calibration_target`] mode), in `dir` (tmpfs). Returns
+/// (dumped bytes, dump ms, restore ms).
+fn criu_round(exe: &std::path::Path, dir: &std::path::Path, mib: usize) -> Result<(f64, f64, f64)> {
+    use std::process::{Command, Stdio};
+    let _ = std::fs::remove_dir_all(dir);
+    let images = dir.join("images");
+    std::fs::create_dir_all(&images)?;
+    let ready = dir.join("ready");
+    let mut child = Command::new(exe)
+        .arg("--calibration-target")
+        .arg(mib.to_string())
+        .arg(&ready)
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .with_context(|| format!("starting {}", exe.display()))?;
+    let pid = child.id();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    while !ready.exists() {
+        if std::time::Instant::now() > deadline {
+            let _ = child.kill();
+            let _ = child.wait();
+            anyhow::bail!("the calibration target did not get ready");
+        }
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    let run = |args: &[&str], what: &str| -> Result<f64> {
+        let t = std::time::Instant::now();
+        let o = Command::new("criu")
+            .args(args)
+            .stdin(Stdio::null())
+            .output()
+            .with_context(|| format!("running criu {what} (is CRIU installed?)"))?;
+        if !o.status.success() {
+            anyhow::bail!(
+                "criu {what} failed ({}); see {}",
+                o.status,
+                dir.join(format!("{what}.log")).display()
+            );
+        }
+        Ok(t.elapsed().as_secs_f64() * 1000.0)
+    };
+    let img = images.display().to_string();
+    let dumped = run(
+        &[
+            "dump",
+            "-t",
+            &pid.to_string(),
+            "-D",
+            &img,
+            "-o",
+            "../dump.log",
+        ],
+        "dump",
+    );
+    // the dump ends the process: reap it
+    let _ = child.kill();
+    let _ = child.wait();
+    let dump_ms = dumped?;
+    let pages: f64 = std::fs::read_dir(&images)?
+        .flatten()
+        .filter(|e| e.file_name().to_string_lossy().starts_with("pages-"))
+        .filter_map(|e| e.metadata().ok())
+        .map(|m| m.len() as f64)
+        .sum();
+    let pidfile = dir.join("restored.pid");
+    let restore_ms = run(
+        &[
+            "restore",
+            "-D",
+            &img,
+            "-o",
+            "../restore.log",
+            "--restore-detached",
+            "--pidfile",
+            &pidfile.display().to_string(),
+        ],
+        "restore",
+    );
+    if let Some(p) = std::fs::read_to_string(&pidfile)
+        .ok()
+        .and_then(|s| s.trim().parse::<i32>().ok())
+    {
+        let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(p), nix::sys::signal::SIGKILL);
+    }
+    let restore_ms = restore_ms?;
+    let _ = std::fs::remove_dir_all(dir);
+    Ok((pages, dump_ms, restore_ms))
+}
+
+impl Store {
+    /// Start-up calibration of CRIU dump and restore on this node, done once
+    /// (only when nothing was learned for them yet): a process holding 16
+    /// and then 64 MiB is dumped and restored for real.
+    pub fn calibrate_criu(&mut self, exe: &std::path::Path, tmpfs: &std::path::Path) -> Result<()> {
+        let have = |p: &str| self.learned.samples.get(p).is_some_and(|v| !v.is_empty());
+        if have("dump") && have("restore") {
+            return Ok(());
+        }
+        let dir = tmpfs.join(".mose-criu-calibration");
+        let mut got = Vec::new();
+        for mib in [16, 64] {
+            got.push(criu_round(exe, &dir, mib)?);
+        }
+        for (bytes, dump_ms, restore_ms) in got {
+            self.learned.add("dump", bytes, dump_ms);
+            self.learned.add("restore", bytes, restore_ms);
+        }
+        Ok(())
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -137,7 +137,10 @@ pub async fn serve_policy(cfg: PolicyConfig) -> Result<()> {
     let scratch = cfg.scratch.clone();
     let calibrated = tokio::task::spawn_blocking(move || {
         let r = crate::ensure_tmpfs(&scratch).and_then(|_| store.calibrate_startup(&scratch, 64));
-        (store, r)
+        let c = std::env::current_exe()
+            .map_err(anyhow::Error::from)
+            .and_then(|exe| store.calibrate_criu(&exe, &scratch));
+        (store, r.and(c))
     })
     .await
     .map_err(|e| anyhow!("start-up calibration: {e}"))?;
