@@ -108,6 +108,9 @@ struct Incoming {
     dir: PathBuf,
     blocks: BlockStore,
     manifests: Vec<(String, Vec<BlockHash>)>,
+    /// Speculative pages images written from the source's layout hint: the
+    /// hash of what each holds at every index.
+    speculative: HashMap<String, Vec<BlockHash>>,
     files: HashMap<String, PathBuf>,
     bytes: u64,
 }
@@ -180,6 +183,7 @@ where
         dir: dir.clone(),
         blocks: BlockStore::new(),
         manifests: Vec::new(),
+        speculative: HashMap::new(),
         files: HashMap::new(),
         bytes: 0,
     };
@@ -212,6 +216,69 @@ where
         }
     }
     res
+}
+
+/// Writes the pages image the source predicts, from the blocks held now
+/// (missing ones as zeros), so that at the freeze only the differences are
+/// written. The prediction is only a head start: the final manifest decides.
+fn speculate(inc: &mut Incoming, image: &str, hashes: &[BlockHash]) -> Result<()> {
+    let image = safe_name(image)?.to_string();
+    let t = Instant::now();
+    let dir = inc.dir.join("speculative");
+    std::fs::create_dir_all(&dir)?;
+    let path = dir.join(&image);
+    let mut file =
+        std::fs::File::create(&path).with_context(|| format!("creating {}", path.display()))?;
+    let written = inc
+        .blocks
+        .write_speculative(hashes, &mut file)
+        .map_err(|e| anyhow!("laying out {image}: {e}"))?;
+    info!(
+        image,
+        pages = hashes.len(),
+        ms = t.elapsed().as_secs_f64() * 1000.0,
+        "speculative pages image written"
+    );
+    inc.speculative.insert(image, written);
+    Ok(())
+}
+
+/// Turns a speculative image into the final one by rewriting only the blocks
+/// that differ from `hashes`. Returns false (and leaves it) when too much
+/// differs for patching to pay off.
+fn patch_speculative(
+    inc: &Incoming,
+    name: &str,
+    hashes: &[BlockHash],
+    out: &Path,
+) -> Result<Option<usize>> {
+    use std::os::unix::fs::FileExt;
+    let Some(written) = inc.speculative.get(name) else {
+        return Ok(None);
+    };
+    let diffs: Vec<usize> = (0..hashes.len())
+        .filter(|&i| written.get(i) != Some(&hashes[i]))
+        .collect();
+    if diffs.len() * 4 > hashes.len() {
+        return Ok(None);
+    }
+    let path = inc.dir.join("speculative").join(name);
+    let file = std::fs::OpenOptions::new()
+        .write(true)
+        .open(&path)
+        .with_context(|| format!("opening {}", path.display()))?;
+    file.set_len((hashes.len() * mose_wire::BLOCK_SIZE) as u64)?;
+    for &i in &diffs {
+        let b = inc.blocks.block(hashes[i]).ok_or_else(|| {
+            anyhow!(
+                "rebuilding {name}: page block #{i} ({:032x}) was never received",
+                hashes[i]
+            )
+        })?;
+        file.write_all_at(b, (i * mose_wire::BLOCK_SIZE) as u64)?;
+    }
+    std::fs::rename(&path, out).with_context(|| format!("placing {name}"))?;
+    Ok(Some(diffs.len()))
 }
 
 /// Largest link probe a peer may ask this node to absorb.
@@ -298,7 +365,14 @@ where
                     inc.blocks.insert(h, d).map_err(|e| anyhow!("{e}"))?;
                 }
             }
-            FrameKind::Manifest => inc.manifests.push(f.manifest()?),
+            FrameKind::Manifest => {
+                let (name, hashes) = f.manifest()?;
+                match name.strip_prefix("hint:") {
+                    // the source is about to freeze and dump: lay the image out now
+                    Some(image) => speculate(inc, image, &hashes)?,
+                    None => inc.manifests.push((name, hashes)),
+                }
+            }
             FrameKind::FileData => {
                 let Some((name, size, _, file, written, hasher)) = current.as_mut() else {
                     bail!("file data outside a file");
@@ -407,8 +481,17 @@ async fn restore(
     }
     for (name, hashes) in &inc.manifests {
         let name = safe_name(name)?;
-        // straight from the block store into the file: one copy, no staging buffer
         let path = images.join(name);
+        if let Some(patched) = patch_speculative(inc, name, hashes, &path)? {
+            info!(
+                image = name,
+                pages = hashes.len(),
+                patched,
+                "speculative pages image patched"
+            );
+            continue;
+        }
+        // straight from the block store into the file: one copy, no staging buffer
         let mut file =
             std::fs::File::create(&path).with_context(|| format!("creating {}", path.display()))?;
         inc.blocks

@@ -347,6 +347,7 @@ async fn run(
     }
 
     let mut known: HashSet<BlockHash> = HashSet::new();
+    let mut seen: Option<memory::Seen> = None;
     if opts.technique == Technique::Precopy {
         let mut prev = u64::MAX;
         for round in 1..=opts.max_rounds.max(1) {
@@ -362,11 +363,12 @@ async fn run(
             let (tx, mut rx) = tokio::sync::mpsc::channel::<Vec<(BlockHash, Vec<u8>)>>(8);
             let mut k = std::mem::take(&mut known);
             let scanner = tokio::task::spawn_blocking(move || {
-                let r = memory::scan(&pids, &mut k, |batch| {
+                let mut pages = memory::Seen::new();
+                let r = memory::scan(&pids, &mut k, Some(&mut pages), |batch| {
                     tx.blocking_send(batch)
                         .map_err(|_| anyhow!("round aborted"))
                 });
-                (r, k)
+                (r, k, pages)
             });
             let mut send_err = None;
             while let Some(batch) = rx.recv().await {
@@ -378,10 +380,11 @@ async fn run(
                 }
             }
             drop(rx);
-            let (stats, k) = scanner
+            let (stats, k, pages) = scanner
                 .await
                 .map_err(|e| anyhow!("memory scan task: {e}"))?;
             known = k;
+            seen = Some(pages);
             if let Some(e) = send_err {
                 return Err(e);
             }
@@ -421,6 +424,34 @@ async fn run(
             }
             prev = moved;
         }
+    }
+
+    // tell the destination how the pages images will most likely be laid
+    // out, so it writes them while this side freezes and dumps
+    if let Some(seen) = seen.take() {
+        let p = tl.begin("layout hint");
+        let root = cd.task_pid(&opts.container).await?;
+        let pids = cd.pids(&opts.container).await?;
+        let layout = tokio::task::spawn_blocking(move || {
+            memory::criu_layout(&memory::tree_order(root, &pids), &seen)
+        })
+        .await
+        .map_err(|e| anyhow!("layout prediction: {e}"))?;
+        let before = s.w.bytes();
+        for (i, pages) in layout.iter().enumerate() {
+            let name = format!("hint:pages-{}.img", i + 1);
+            let hashes: Vec<BlockHash> = pages.iter().map(|(_, h)| *h).collect();
+            let hashes = &hashes;
+            tokio::time::timeout(opts.io_timeout, s.w.manifest(&name, hashes))
+                .await
+                .map_err(|_| anyhow!("destination did not take the layout hint"))?
+                .map_err(|e| anyhow!("sending {name}: {e}"))?;
+        }
+        tokio::time::timeout(opts.io_timeout, s.w.flush())
+            .await
+            .map_err(|_| anyhow!("destination did not take the layout hint"))?
+            .map_err(|e| anyhow!("sending the layout hint: {e}"))?;
+        tl.end(p, Some(s.w.bytes() - before));
     }
 
     // --- freeze: from here on a failure must resume the source ---

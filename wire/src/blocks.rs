@@ -79,6 +79,15 @@ impl BlockStore {
         self.bytes
     }
 
+    /// A held block's content (the zero block is always held).
+    pub fn block(&self, hash: BlockHash) -> Option<&[u8]> {
+        static ZERO: [u8; BLOCK_SIZE] = [0u8; BLOCK_SIZE];
+        if hash == zero_hash() {
+            return Some(&ZERO);
+        }
+        self.blocks.get(&hash).map(|b| &b[..])
+    }
+
     /// Writes a pages image from its block list straight to `out`, in
     /// vectored batches: the blocks are copied once, into the file.
     pub fn write_to(
@@ -86,23 +95,59 @@ impl BlockStore {
         hashes: &[BlockHash],
         out: &mut impl std::io::Write,
     ) -> Result<(), BlockError> {
+        self.write_blocks(hashes, out, false).map(|_| ())
+    }
+
+    /// Like [`Self::write_to`], but a block not held yet is written as zeros
+    /// instead of failing: for a speculative image that is patched later.
+    /// Returns the hash of what was actually written at each index.
+    pub fn write_speculative(
+        &self,
+        hashes: &[BlockHash],
+        out: &mut impl std::io::Write,
+    ) -> Result<Vec<BlockHash>, BlockError> {
+        self.write_blocks(hashes, out, true)
+    }
+
+    fn write_blocks(
+        &self,
+        hashes: &[BlockHash],
+        out: &mut impl std::io::Write,
+        lenient: bool,
+    ) -> Result<Vec<BlockHash>, BlockError> {
         const BATCH: usize = 256;
         let zero = [0u8; BLOCK_SIZE];
         let zh = zero_hash();
         let io = |e: std::io::Error| BlockError::Io(e.to_string());
+        let mut written = Vec::with_capacity(if lenient { hashes.len() } else { 0 });
         let mut start = 0;
         while start < hashes.len() {
             let end = (start + BATCH).min(hashes.len());
             let mut bufs: Vec<&[u8]> = Vec::with_capacity(end - start);
             for (i, h) in hashes[start..end].iter().enumerate() {
-                bufs.push(if *h == zh {
-                    &zero
+                let b = if *h == zh {
+                    Some(&zero[..])
                 } else {
-                    self.blocks.get(h).ok_or(BlockError::Missing {
-                        index: start + i,
-                        hash: *h,
-                    })?
-                });
+                    self.blocks.get(h).map(|b| &b[..])
+                };
+                match b {
+                    Some(b) => {
+                        bufs.push(b);
+                        if lenient {
+                            written.push(*h);
+                        }
+                    }
+                    None if lenient => {
+                        bufs.push(&zero);
+                        written.push(zh);
+                    }
+                    None => {
+                        return Err(BlockError::Missing {
+                            index: start + i,
+                            hash: *h,
+                        })
+                    }
+                }
             }
             // write_vectored may stop early: finish the batch block by block
             let slices: Vec<std::io::IoSlice<'_>> =
@@ -118,7 +163,7 @@ impl BlockStore {
             }
             start = end;
         }
-        Ok(())
+        Ok(written)
     }
 
     /// Reference rebuild into memory, for checking [`Self::write_to`].
@@ -207,6 +252,15 @@ mod tests {
         let mut w = Vec::new();
         s.write_to(&hashes, &mut w).unwrap();
         assert_eq!(a, w);
+        // a speculative write fills what is missing with zeros and says so
+        let mut spec = Vec::new();
+        let got = s
+            .write_speculative(&[hashes[1], 42, zero_hash()], &mut spec)
+            .unwrap();
+        assert_eq!(got, vec![hashes[1], zero_hash(), zero_hash()]);
+        assert_eq!(&spec[..BLOCK_SIZE], s.block(hashes[1]).unwrap());
+        assert!(spec[BLOCK_SIZE..].iter().all(|b| *b == 0));
+        assert!(s.block(42).is_none());
         let missing = [hashes[1], 42];
         assert!(matches!(
             s.write_to(&missing, &mut Vec::new()),
