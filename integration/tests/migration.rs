@@ -320,6 +320,7 @@ fn wrong_credentials_are_rejected_before_anything_is_written() {
         ])
         .arg(rogue.path())
         .args(["--node", n1.name(), "--state", "/tmp", "--output", "json"])
+        .args(["--technique", "precopy"])
         .output()
         .unwrap();
     let r: serde_json::Value = serde_json::from_slice(&o.stdout).expect("JSON result");

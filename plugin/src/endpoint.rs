@@ -111,6 +111,10 @@ struct Incoming {
     /// Speculative pages images written from the source's layout hint: the
     /// hash of what each holds at every index.
     speculative: HashMap<String, Vec<BlockHash>>,
+    /// Where blocks not held when a speculative image was written belong:
+    /// written in place as they arrive.
+    pending: HashMap<BlockHash, Vec<(String, usize)>>,
+    spec_files: HashMap<String, std::fs::File>,
     files: HashMap<String, PathBuf>,
     bytes: u64,
 }
@@ -184,6 +188,8 @@ where
         blocks: BlockStore::new(),
         manifests: Vec::new(),
         speculative: HashMap::new(),
+        pending: HashMap::new(),
+        spec_files: HashMap::new(),
         files: HashMap::new(),
         bytes: 0,
     };
@@ -239,7 +245,36 @@ fn speculate(inc: &mut Incoming, image: &str, hashes: &[BlockHash]) -> Result<()
         ms = t.elapsed().as_secs_f64() * 1000.0,
         "speculative pages image written"
     );
+    // a newer layout replaces an older one of the same image
+    for v in inc.pending.values_mut() {
+        v.retain(|(n, _)| *n != image);
+    }
+    for (i, (want, got)) in hashes.iter().zip(written.iter()).enumerate() {
+        if want != got {
+            inc.pending
+                .entry(*want)
+                .or_default()
+                .push((image.clone(), i));
+        }
+    }
+    inc.spec_files.insert(image.clone(), file);
     inc.speculative.insert(image, written);
+    Ok(())
+}
+
+/// Writes a just-received block wherever a speculative image waits for it.
+fn place_block(inc: &mut Incoming, hash: BlockHash, data: &[u8]) -> Result<()> {
+    use std::os::unix::fs::FileExt;
+    let Some(places) = inc.pending.remove(&hash) else {
+        return Ok(());
+    };
+    for (image, i) in places {
+        if let (Some(f), Some(w)) = (inc.spec_files.get(&image), inc.speculative.get_mut(&image)) {
+            f.write_all_at(data, (i * mose_wire::BLOCK_SIZE) as u64)
+                .with_context(|| format!("writing into {image}"))?;
+            w[i] = hash;
+        }
+    }
     Ok(())
 }
 
@@ -363,6 +398,7 @@ where
             FrameKind::Blocks => {
                 for (h, d) in f.blocks()? {
                     inc.blocks.insert(h, d).map_err(|e| anyhow!("{e}"))?;
+                    place_block(inc, h, d)?;
                 }
             }
             FrameKind::Manifest => {

@@ -11,7 +11,7 @@ use std::{
 
 use anyhow::{anyhow, bail, Context, Result};
 use mose_wire::{
-    blocks::{hash_block, zero_hash},
+    blocks::zero_hash,
     frame::{FrameReader, FrameWriter},
     BlockHash, ContainerIdentity, Message, Technique, BLOCK_SIZE, PROTOCOL_VERSION,
 };
@@ -428,6 +428,7 @@ async fn run(
 
     // tell the destination how the pages images will most likely be laid
     // out, so it writes them while this side freezes and dumps
+    let hinted = seen.is_some();
     if let Some(seen) = seen.take() {
         let p = tl.begin("layout hint");
         let root = cd.task_pid(&opts.container).await?;
@@ -501,12 +502,20 @@ async fn run(
             && name.ends_with(".img")
             && data.len().is_multiple_of(BLOCK_SIZE)
         {
-            let mut hashes = Vec::with_capacity(data.len() / BLOCK_SIZE);
+            let hashes = mose_wire::blocks::hash_blocks(data);
+            if !hinted {
+                // no live rounds laid the image out: announce its exact layout
+                // first, so the destination writes each block in place as it
+                // arrives instead of assembling the image after the transfer
+                let hint = format!("hint:{name}");
+                tokio::time::timeout(opts.io_timeout, s.w.manifest(&hint, &hashes))
+                    .await
+                    .map_err(|_| anyhow!("destination did not take the page layout"))?
+                    .map_err(|e| anyhow!("sending {hint}: {e}"))?;
+            }
             let mut batch: Vec<(BlockHash, &[u8])> = Vec::new();
-            for page in data.chunks(BLOCK_SIZE) {
+            for (page, &h) in data.chunks(BLOCK_SIZE).zip(hashes.iter()) {
                 pages_present += 1;
-                let h = hash_block(page);
-                hashes.push(h);
                 if h != zero && known.insert(h) {
                     new_blocks += 1;
                     batch.push((h, page));

@@ -296,7 +296,18 @@ async fn migrate_cmd(a: MigrateArgs) -> Result<i32> {
             tracing::warn!(error = %format!("{e:#}"), "no plan (policy hook unavailable): migrating as told, without predictions");
             None
         }
-        Err(e) => anyhow::bail!("{e:#}; pass --technique to migrate without a plan"),
+        Err(e) => {
+            let error = format!("{e:#}; pass --technique to migrate without a plan");
+            if json {
+                let r = serde_json::json!({
+                    "status": "failed", "container": a.container, "destination": a.to,
+                    "bytes_sent": 0, "error": error,
+                });
+                println!("{r}");
+                return Ok(1);
+            }
+            anyhow::bail!(error);
+        }
     };
     if let Some(p) = &plan {
         if p.decision.refused {
