@@ -176,6 +176,41 @@ impl Cluster {
         })
     }
 
+    /// Node `i`'s plugin work directory (tmpfs): one subdirectory per
+    /// migration it is receiving, created when the migration begins.
+    pub fn incoming_dir(&self, i: usize) -> Result<PathBuf> {
+        let bed = self
+            .bed
+            .dir()
+            .file_name()
+            .map(|n| n.to_string_lossy().to_string())
+            .unwrap_or_default();
+        Ok(Path::new("/run/mose/incoming")
+            .join(bed)
+            .join(self.node(i)?.name()))
+    }
+
+    /// Waits until node `i` is receiving a migration (or `timeout` passes).
+    pub fn wait_receiving(&self, i: usize, timeout: std::time::Duration) -> Result<()> {
+        let dir = self.incoming_dir(i)?;
+        let deadline = std::time::Instant::now() + timeout;
+        loop {
+            let busy = std::fs::read_dir(&dir)
+                .map(|rd| {
+                    rd.flatten()
+                        .any(|e| !e.file_name().to_string_lossy().starts_with('.'))
+                })
+                .unwrap_or(false);
+            if busy {
+                return Ok(());
+            }
+            if std::time::Instant::now() > deadline {
+                bail!("node {i} did not start receiving a migration within {timeout:?}");
+            }
+            std::thread::sleep(std::time::Duration::from_millis(20));
+        }
+    }
+
     /// Node `i`'s policy hook socket.
     pub fn policy_socket(&self, i: usize) -> Result<PathBuf> {
         Ok(self.node(i)?.dir().join("policy.sock"))

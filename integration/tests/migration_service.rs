@@ -88,23 +88,25 @@ fn destination_killed_mid_stream_rolls_back() {
         .unwrap()
         .plugin_pid()
         .expect("node 2 runs a plugin");
-    let killer = std::thread::spawn(move || {
-        std::thread::sleep(Duration::from_secs(3));
-        let _ = nix::sys::signal::kill(
-            nix::unistd::Pid::from_raw(plugin as i32),
-            nix::sys::signal::Signal::SIGKILL,
-        );
-    });
-    let r = c
-        .migrate(
+    let r = std::thread::scope(|s| {
+        s.spawn(|| {
+            // mid-stream: the destination is receiving, the transfer under way
+            c.wait_receiving(2, Duration::from_secs(60)).unwrap();
+            std::thread::sleep(Duration::from_secs(2));
+            let _ = nix::sys::signal::kill(
+                nix::unistd::Pid::from_raw(plugin as i32),
+                nix::sys::signal::Signal::SIGKILL,
+            );
+        });
+        c.migrate(
             1,
             2,
             &ns,
             "state",
             &["--technique", "precopy", "--io-timeout", "5"],
         )
-        .unwrap();
-    killer.join().unwrap();
+        .unwrap()
+    });
     assert_ne!(r["status"], "ok", "{r}");
     assert!(r["error"].as_str().is_some_and(|e| !e.is_empty()), "{r}");
     assert_source_intact(&c, &ns, &addr, before.seq, before.sum);
@@ -116,7 +118,15 @@ fn link_cut_mid_stream_rolls_back() {
     let before = ping(&addr).unwrap();
     std::thread::scope(|s| {
         s.spawn(|| {
-            std::thread::sleep(Duration::from_secs(3));
+            // cut once the source is frozen and its memory on the wire
+            let n1 = c.node(1).unwrap();
+            wait_for("the source to freeze", Duration::from_secs(60), || {
+                n1.ctr(&ns)
+                    .ok(["tasks", "ls"])
+                    .unwrap_or_default()
+                    .contains("PAUSED")
+            });
+            std::thread::sleep(Duration::from_secs(1));
             c.bed.cut_link(2).unwrap();
         });
         let r = c

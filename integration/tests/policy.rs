@@ -68,11 +68,12 @@ fn status(socket: &std::path::Path) -> serde_json::Value {
 
 #[test]
 fn a_tight_downtime_target_gets_a_technique_that_meets_it() {
-    let c = Cluster::up(2, None).expect("cluster up");
+    // 128 MiB over 200 Mbit/s: a cold migration freezes for more than the
+    // 5.4 s its memory takes on the wire, pre-copy for a second or two; 3.5 s
+    // separates them even when a busy machine slows CRIU down
+    let c = Cluster::up(2, Some(200)).expect("cluster up");
     let ns = mose_tests::unique_id("pol");
-    // 160 MiB: a cold migration freezes for about two seconds, pre-copy for
-    // well under one; 1.5 s separates them with room for a noisy machine
-    let addr = run_service(&c, &ns, 160, &["mose.io/max-downtime=1500ms"]);
+    let addr = run_service(&c, &ns, 128, &["mose.io/max-downtime=3500ms"]);
     let before = ping(&addr).unwrap();
 
     let plan = c.plan(1, 2, &ns, "state").unwrap();
@@ -80,10 +81,10 @@ fn a_tight_downtime_target_gets_a_technique_that_meets_it() {
     assert_eq!(d["plan"]["technique"], "precopy", "{plan:#}");
     assert_eq!(d["feasible"], true, "{plan:#}");
     assert_eq!(d["targets"][0]["annotation"], "mose.io/max-downtime");
-    // a cold plan for the same container is predicted to miss the target
+    // the plan was made from what was measured: the service and its state
     let m = &plan["request"]["measurements"];
     assert!(
-        m["memory_bytes"].as_u64().unwrap() > 150 << 20,
+        m["memory_bytes"].as_u64().unwrap() > 120 << 20,
         "the measured memory is the service's state: {m}"
     );
 
@@ -99,7 +100,7 @@ fn a_tight_downtime_target_gets_a_technique_that_meets_it() {
         .find(|k| k["kpi"] == "downtime")
         .expect("downtime compared");
     eprintln!("kpis: {}", p["kpis"]);
-    assert_eq!(down["target"], 1500.0);
+    assert_eq!(down["target"], 3500.0);
     assert_eq!(
         down["met"], true,
         "the measured downtime meets the target: {down}"
