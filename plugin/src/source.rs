@@ -459,7 +459,20 @@ async fn run(
     let freeze_at = tl.now_ms();
     let p = tl.begin("freeze+dump");
     report(opts, "dump", 0, s.w.bytes());
-    cd.pause(&opts.container).await?;
+    // the cgroup freezer gives up when a task is briefly unfreezable (it is
+    // thawed again then, nothing lost): try a few times before failing
+    let mut attempt = 1;
+    loop {
+        match cd.pause(&opts.container).await {
+            Ok(()) => break,
+            Err(e) if attempt < 3 => {
+                warn!(attempt, error = %format!("{e:#}"), "freezing the container failed; retrying");
+                attempt += 1;
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+            Err(e) => return Err(e),
+        }
+    }
     st.frozen = true;
     let images = work.join("images");
     let crwork = work.join("criu-work");
