@@ -49,7 +49,7 @@ fn main() -> Result<()> {
         "io.containerd.mose.v2",
         "--net-host",
         "--label",
-        "mose.io/demo=state-service",
+        "demo.mose.io/role=state-service",
         STATE_SERVICE_REF,
         "state",
         "/usr/local/bin/mose-state-service",
