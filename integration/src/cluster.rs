@@ -176,6 +176,18 @@ impl Cluster {
         })
     }
 
+    /// Kills and deletes container `id` on node `node`, best effort (between
+    /// benchmark runs).
+    pub fn remove(&self, node: usize, ns: &str, id: &str) {
+        if let Ok(n) = self.node(node) {
+            let ctr = n.ctr(ns);
+            let _ = ctr.run(["tasks", "kill", "-s", "SIGKILL", id]);
+            std::thread::sleep(std::time::Duration::from_millis(300));
+            let _ = ctr.run(["tasks", "delete", id]);
+            let _ = ctr.run(["containers", "delete", id]);
+        }
+    }
+
     /// Node `i`'s plugin work directory (tmpfs): one subdirectory per
     /// migration it is receiving, created when the migration begins.
     pub fn incoming_dir(&self, i: usize) -> Result<PathBuf> {

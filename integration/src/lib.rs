@@ -11,6 +11,39 @@ pub mod cluster;
 pub mod plot;
 pub mod testbed;
 
+/// A comma-separated list of numbers given as `name VALUE` on the command
+/// line (e.g. `--state 64,512`), or `default`.
+pub fn list_arg(name: &str, default: &str) -> Result<Vec<u64>> {
+    let args: Vec<String> = std::env::args().collect();
+    let v = match args.iter().position(|a| a == name) {
+        Some(i) => args
+            .get(i + 1)
+            .cloned()
+            .with_context(|| format!("{name} needs a value"))?,
+        None => default.to_string(),
+    };
+    v.split(',')
+        .map(|x| {
+            x.trim()
+                .parse()
+                .with_context(|| format!("{name}: {x:?} is not a number"))
+        })
+        .collect()
+}
+
+/// Polls `f` every 100 ms until it holds; panics naming `what` after
+/// `timeout` (for tests).
+pub fn wait_for(what: &str, timeout: Duration, mut f: impl FnMut() -> bool) {
+    let deadline = std::time::Instant::now() + timeout;
+    while !f() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "timed out waiting for {what}"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
 /// Median of a sample (in the sample's unit); `NaN` when empty.
 pub fn median(xs: &[f64]) -> f64 {
     percentile(xs, 50.0)

@@ -6,10 +6,10 @@
 use std::{
     io::{BufRead, BufReader, Write},
     net::TcpStream,
-    time::{Duration, Instant},
+    time::Duration,
 };
 
-use mose_integration::cluster::Cluster;
+use mose_integration::{cluster::Cluster, wait_for};
 use mose_workloads::{
     image::ctr_import,
     images::{cache_dir, redis_archive, state_service_archive, REDIS_REF, STATE_SERVICE_REF},
@@ -17,14 +17,6 @@ use mose_workloads::{
 };
 
 const RT: &str = "io.containerd.mose.v2";
-
-fn wait_for(what: &str, timeout: Duration, mut f: impl FnMut() -> bool) {
-    let deadline = Instant::now() + timeout;
-    while !f() {
-        assert!(Instant::now() < deadline, "timed out waiting for {what}");
-        std::thread::sleep(Duration::from_millis(100));
-    }
-}
 
 /// A cluster whose node 1 runs the state service with `mib` MiB of state.
 fn service(mib: u32, rate_mbit: u32) -> (Cluster, String, String) {

@@ -2,9 +2,9 @@
 //! downtime target is migrated with a technique that meets it; an operator's
 //! policy program is used, and ignored with a clear error when it misbehaves.
 
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
-use mose_integration::cluster::Cluster;
+use mose_integration::{cluster::Cluster, wait_for};
 use mose_workloads::{
     image::ctr_import,
     images::{cache_dir, state_service_archive, STATE_SERVICE_REF},
@@ -12,14 +12,6 @@ use mose_workloads::{
 };
 
 const RT: &str = "io.containerd.mose.v2";
-
-fn wait_for(what: &str, timeout: Duration, mut f: impl FnMut() -> bool) {
-    let deadline = Instant::now() + timeout;
-    while !f() {
-        assert!(Instant::now() < deadline, "timed out waiting for {what}");
-        std::thread::sleep(Duration::from_millis(100));
-    }
-}
 
 /// Runs the state service with `mib` MiB on node 1, with `annotations`.
 fn run_service(c: &Cluster, ns: &str, mib: u32, annotations: &[&str]) -> String {

@@ -19,7 +19,9 @@ use std::{
 
 use anyhow::{anyhow, bail, Context, Result};
 use containerd_client::types::Descriptor;
-use mose_integration::{cluster::Cluster, median, ms, plot, print_table, results_dir, write_json};
+use mose_integration::{
+    cluster::Cluster, list_arg, median, ms, plot, print_table, results_dir, write_json,
+};
 use mose_tests::fifo::TaskIo;
 use mose_workloads::{
     image::ctr_import,
@@ -32,24 +34,6 @@ const PORT: u16 = 7070;
 const XFER_PORT: u16 = 7799;
 const CRIU_TAR: &str = "application/vnd.containerd.container.criu.checkpoint.criu.tar";
 const BASE: &str = "/run/mose-baseline";
-
-fn list(name: &str, default: &str) -> Result<Vec<u64>> {
-    let args: Vec<String> = std::env::args().collect();
-    let v = match args.iter().position(|a| a == name) {
-        Some(i) => args
-            .get(i + 1)
-            .cloned()
-            .with_context(|| format!("{name} needs a value"))?,
-        None => default.to_string(),
-    };
-    v.split(',')
-        .map(|x| {
-            x.trim()
-                .parse()
-                .with_context(|| format!("{name}: {x:?} is not a number"))
-        })
-        .collect()
-}
 
 struct Run {
     technique: String,
@@ -124,16 +108,6 @@ async fn start_service(
         .and_then(|v| v.split_whitespace().next()?.parse().ok())
         .unwrap_or(0.0);
     Ok(rss_kib / 1024.0)
-}
-
-fn remove(c: &Cluster, node: usize, ns: &str, id: &str) {
-    if let Ok(n) = c.node(node) {
-        let ctr = n.ctr(ns);
-        let _ = ctr.run(["tasks", "kill", "-s", "SIGKILL", id]);
-        std::thread::sleep(Duration::from_millis(300));
-        let _ = ctr.run(["tasks", "delete", id]);
-        let _ = ctr.run(["containers", "delete", id]);
-    }
 }
 
 /// The baseline: ctr checkpoint --exit into tmpfs, tar over TCP, containerd restore.
@@ -288,10 +262,10 @@ async fn ingest(socket: &Path, ns: &str, file: &Path, digest: &str, size: u64) -
 
 #[tokio::main(flavor = "multi_thread", worker_threads = 2)]
 async fn main() -> Result<()> {
-    let states = list("--state", "64,512")?;
-    let dirties = list("--dirty", "0,16")?;
-    let links = list("--links", "1000,200")?;
-    let runs = list("--runs", "1")?.first().copied().unwrap_or(1);
+    let states = list_arg("--state", "64,512")?;
+    let dirties = list_arg("--dirty", "0,16")?;
+    let links = list_arg("--links", "1000,200")?;
+    let runs = list_arg("--runs", "1")?.first().copied().unwrap_or(1);
     mose_plugin::ensure_tmpfs(Path::new(BASE))?;
     std::fs::write(
         Path::new(BASE).join("criu.conf"),
@@ -363,8 +337,8 @@ async fn main() -> Result<()> {
                         std::thread::sleep(Duration::from_millis(800));
                         let p = probe.stop();
                         let v = verify(&addrs[1]).map(|v| v.is_ok()).unwrap_or(false);
-                        remove(&c, 2, &ns, &id);
-                        remove(&c, 1, &ns, &id);
+                        c.remove(2, &ns, &id);
+                        c.remove(1, &ns, &id);
                         let run = Run {
                             technique: technique.into(),
                             downtime_ms: p.downtime_ms,

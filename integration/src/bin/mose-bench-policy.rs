@@ -21,8 +21,10 @@
 
 use std::time::{Duration, Instant};
 
-use anyhow::{bail, Context, Result};
-use mose_integration::{cluster::Cluster, median, plot, print_table, results_dir, write_json};
+use anyhow::{bail, Result};
+use mose_integration::{
+    cluster::Cluster, list_arg, median, plot, print_table, results_dir, write_json,
+};
 use mose_workloads::{
     image::ctr_import,
     images::{cache_dir, state_service_archive, STATE_SERVICE_REF},
@@ -31,24 +33,6 @@ use mose_workloads::{
 
 const RT: &str = "io.containerd.mose.v2";
 const PORT: u16 = 7070;
-
-fn arg(name: &str, default: &str) -> Result<Vec<u64>> {
-    let args: Vec<String> = std::env::args().collect();
-    let v = match args.iter().position(|a| a == name) {
-        Some(i) => args
-            .get(i + 1)
-            .cloned()
-            .with_context(|| format!("{name} needs a value"))?,
-        None => default.to_string(),
-    };
-    v.split(',')
-        .map(|x| {
-            x.trim()
-                .parse()
-                .with_context(|| format!("{name}: {x:?} is not a number"))
-        })
-        .collect()
-}
 
 /// Starts the state service as `id` on `node` with `annotations`.
 fn start(
@@ -95,16 +79,6 @@ fn wait_up(c: &Cluster, node: usize) -> Result<()> {
     Ok(())
 }
 
-fn remove(c: &Cluster, node: usize, ns: &str, id: &str) {
-    if let Ok(n) = c.node(node) {
-        let ctr = n.ctr(ns);
-        let _ = ctr.run(["tasks", "kill", "-s", "SIGKILL", id]);
-        std::thread::sleep(Duration::from_millis(300));
-        let _ = ctr.run(["tasks", "delete", id]);
-        let _ = ctr.run(["containers", "delete", id]);
-    }
-}
-
 /// Migrates and checks the service answers at the destination.
 fn migrate(
     c: &Cluster,
@@ -148,12 +122,12 @@ fn rel_err(p: f64, m: f64) -> f64 {
 }
 
 fn main() -> Result<()> {
-    let runs = arg("--runs", "3")?[0].max(1);
-    let states = arg("--state", "32,128")?;
-    let dirties = arg("--dirty", "0,8")?;
-    let links = arg("--links", "1000,200")?;
-    let max_down = arg("--max-downtime-ms", "1000")?[0];
-    let max_total = arg("--max-total-ms", "6000")?[0];
+    let runs = list_arg("--runs", "3")?[0].max(1);
+    let states = list_arg("--state", "32,128")?;
+    let dirties = list_arg("--dirty", "0,8")?;
+    let links = list_arg("--links", "1000,200")?;
+    let max_down = list_arg("--max-downtime-ms", "1000")?[0];
+    let max_total = list_arg("--max-total-ms", "6000")?[0];
     let archive = state_service_archive(None, &cache_dir())?;
     let mut accuracy = Vec::new();
     let mut targets_rows = Vec::new();
@@ -170,7 +144,7 @@ fn main() -> Result<()> {
             start(&c, 1, &ns, &id, s, 0, &[])?;
             migrate(&c, 1, &ns, &id, &["--technique", "cold"])?;
             migrate(&c, 2, &ns, &id, &["--technique", "precopy"])?;
-            remove(&c, 1, &ns, &id);
+            c.remove(1, &ns, &id);
             eprintln!("[bench] L={link} warm-up S={s} done");
         }
         // Part A: predicted vs measured, targets annotated on every container
@@ -201,7 +175,7 @@ fn main() -> Result<()> {
                         }));
                     }
                 }
-                remove(&c, at, &ns, &id);
+                c.remove(at, &ns, &id);
             }
         }
         // Part B: MOSE's plan vs a fixed configuration, per objective
@@ -227,7 +201,7 @@ fn main() -> Result<()> {
                         &["--technique", "cold"]
                     };
                     let fixed = migrate(&c, 2, &ns, &id, fixed_args)?;
-                    remove(&c, 1, &ns, &id);
+                    c.remove(1, &ns, &id);
                     for (policy, res) in [("MOSE plan", &planned), ("fixed", &fixed)] {
                         let down = res["downtime_ms"].as_f64().unwrap_or(f64::NAN);
                         let total = res["total_ms"].as_f64().unwrap_or(f64::NAN);
