@@ -6,7 +6,7 @@
 //! kernel has no soft-dirty bits to ask instead); the link by a short probe
 //! through the same mutually authenticated stream a migration would use.
 
-use std::{collections::HashMap, fs::File, os::unix::fs::FileExt, time::Duration};
+use std::{collections::HashMap, os::unix::fs::FileExt, time::Duration};
 
 use anyhow::{anyhow, bail, Result};
 use mose_wire::{
@@ -15,7 +15,11 @@ use mose_wire::{
 };
 use serde::{Deserialize, Serialize};
 
-use crate::{memory::parse_maps, source::connect_to, tls::Identity};
+use crate::{
+    memory::{parse_maps, present_or_swapped, ProcMemory},
+    source::connect_to,
+    tls::Identity,
+};
 
 /// One container's memory, as the policy sees it.
 #[derive(Debug, Clone, Copy, Default, Serialize, Deserialize, PartialEq)]
@@ -39,28 +43,20 @@ fn snapshot(pids: &[u32], stride: u64) -> (HashMap<(u32, u64), BlockHash>, u64) 
     let mut present_total = 0u64;
     let page = BLOCK_SIZE as u64;
     for &pid in pids {
-        let Ok(maps) = std::fs::read_to_string(format!("/proc/{pid}/maps")) else {
-            continue;
-        };
-        let (Ok(mem), Ok(pagemap)) = (
-            File::open(format!("/proc/{pid}/mem")),
-            File::open(format!("/proc/{pid}/pagemap")),
-        ) else {
+        let Some(proc_mem) = ProcMemory::open(pid) else {
             continue;
         };
         let mut buf = vec![0u8; BLOCK_SIZE];
-        for r in parse_maps(&maps) {
+        for r in parse_maps(&proc_mem.maps) {
             let (first, last) = (r.start / page, r.end / page);
             let mut at = first;
             while at < last {
                 let n = (last - at).min(4096);
-                let mut pm = vec![0u8; (n * 8) as usize];
-                if pagemap.read_exact_at(&mut pm, at * 8).is_err() {
+                let Some(pm) = proc_mem.entries(at, n as usize) else {
                     break;
-                }
-                for (i, e) in pm.chunks_exact(8).enumerate() {
-                    let e = u64::from_le_bytes([e[0], e[1], e[2], e[3], e[4], e[5], e[6], e[7]]);
-                    if e & (1 << 63) == 0 && e & (1 << 62) == 0 {
+                };
+                for (i, &e) in pm.iter().enumerate() {
+                    if !present_or_swapped(e) {
                         continue;
                     }
                     present_total += 1;
@@ -68,7 +64,7 @@ fn snapshot(pids: &[u32], stride: u64) -> (HashMap<(u32, u64), BlockHash>, u64) 
                     if !pfn.is_multiple_of(stride) {
                         continue;
                     }
-                    if mem.read_exact_at(&mut buf, pfn * page).is_ok() {
+                    if proc_mem.mem.read_exact_at(&mut buf, pfn * page).is_ok() {
                         out.insert((pid, pfn * page), hash_block(&buf));
                     }
                 }

@@ -57,12 +57,49 @@ pub struct ScanStats {
     pub new_blocks: u64,
 }
 
-/// Scans the memory of `pids`, calling `emit` with batches of blocks not in
-/// `known` (which is updated). Processes that vanish mid-scan are skipped.
-/// Blocking: run it on a blocking thread and hand batches to the sender.
 /// Content hash of each scanned page, by (pid, address).
 pub type Seen = HashMap<(u32, u64), BlockHash>;
 
+/// A process's memory as `/proc` shows it: its mappings, their content and
+/// the page-table flags of each page. Every reader here (live rounds,
+/// dirty-rate sampling, layout prediction) goes through it.
+pub struct ProcMemory {
+    pub maps: String,
+    pub mem: File,
+    pagemap: File,
+}
+
+impl ProcMemory {
+    /// None when the process is gone (or its memory is not readable).
+    pub fn open(pid: u32) -> Option<Self> {
+        Some(Self {
+            maps: std::fs::read_to_string(format!("/proc/{pid}/maps")).ok()?,
+            mem: File::open(format!("/proc/{pid}/mem")).ok()?,
+            pagemap: File::open(format!("/proc/{pid}/pagemap")).ok()?,
+        })
+    }
+
+    /// The pagemap entries of `n` pages from virtual page number `first`.
+    pub fn entries(&self, first: u64, n: usize) -> Option<Vec<u64>> {
+        let mut raw = vec![0u8; n * 8];
+        self.pagemap.read_exact_at(&mut raw, first * 8).ok()?;
+        Some(
+            raw.chunks_exact(8)
+                .map(|e| u64::from_le_bytes([e[0], e[1], e[2], e[3], e[4], e[5], e[6], e[7]]))
+                .collect(),
+        )
+    }
+}
+
+/// Whether a pagemap entry is a page in memory or in swap.
+pub fn present_or_swapped(e: u64) -> bool {
+    e & (1 << 63) != 0 || e & (1 << 62) != 0
+}
+
+/// Scans the memory of `pids`, calling `emit` with batches of blocks not in
+/// `known` (which is updated), and recording every page's hash in `seen`.
+/// Processes that vanish mid-scan are skipped. Blocking: run it on a
+/// blocking thread and hand batches to the sender.
 pub fn scan<F>(
     pids: &[u32],
     known: &mut HashSet<BlockHash>,
@@ -77,34 +114,23 @@ where
     let zero = zero_hash();
     let mut batch = Vec::with_capacity(BATCH);
     for &pid in pids {
-        let Ok(maps) = std::fs::read_to_string(format!("/proc/{pid}/maps")) else {
+        let Some(pm_proc) = ProcMemory::open(pid) else {
             continue;
         };
-        let (Ok(mem), Ok(pagemap)) = (
-            File::open(format!("/proc/{pid}/mem")),
-            File::open(format!("/proc/{pid}/pagemap")),
-        ) else {
-            continue;
-        };
-        for r in parse_maps(&maps) {
+        let mem = &pm_proc.mem;
+        for r in parse_maps(&pm_proc.maps) {
             let pages = ((r.end - r.start) / BLOCK_SIZE as u64) as usize;
-            // presence bits, 8 bytes per page
             const CHUNK: usize = 4096;
             let mut first = 0usize;
             while first < pages {
                 let n = CHUNK.min(pages - first);
-                let mut pm = vec![0u8; n * 8];
-                let off = (r.start / BLOCK_SIZE as u64 + first as u64) * 8;
-                if pagemap.read_exact_at(&mut pm, off).is_err() {
+                let Some(pm) = pm_proc.entries(r.start / BLOCK_SIZE as u64 + first as u64, n)
+                else {
                     break;
-                }
+                };
                 let mut i = 0;
                 while i < n {
-                    let present = |j: usize| {
-                        let e =
-                            u64::from_le_bytes(pm[j * 8..j * 8 + 8].try_into().unwrap_or([0; 8]));
-                        e & (1 << 63) != 0 || e & (1 << 62) != 0
-                    };
+                    let present = |j: usize| present_or_swapped(pm[j]);
                     if !present(i) {
                         i += 1;
                         continue;
@@ -190,14 +216,11 @@ pub fn criu_layout(pids: &[u32], seen: &Seen) -> Vec<Vec<(u64, BlockHash)>> {
     let mut out = Vec::new();
     for &pid in pids {
         let mut hashes = Vec::new();
-        let (Ok(maps), Ok(mem), Ok(pagemap)) = (
-            std::fs::read_to_string(format!("/proc/{pid}/maps")),
-            File::open(format!("/proc/{pid}/mem")),
-            File::open(format!("/proc/{pid}/pagemap")),
-        ) else {
+        let Some(proc_mem) = ProcMemory::open(pid) else {
             out.push(hashes);
             continue;
         };
+        let (maps, mem) = (&proc_mem.maps, &proc_mem.mem);
         let mut buf = vec![0u8; BLOCK_SIZE];
         // CRIU injects its parasite into the first executable mapping: that
         // page is copied-on-write, hence dumped, by the time CRIU looks
@@ -222,19 +245,14 @@ pub fn criu_layout(pids: &[u32], seen: &Seen) -> Vec<Vec<(u64, BlockHash)>> {
             else {
                 continue;
             };
-            let n = ((end - start) / page) as usize;
-            let mut pm = vec![0u8; n * 8];
-            if pagemap.read_exact_at(&mut pm, start / page * 8).is_err() {
+            let Some(pm) = proc_mem.entries(start / page, ((end - start) / page) as usize) else {
                 continue;
-            }
-            for (i, e) in pm.chunks_exact(8).enumerate() {
-                let e = u64::from_le_bytes([e[0], e[1], e[2], e[3], e[4], e[5], e[6], e[7]]);
-                let present = e & (1 << 63) != 0;
-                let swapped = e & (1 << 62) != 0;
+            };
+            for (i, &e) in pm.iter().enumerate() {
                 let file_page = e & (1 << 61) != 0;
                 let dump = vdso
                     || (poked && i == 0)
-                    || (!(file_private && file_page) && (present || swapped));
+                    || (!(file_private && file_page) && present_or_swapped(e));
                 if !dump {
                     continue;
                 }

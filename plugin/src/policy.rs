@@ -263,8 +263,7 @@ async fn targets_of(cd: &Containerd, id: &str) -> Result<KpiTargets> {
     annotations::parse(&ann).map_err(|e| anyhow!("container {id}: {e}"))
 }
 
-async fn pids_of(p: &Policy, ns: &str, id: &str) -> Result<Vec<u32>> {
-    let cd = Containerd::connect(&p.cfg.containerd, ns).await?;
+async fn pids_of(cd: &Containerd, id: &str) -> Result<Vec<u32>> {
     let mut pids = cd.pids(id).await?;
     pids.sort_unstable();
     Ok(pids)
@@ -283,9 +282,15 @@ async fn measure_memory(p: &Policy, ns: &str, id: &str, pids: Vec<u32>) -> Resul
     Ok(m)
 }
 
-async fn memory_of(p: &Policy, ns: &str, id: &str, fresh: bool) -> Result<MemorySample> {
+async fn memory_of(
+    p: &Policy,
+    cd: &Containerd,
+    ns: &str,
+    id: &str,
+    fresh: bool,
+) -> Result<MemorySample> {
     let key = (ns.to_string(), id.to_string());
-    let pids = pids_of(p, ns, id).await?;
+    let pids = pids_of(cd, id).await?;
     if !fresh {
         if let Some((t, was, m)) = p.memory.lock().await.get(&key) {
             if t.elapsed() < p.cfg.max_age && *was == pids {
@@ -328,7 +333,7 @@ async fn plan(p: &Policy, q: &PlanQuery) -> Result<PlanAnswer> {
         .lock()
         .await
         .insert((q.namespace.clone(), q.container.clone()), Instant::now());
-    let memory = memory_of(p, &q.namespace, &q.container, q.fresh).await?;
+    let memory = memory_of(p, &cd, &q.namespace, &q.container, q.fresh).await?;
     let (link, link_source) = link_to(p, &q.destination, q.fresh).await?;
     let calibration = p.store.lock().await.learned.calibration();
     let request = PlanRequest {
@@ -422,7 +427,11 @@ async fn refresh_loop(p: Arc<Policy>) {
             w.keys().cloned().collect()
         };
         for (ns, id) in keys {
-            let sampled = match pids_of(&p, &ns, &id).await {
+            let pids = match Containerd::connect(&p.cfg.containerd, &ns).await {
+                Ok(cd) => pids_of(&cd, &id).await,
+                Err(e) => Err(e),
+            };
+            let sampled = match pids {
                 Ok(pids) => measure_memory(&p, &ns, &id, pids).await,
                 Err(e) => Err(e),
             };

@@ -388,12 +388,13 @@ fn finish(
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
 
     const MIB: u64 = 1024 * 1024;
 
-    fn meas(mem_mib: u64, dirty_mib_s: f64, link_mbit: f64) -> Measurements {
+    /// Measurements in the units people think in (also used by select's tests).
+    pub(crate) fn meas(mem_mib: u64, dirty_mib_s: f64, link_mbit: f64) -> Measurements {
         Measurements {
             memory_bytes: mem_mib * MIB,
             dirty_bytes_per_s: dirty_mib_s * MIB as f64,

@@ -406,16 +406,7 @@ mod tests {
     use super::*;
     use crate::annotations::parse_pairs;
 
-    const MIB: u64 = 1024 * 1024;
-
-    fn meas(mem_mib: u64, dirty_mib_s: f64, link_mbit: f64) -> Measurements {
-        Measurements {
-            memory_bytes: mem_mib * MIB,
-            dirty_bytes_per_s: dirty_mib_s * MIB as f64,
-            working_set_bytes: None,
-            link_bytes_per_s: link_mbit * 1e6 / 8.0,
-        }
-    }
+    use crate::model::tests::meas;
 
     fn targets(pairs: &[(&str, &str)]) -> KpiTargets {
         parse_pairs(pairs.iter().copied()).unwrap()

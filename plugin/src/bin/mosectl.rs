@@ -85,7 +85,7 @@ struct MigrateArgs {
     #[arg(long)]
     max_rounds: Option<u32>,
     /// Cap on the migration's sending rate, e.g. 300Mbit (default: the plan's).
-    #[arg(long, value_parser = parse_rate)]
+    #[arg(long, value_parser = mose_policy::annotations::parse_rate)]
     max_bandwidth: Option<u64>,
     /// The node's policy hook (served by mose-plugin).
     #[arg(long, default_value = "/run/mose/policy.sock")]
@@ -114,10 +114,6 @@ struct MigrateArgs {
     /// Test hook: corrupt-chunk or truncate.
     #[arg(long, hide = true)]
     inject_fault: Option<Fault>,
-}
-
-fn parse_rate(s: &str) -> Result<u64, String> {
-    mose_policy::annotations::parse_rate(s)
 }
 
 #[derive(clap::Args)]
