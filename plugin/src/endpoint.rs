@@ -15,7 +15,7 @@ use anyhow::{anyhow, bail, Context, Result};
 use containerd_client::services::v1::Container;
 use mose_wire::{
     frame::{FrameKind, FrameReader, FrameWriter},
-    BlockHash, BlockStore, ContainerIdentity, Message, PROTOCOL_VERSION,
+    BlockHash, BlockStore, ContainerIdentity, Message, Technique, PROTOCOL_VERSION,
 };
 use prost_types::Any;
 use tokio::{
@@ -27,6 +27,7 @@ use tracing::{error, info, warn};
 
 use crate::{
     containerd::{runtime, Containerd, SPEC_TYPE_URL},
+    lazy::LazyLayout,
     rootfs,
     tls::Identity,
 };
@@ -104,22 +105,22 @@ async fn next_frame<R: AsyncRead + Unpin>(
         .map_err(|e| anyhow!("{e}"))
 }
 
-struct Incoming {
-    dir: PathBuf,
-    blocks: BlockStore,
-    manifests: Vec<(String, Vec<BlockHash>)>,
+pub(crate) struct Incoming {
+    pub(crate) dir: PathBuf,
+    pub(crate) blocks: BlockStore,
+    pub(crate) manifests: Vec<(String, Vec<BlockHash>)>,
     /// Speculative pages images written from the source's layout hint: the
     /// hash of what each holds at every index.
-    speculative: HashMap<String, Vec<BlockHash>>,
+    pub(crate) speculative: HashMap<String, Vec<BlockHash>>,
     /// Where blocks not held when a speculative image was written belong:
     /// written in place as they arrive.
-    pending: HashMap<BlockHash, Vec<(String, usize)>>,
-    spec_files: HashMap<String, std::fs::File>,
-    files: HashMap<String, PathBuf>,
-    bytes: u64,
+    pub(crate) pending: HashMap<BlockHash, Vec<(String, usize)>>,
+    pub(crate) spec_files: HashMap<String, std::fs::File>,
+    pub(crate) files: HashMap<String, PathBuf>,
+    pub(crate) bytes: u64,
 }
 
-fn safe_name(name: &str) -> Result<&str> {
+pub(crate) fn safe_name(name: &str) -> Result<&str> {
     if name.is_empty() || name.contains('/') || name.starts_with('.') || name.len() > 200 {
         bail!("refusing file name {name:?} from the source");
     }
@@ -157,13 +158,13 @@ where
         node: cfg.identity.node.clone(),
     })
     .await?;
-    let (migration, container) = match next_frame(&mut r, io).await?.message()? {
+    let (migration, container, technique) = match next_frame(&mut r, io).await?.message()? {
         Message::Measure { bytes } => return answer_probe(&mut r, &mut w, bytes, io).await,
         Message::Begin {
             migration,
             container,
-            ..
-        } => (migration, container),
+            technique,
+        } => (migration, container, technique),
         other => bail!("expected Begin, got {other:?}"),
     };
     let migration = safe_name(&migration)?.to_string();
@@ -195,7 +196,7 @@ where
     };
     let t_begin = Instant::now();
     let res = receive(
-        cfg, &mut r, &mut w, &cd, &container, &mut inc, &source, &migration,
+        cfg, &mut r, &mut w, &cd, &container, &mut inc, technique, &migration,
     )
     .await;
     let _ = std::fs::remove_dir_all(&dir);
@@ -368,7 +369,7 @@ async fn receive<R, W>(
     cd: &Containerd,
     container: &ContainerIdentity,
     inc: &mut Incoming,
-    _source: &str,
+    technique: Technique,
     migration: &str,
 ) -> Result<()>
 where
@@ -394,6 +395,7 @@ where
             })?
             .map_err(|e| anyhow!("migration stream: {e}; discarding the migration"))?;
         match f.kind {
+            FrameKind::Pages => bail!("lazy pages before the restore was committed"),
             FrameKind::Blocks => {
                 for (h, d) in f.blocks()? {
                     inc.blocks.insert(h, d).map_err(|e| anyhow!("{e}"))?;
@@ -452,6 +454,10 @@ where
             },
         }
     }
+    if technique.is_lazy() {
+        return crate::lazy::session::run(cfg, r, w, cd, container, inc, technique, migration)
+            .await;
+    }
     // all data is here: restore
     let t = Instant::now();
     let mut steps = Vec::new();
@@ -503,16 +509,64 @@ async fn restore(
     _migration: &str,
     steps: &mut Vec<(String, f64)>,
 ) -> Result<u32> {
-    let mut t = Instant::now();
-    let mut step = |name: &str, steps: &mut Vec<(String, f64)>| {
-        steps.push((name.to_string(), t.elapsed().as_secs_f64() * 1000.0));
-        t = Instant::now();
-    };
+    let t = Instant::now();
+    let (images, rootfs_tar, _) = assemble(inc, false)?;
+    steps.push(("assemble image".into(), t.elapsed().as_secs_f64() * 1000.0));
+    recreate(cfg, cd, container, &images, rootfs_tar, None, steps).await
+}
+
+/// What [`assemble`] hands on: the image directory, the rootfs changes if
+/// any, and for a lazy restore which pages are left out.
+pub(crate) type Assembled = (PathBuf, Option<PathBuf>, Option<LazyLayout>);
+
+/// Places the received files and writes the pages images from the block
+/// store. For a lazy restore the pages CRIU restores lazily are left out
+/// (holes in a sparse file: CRIU skips them and never reads there).
+pub(crate) fn assemble(inc: &mut Incoming, lazy: bool) -> Result<Assembled> {
+    use std::os::unix::fs::FileExt;
     let images = inc.dir.join("images");
     std::fs::create_dir_all(&images)?;
     let rootfs_tar = inc.files.remove("rootfs.tar");
     for (name, path) in &inc.files {
         std::fs::rename(path, images.join(name)).with_context(|| format!("placing {name}"))?;
+    }
+    if !lazy {
+        if inc
+            .manifests
+            .iter()
+            .any(|(_, h)| h.contains(&mose_wire::LAZY_SLOT))
+        {
+            bail!("the source left pages behind, but this is not a post-copy migration");
+        }
+    } else {
+        let layout = LazyLayout::read(&images)?;
+        for (name, hashes) in &inc.manifests {
+            let name = safe_name(name)?;
+            let path = images.join(name);
+            let file = std::fs::File::create(&path)
+                .with_context(|| format!("creating {}", path.display()))?;
+            file.set_len((hashes.len() * mose_wire::BLOCK_SIZE) as u64)?;
+            let lazy_slots = layout.lazy_slots.get(name);
+            for (i, h) in hashes.iter().enumerate() {
+                if lazy_slots.and_then(|l| l.get(i)).copied().unwrap_or(false) {
+                    continue;
+                }
+                if *h == mose_wire::LAZY_SLOT {
+                    bail!("{name}: page #{i} was left behind but CRIU restores it eagerly");
+                }
+                if *h == mose_wire::blocks::zero_hash() {
+                    continue; // a hole reads as zeros
+                }
+                let b = inc.blocks.block(*h).ok_or_else(|| {
+                    anyhow!("rebuilding {name}: page block #{i} ({h:032x}) was never received")
+                })?;
+                file.write_all_at(b, (i * mose_wire::BLOCK_SIZE) as u64)?;
+            }
+        }
+        if !images.join("inventory.img").exists() {
+            bail!("the received checkpoint has no inventory.img");
+        }
+        return Ok((images, rootfs_tar, Some(layout)));
     }
     for (name, hashes) in &inc.manifests {
         let name = safe_name(name)?;
@@ -536,7 +590,26 @@ async fn restore(
     if !images.join("inventory.img").exists() {
         bail!("the received checkpoint has no inventory.img");
     }
-    step("assemble image", steps);
+    Ok((images, rootfs_tar, None))
+}
+
+/// Recreates the container from the received identity and rootfs, and
+/// restores it through the MOSE shim from `images` (lazily when a lazy-page
+/// handler listens on `lazy_socket`).
+pub(crate) async fn recreate(
+    cfg: &EndpointConfig,
+    cd: &Containerd,
+    container: &ContainerIdentity,
+    images: &Path,
+    rootfs_tar: Option<PathBuf>,
+    lazy_socket: Option<&Path>,
+    steps: &mut Vec<(String, f64)>,
+) -> Result<u32> {
+    let mut t = Instant::now();
+    let mut step = |name: &str, steps: &mut Vec<(String, f64)>| {
+        steps.push((name.to_string(), t.elapsed().as_secs_f64() * 1000.0));
+        t = Instant::now();
+    };
     let parent = cd.image_chain_id(&container.image).await?;
     let snapshotter = if container.snapshotter.is_empty() {
         "overlayfs"
@@ -583,11 +656,13 @@ async fn restore(
         let _ = cd.remove_snapshot(snapshotter, &container.id).await;
         return Err(e);
     }
+    let mut o = serde_json::json!({ "restore_image": images.display().to_string() });
+    if let Some(sock) = lazy_socket {
+        o["lazy_pages_socket"] = sock.display().to_string().into();
+    }
     let opts = Any {
         type_url: "mose.v1.Options".into(),
-        value: serde_json::to_vec(
-            &serde_json::json!({ "restore_image": images.display().to_string() }),
-        )?,
+        value: serde_json::to_vec(&o)?,
     };
     step("create container", steps);
     cd.create_task(&container.id, mounts, Some(opts)).await?;
@@ -625,7 +700,7 @@ async fn import_image(
     Ok(())
 }
 
-fn record(
+pub(crate) fn record(
     cfg: &EndpointConfig,
     migration: &str,
     container: &ContainerIdentity,

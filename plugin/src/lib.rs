@@ -4,6 +4,7 @@
 pub mod calibrate;
 pub mod containerd;
 pub mod endpoint;
+pub mod lazy;
 pub mod measure;
 pub mod memory;
 pub mod policy;

@@ -50,6 +50,37 @@ pub struct MigrationResult {
     /// What the policy planned and predicted, next to what was measured.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub plan: Option<PlanRecord>,
+    /// Post-copy and hybrid: restore to last page in place, in milliseconds.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub lazy_ms: Option<f64>,
+    /// Post-copy and hybrid: page faults that waited for a page.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub faults: Option<u64>,
+    /// Post-copy and hybrid: 99th percentile of those waits, in microseconds.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub fault_p99_us: Option<f64>,
+    /// Post-copy and hybrid: the lazy phase in detail.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub lazy: Option<LazyResult>,
+}
+
+/// The lazy phase of a post-copy or hybrid migration.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct LazyResult {
+    pub lazy_ms: f64,
+    pub faults: u64,
+    pub fault_p50_us: f64,
+    pub fault_p99_us: f64,
+    /// Lazy pages in the checkpoint.
+    pub pages: u64,
+    /// Lazy pages that crossed the link (answers and push).
+    pub pages_sent: u64,
+    /// Lazy pages the destination took from its pre-copied blocks (hybrid).
+    pub pages_from_cache: u64,
+    /// Fault requests the source answered.
+    pub page_requests: u64,
+    /// Bytes the lazy phase put on the wire.
+    pub bytes: u64,
 }
 
 /// The plan a migration followed, with its predictions beside the measured KPIs.
@@ -154,6 +185,21 @@ impl Timeline {
             name: name.to_string(),
             start_ms: self.now_ms(),
         }
+    }
+
+    /// When the migration started (its clock's zero).
+    pub fn started(&self) -> Instant {
+        self.t0
+    }
+
+    /// Records a phase that ended at `end_ms` (measured elsewhere).
+    pub fn end_at(&mut self, p: PhaseStart, end_ms: f64, bytes: Option<u64>) {
+        self.phases.push(Phase {
+            name: p.name,
+            start_ms: p.start_ms,
+            duration_ms: end_ms - p.start_ms,
+            bytes,
+        });
     }
 
     pub fn end(&mut self, p: PhaseStart, bytes: Option<u64>) -> f64 {

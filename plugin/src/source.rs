@@ -3,7 +3,7 @@
 //! restored container running. Any failure before that resumes the source.
 
 use std::{
-    collections::{BTreeMap, HashSet},
+    collections::{BTreeMap, HashMap, HashSet},
     path::{Path, PathBuf},
     sync::Arc,
     time::Duration,
@@ -13,7 +13,7 @@ use anyhow::{anyhow, bail, Context, Result};
 use mose_wire::{
     blocks::zero_hash,
     frame::{FrameReader, FrameWriter},
-    BlockHash, ContainerIdentity, Message, Technique, BLOCK_SIZE, PROTOCOL_VERSION,
+    BlockHash, ContainerIdentity, Message, Technique, BLOCK_SIZE, LAZY_SLOT, PROTOCOL_VERSION,
 };
 use tokio::{
     io::{ReadHalf, WriteHalf},
@@ -25,6 +25,10 @@ use xxhash_rust::xxh3::xxh3_128;
 
 use crate::{
     containerd::{spec_of, Containerd},
+    lazy::{
+        feeder::{self, Dump},
+        LazyLayout,
+    },
     memory,
     result::{MigrationResult, Round, Timeline},
     rootfs,
@@ -174,6 +178,8 @@ pub async fn migrate(opts: SourceOptions) -> MigrationResult {
         rounds: Vec::new(),
         downtime_ms: 0.0,
         bytes: 0,
+        lazy: None,
+        lazy_committed: false,
     };
     let res = run(&opts, &migration, &mut tl, &mut st).await;
     let total_ms = tl.now_ms();
@@ -182,6 +188,14 @@ pub async fn migrate(opts: SourceOptions) -> MigrationResult {
         Err(e) => {
             let msg = format!("{e:#}");
             warn!(error = %msg, "migration failed");
+            if st.lazy_committed && e.downcast_ref::<feeder::DestinationStopped>().is_none() {
+                // the destination may be running the restored copy; it stops
+                // it once the source is silent for its I/O timeout: resume
+                // only after that, so that two copies never run
+                let wait = opts.io_timeout + Duration::from_secs(2);
+                warn!(?wait, "lazy phase lost contact with the destination; waiting for it to stop its copy before resuming");
+                tokio::time::sleep(wait).await;
+            }
             let status = if st.frozen {
                 // the source is still ours: give it back its CPU
                 match resume(&opts).await {
@@ -231,6 +245,10 @@ fn finish(
         phases: tl.phases,
         error,
         plan: None,
+        lazy_ms: st.lazy.as_ref().map(|l| l.lazy_ms),
+        faults: st.lazy.as_ref().map(|l| l.faults),
+        fault_p99_us: st.lazy.as_ref().map(|l| l.fault_p99_us),
+        lazy: st.lazy,
     }
 }
 
@@ -244,6 +262,9 @@ struct State {
     rounds: Vec<Round>,
     downtime_ms: f64,
     bytes: u64,
+    lazy: Option<crate::result::LazyResult>,
+    /// A lazy restore was committed: the destination may run a copy.
+    lazy_committed: bool,
 }
 
 fn report(opts: &SourceOptions, phase: &str, round: u32, bytes: u64) {
@@ -348,7 +369,7 @@ async fn run(
 
     let mut known: HashSet<BlockHash> = HashSet::new();
     let mut seen: Option<memory::Seen> = None;
-    if opts.technique == Technique::Precopy {
+    if opts.technique.has_rounds() {
         let mut prev = u64::MAX;
         for round in 1..=opts.max_rounds.max(1) {
             let p = tl.begin(&format!("round {round}"));
@@ -428,6 +449,11 @@ async fn run(
 
     // tell the destination how the pages images will most likely be laid
     // out, so it writes them while this side freezes and dumps
+    let lazy = opts.technique.is_lazy();
+    if lazy {
+        // lazy pages are not in the restored image: nothing to lay out ahead
+        seen = None;
+    }
     let hinted = seen.is_some();
     if let Some(seen) = seen.take() {
         let p = tl.begin("layout hint");
@@ -498,6 +524,13 @@ async fn run(
     let mut new_blocks = 0u64;
     let mut pages_present = 0u64;
     let zero = zero_hash();
+    // post-copy and hybrid: the pages CRIU restores lazily stay here for now
+    let layout = if lazy {
+        Some(LazyLayout::read(&images)?)
+    } else {
+        None
+    };
+    let mut lazy_hashes: HashMap<u32, Vec<BlockHash>> = HashMap::new();
     for entry in
         std::fs::read_dir(&images).with_context(|| format!("reading {}", images.display()))?
     {
@@ -515,8 +548,33 @@ async fn run(
             && name.ends_with(".img")
             && data.len().is_multiple_of(BLOCK_SIZE)
         {
-            let hashes = mose_wire::blocks::hash_blocks(data);
-            if !hinted {
+            let lazy_slots = layout.as_ref().and_then(|l| l.lazy_slots.get(&name));
+            let is_lazy = |i: usize| lazy_slots.and_then(|l| l.get(i)).copied().unwrap_or(false);
+            let hashes: Vec<BlockHash> = match (lazy_slots, opts.technique) {
+                // post-copy: the content of lazy pages is not needed now
+                (Some(_), Technique::Postcopy) => data
+                    .chunks(BLOCK_SIZE)
+                    .enumerate()
+                    .map(|(i, p)| {
+                        if is_lazy(i) {
+                            LAZY_SLOT
+                        } else {
+                            mose_wire::blocks::hash_block(p)
+                        }
+                    })
+                    .collect(),
+                _ => mose_wire::blocks::hash_blocks(data),
+            };
+            if opts.technique == Technique::Hybrid {
+                if let Some(id) = name
+                    .strip_prefix("pages-")
+                    .and_then(|n| n.strip_suffix(".img"))
+                    .and_then(|n| n.parse::<u32>().ok())
+                {
+                    lazy_hashes.insert(id, hashes.clone());
+                }
+            }
+            if !hinted && !lazy {
                 // no live rounds laid the image out: announce its exact layout
                 // first, so the destination writes each block in place as it
                 // arrives instead of assembling the image after the transfer
@@ -527,8 +585,11 @@ async fn run(
                     .map_err(|e| anyhow!("sending {hint}: {e}"))?;
             }
             let mut batch: Vec<(BlockHash, &[u8])> = Vec::new();
-            for (page, &h) in data.chunks(BLOCK_SIZE).zip(hashes.iter()) {
+            for (i, (page, &h)) in data.chunks(BLOCK_SIZE).zip(hashes.iter()).enumerate() {
                 pages_present += 1;
+                if is_lazy(i) {
+                    continue;
+                }
                 if h != zero && known.insert(h) {
                     new_blocks += 1;
                     batch.push((h, page));
@@ -582,6 +643,23 @@ async fn run(
 
     let p = tl.begin("restore");
     s.send(&Message::Commit).await?;
+    if let Some(layout) = layout {
+        st.lazy_committed = true;
+        return lazy_phase(
+            opts,
+            tl,
+            st,
+            s,
+            &cd,
+            &images,
+            layout,
+            lazy_hashes,
+            known,
+            freeze_at,
+            p,
+        )
+        .await;
+    }
     match s.recv(Duration::from_secs(120)).await? {
         Message::Restored {
             pid,
@@ -621,6 +699,95 @@ async fn run(
     }
     tl.end(p, None);
     report(opts, "done", final_round, s.w.bytes());
+    Ok(())
+}
+
+/// Post-copy and hybrid after the commit: serve the frozen dump's lazy pages
+/// until the destination has them all, then release the source's copy.
+#[allow(clippy::too_many_arguments)]
+async fn lazy_phase(
+    opts: &SourceOptions,
+    tl: &mut Timeline,
+    st: &mut State,
+    s: Session,
+    cd: &Containerd,
+    images: &Path,
+    layout: LazyLayout,
+    hashes: HashMap<u32, Vec<BlockHash>>,
+    known: HashSet<BlockHash>,
+    freeze_at: f64,
+    restore_phase: crate::result::PhaseStart,
+) -> Result<()> {
+    let held = if opts.technique == Technique::Hybrid {
+        // the destination holds every block sent so far, and zero pages
+        let mut k = known;
+        k.insert(zero_hash());
+        k
+    } else {
+        HashSet::new()
+    };
+    let mut dump = Dump::open(images, layout, hashes, held)?;
+    info!(
+        lazy_pages = dump.pages(),
+        "serving lazy pages from the frozen dump"
+    );
+    let Session {
+        r,
+        mut w,
+        io_timeout,
+    } = s;
+    let started = tl.started();
+    let now = move || started.elapsed().as_secs_f64() * 1000.0;
+    let progress = opts.progress.clone();
+    let on_restored = move || {
+        if let Some(p) = &progress {
+            p(&Progress {
+                phase: "lazy".into(),
+                round: 0,
+                bytes: 0,
+            });
+        }
+    };
+    let out = feeder::serve(&mut dump, r, &mut w, io_timeout, &now, &on_restored).await?;
+    // the destination's steps end when its answer left: place them
+    let mut at = out.restored_at_ms - out.restore_steps.iter().map(|(_, d)| d).sum::<f64>();
+    for (name, d) in &out.restore_steps {
+        tl.phases.push(crate::result::Phase {
+            name: format!("dest: {name}"),
+            start_ms: at,
+            duration_ms: *d,
+            bytes: None,
+        });
+        at += d;
+    }
+    st.downtime_ms = out.restored_at_ms - freeze_at;
+    tl.end_at(restore_phase, out.restored_at_ms, None);
+    let lazy_start = out.restored_at_ms;
+    tl.phases.push(crate::result::Phase {
+        name: "lazy pages".into(),
+        start_ms: lazy_start,
+        duration_ms: now() - lazy_start,
+        bytes: Some(out.bytes),
+    });
+    st.lazy = Some(crate::result::LazyResult {
+        lazy_ms: out.stats.lazy_ms,
+        faults: out.stats.faults,
+        fault_p50_us: out.stats.fault_p50_us,
+        fault_p99_us: out.stats.fault_p99_us,
+        pages: dump.pages(),
+        pages_sent: out.pages_sent,
+        pages_from_cache: out.stats.pages_from_cache,
+        page_requests: out.pages_requested,
+        bytes: out.bytes,
+    });
+    st.frozen = false;
+    st.bytes = w.bytes();
+    let p = tl.begin("release");
+    if let Err(e) = cd.remove_container(&opts.container).await {
+        warn!(error = %e, "source copy could not be removed; the destination owns the container now");
+    }
+    tl.end(p, None);
+    report(opts, "done", 0, w.bytes());
     Ok(())
 }
 

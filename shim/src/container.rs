@@ -248,8 +248,22 @@ impl Container {
             no_pivot_root: self.options.no_pivot_root,
             no_new_keyring: self.options.no_new_keyring,
         };
+        let lazy = !self.options.lazy_pages_socket.is_empty();
+        if lazy {
+            // CRIU connects to `lazy-pages.socket` in its work directory
+            let link = work.path.join("lazy-pages.socket");
+            let _ = std::fs::remove_file(&link);
+            std::os::unix::fs::symlink(&self.options.lazy_pages_socket, &link).map_err(
+                Error::io(format!(
+                    "linking {} to the lazy-page handler's socket {}",
+                    link.display(),
+                    self.options.lazy_pages_socket
+                )),
+            )?;
+        }
         let opts = CheckpointOptions {
             terminal: self.init.stdio.terminal,
+            lazy_pages: lazy,
             ..Default::default()
         };
         let io = pending.take_runtime_io();

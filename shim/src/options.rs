@@ -49,6 +49,10 @@ pub struct RuntimeOptions {
     pub shim_cgroup: String,
     /// Restore the task from this CRIU image directory (migration destination).
     pub restore_image: String,
+    /// Restore lazily: anonymous memory is left out and CRIU hands each
+    /// process's userfaultfd to the MOSE lazy-page handler listening here
+    /// (post-copy and hybrid migration).
+    pub lazy_pages_socket: String,
 }
 
 /// JSON form of `mose.v1.Options`.
@@ -63,6 +67,8 @@ struct MoseOptions {
     systemd_cgroup: bool,
     #[serde(default)]
     restore_image: String,
+    #[serde(default)]
+    lazy_pages_socket: String,
 }
 
 impl RuntimeOptions {
@@ -132,6 +138,7 @@ pub fn decode_runtime_options(any: Option<&Any>) -> Result<RuntimeOptions> {
                 io_gid: o.io_gid,
                 shim_cgroup: o.shim_cgroup,
                 restore_image: String::new(),
+                lazy_pages_socket: String::new(),
             })
         }
         GENERIC_OPTIONS_TYPE => {
@@ -145,14 +152,24 @@ pub fn decode_runtime_options(any: Option<&Any>) -> Result<RuntimeOptions> {
             let o: MoseOptions = serde_json::from_slice(&any.value).map_err(|e| {
                 Error::InvalidArgument(format!(
                     "malformed {MOSE_OPTIONS_TYPE} (JSON with binary_name, root, \
-                     systemd_cgroup, restore_image): {e}"
+                     systemd_cgroup, restore_image, lazy_pages_socket): {e}"
                 ))
             })?;
+            if !o.lazy_pages_socket.is_empty()
+                && (o.restore_image.is_empty() || !o.lazy_pages_socket.starts_with('/'))
+            {
+                return Err(Error::InvalidArgument(format!(
+                    "{MOSE_OPTIONS_TYPE}: lazy_pages_socket {:?} needs an absolute path \
+                     and a restore_image to restore lazily",
+                    o.lazy_pages_socket
+                )));
+            }
             Ok(RuntimeOptions {
                 binary_name: o.binary_name,
                 root: o.root,
                 systemd_cgroup: o.systemd_cgroup,
                 restore_image: o.restore_image,
+                lazy_pages_socket: o.lazy_pages_socket,
                 ..Default::default()
             })
         }
@@ -192,6 +209,7 @@ pub fn load_options_file(path: &std::path::Path) -> Result<RuntimeOptions> {
         io_gid: t.io_gid,
         shim_cgroup: t.shim_cgroup,
         restore_image: String::new(),
+        lazy_pages_socket: String::new(),
     })
 }
 
@@ -240,6 +258,9 @@ pub struct CheckpointOptions {
     pub tcp_close: bool,
     /// Ignore connections not yet accepted, rather than failing on them.
     pub skip_in_flight: bool,
+    /// Restore only: leave lazily restorable memory out and hand it to a
+    /// lazy-page handler (never set for a dump: CRIU's lazy dump is not used).
+    pub lazy_pages: bool,
 }
 
 /// MOSE's checkpoint options (JSON): containerd's runc checkpoint options

@@ -381,6 +381,9 @@ fn criu_flags(c: &mut Command, opts: &CheckpointOptions) {
     if !opts.cgroups_mode.is_empty() {
         c.arg("--manage-cgroups-mode").arg(&opts.cgroups_mode);
     }
+    if opts.lazy_pages {
+        c.arg("--lazy-pages");
+    }
 }
 
 /// Number of CRIU log lines quoted in an error.

@@ -24,6 +24,26 @@ pub enum FrameKind {
     FileData = 3,
     /// A pages image as block hashes: `[name len u16][name][hash u128 LE]...`.
     Manifest = 4,
+    /// Lazy pages of one process, contiguous from `vaddr`:
+    /// `[pid u32][vaddr u64][n u32][hash u128 LE]×n` then 4096 bytes for each
+    /// page whose hash is not the zero page's.
+    Pages = 5,
+}
+
+/// Manifest slot of a page that stays on the source until after the restore
+/// (post-copy): its content is not known, nor needed, at the freeze.
+pub const LAZY_SLOT: BlockHash = u128::MAX;
+
+/// A run of lazy pages of one process, as a [`FrameKind::Pages`] frame carries it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PageRun {
+    /// The process as numbered in the checkpoint.
+    pub pid: u32,
+    pub vaddr: u64,
+    /// One hash per page; a zero page's hash means no data travelled.
+    pub hashes: Vec<BlockHash>,
+    /// The pages' content, zero pages included (as zeros).
+    pub data: Vec<u8>,
 }
 
 impl FrameKind {
@@ -33,6 +53,7 @@ impl FrameKind {
             2 => Self::Blocks,
             3 => Self::FileData,
             4 => Self::Manifest,
+            5 => Self::Pages,
             _ => return None,
         })
     }
@@ -87,6 +108,66 @@ impl Frame {
                 (u128::from_le_bytes(h), &c[16..])
             })
             .collect())
+    }
+
+    /// Decodes a Pages frame, checking every page against its hash: a page
+    /// that does not match is corrupt, never placed.
+    pub fn pages(&self) -> Result<PageRun, WireError> {
+        let p = &self.payload;
+        if self.kind != FrameKind::Pages || p.len() < 16 {
+            return Err(WireError::Malformed("bad pages frame".into()));
+        }
+        let pid = u32::from_le_bytes([p[0], p[1], p[2], p[3]]);
+        let mut v = [0u8; 8];
+        v.copy_from_slice(&p[4..12]);
+        let vaddr = u64::from_le_bytes(v);
+        let n = u32::from_le_bytes([p[12], p[13], p[14], p[15]]) as usize;
+        let hashes_end = 16 + n * 16;
+        if p.len() < hashes_end || n == 0 || !vaddr.is_multiple_of(BLOCK_SIZE as u64) {
+            return Err(WireError::Malformed(format!(
+                "pages frame for pid {pid} at {vaddr:#x}: bad header ({n} pages, {} bytes)",
+                p.len()
+            )));
+        }
+        let hashes: Vec<BlockHash> = p[16..hashes_end]
+            .chunks(16)
+            .map(|c| {
+                let mut h = [0u8; 16];
+                h.copy_from_slice(c);
+                u128::from_le_bytes(h)
+            })
+            .collect();
+        let zero = crate::blocks::zero_hash();
+        let carried = hashes.iter().filter(|h| **h != zero).count();
+        if p.len() != hashes_end + carried * BLOCK_SIZE {
+            return Err(WireError::Malformed(format!(
+                "pages frame for pid {pid} at {vaddr:#x}: {} bytes of data for {carried} pages",
+                p.len() - hashes_end
+            )));
+        }
+        let mut data = vec![0u8; n * BLOCK_SIZE];
+        let mut src = &p[hashes_end..];
+        for (i, h) in hashes.iter().enumerate() {
+            if *h == zero {
+                continue;
+            }
+            let page = &src[..BLOCK_SIZE];
+            let got = crate::blocks::hash_block(page);
+            if got != *h {
+                return Err(WireError::Malformed(format!(
+                    "corrupt page: pid {pid} page {:#x} hashes to {got:032x}, not {h:032x}",
+                    vaddr + (i * BLOCK_SIZE) as u64
+                )));
+            }
+            data[i * BLOCK_SIZE..(i + 1) * BLOCK_SIZE].copy_from_slice(page);
+            src = &src[BLOCK_SIZE..];
+        }
+        Ok(PageRun {
+            pid,
+            vaddr,
+            hashes,
+            data,
+        })
     }
 
     /// Name and block hashes of a Manifest frame.
@@ -343,6 +424,40 @@ impl<W: AsyncWrite + Unpin> FrameWriter<W> {
         self.write(FrameKind::Manifest, &body, true).await
     }
 
+    /// Sends a run of lazy pages (`data` holds `hashes.len()` pages); zero
+    /// pages travel as their hash only.
+    pub async fn pages(
+        &mut self,
+        pid: u32,
+        vaddr: u64,
+        hashes: &[BlockHash],
+        data: &[u8],
+    ) -> Result<(), WireError> {
+        if data.len() != hashes.len() * BLOCK_SIZE || hashes.is_empty() {
+            return Err(WireError::Malformed(format!(
+                "{} bytes for {} pages",
+                data.len(),
+                hashes.len()
+            )));
+        }
+        let zero = crate::blocks::zero_hash();
+        let mut body = Vec::with_capacity(16 + hashes.len() * (16 + BLOCK_SIZE));
+        body.extend_from_slice(&pid.to_le_bytes());
+        body.extend_from_slice(&vaddr.to_le_bytes());
+        body.extend_from_slice(&(hashes.len() as u32).to_le_bytes());
+        for h in hashes {
+            body.extend_from_slice(&h.to_le_bytes());
+        }
+        for (h, page) in hashes.iter().zip(data.chunks(BLOCK_SIZE)) {
+            if *h != zero {
+                body.extend_from_slice(page);
+            }
+        }
+        self.write(FrameKind::Pages, &body, true).await?;
+        self.inner.flush().await?;
+        Ok(())
+    }
+
     pub async fn flush(&mut self) -> Result<(), WireError> {
         self.inner.flush().await?;
         Ok(())
@@ -357,6 +472,40 @@ impl<W: AsyncWrite + Unpin> FrameWriter<W> {
 mod tests {
     use super::*;
     use crate::blocks::hash_block;
+
+    #[tokio::test]
+    async fn pages_roundtrip_skip_zero_data_and_reject_a_wrong_page() {
+        let a = vec![3u8; BLOCK_SIZE];
+        let z = vec![0u8; BLOCK_SIZE];
+        let mut data = a.clone();
+        data.extend_from_slice(&z);
+        let hashes = [hash_block(&a), hash_block(&z)];
+        let mut buf = Vec::new();
+        FrameWriter::new(&mut buf)
+            .pages(7, 0x7000, &hashes, &data)
+            .await
+            .unwrap();
+        // the zero page's 4096 bytes did not travel
+        assert_eq!(buf.len(), HEADER + 16 + 32 + BLOCK_SIZE);
+        let f = FrameReader::new(&buf[..]).next().await.unwrap();
+        let run = f.pages().unwrap();
+        assert_eq!((run.pid, run.vaddr, run.data), (7, 0x7000, data.clone()));
+
+        // a page whose content does not match its hash is refused
+        let bad = [hash_block(&z), hash_block(&z) ^ 1];
+        let mut buf = Vec::new();
+        FrameWriter::new(&mut buf)
+            .pages(7, 0x7000, &bad, &data)
+            .await
+            .unwrap();
+        let e = FrameReader::new(&buf[..])
+            .next()
+            .await
+            .unwrap()
+            .pages()
+            .unwrap_err();
+        assert!(e.to_string().contains("corrupt page"), "{e}");
+    }
 
     #[tokio::test]
     async fn roundtrip_and_integrity() {

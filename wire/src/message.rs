@@ -17,6 +17,22 @@
 //!                                  <-      Restored{pid,...} | Failed{step,error}
 //! Released                         ->      (source removed its copy)
 //! ```
+//!
+//! Post-copy and hybrid differ after the freeze: pages CRIU marks lazy
+//! (private anonymous memory) stay behind on the source. Their manifest slots
+//! carry [`LAZY_SLOT`] (post-copy) or the page's hash (hybrid), and the
+//! destination restores with those pages missing, served through userfaultfd:
+//!
+//! ```text
+//! Commit                           ->      (source starts answering PageRequests)
+//!                                  <-      PageRequest{pid,vaddr,pages}  (a fault)
+//! Pages frames                     ->      (answers first, then a background push)
+//!                                  <-      Restored{pid,...}
+//! LazySent{pages}                  ->      (the push is over)
+//!                                  <-      LazyDone{...}  (every page is in place)
+//! Released                         ->
+//!                                  <-      Ack
+//! ```
 //! `Abort{reason}` from the source at any point makes the destination discard
 //! everything it received.
 
@@ -30,6 +46,24 @@ pub enum Technique {
     Cold,
     /// Copy memory while running, in rounds; then freeze and send what changed.
     Precopy,
+    /// Freeze, send everything but anonymous memory, restore, then move that
+    /// memory on demand (page faults) and in the background.
+    Postcopy,
+    /// Pre-copy rounds fill the destination's cache, then post-copy moves only
+    /// the pages whose content changed since.
+    Hybrid,
+}
+
+impl Technique {
+    /// Whether anonymous memory moves after the restore.
+    pub fn is_lazy(self) -> bool {
+        matches!(self, Self::Postcopy | Self::Hybrid)
+    }
+
+    /// Whether memory is copied in rounds while the container runs.
+    pub fn has_rounds(self) -> bool {
+        matches!(self, Self::Precopy | Self::Hybrid)
+    }
 }
 
 impl std::fmt::Display for Technique {
@@ -37,6 +71,8 @@ impl std::fmt::Display for Technique {
         f.write_str(match self {
             Technique::Cold => "cold",
             Technique::Precopy => "precopy",
+            Technique::Postcopy => "postcopy",
+            Technique::Hybrid => "hybrid",
         })
     }
 }
@@ -47,8 +83,10 @@ impl std::str::FromStr for Technique {
         match s {
             "cold" => Ok(Self::Cold),
             "precopy" | "pre-copy" => Ok(Self::Precopy),
+            "postcopy" | "post-copy" => Ok(Self::Postcopy),
+            "hybrid" => Ok(Self::Hybrid),
             other => Err(format!(
-                "unknown technique {other:?}: expected cold or precopy"
+                "unknown technique {other:?}: expected cold, precopy, postcopy or hybrid"
             )),
         }
     }
@@ -132,6 +170,41 @@ pub enum Message {
         bytes: u64,
         ms: f64,
     },
+    /// Lazy phase, destination to source: a restored process (`pid` as in the
+    /// checkpoint) faulted on `pages` pages from `vaddr` that it does not hold.
+    PageRequest {
+        pid: u32,
+        vaddr: u64,
+        pages: u32,
+    },
+    /// Lazy phase, source to destination: every lazy page has been sent
+    /// (`pages` in all, answers and push together).
+    LazySent {
+        pages: u64,
+    },
+    /// Lazy phase, destination to source: every lazy page is in place; the
+    /// source may let go of its frozen copy.
+    LazyDone {
+        #[serde(flatten)]
+        stats: LazyStats,
+    },
+}
+
+/// What the destination measured in a lazy phase.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct LazyStats {
+    /// Restore finished to last page in place, in milliseconds.
+    pub lazy_ms: f64,
+    /// Page faults that had to wait for a page.
+    pub faults: u64,
+    pub fault_p50_us: f64,
+    pub fault_p99_us: f64,
+    /// Lazy pages placed: from the source, and from the destination's own
+    /// cache of pre-copied blocks (hybrid).
+    pub pages_from_source: u64,
+    pub pages_from_cache: u64,
+    /// Lazy pages that needed no data (zero pages).
+    pub zero_pages: u64,
 }
 
 #[cfg(test)]
@@ -144,7 +217,10 @@ mod tests {
         assert!("warm"
             .parse::<Technique>()
             .unwrap_err()
-            .contains("cold or precopy"));
+            .contains("cold, precopy, postcopy or hybrid"));
+        assert_eq!("post-copy".parse::<Technique>(), Ok(Technique::Postcopy));
+        assert!(Technique::Hybrid.is_lazy() && Technique::Hybrid.has_rounds());
+        assert!(!Technique::Postcopy.has_rounds() && !Technique::Precopy.is_lazy());
         let m = Message::Failed {
             step: "restore".into(),
             error: "x".into(),

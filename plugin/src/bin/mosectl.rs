@@ -77,7 +77,7 @@ struct MigrateArgs {
     /// Destination node's endpoint, HOST:PORT.
     #[arg(long)]
     to: String,
-    /// cold or precopy; without it the node's policy plans the migration
+    /// cold, precopy, postcopy or hybrid; without it the node's policy plans the migration
     /// from the container's mose.io/* annotations.
     #[arg(long)]
     technique: Option<Technique>,
@@ -282,6 +282,8 @@ async fn migrate_cmd(a: MigrateArgs) -> Result<i32> {
         technique: a.technique.map(|t| match t {
             Technique::Cold => mose_policy::Technique::Cold,
             Technique::Precopy => mose_policy::Technique::Precopy,
+            Technique::Postcopy => mose_policy::Technique::Postcopy,
+            Technique::Hybrid => mose_policy::Technique::Hybrid,
         }),
         fresh: false,
     };
@@ -333,7 +335,8 @@ async fn migrate_cmd(a: MigrateArgs) -> Result<i32> {
         (None, Some(p)) => match p.technique {
             mose_policy::Technique::Cold => Technique::Cold,
             mose_policy::Technique::Precopy => Technique::Precopy,
-            other => anyhow::bail!("the plan asks for {other}, which this mosectl cannot run"),
+            mose_policy::Technique::Postcopy => Technique::Postcopy,
+            mose_policy::Technique::Hybrid => Technique::Hybrid,
         },
         (None, None) => anyhow::bail!("no technique given and no plan"),
     };

@@ -1,0 +1,509 @@
+//! MOSE's lazy-page handler: takes the userfaultfd of every restored process
+//! from CRIU (`criu restore --lazy-pages` connects to `lazy-pages.socket` in
+//! its work directory and sends, per process, its checkpoint pid as an `int`
+//! and then the descriptor; a final `RSTF` word says the restore finished),
+//! then places pages as they arrive and reports the faults nobody has served.
+//!
+//! The handler runs on its own thread and never lets go of a descriptor while
+//! the container may still fault: if the descriptors closed, the kernel would
+//! fill missing pages with zeros, silently. On failure it reports, then keeps
+//! everything open until [`Handler::stop`], which the session calls only after
+//! it has killed the container.
+
+use std::{
+    collections::{HashMap, HashSet, VecDeque},
+    io::{self, IoSliceMut},
+    os::{
+        fd::{AsRawFd, FromRawFd, OwnedFd, RawFd},
+        unix::net::{UnixListener, UnixStream},
+    },
+    path::{Path, PathBuf},
+    sync::{
+        atomic::{AtomicBool, Ordering},
+        mpsc, Arc,
+    },
+    thread::JoinHandle,
+    time::{Duration, Instant},
+};
+
+use anyhow::{anyhow, Context, Result};
+use mose_wire::LazyStats;
+use nix::sys::socket::{recvmsg, ControlMessageOwned, MsgFlags};
+use tracing::{debug, info, warn};
+
+use super::{
+    iov::Iovs,
+    pagemap::LazyProcess,
+    uffd::{Event, Placed, Uffd},
+};
+
+const PAGE: u64 = 4096;
+/// What CRIU sends once the restore is complete ("RSTF").
+const RESTORE_FINISHED: i32 = 0x5253_5446;
+
+/// Where a placed page came from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Origin {
+    Source,
+    Cache,
+}
+
+/// Pages for one process (checkpoint pid), contiguous from `vaddr`.
+pub struct Delivery {
+    pub pid: u32,
+    pub vaddr: u64,
+    pub data: Vec<u8>,
+    pub origin: Origin,
+    /// How many of these pages are zero pages.
+    pub zero_pages: u64,
+}
+
+/// What the handler tells the session.
+#[derive(Debug)]
+pub enum Report {
+    /// A process faulted on a page nobody sent yet.
+    Request { pid: u32, vaddr: u64, pages: u32 },
+    /// CRIU finished restoring (every process's descriptor is here).
+    RestoreFinished,
+    /// Every lazy page is in place (or its process exited).
+    Done(LazyStats),
+    /// The handler cannot go on; the container must be stopped.
+    Failed(String),
+}
+
+/// A running handler.
+pub struct Handler {
+    tx: mpsc::Sender<Delivery>,
+    wake: Arc<OwnedFd>,
+    stop: Arc<AtomicBool>,
+    thread: Option<JoinHandle<()>>,
+    socket: PathBuf,
+}
+
+impl Handler {
+    /// Listens on `socket` (CRIU must find it in its work directory) and
+    /// serves the processes of `layout`.
+    pub fn start(
+        socket: &Path,
+        layout: Vec<LazyProcess>,
+        reports: tokio::sync::mpsc::UnboundedSender<Report>,
+    ) -> Result<Self> {
+        let _ = std::fs::remove_file(socket);
+        let listener = UnixListener::bind(socket)
+            .with_context(|| format!("listening for CRIU on {}", socket.display()))?;
+        listener.set_nonblocking(true)?;
+        // SAFETY: eventfd returns a fresh descriptor or -1.
+        let raw = unsafe { libc::eventfd(0, libc::EFD_NONBLOCK | libc::EFD_CLOEXEC) };
+        if raw < 0 {
+            return Err(io::Error::last_os_error()).context("creating the handler's eventfd");
+        }
+        // SAFETY: `raw` is a descriptor we just created and own.
+        let wake = Arc::new(unsafe { OwnedFd::from_raw_fd(raw) });
+        let (tx, rx) = mpsc::channel();
+        let stop = Arc::new(AtomicBool::new(false));
+        let mut lp = Loop {
+            listener,
+            conn: None,
+            buf: Vec::new(),
+            fds: VecDeque::new(),
+            layout: layout.into_iter().map(|p| (p.pid, p)).collect(),
+            procs: Vec::new(),
+            waiting: HashMap::new(),
+            requested: HashSet::new(),
+            latencies: Vec::new(),
+            parked: Vec::new(),
+            finished_at: None,
+            stats: LazyStats::default(),
+            rx,
+            wake: wake.clone(),
+            stop: stop.clone(),
+            reports,
+        };
+        let thread = std::thread::Builder::new()
+            .name("mose-lazy-pages".into())
+            .spawn(move || lp.run())
+            .context("starting the lazy-page handler thread")?;
+        Ok(Self {
+            tx,
+            wake,
+            stop,
+            thread: Some(thread),
+            socket: socket.to_path_buf(),
+        })
+    }
+
+    /// Hands pages to the handler thread.
+    pub fn deliver(&self, d: Delivery) -> Result<()> {
+        self.tx
+            .send(d)
+            .map_err(|_| anyhow!("the lazy-page handler has stopped"))?;
+        poke(&self.wake);
+        Ok(())
+    }
+
+    /// Ends the handler and closes every descriptor. Only call once the
+    /// container is stopped or every page is in place.
+    pub fn stop(mut self) {
+        self.shutdown();
+    }
+
+    fn shutdown(&mut self) {
+        self.stop.store(true, Ordering::SeqCst);
+        poke(&self.wake);
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+        let _ = std::fs::remove_file(&self.socket);
+    }
+}
+
+impl Drop for Handler {
+    fn drop(&mut self) {
+        self.shutdown();
+    }
+}
+
+fn poke(fd: &OwnedFd) {
+    let one = 1u64.to_ne_bytes();
+    // SAFETY: writing 8 bytes to an eventfd.
+    unsafe { libc::write(fd.as_raw_fd(), one.as_ptr().cast(), 8) };
+}
+
+struct Proc {
+    pid: u32,
+    uffd: Uffd,
+    iovs: Iovs,
+    exited: bool,
+}
+
+struct Loop {
+    listener: UnixListener,
+    conn: Option<UnixStream>,
+    buf: Vec<u8>,
+    fds: VecDeque<OwnedFd>,
+    layout: HashMap<u32, LazyProcess>,
+    procs: Vec<Proc>,
+    /// Faulted pages (pid, checkpoint address) and since when.
+    waiting: HashMap<(u32, u64), Instant>,
+    requested: HashSet<(u32, u64)>,
+    latencies: Vec<u64>,
+    /// Deliveries that could not be placed yet (process not handed over, or
+    /// its address space was changing).
+    parked: Vec<Delivery>,
+    finished_at: Option<Instant>,
+    stats: LazyStats,
+    rx: mpsc::Receiver<Delivery>,
+    wake: Arc<OwnedFd>,
+    stop: Arc<AtomicBool>,
+    reports: tokio::sync::mpsc::UnboundedSender<Report>,
+}
+
+impl Loop {
+    fn run(&mut self) {
+        let res = self.serve();
+        match res {
+            Ok(true) => {}
+            Ok(false) => return, // stopped by the session
+            Err(e) => {
+                let msg = format!("{e:#}");
+                warn!(error = %msg, "lazy-page handler failed");
+                let _ = self.reports.send(Report::Failed(msg));
+            }
+        }
+        // keep every descriptor open until the session says stop
+        while !self.stop.load(Ordering::SeqCst) {
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// Ok(true): every page is placed; Ok(false): told to stop.
+    fn serve(&mut self) -> Result<bool> {
+        loop {
+            if self.stop.load(Ordering::SeqCst) {
+                return Ok(false);
+            }
+            let mut pfds: Vec<libc::pollfd> = Vec::new();
+            let mut push = |fd: RawFd| {
+                pfds.push(libc::pollfd {
+                    fd,
+                    events: libc::POLLIN,
+                    revents: 0,
+                })
+            };
+            push(self.wake.as_raw_fd());
+            match &self.conn {
+                None => push(self.listener.as_raw_fd()),
+                Some(c) if self.finished_at.is_none() => push(c.as_raw_fd()),
+                Some(_) => push(-1),
+            }
+            for p in &self.procs {
+                push(if p.exited { -1 } else { p.uffd.as_raw_fd() });
+            }
+            // SAFETY: `pfds` is a valid array of pollfd for its length.
+            let n = unsafe { libc::poll(pfds.as_mut_ptr(), pfds.len() as libc::nfds_t, 200) };
+            if n < 0 {
+                let e = io::Error::last_os_error();
+                if e.kind() == io::ErrorKind::Interrupted {
+                    continue;
+                }
+                return Err(e).context("poll");
+            }
+            if pfds[1].revents != 0 {
+                self.on_socket()?;
+            }
+            for i in 0..self.procs.len() {
+                if pfds.get(2 + i).is_some_and(|p| p.revents != 0) {
+                    self.on_events(i)?;
+                }
+            }
+            if pfds[0].revents != 0 {
+                let mut b = [0u8; 8];
+                // SAFETY: reading the eventfd counter into 8 bytes.
+                unsafe { libc::read(self.wake.as_raw_fd(), b.as_mut_ptr().cast(), 8) };
+            }
+            let mut batch: Vec<Delivery> = std::mem::take(&mut self.parked);
+            batch.extend(self.rx.try_iter());
+            for d in batch {
+                self.place(d)?;
+            }
+            if let Some(t) = self.finished_at {
+                if self.procs.iter().all(|p| p.exited || p.iovs.is_empty()) {
+                    self.stats.lazy_ms = t.elapsed().as_secs_f64() * 1000.0;
+                    self.latencies.sort_unstable();
+                    let pct = |q: f64| -> f64 {
+                        if self.latencies.is_empty() {
+                            return 0.0;
+                        }
+                        let i = ((self.latencies.len() as f64 - 1.0) * q).round() as usize;
+                        self.latencies[i.min(self.latencies.len() - 1)] as f64
+                    };
+                    self.stats.faults = self.latencies.len() as u64;
+                    self.stats.fault_p50_us = pct(0.5);
+                    self.stats.fault_p99_us = pct(0.99);
+                    info!(
+                        lazy_ms = self.stats.lazy_ms,
+                        faults = self.stats.faults,
+                        p99_us = self.stats.fault_p99_us,
+                        "every lazy page is in place"
+                    );
+                    let _ = self.reports.send(Report::Done(self.stats.clone()));
+                    return Ok(true);
+                }
+            }
+        }
+    }
+
+    /// CRIU's connection: per process a pid and a descriptor, then RSTF.
+    fn on_socket(&mut self) -> Result<()> {
+        if self.conn.is_none() {
+            match self.listener.accept() {
+                Ok((c, _)) => {
+                    c.set_nonblocking(true)?;
+                    self.conn = Some(c);
+                }
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
+                Err(e) => return Err(e).context("accepting CRIU's lazy-pages connection"),
+            }
+            return Ok(());
+        }
+        let Some(conn) = &self.conn else {
+            return Ok(());
+        };
+        let mut data = [0u8; 256];
+        let mut cmsg = nix::cmsg_space!([RawFd; 8]);
+        let got = {
+            let mut iov = [IoSliceMut::new(&mut data)];
+            match recvmsg::<()>(
+                conn.as_raw_fd(),
+                &mut iov,
+                Some(&mut cmsg),
+                MsgFlags::MSG_CMSG_CLOEXEC,
+            ) {
+                Ok(m) => {
+                    for c in m.cmsgs().map_err(|e| anyhow!("CRIU's message: {e}"))? {
+                        if let ControlMessageOwned::ScmRights(fds) = c {
+                            for fd in fds {
+                                // SAFETY: the kernel installed these descriptors for us.
+                                self.fds.push_back(unsafe { OwnedFd::from_raw_fd(fd) });
+                            }
+                        }
+                    }
+                    m.bytes
+                }
+                Err(nix::errno::Errno::EAGAIN) => return Ok(()),
+                Err(e) => return Err(anyhow!("reading CRIU's lazy-pages socket: {e}")),
+            }
+        };
+        if got == 0 {
+            self.conn = None;
+            if self.finished_at.is_none() {
+                return Err(anyhow!(
+                    "CRIU closed the lazy-pages socket before the restore finished (see the restore log)"
+                ));
+            }
+            return Ok(());
+        }
+        self.buf.extend_from_slice(&data[..got]);
+        loop {
+            if self.buf.len() < 4 {
+                return Ok(());
+            }
+            let pid = i32::from_ne_bytes([self.buf[0], self.buf[1], self.buf[2], self.buf[3]]);
+            if pid == RESTORE_FINISHED {
+                self.buf.drain(..4);
+                self.finished_at = Some(Instant::now());
+                info!(
+                    processes = self.procs.len(),
+                    "CRIU finished the restore; lazy pages follow"
+                );
+                let _ = self.reports.send(Report::RestoreFinished);
+                continue;
+            }
+            if pid <= 0 {
+                // a zombie: no memory, no descriptor
+                self.buf.drain(..4);
+                continue;
+            }
+            // then one dummy byte carrying the descriptor
+            if self.buf.len() < 5 || self.fds.is_empty() {
+                return Ok(());
+            }
+            self.buf.drain(..5);
+            let fd = self
+                .fds
+                .pop_front()
+                .ok_or_else(|| anyhow!("no descriptor"))?;
+            let pid = pid as u32;
+            let iovs = self
+                .layout
+                .get(&pid)
+                .map(|p| {
+                    Iovs::new(
+                        p.runs
+                            .iter()
+                            .map(|r| (r.vaddr, r.nr_pages * PAGE))
+                            .collect::<Vec<_>>(),
+                    )
+                })
+                .unwrap_or_default();
+            debug!(
+                pid,
+                lazy_bytes = iovs.len_bytes(),
+                "restored process handed over its userfaultfd"
+            );
+            self.procs.push(Proc {
+                pid,
+                uffd: Uffd::from_owned(fd),
+                iovs,
+                exited: false,
+            });
+        }
+    }
+
+    fn on_events(&mut self, i: usize) -> Result<()> {
+        loop {
+            let ev = match self.procs[i].uffd.read() {
+                Ok(Some(ev)) => ev,
+                Ok(None) => return Ok(()),
+                Err(e) => {
+                    warn!(pid = self.procs[i].pid, error = %e, "userfaultfd unreadable; taking the process as exited");
+                    self.procs[i].exited = true;
+                    return Ok(());
+                }
+            };
+            let pid = self.procs[i].pid;
+            match ev {
+                Event::Fault { addr } => {
+                    let page = addr & !(PAGE - 1);
+                    match self.procs[i].iovs.lookup(page) {
+                        // not a page of the checkpoint: it was never touched
+                        None => {
+                            if self.procs[i].uffd.zero(page)? == Placed::Exited {
+                                self.procs[i].exited = true;
+                            }
+                        }
+                        Some(img) => {
+                            self.waiting.entry((pid, img)).or_insert_with(Instant::now);
+                            if self.requested.insert((pid, img)) {
+                                let _ = self.reports.send(Report::Request {
+                                    pid,
+                                    vaddr: img,
+                                    pages: 1,
+                                });
+                            }
+                        }
+                    }
+                }
+                Event::Fork { uffd } => {
+                    let iovs = self.procs[i].iovs.clone();
+                    debug!(
+                        pid,
+                        "restored process forked; its child waits for the same pages"
+                    );
+                    self.procs.push(Proc {
+                        pid,
+                        uffd,
+                        iovs,
+                        exited: false,
+                    });
+                }
+                Event::Remap { from, to, len } => self.procs[i].iovs.remap(from, to, len),
+                Event::Remove { start, end } => {
+                    self.procs[i].uffd.unregister(start, end)?;
+                    self.procs[i].iovs.remove(start, end - start);
+                }
+                Event::Unmap { start, end } => self.procs[i].iovs.remove(start, end - start),
+            }
+        }
+    }
+
+    fn place(&mut self, d: Delivery) -> Result<()> {
+        let pages = d.data.len() as u64 / PAGE;
+        if !self.procs.iter().any(|p| p.pid == d.pid) {
+            if self.finished_at.is_some() && !self.layout.contains_key(&d.pid) {
+                return Err(anyhow!(
+                    "pages for pid {} which the checkpoint has no lazy memory for",
+                    d.pid
+                ));
+            }
+            self.parked.push(d);
+            return Ok(());
+        }
+        let mut retry = false;
+        for p in self
+            .procs
+            .iter_mut()
+            .filter(|p| p.pid == d.pid && !p.exited)
+        {
+            for (rt, off, len) in p.iovs.placements(d.vaddr, d.data.len() as u64) {
+                let chunk = &d.data[off as usize..(off + len) as usize];
+                match p
+                    .uffd
+                    .copy(rt, chunk)
+                    .with_context(|| format!("placing pages at {rt:#x} in pid {}", p.pid))?
+                {
+                    Placed::Done | Placed::Gone => p.iovs.remove(rt, len),
+                    Placed::Exited => p.exited = true,
+                    Placed::Retry => retry = true,
+                }
+            }
+        }
+        if retry {
+            self.parked.push(d);
+            return Ok(());
+        }
+        match d.origin {
+            Origin::Source => self.stats.pages_from_source += pages,
+            Origin::Cache => self.stats.pages_from_cache += pages,
+        }
+        self.stats.zero_pages += d.zero_pages;
+        for k in 0..pages {
+            let key = (d.pid, d.vaddr + k * PAGE);
+            if let Some(t) = self.waiting.remove(&key) {
+                self.latencies.push(t.elapsed().as_micros() as u64);
+            }
+            self.requested.remove(&key);
+        }
+        Ok(())
+    }
+}

@@ -1,0 +1,15 @@
+//! Post-copy: MOSE's own lazy page transfer. CRIU restores a container with
+//! its private anonymous memory missing and hands each process's userfaultfd
+//! to MOSE's [`handler`], which places pages as they come from the source
+//! (answers to faults first, then a background push) or, for hybrid, from the
+//! blocks pre-copy rounds already brought.
+
+pub mod feeder;
+pub mod handler;
+pub mod iov;
+pub mod pagemap;
+pub mod session;
+pub mod uffd;
+
+pub use handler::{Delivery, Handler, Origin, Report};
+pub use pagemap::{LazyLayout, LazyProcess, LazyRun, Pagemap};
