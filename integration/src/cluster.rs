@@ -147,6 +147,29 @@ impl Cluster {
         id: &str,
         extra: &[&str],
     ) -> Result<serde_json::Value> {
+        let o = self
+            .migrate_command(from, to, ns, id, extra)?
+            .output()
+            .context("running mosectl migrate")?;
+        let text = String::from_utf8_lossy(&o.stdout);
+        serde_json::from_str(text.trim()).with_context(|| {
+            format!(
+                "mosectl printed no JSON result: stdout {text:?}, stderr {:?}",
+                String::from_utf8_lossy(&o.stderr)
+            )
+        })
+    }
+
+    /// The `mosectl migrate` command [`Self::migrate`] runs, for a test that
+    /// needs the process itself (to kill the source mid-migration).
+    pub fn migrate_command(
+        &self,
+        from: usize,
+        to: usize,
+        ns: &str,
+        id: &str,
+        extra: &[&str],
+    ) -> Result<std::process::Command> {
         let src = self.node(from)?;
         let mut cmd = src.command(self.bin.join("mosectl"));
         cmd.args(["migrate", "--address"])
@@ -166,14 +189,7 @@ impl Cluster {
             .arg(self.policy_socket(from)?)
             .args(["--output", "json"])
             .args(extra);
-        let o = cmd.output().context("running mosectl migrate")?;
-        let text = String::from_utf8_lossy(&o.stdout);
-        serde_json::from_str(text.trim()).with_context(|| {
-            format!(
-                "mosectl printed no JSON result: stdout {text:?}, stderr {:?}",
-                String::from_utf8_lossy(&o.stderr)
-            )
-        })
+        Ok(cmd)
     }
 
     /// Kills and deletes container `id` on node `node`, best effort (between

@@ -48,6 +48,147 @@ fn addr(c: &Cluster, node: usize) -> String {
     format!("{}:7070", c.node(node).unwrap().ip())
 }
 
+fn containers(c: &Cluster, node: usize, ns: &str) -> String {
+    c.node(node)
+        .unwrap()
+        .ctr(ns)
+        .ok(["containers", "ls", "-q"])
+        .unwrap_or_default()
+}
+
+/// Waits for the lazy phase: the restored copy runs on node 2 while the
+/// source, frozen, still serves its memory.
+fn wait_lazy_phase(c: &Cluster, ns: &str) {
+    let n2 = c.node(2).unwrap();
+    wait_for("the lazy phase", Duration::from_secs(60), || {
+        n2.ctr(ns)
+            .ok(["tasks", "ls"])
+            .unwrap_or_default()
+            .lines()
+            .any(|l| l.starts_with("state") && l.contains("RUNNING"))
+    });
+}
+
+/// The destination's record of its last incoming migration.
+fn last_incoming(c: &Cluster) -> serde_json::Value {
+    let log = c.node(2).unwrap().dir().join("mose-state/migrations.jsonl");
+    let text = std::fs::read_to_string(&log).unwrap_or_default();
+    text.lines()
+        .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+        .rfind(|v| v["direction"] == "in")
+        .unwrap_or_default()
+}
+
+#[test]
+fn a_corrupt_page_fails_the_migration_and_the_source_resumes_intact() {
+    let (c, ns) = service(32, None, &[]);
+    let before = ping(&addr(&c, 1)).unwrap();
+    let r = c
+        .migrate(
+            1,
+            2,
+            &ns,
+            "state",
+            &["--technique", "postcopy", "--inject-fault", "corrupt-page"],
+        )
+        .unwrap();
+    eprintln!("RESULT {r}");
+    assert_eq!(r["status"], "rolled-back", "{r}");
+    let err = r["error"].as_str().unwrap_or_default();
+    assert!(err.contains("corrupt page"), "{err}");
+    // the destination stopped its copy before the source resumed
+    assert!(!containers(&c, 2, &ns).contains("state"), "{r}");
+    let p = ping(&addr(&c, 1)).expect("the source answers again");
+    assert!(p.seq > before.seq);
+    assert_eq!(p.sum, before.sum, "state checksum unchanged");
+    assert!(verify(&addr(&c, 1)).unwrap().is_ok(), "every page intact");
+}
+
+#[test]
+fn losing_the_source_in_the_lazy_phase_stops_the_destination_copy() {
+    // 64 MiB over 100 Mbit/s: about five seconds of lazy phase
+    let (c, ns) = service(64, Some(100), &[]);
+    let before = ping(&addr(&c, 1)).unwrap();
+    let out = tempfile::NamedTempFile::new().unwrap();
+    let mut source = c
+        .migrate_command(
+            1,
+            2,
+            &ns,
+            "state",
+            &["--technique", "postcopy", "--io-timeout", "4"],
+        )
+        .unwrap()
+        .stdout(out.reopen().unwrap())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let n2 = c.node(2).unwrap();
+    wait_for("the lazy phase", Duration::from_secs(60), || {
+        if let Ok(Some(st)) = source.try_wait() {
+            panic!(
+                "mosectl ended ({st}) before the lazy phase was seen: {}",
+                std::fs::read_to_string(out.path()).unwrap_or_default()
+            );
+        }
+        n2.ctr(&ns)
+            .ok(["tasks", "ls"])
+            .unwrap_or_default()
+            .lines()
+            .any(|l| l.starts_with("state") && l.contains("RUNNING"))
+    });
+    source.kill().unwrap();
+    let _ = source.wait();
+    // the copy cannot run without its memory: the destination stops it
+    wait_for(
+        "the destination to stop its copy",
+        Duration::from_secs(30),
+        || !containers(&c, 2, &ns).contains("state"),
+    );
+    let rec = last_incoming(&c);
+    assert_eq!(rec["status"], "failed", "{rec}");
+    let err = rec["error"].as_str().unwrap_or_default();
+    assert!(err.contains("lazy phase"), "{err}");
+    // the frozen source is all that is left; the operator resumes it
+    c.node(1)
+        .unwrap()
+        .ctr(&ns)
+        .ok(["tasks", "resume", "state"])
+        .unwrap();
+    let p = ping(&addr(&c, 1)).expect("the resumed source answers");
+    assert!(p.seq > before.seq);
+    assert_eq!(p.sum, before.sum, "state checksum unchanged");
+    assert!(verify(&addr(&c, 1)).unwrap().is_ok(), "every page intact");
+}
+
+#[test]
+fn a_brief_link_cut_in_the_lazy_phase_is_ridden_out() {
+    let (c, ns) = service(64, Some(100), &[]);
+    let before = ping(&addr(&c, 1)).unwrap();
+    let r = std::thread::scope(|s| {
+        s.spawn(|| {
+            wait_lazy_phase(&c, &ns);
+            c.bed.cut_link(2).unwrap();
+            std::thread::sleep(Duration::from_secs(2));
+            c.bed.restore_link(2).unwrap();
+        });
+        c.migrate(
+            1,
+            2,
+            &ns,
+            "state",
+            &["--technique", "postcopy", "--io-timeout", "15"],
+        )
+        .unwrap()
+    });
+    assert_eq!(r["status"], "ok", "{r}");
+    let p = ping(&addr(&c, 2)).expect("the service answers on node 2");
+    assert!(p.seq > before.seq);
+    assert_eq!(p.sum, before.sum, "state checksum unchanged");
+    assert!(verify(&addr(&c, 2)).unwrap().is_ok(), "every page intact");
+    assert!(!containers(&c, 1, &ns).contains("state"), "source released");
+}
+
 #[test]
 fn postcopy_and_hybrid_there_and_back_keep_sequence_and_checksum() {
     let (c, ns) = service(64, None, &[]);
@@ -56,7 +197,6 @@ fn postcopy_and_hybrid_there_and_back_keep_sequence_and_checksum() {
     let r = c
         .migrate(1, 2, &ns, "state", &["--technique", "postcopy"])
         .unwrap();
-    eprintln!("RESULT {r}");
     assert_eq!(r["status"], "ok", "{r}");
     assert_eq!(r["technique"], "postcopy", "{r}");
     let lazy = &r["lazy"];
@@ -85,7 +225,6 @@ fn postcopy_and_hybrid_there_and_back_keep_sequence_and_checksum() {
             &["--technique", "hybrid", "--max-rounds", "2"],
         )
         .unwrap();
-    eprintln!("RESULT {r}");
     assert_eq!(r["status"], "ok", "{r}");
     assert!(r["rounds"].as_u64().unwrap() >= 1, "{r}");
     let lazy = &r["lazy"];

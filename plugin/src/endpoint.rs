@@ -443,6 +443,8 @@ where
                         // import now, while the source still runs: not in the downtime
                         import_image(cfg, container, &path).await?;
                         let _ = std::fs::remove_file(&path);
+                        // the source freezes only once the image is in place
+                        w.message(&Message::Ack).await?;
                     } else {
                         inc.files.insert(n.clone(), path);
                     }
@@ -593,6 +595,29 @@ pub(crate) fn assemble(inc: &mut Incoming, lazy: bool) -> Result<Assembled> {
     Ok((images, rootfs_tar, None))
 }
 
+/// The container's spec as this node runs it: its cgroup must not collide
+/// with the (frozen) source's when both nodes share a host.
+pub(crate) fn destination_spec(
+    cfg: &EndpointConfig,
+    container: &ContainerIdentity,
+) -> serde_json::Value {
+    let mut spec = container.spec.clone();
+    if let Some(cg) = spec.pointer_mut("/linux/cgroupsPath") {
+        if let Some(p) = cg.as_str() {
+            *cg = serde_json::Value::String(format!(
+                "/mose-{}{}",
+                cfg.identity.node,
+                if p.starts_with('/') {
+                    p.to_string()
+                } else {
+                    format!("/{p}")
+                }
+            ));
+        }
+    }
+    spec
+}
+
 /// Recreates the container from the received identity and rootfs, and
 /// restores it through the MOSE shim from `images` (lazily when a lazy-page
 /// handler listens on `lazy_socket`).
@@ -624,21 +649,7 @@ pub(crate) async fn recreate(
         rootfs::unpack(&data, &rootfs::upperdir(&mounts)?)?;
     }
     step("snapshot+rootfs", steps);
-    let mut spec = container.spec.clone();
-    // the cgroup must not collide with the (frozen) source when both nodes share a host
-    if let Some(cg) = spec.pointer_mut("/linux/cgroupsPath") {
-        if let Some(p) = cg.as_str() {
-            *cg = serde_json::Value::String(format!(
-                "/mose-{}{}",
-                cfg.identity.node,
-                if p.starts_with('/') {
-                    p.to_string()
-                } else {
-                    format!("/{p}")
-                }
-            ));
-        }
-    }
+    let spec = destination_spec(cfg, container);
     let c = Container {
         id: container.id.clone(),
         labels: container.labels.clone().into_iter().collect(),

@@ -42,6 +42,9 @@ pub enum Fault {
     CorruptChunk,
     /// Close the stream in the middle of the final transfer.
     Truncate,
+    /// Post-copy/hybrid: send one lazy page with content that does not match
+    /// its hash (a wrong page, not a damaged frame).
+    CorruptPage,
 }
 
 impl std::str::FromStr for Fault {
@@ -50,8 +53,9 @@ impl std::str::FromStr for Fault {
         match s {
             "corrupt-chunk" => Ok(Self::CorruptChunk),
             "truncate" => Ok(Self::Truncate),
+            "corrupt-page" => Ok(Self::CorruptPage),
             o => Err(format!(
-                "unknown fault {o:?}: expected corrupt-chunk or truncate"
+                "unknown fault {o:?}: expected corrupt-chunk, truncate or corrupt-page"
             )),
         }
     }
@@ -364,6 +368,11 @@ async fn run(
         let data = std::fs::read(&tar).with_context(|| format!("reading {}", tar.display()))?;
         s.file("image.tar", &data).await?;
         let _ = std::fs::remove_file(&tar);
+        // wait for the import: a freeze must not wait for it
+        match s.recv(Duration::from_secs(120)).await? {
+            Message::Ack => {}
+            other => bail!("destination answered {other:?} to the image"),
+        }
         tl.end(p, Some(data.len() as u64));
     }
 
@@ -748,6 +757,7 @@ async fn lazy_phase(
             });
         }
     };
+    dump.corrupt_next = opts.fault == Some(Fault::CorruptPage);
     let out = feeder::serve(&mut dump, r, &mut w, io_timeout, &now, &on_restored).await?;
     // the destination's steps end when its answer left: place them
     let mut at = out.restored_at_ms - out.restore_steps.iter().map(|(_, d)| d).sum::<f64>();

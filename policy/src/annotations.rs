@@ -88,11 +88,11 @@ fn suggestion_suffix(s: &Option<&'static str>) -> String {
         .unwrap_or_default()
 }
 
-/// A migration technique MOSE knows of.
+/// A migration technique MOSE implements.
 ///
-/// Cold and precopy are implemented; postcopy and hybrid are part of the
-/// contract already (users may name them) but the model marks them
-/// unavailable, so no plan ever uses them until MOSE implements them.
+/// Cold and precopy are *eager* (the destination has all memory when the
+/// container resumes); postcopy and hybrid are *lazy* (memory keeps arriving
+/// after it resumes), which selection uses only when needed or asked for.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum Technique {
@@ -100,9 +100,11 @@ pub enum Technique {
     Cold,
     /// Copy memory in live rounds, then freeze and send what changed.
     Precopy,
-    /// Restore first, fetch memory on demand (not implemented yet).
+    /// Freeze and dump, restore without memory, then move it all on demand
+    /// and in the background while the container runs.
     Postcopy,
-    /// A pre-copy round, then post-copy (not implemented yet).
+    /// Pre-copy rounds, then a freeze that sends no memory; what changed
+    /// since the last round moves as in post-copy.
     Hybrid,
 }
 
@@ -125,9 +127,16 @@ impl Technique {
         }
     }
 
-    /// Whether MOSE can run this technique today.
+    /// Whether MOSE can run this technique: all four since post-copy and
+    /// hybrid landed (kept for callers that check).
     pub fn is_implemented(self) -> bool {
-        matches!(self, Technique::Cold | Technique::Precopy)
+        true
+    }
+
+    /// Whether the container resumes before all its memory has arrived: the
+    /// destination then depends on the source until the last page is in.
+    pub fn is_lazy(self) -> bool {
+        matches!(self, Technique::Postcopy | Technique::Hybrid)
     }
 }
 
@@ -745,7 +754,9 @@ mod tests {
             );
         }
         assert!("auto".parse::<Technique>().is_err());
-        assert!(Technique::Cold.is_implemented() && !Technique::Hybrid.is_implemented());
+        assert!(Technique::ALL.into_iter().all(Technique::is_implemented));
+        let lazy: Vec<Technique> = Technique::ALL.into_iter().filter(|t| t.is_lazy()).collect();
+        assert_eq!(lazy, [Technique::Postcopy, Technique::Hybrid]);
     }
 
     #[test]

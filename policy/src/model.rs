@@ -4,14 +4,20 @@
 //!
 //! It mirrors MOSE's data path (`plugin/src/source.rs`), phase by phase:
 //!
-//! * **pre-copy rounds** (live): each round reads and hashes the whole
-//!   resident memory of the running process and sends the blocks the
-//!   destination does not have yet; reading/hashing and sending overlap, so a
-//!   round lasts `max(bytes × overhead / B, M / scan)`.
+//! * **pre-copy rounds** (live, pre-copy and hybrid): each round reads and
+//!   hashes the whole resident memory of the running process and sends the
+//!   blocks the destination does not have yet; reading/hashing and sending
+//!   overlap, so a round lasts `max(bytes × overhead / B, M / scan)`.
 //! * **freeze**: pause, CRIU dump (`M / dump`), hash the dumped pages
 //!   (`M / hash`), send the blocks that changed since they were last sent,
 //!   the destination writes the pages image (`M / assemble`) and CRIU
 //!   restores (`M / restore`), plus fixed costs (RPCs, container create).
+//!   Lazy techniques keep only part of it: post-copy dumps and restores with
+//!   `--lazy-pages` (no hash, no memory in the image); hybrid also hashes, so
+//!   the destination can take unchanged pages from the rounds' blocks.
+//! * **lazy phase** (post-copy and hybrid): the container runs on the
+//!   destination while the memory it lacks moves at link rate (faults plus a
+//!   background push); until the last page arrives it depends on the source.
 //!
 //! Cold is the freeze phase alone with every block new. The state is assumed
 //! incompressible (compression is carried in [`PlanParams`] but not modelled),
@@ -168,7 +174,8 @@ impl Calibration {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 pub struct PlanParams {
     pub technique: Technique,
-    /// Upper bound on live pre-copy rounds (ignored by cold).
+    /// Upper bound on live pre-copy rounds (pre-copy and hybrid; ignored by
+    /// cold and post-copy).
     pub max_rounds: u32,
     /// Cap on the wire rate, bits per second; `None` = the link's rate.
     pub bandwidth_cap_bps: Option<u64>,
@@ -177,6 +184,8 @@ pub struct PlanParams {
     /// Pre-copy stop rule: end the live rounds as soon as a round's delta,
     /// sent in the freeze, would keep the downtime under this many ms (set
     /// from `mose.io/max-downtime`; MOSE's source applies the same rule).
+    /// Pre-copy only: hybrid's freeze sends no delta, so its downtime does
+    /// not depend on the rounds and the model ignores this field for it.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub stop_below_downtime_ms: Option<u64>,
 }
@@ -185,7 +194,7 @@ impl PlanParams {
     /// A short human description, e.g. "precopy, 3 rounds, capped at 150Mbit".
     pub fn describe(&self) -> String {
         let mut s = self.technique.to_string();
-        if self.technique == Technique::Precopy {
+        if matches!(self.technique, Technique::Precopy | Technique::Hybrid) {
             let n = self.max_rounds.max(1);
             s.push_str(&format!(", {n} round{}", if n == 1 { "" } else { "s" }));
         }
@@ -204,17 +213,28 @@ impl PlanParams {
 pub struct Prediction {
     /// Time the application is frozen.
     pub downtime_ms: f64,
-    /// From the start of the migration to the container running on the destination.
+    /// From the start of the migration to the container running on the
+    /// destination with all its memory (for post-copy and hybrid, until the
+    /// last lazy page has arrived and the source can let go).
     pub total_ms: f64,
     /// Bytes on the wire (payload × overhead).
     pub bytes: u64,
+    /// The part of `bytes` sent after the container resumes on the
+    /// destination (post-copy and hybrid; 0 otherwise): while it is in
+    /// flight, losing the source loses the container.
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub lazy_bytes: u64,
     /// Peak wire rate used, bits per second.
     pub rate_bps: u64,
-    /// Predicted live pre-copy rounds (0 for cold).
+    /// Predicted live pre-copy rounds (0 for cold and post-copy).
     pub rounds: u32,
-    /// Whether MOSE implements the technique; unavailable predictions are
-    /// rough placeholders and are never selected.
+    /// Whether MOSE can run the technique: true for all four since post-copy
+    /// and hybrid were implemented; kept so decisions keep their JSON form.
     pub available: bool,
+}
+
+fn is_zero(v: &u64) -> bool {
+    *v == 0
 }
 
 /// The downtime if the freeze had to send `final_bytes` of memory: the
@@ -240,22 +260,93 @@ pub fn downtime_if_final_ms(
                 + final_bytes * c.wire_overhead / bw)
 }
 
+/// The live pre-copy phase: what the rounds moved, and the final delta `f`
+/// (dirtied since the last scan) left for after them.
+struct Live {
+    secs: f64,
+    bytes: f64,
+    rounds: u32,
+    final_bytes: f64,
+    peak: f64,
+}
+
+impl Live {
+    const NONE: Live = Live {
+        secs: 0.0,
+        bytes: 0.0,
+        rounds: 0,
+        final_bytes: 0.0,
+        peak: 0.0,
+    };
+}
+
+/// Runs the pre-copy rounds of `plan` (MOSE's stop rules; the downtime-target
+/// rule only when `stop_below_ms` is set) over bandwidth `bw` (bytes/s).
+fn live_rounds(
+    m: &Measurements,
+    c: &Calibration,
+    plan: &PlanParams,
+    bw: f64,
+    stop_below_ms: Option<u64>,
+) -> Live {
+    let mem = m.memory_bytes as f64;
+    let ws = m.working_set_bytes.unwrap_or(m.memory_bytes) as f64;
+    let ovh = c.wire_overhead;
+    let scan_t = mem / c.scan_bytes_per_s;
+    let mut live = Live::NONE;
+    let mut prev_b = f64::INFINITY;
+    let mut t_last = 0.0;
+    for i in 1..=plan.max_rounds.max(1) {
+        let b = if i == 1 {
+            mem
+        } else {
+            (m.dirty_bytes_per_s * t_last).min(ws)
+        };
+        let t = (b * ovh / bw).max(scan_t);
+        live.secs += t;
+        live.bytes += b;
+        live.rounds = i;
+        if t > 0.0 {
+            live.peak = live.peak.max(b * ovh / t);
+        }
+        t_last = t;
+        if b < MIN_ROUND_BYTES || (i > 1 && b >= SHRINK_STOP * prev_b) {
+            break;
+        }
+        if let Some(target) = stop_below_ms {
+            if downtime_if_final_ms(m, c, b, plan.bandwidth_cap_bps) <= target as f64 {
+                break;
+            }
+        }
+        prev_b = b;
+    }
+    live.final_bytes = (m.dirty_bytes_per_s * t_last).min(ws);
+    live
+}
+
 /// Predicts the cost of `plan` for a container measured as `m` on a node
 /// calibrated as `c`.
 ///
 /// With B the effective bandwidth (the link, or the plan's cap if lower), M
-/// the memory, D the dirty rate and W the working set:
+/// the memory, D the dirty rate, W the working set and
+/// F = fixed_downtime + M/dump + M/hash + M/assemble + M/restore:
 ///
-/// * cold: downtime = fixed + M/dump + M/hash + M·ovh/B + M/assemble + M/restore.
+/// * cold: downtime = F + M·ovh/B.
 /// * precopy: round 1 sends M in `max(M·ovh/B, M/scan)`; round i sends
 ///   `b_i = min(D·t_{i-1}, W)` in `max(b_i·ovh/B, M/scan)`; the live phase
 ///   stops after `max_rounds` (at least one, as in MOSE), or after a round
 ///   moving less than 1 MiB, or after a round moving ≥ 0.9 × the previous
-///   one. The final delta `f = min(D·t_last, W)` is what was dirtied since the
-///   last scan (the container is paused before CRIU dumps, so nothing is
-///   dirtied during the dump); downtime is the cold formula with f in place
-///   of M for the transfer.
-/// * postcopy and hybrid: rough placeholders, `available: false`.
+///   one, or when the plan's downtime target is in reach. The final delta
+///   `f = min(D·t_last, W)` is what was dirtied since the last scan (the
+///   container is paused before CRIU dumps, so nothing is dirtied during the
+///   dump); downtime = F + f·ovh/B.
+/// * postcopy: downtime = fixed_downtime + M/dump (lazy pages are neither
+///   hashed, sent nor restored in the freeze); then M·ovh/B after restore.
+/// * hybrid: pre-copy's rounds without the downtime-target rule (the freeze
+///   sends no delta, so the downtime does not depend on the rounds);
+///   downtime = fixed_downtime + M/dump + M/hash; then f·ovh/B after restore.
+///
+/// total = live rounds + downtime + lazy transfer + fixed_total.
 pub fn predict(
     m: &Measurements,
     c: &Calibration,
@@ -275,116 +366,46 @@ pub fn predict(
         None => m.link_bytes_per_s,
     };
     let mem = m.memory_bytes as f64;
-    let dirty = m.dirty_bytes_per_s;
-    let ws = m.working_set_bytes.unwrap_or(m.memory_bytes) as f64;
     let ovh = c.wire_overhead;
-    let s = |bytes: f64, rate: f64| bytes / rate; // seconds
-                                                  // the freeze phase, apart from the transfer of `f` payload bytes
-    let frozen_fixed = c.fixed_downtime_ms / 1e3
-        + s(mem, c.dump_bytes_per_s)
-        + s(mem, c.hash_bytes_per_s)
-        + s(mem, c.assemble_bytes_per_s)
-        + s(mem, c.restore_bytes_per_s);
-    let scan_t = s(mem, c.scan_bytes_per_s);
+    let fixed = c.fixed_downtime_ms / 1e3;
+    let dump = mem / c.dump_bytes_per_s;
+    let hash = mem / c.hash_bytes_per_s;
+    // the freeze of cold and pre-copy, apart from the transfer
+    let eager_freeze =
+        fixed + dump + hash + mem / c.assemble_bytes_per_s + mem / c.restore_bytes_per_s;
 
-    let (live_s, live_bytes, rounds, final_bytes, mut peak, available) = match plan.technique {
-        Technique::Cold => (0.0, 0.0, 0, mem, 0.0, true),
+    // (live phase, freeze costs apart from the transfer, payload sent in
+    // the freeze, payload sent lazily after restore)
+    let (live, freeze_s, frozen, lazy) = match plan.technique {
+        Technique::Cold => (Live::NONE, eager_freeze, mem, 0.0),
         Technique::Precopy => {
-            let mut live_s = 0.0;
-            let mut live_bytes = 0.0;
-            let mut rounds = 0u32;
-            let mut peak: f64 = 0.0;
-            let mut prev_b = f64::INFINITY;
-            let mut t_last = 0.0;
-            for i in 1..=plan.max_rounds.max(1) {
-                let b = if i == 1 {
-                    mem
-                } else {
-                    (dirty * t_last).min(ws)
-                };
-                let t = s(b * ovh, bw).max(scan_t);
-                live_s += t;
-                live_bytes += b;
-                rounds = i;
-                if t > 0.0 {
-                    peak = peak.max(b * ovh / t);
-                }
-                t_last = t;
-                if b < MIN_ROUND_BYTES || (i > 1 && b >= SHRINK_STOP * prev_b) {
-                    break;
-                }
-                if let Some(target) = plan.stop_below_downtime_ms {
-                    if downtime_if_final_ms(m, c, b, plan.bandwidth_cap_bps) <= target as f64 {
-                        break;
-                    }
-                }
-                prev_b = b;
-            }
-            let f = (dirty * t_last).min(ws);
-            (live_s, live_bytes, rounds, f, peak, true)
+            let live = live_rounds(m, c, plan, bw, plan.stop_below_downtime_ms);
+            let f = live.final_bytes;
+            (live, eager_freeze, f, 0.0)
         }
-        Technique::Postcopy => {
-            // placeholder: freeze only for the non-memory state, then pages
-            // are pulled on demand at link speed after restore
-            let pull = s(mem * ovh, bw);
-            let downtime = c.fixed_downtime_ms / 1e3;
-            return Ok(finish(
-                downtime,
-                pull + c.fixed_total_ms / 1e3,
-                mem * ovh,
-                bw * 8.0,
-                0,
-                false,
-            ));
-        }
+        Technique::Postcopy => (Live::NONE, fixed + dump, 0.0, mem),
         Technique::Hybrid => {
-            // placeholder: one pre-copy round, then post-copy of the delta
-            let t1 = s(mem * ovh, bw).max(scan_t);
-            let delta = (dirty * t1).min(ws);
-            let downtime = c.fixed_downtime_ms / 1e3;
-            let total = t1 + downtime + s(delta * ovh, bw) + c.fixed_total_ms / 1e3;
-            return Ok(finish(
-                downtime,
-                total,
-                (mem + delta) * ovh,
-                bw * 8.0,
-                1,
-                false,
-            ));
+            let live = live_rounds(m, c, plan, bw, None);
+            let f = live.final_bytes;
+            (live, fixed + dump + hash, 0.0, f)
         }
     };
-    if final_bytes > 0.0 {
+    let mut peak = live.peak;
+    if frozen + lazy > 0.0 {
         peak = peak.max(bw);
     }
-    let downtime = frozen_fixed + s(final_bytes * ovh, bw);
-    let total = live_s + downtime + c.fixed_total_ms / 1e3;
-    Ok(finish(
-        downtime,
-        total,
-        (live_bytes + final_bytes) * ovh,
-        peak * 8.0,
-        rounds,
-        available,
-    ))
-}
-
-fn finish(
-    downtime_s: f64,
-    total_s: f64,
-    bytes: f64,
-    rate_bps: f64,
-    rounds: u32,
-    available: bool,
-) -> Prediction {
+    let downtime = freeze_s + frozen * ovh / bw;
+    let total = live.secs + downtime + lazy * ovh / bw + c.fixed_total_ms / 1e3;
     // all inputs are validated finite and non-negative; `as` saturates anyway
-    Prediction {
-        downtime_ms: downtime_s * 1e3,
-        total_ms: total_s * 1e3,
-        bytes: bytes.round() as u64,
-        rate_bps: rate_bps.round() as u64,
-        rounds,
-        available,
-    }
+    Ok(Prediction {
+        downtime_ms: downtime * 1e3,
+        total_ms: total * 1e3,
+        bytes: ((live.bytes + frozen + lazy) * ovh).round() as u64,
+        lazy_bytes: (lazy * ovh).round() as u64,
+        rate_bps: (peak * 8.0).round() as u64,
+        rounds: live.rounds,
+        available: true,
+    })
 }
 
 #[cfg(test)]
@@ -652,14 +673,171 @@ pub(crate) mod tests {
         }
     }
 
+    fn lazy_plans() -> Vec<PlanParams> {
+        let mut v = vec![plan(Technique::Postcopy, 0)];
+        v.extend((1..=8).map(|k| plan(Technique::Hybrid, k)));
+        v
+    }
+
     #[test]
-    fn postcopy_and_hybrid_are_unavailable_placeholders() {
-        let m = meas(512, 8.0, 1000.0);
-        for t in [Technique::Postcopy, Technique::Hybrid] {
-            let got = p(&m, &plan(t, 1));
-            assert!(!got.available);
-            assert!(got.downtime_ms.is_finite() && got.bytes > 0);
+    fn postcopy_follows_the_formula() {
+        let c = Calibration::default();
+        let m = meas(512, 64.0, 1000.0);
+        let got = p(&m, &plan(Technique::Postcopy, 0));
+        let mem = m.memory_bytes as f64;
+        // the freeze only dumps: lazy pages are neither hashed, sent nor restored
+        let want_s = 0.120 + mem / c.dump_bytes_per_s;
+        assert!((got.downtime_ms - want_s * 1e3).abs() < 1e-6, "{got:?}");
+        let lazy_ms = mem * 1.01 / m.link_bytes_per_s * 1e3;
+        assert!((got.total_ms - got.downtime_ms - lazy_ms - 150.0).abs() < 1e-6);
+        assert_eq!(got.bytes, (mem * 1.01).round() as u64);
+        assert_eq!(got.lazy_bytes, got.bytes, "all memory moves after restore");
+        assert_eq!(got.rate_bps, 1_000_000_000);
+        assert_eq!(got.rounds, 0);
+        assert!(got.available);
+        // the dirty rate plays no part
+        assert_eq!(
+            p(&meas(512, 0.0, 1000.0), &plan(Technique::Postcopy, 0)),
+            got
+        );
+    }
+
+    #[test]
+    fn postcopy_downtime_grows_with_memory_only_by_the_dump() {
+        let c = Calibration::default();
+        for link in [10.0, 100.0, 1000.0] {
+            let small = p(&meas(64, 8.0, link), &plan(Technique::Postcopy, 0));
+            let big = p(&meas(1024, 8.0, link), &plan(Technique::Postcopy, 0));
+            let dump_ms = (1024 - 64) as f64 * MIB as f64 / c.dump_bytes_per_s * 1e3;
+            assert!(
+                (big.downtime_ms - small.downtime_ms - dump_ms).abs() < 1e-6,
+                "{small:?} {big:?}"
+            );
+            // cold pays hash, transfer, assemble and restore on top
+            let cold = p(&meas(1024, 8.0, link), &plan(Technique::Cold, 0));
+            assert!(big.downtime_ms < cold.downtime_ms);
         }
+    }
+
+    #[test]
+    fn hybrid_moves_precopys_final_delta_lazily() {
+        let c = Calibration::default();
+        let m = meas(512, 8.0, 1000.0);
+        let mem = m.memory_bytes as f64;
+        let bw = m.link_bytes_per_s;
+        let eager_freeze_ms = 120.0
+            + 1e3
+                * (mem / c.dump_bytes_per_s
+                    + mem / c.hash_bytes_per_s
+                    + mem / c.assemble_bytes_per_s
+                    + mem / c.restore_bytes_per_s);
+        let post = p(&m, &plan(Technique::Postcopy, 0));
+        for k in 1..=8 {
+            let pre = p(&m, &plan(Technique::Precopy, k));
+            let hyb = p(&m, &plan(Technique::Hybrid, k));
+            // same rounds, same bytes: only where the final delta moves differs
+            assert_eq!(hyb.rounds, pre.rounds, "k={k}");
+            assert_eq!(hyb.bytes, pre.bytes, "k={k}");
+            // pre-copy sends the final delta in the freeze, hybrid after it
+            let final_wire = (pre.downtime_ms - eager_freeze_ms) / 1e3 * bw;
+            assert!(
+                (hyb.lazy_bytes as f64 - final_wire).abs() <= 1.0,
+                "k={k} {hyb:?} {pre:?}"
+            );
+            assert!(hyb.lazy_bytes > 0 && hyb.lazy_bytes < post.lazy_bytes);
+            let want_ms = 120.0 + 1e3 * (mem / c.dump_bytes_per_s + mem / c.hash_bytes_per_s);
+            assert!((hyb.downtime_ms - want_ms).abs() < 1e-6, "k={k} {hyb:?}");
+            // total = rounds + downtime + lazy delta + fixed: pre-copy's total
+            // without assemble and restore
+            let pre_total_less =
+                pre.total_ms - 1e3 * (mem / c.assemble_bytes_per_s + mem / c.restore_bytes_per_s);
+            assert!((hyb.total_ms - pre_total_less).abs() < 1e-6, "k={k}");
+            assert!(hyb.downtime_ms > post.downtime_ms, "hybrid also hashes");
+        }
+        // an idle container leaves nothing to move lazily
+        let idle = p(&meas(512, 0.0, 1000.0), &plan(Technique::Hybrid, 4));
+        assert_eq!(idle.lazy_bytes, 0);
+        assert_eq!(idle.rounds, 2);
+    }
+
+    #[test]
+    fn hybrid_ignores_the_downtime_target_stop_rule() {
+        // the freeze sends no delta, so a target in reach must not cut the rounds
+        let m = meas(512, 8.0, 1000.0);
+        let free = p(&m, &plan(Technique::Hybrid, 8));
+        assert!(free.rounds > 1, "{free:?}");
+        let with_target = PlanParams {
+            stop_below_downtime_ms: Some(60_000),
+            ..plan(Technique::Hybrid, 8)
+        };
+        assert_eq!(p(&m, &with_target), free);
+    }
+
+    #[test]
+    fn lazy_plans_keep_the_models_invariants() {
+        for pl in lazy_plans() {
+            // zero memory: nothing sent, only the fixed freeze
+            let z = p(&meas(0, 0.0, 1000.0), &pl);
+            assert_eq!((z.bytes, z.lazy_bytes, z.rate_bps), (0, 0, 0), "{pl:?}");
+            assert!((z.downtime_ms - 120.0).abs() < 1e-9);
+            for dirty in [0.0, 4.0, 64.0, 512.0] {
+                let mut last: Option<Prediction> = None;
+                for link in [10.0, 50.0, 100.0, 300.0, 1000.0, 10_000.0] {
+                    let got = p(&meas(512, dirty, link), &pl);
+                    assert!(got.lazy_bytes <= got.bytes);
+                    if let Some(l) = last {
+                        assert!(got.downtime_ms <= l.downtime_ms + 1e-9, "{pl:?}");
+                        assert!(got.total_ms <= l.total_ms + 1e-9, "{pl:?}");
+                    }
+                    last = Some(got);
+                }
+            }
+            for link in [50.0, 1000.0] {
+                let mut last: Option<Prediction> = None;
+                for dirty in [0.0, 1.0, 8.0, 32.0, 128.0, 1024.0, 8192.0] {
+                    let got = p(&meas(512, dirty, link), &pl);
+                    if let Some(l) = last {
+                        assert!(got.downtime_ms >= l.downtime_ms - 1e-9, "{pl:?}");
+                        assert!(got.total_ms >= l.total_ms - 1e-9, "{pl:?}");
+                    }
+                    last = Some(got);
+                }
+            }
+            let m = meas(512, 8.0, 1000.0);
+            let capped = PlanParams {
+                bandwidth_cap_bps: Some(200_000_000),
+                ..pl
+            };
+            let (a, b) = (p(&m, &pl), p(&m, &capped));
+            assert!(
+                b.rate_bps <= 200_000_000 && b.total_ms > a.total_ms,
+                "{pl:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn lazy_bytes_stay_out_of_eager_json() {
+        let m = meas(64, 8.0, 1000.0);
+        let cold = serde_json::to_value(p(&m, &plan(Technique::Cold, 0))).unwrap();
+        assert!(cold.get("lazy_bytes").is_none(), "{cold}");
+        let post = p(&m, &plan(Technique::Postcopy, 0));
+        let v = serde_json::to_value(post).unwrap();
+        assert_eq!(v["lazy_bytes"], post.lazy_bytes);
+        // decisions written before the field existed still parse
+        let old: Prediction = serde_json::from_str(
+            r#"{"downtime_ms":1,"total_ms":2,"bytes":3,"rate_bps":4,"rounds":0,"available":true}"#,
+        )
+        .unwrap();
+        assert_eq!(old.lazy_bytes, 0);
+    }
+
+    #[test]
+    fn describe_shows_the_rounds_of_hybrid_too() {
+        assert_eq!(plan(Technique::Hybrid, 3).describe(), "hybrid, 3 rounds");
+        assert_eq!(plan(Technique::Hybrid, 0).describe(), "hybrid, 1 round");
+        assert_eq!(plan(Technique::Postcopy, 0).describe(), "postcopy");
+        assert_eq!(plan(Technique::Precopy, 2).describe(), "precopy, 2 rounds");
     }
 
     #[test]

@@ -5,11 +5,11 @@
 //! The program is untrusted as far as MOSE is concerned: its answer is
 //! checked with [`validate_decision`] before anything is run, so a buggy
 //! policy cannot make MOSE exceed the user's bandwidth cap, run a technique
-//! that does not exist, or loop through thousands of rounds.
+//! the user did not allow, or loop through thousands of rounds.
 
 use serde::{Deserialize, Serialize};
 
-use crate::annotations::{KpiTargets, TechniqueChoice};
+use crate::annotations::{KpiTargets, Technique, TechniqueChoice};
 use crate::model::{Calibration, Measurements};
 use crate::select::Decision;
 
@@ -44,10 +44,13 @@ pub fn parse_decision(json: &str, req: &PlanRequest) -> Result<Decision, String>
 /// Checks a decision from an untrusted policy program before MOSE acts on it.
 ///
 /// A decision must carry a plan unless it refuses (and none if it does); the
-/// plan must use a technique MOSE implements, and the one the user forced
-/// with `mose.io/technique` if any; at most [`MAX_ROUNDS_LIMIT`] rounds; a
-/// bandwidth cap greater than zero and within `mose.io/max-bandwidth` (which,
-/// when set, makes a cap mandatory); and predictions finite and non-negative.
+/// plan may use any of the four techniques (an unknown name fails to parse),
+/// but the one the user forced with `mose.io/technique` if any; at most
+/// [`MAX_ROUNDS_LIMIT`] rounds; no downtime-target stop rule on hybrid (its
+/// downtime does not depend on the rounds, and MOSE's source would cut them
+/// short for nothing); a bandwidth cap greater than zero and within
+/// `mose.io/max-bandwidth` (which, when set, makes a cap mandatory); and
+/// predictions finite and non-negative.
 pub fn validate_decision(d: &Decision, req: &PlanRequest) -> Result<(), String> {
     if d.refused {
         if d.plan.is_some() {
@@ -86,12 +89,6 @@ pub fn validate_decision(d: &Decision, req: &PlanRequest) -> Result<(), String> 
         }
         return Err("the decision carries no plan but does not refuse".into());
     };
-    if !plan.technique.is_implemented() {
-        return Err(format!(
-            "technique {} is not implemented by MOSE (cold or precopy)",
-            plan.technique
-        ));
-    }
     if let TechniqueChoice::Fixed(t) = req.targets.technique {
         if plan.technique != t {
             return Err(format!(
@@ -105,6 +102,13 @@ pub fn validate_decision(d: &Decision, req: &PlanRequest) -> Result<(), String> 
             "max_rounds = {}: at most {MAX_ROUNDS_LIMIT}",
             plan.max_rounds
         ));
+    }
+    if plan.technique == Technique::Hybrid && plan.stop_below_downtime_ms.is_some() {
+        return Err(
+            "stop_below_downtime_ms is a pre-copy stop rule: hybrid's downtime does not \
+             depend on its rounds, leave it null"
+                .into(),
+        );
     }
     if plan.bandwidth_cap_bps == Some(0) {
         return Err("bandwidth_cap_bps = 0: a cap must be greater than zero".into());
@@ -130,7 +134,6 @@ pub fn validate_decision(d: &Decision, req: &PlanRequest) -> Result<(), String> 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::annotations::Technique;
     use crate::model::{PlanParams, Prediction};
     use crate::select::select;
 
@@ -183,6 +186,26 @@ mod tests {
         let refused: Decision = serde_json::from_str(&doc_example("refused Decision")).unwrap();
         assert!(validate_decision(&refused, &req).is_ok());
         assert!(refused.refused);
+        let mut strict = req.targets.clone();
+        strict.strict = true;
+        strict.max_downtime = Some(std::time::Duration::from_millis(100));
+        assert_eq!(
+            refused,
+            select(&strict, &req.measurements, &req.calibration)
+        );
+        let lazy = parse_decision(&doc_example("lazy Decision"), &req).unwrap();
+        assert_eq!(
+            lazy,
+            select(&lazy_targets(&req), &req.measurements, &req.calibration)
+        );
+        assert!(lazy.feasible && lazy.predicted.is_some_and(|p| p.lazy_bytes > 0));
+    }
+
+    /// The documented request with a downtime target only a lazy plan meets.
+    fn lazy_targets(req: &PlanRequest) -> KpiTargets {
+        let mut t = req.targets.clone();
+        t.max_downtime = Some(std::time::Duration::from_millis(250));
+        t
     }
 
     /// Prints the documentation's examples: `cargo test -p mose-policy
@@ -198,6 +221,8 @@ mod tests {
         strict.strict = true;
         strict.max_downtime = Some(std::time::Duration::from_millis(100));
         let d = select(&strict, &req.measurements, &req.calibration);
+        println!("{}", serde_json::to_string_pretty(&d).unwrap());
+        let d = select(&lazy_targets(&req), &req.measurements, &req.calibration);
         println!("{}", serde_json::to_string_pretty(&d).unwrap());
     }
 
@@ -217,6 +242,26 @@ mod tests {
     }
 
     #[test]
+    fn lazy_decisions_are_valid() {
+        for t in [Technique::Postcopy, Technique::Hybrid] {
+            let mut req = request();
+            req.targets.technique = TechniqueChoice::Fixed(t);
+            let d = select(&req.targets, &req.measurements, &req.calibration);
+            assert_eq!(d.plan.map(|p| p.technique), Some(t), "{d:?}");
+            let json = serde_json::to_string(&d).unwrap();
+            assert_eq!(parse_decision(&json, &req), Ok(d));
+        }
+        // and when auto falls back to one (a target no eager plan meets)
+        let req = request();
+        let d = select(&lazy_targets(&req), &req.measurements, &req.calibration);
+        assert!(
+            d.feasible && d.plan.is_some_and(|p| p.technique.is_lazy()),
+            "{d:?}"
+        );
+        assert!(validate_decision(&d, &req).is_ok());
+    }
+
+    #[test]
     fn untrusted_decisions_are_checked() {
         let e = with_plan(|p| p.max_rounds = 65).unwrap_err();
         assert!(e.contains("max_rounds"), "{e}");
@@ -227,8 +272,20 @@ mod tests {
         assert!(e.contains("exceeds mose.io/max-bandwidth"), "{e}");
         let e = with_plan(|p| p.bandwidth_cap_bps = None).unwrap_err();
         assert!(e.contains("uncapped"), "{e}");
-        let e = with_plan(|p| p.technique = Technique::Postcopy).unwrap_err();
-        assert!(e.contains("not implemented"), "{e}");
+        // every technique is runnable now, lazy ones included
+        assert!(with_plan(|p| p.technique = Technique::Postcopy).is_ok());
+        assert!(with_plan(|p| {
+            p.technique = Technique::Hybrid;
+            p.stop_below_downtime_ms = None;
+        })
+        .is_ok());
+        // the pre-copy stop rule would cut hybrid's rounds for nothing
+        let e = with_plan(|p| {
+            p.technique = Technique::Hybrid;
+            p.stop_below_downtime_ms = Some(500);
+        })
+        .unwrap_err();
+        assert!(e.contains("stop_below_downtime_ms"), "{e}");
 
         let (mut d, req) = good();
         d.plan = None;

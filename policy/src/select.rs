@@ -5,9 +5,18 @@
 //! bandwidth caps. A plan is feasible when every target set by the
 //! annotations holds for its prediction. Among feasible plans the objective
 //! decides (min-downtime: lowest downtime; min-bandwidth: lowest peak rate;
-//! ties go to fewer bytes, then to the simpler plan). When none is feasible,
-//! the plan with the smallest sum of relative violations is chosen, or the
-//! migration is refused if the user asked for `mose.io/strict=true`.
+//! ties go to fewer bytes, then to the simpler plan).
+//!
+//! Post-copy and hybrid (1 to 8 rounds) are tried only when no cold or
+//! pre-copy plan is feasible: they leave the destination dependent on the
+//! source until every page has arrived (losing the source then loses the
+//! container), a risk worth taking only to meet targets nothing else meets.
+//! The best feasible one is chosen by the same rules. When no plan of either
+//! kind is feasible, the cold or pre-copy plan with the smallest sum of
+//! relative violations is chosen (a lazy plan that misses too buys nothing
+//! for its risk), or the migration is refused if the user asked for
+//! `mose.io/strict=true`. A technique named in `mose.io/technique` is the
+//! only one considered, lazy or not.
 
 use std::cmp::Ordering;
 
@@ -176,7 +185,9 @@ fn caps(targets: &KpiTargets, m: &Measurements) -> Vec<Option<u64>> {
     out
 }
 
-/// Pre-copy stops its rounds once the downtime target is in reach.
+/// Pre-copy stops its rounds once the downtime target is in reach. Hybrid
+/// does not: its freeze sends no delta, so the rounds do not change its
+/// downtime and stopping early would only leave more to move lazily.
 fn stop_rule(targets: &KpiTargets, t: Technique) -> Option<u64> {
     match t {
         Technique::Precopy => targets.max_downtime.map(|d| d.as_millis() as u64),
@@ -184,19 +195,13 @@ fn stop_rule(targets: &KpiTargets, t: Technique) -> Option<u64> {
     }
 }
 
-fn candidates(targets: &KpiTargets, m: &Measurements) -> Vec<PlanParams> {
-    let techniques: Vec<Technique> = match targets.technique {
-        TechniqueChoice::Auto => vec![Technique::Cold, Technique::Precopy],
-        TechniqueChoice::Fixed(t) => vec![t],
-    };
+fn candidates(targets: &KpiTargets, m: &Measurements, techniques: &[Technique]) -> Vec<PlanParams> {
     let mut out = Vec::new();
     for cap in caps(targets, m) {
-        for &t in &techniques {
+        for &t in techniques {
             let rounds: Vec<u32> = match t {
-                Technique::Cold => vec![0],
-                Technique::Precopy => (1..=MAX_CANDIDATE_ROUNDS).collect(),
-                Technique::Postcopy => vec![0],
-                Technique::Hybrid => vec![1],
+                Technique::Cold | Technique::Postcopy => vec![0],
+                Technique::Precopy | Technique::Hybrid => (1..=MAX_CANDIDATE_ROUNDS).collect(),
             };
             for max_rounds in rounds {
                 out.push(PlanParams {
@@ -241,28 +246,15 @@ fn checks(targets: &KpiTargets, p: &Prediction) -> Vec<TargetCheck> {
     v
 }
 
-/// Chooses how to migrate a container measured as `m` on a node calibrated
-/// as `c`, so that its annotations' `targets` are met.
-///
-/// Never returns a plan using a technique MOSE does not implement; invalid
-/// measurements or calibration give a refused decision naming the field.
-pub fn select(targets: &KpiTargets, m: &Measurements, c: &Calibration) -> Decision {
-    if let TechniqueChoice::Fixed(t) = targets.technique {
-        if !t.is_implemented() {
-            return Decision::refuse(
-                format!("{TECHNIQUE}={t} cannot be used: MOSE does not implement {t} migration yet; use auto, cold or precopy"),
-                Vec::new(),
-                0,
-            );
-        }
-    }
-    if let Err(e) = m.validate().and_then(|()| c.validate()) {
-        return Decision::refuse(format!("cannot plan: {e}"), Vec::new(), 0);
-    }
-    let cands = candidates(targets, m);
-    let considered = cands.len();
-    let mut scored: Vec<Scored> = Vec::new();
-    for plan in cands {
+/// Predicts every plan and checks it against the targets.
+fn score(
+    targets: &KpiTargets,
+    m: &Measurements,
+    c: &Calibration,
+    plans: Vec<PlanParams>,
+) -> Result<Vec<Scored>, String> {
+    let mut scored = Vec::new();
+    for plan in plans {
         match predict(m, c, &plan) {
             Ok(pred) if pred.available => scored.push(Scored {
                 checks: checks(targets, &pred),
@@ -270,41 +262,95 @@ pub fn select(targets: &KpiTargets, m: &Measurements, c: &Calibration) -> Decisi
                 pred,
             }),
             Ok(_) => {}
-            Err(e) => return Decision::refuse(format!("cannot plan: {e}"), Vec::new(), considered),
+            Err(e) => return Err(format!("cannot plan: {e}")),
         }
     }
-    let objective = targets.objective;
-    let best_feasible = scored
+    Ok(scored)
+}
+
+fn best_feasible(scored: &[Scored], objective: Objective) -> Option<&Scored> {
+    scored
         .iter()
         .filter(|s| s.feasible())
-        .min_by(|a, b| cmp_objective(objective, a, b));
-    if let Some(best) = best_feasible {
-        return Decision {
-            plan: Some(best.plan),
-            predicted: Some(best.pred),
-            targets: best.checks.clone(),
-            feasible: true,
-            refused: false,
-            reason: format!(
-                "{}: {}; {}",
-                best.plan.describe(),
-                summary(&best.pred),
-                if best.checks.is_empty() {
-                    format!("no targets set, chosen for {objective}")
-                } else {
-                    format!("all targets met, chosen for {objective}")
-                }
-            ),
-            candidates_considered: considered,
-        };
-    }
-    let closest = scored.iter().min_by(|a, b| {
+        .min_by(|a, b| cmp_objective(objective, a, b))
+}
+
+fn closest(scored: &[Scored], objective: Objective) -> Option<&Scored> {
+    scored.iter().min_by(|a, b| {
         cmp_f64(a.violation(), b.violation()).then_with(|| cmp_objective(objective, a, b))
-    });
-    let Some(closest) = closest else {
+    })
+}
+
+/// `mose.io/max-downtime=200ms by 340 ms, …`: the targets `s` misses, and by
+/// how much.
+fn missed(s: &Scored) -> String {
+    s.checks
+        .iter()
+        .filter(|c| !c.feasible)
+        .map(|c| {
+            format!(
+                "{}={} by {}",
+                c.annotation,
+                c.limit_text(),
+                c.fmt_value(c.miss_by, false)
+            )
+        })
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
+/// Chooses how to migrate a container measured as `m` on a node calibrated
+/// as `c`, so that its annotations' `targets` are met.
+///
+/// With `mose.io/technique=auto`, post-copy and hybrid are considered only
+/// when no cold or pre-copy plan meets every target (see the module doc);
+/// `candidates_considered` counts the plans actually evaluated. Invalid
+/// measurements or calibration give a refused decision naming the field.
+pub fn select(targets: &KpiTargets, m: &Measurements, c: &Calibration) -> Decision {
+    if let Err(e) = m.validate().and_then(|()| c.validate()) {
+        return Decision::refuse(format!("cannot plan: {e}"), Vec::new(), 0);
+    }
+    // the techniques tried first, and the lazy ones tried only if none of
+    // those meets the targets
+    let (first, fallback): (Vec<Technique>, Vec<Technique>) = match targets.technique {
+        TechniqueChoice::Auto => (
+            vec![Technique::Cold, Technique::Precopy],
+            vec![Technique::Postcopy, Technique::Hybrid],
+        ),
+        TechniqueChoice::Fixed(t) => (vec![t], Vec::new()),
+    };
+    let objective = targets.objective;
+    let first_plans = candidates(targets, m, &first);
+    let mut considered = first_plans.len();
+    let scored = match score(targets, m, c, first_plans) {
+        Ok(s) => s,
+        Err(e) => return Decision::refuse(e, Vec::new(), considered),
+    };
+    if let Some(best) = best_feasible(&scored, objective) {
+        return chosen(best, objective, considered, None);
+    }
+    let Some(closest_first) = closest(&scored, objective) else {
         return Decision::refuse("no plan could be evaluated".into(), Vec::new(), considered);
     };
-    let misses: Vec<String> = closest
+
+    let lazy_plans = candidates(targets, m, &fallback);
+    considered += lazy_plans.len();
+    let lazy = match score(targets, m, c, lazy_plans) {
+        Ok(s) => s,
+        Err(e) => return Decision::refuse(e, Vec::new(), considered),
+    };
+    if let Some(best) = best_feasible(&lazy, objective) {
+        let why = format!(
+            "{} because no cold or pre-copy plan meets them: the best ({}) is over {}; \
+             the container depends on the source until all its memory has arrived",
+            best.plan.technique,
+            closest_first.plan.describe(),
+            missed(closest_first),
+        );
+        return chosen(best, objective, considered, Some(why));
+    }
+
+    let misses: Vec<String> = closest_first
         .checks
         .iter()
         .filter(|c| !c.feasible)
@@ -313,37 +359,82 @@ pub fn select(targets: &KpiTargets, m: &Measurements, c: &Calibration) -> Decisi
                 "{}={} cannot be met: the best plan ({}) is predicted at {}, {} over",
                 c.annotation,
                 c.limit_text(),
-                closest.plan.describe(),
+                closest_first.plan.describe(),
                 c.fmt_value(c.predicted, false),
                 c.fmt_value(c.miss_by, false),
             )
         })
         .collect();
-    let misses = misses.join("; ");
+    let mut misses = misses.join("; ");
+    // a lazy plan that comes closer but still misses is not worth its risk
+    // unasked; say so, so that the user can ask for it
+    if let Some(l) = closest(&lazy, objective) {
+        if cmp_f64(l.violation(), closest_first.violation()) == Ordering::Less {
+            misses.push_str(&format!(
+                "; a lazy plan ({}) would come closer but is also over {}, so it runs only with {TECHNIQUE}={}",
+                l.plan.describe(),
+                missed(l),
+                l.plan.technique,
+            ));
+        }
+    }
     if targets.strict {
         return Decision::refuse(
             format!("refused (mose.io/strict=true): {misses}"),
-            closest.checks.clone(),
+            closest_first.checks.clone(),
             considered,
         );
     }
     Decision {
-        plan: Some(closest.plan),
-        predicted: Some(closest.pred),
-        targets: closest.checks.clone(),
+        plan: Some(closest_first.plan),
+        predicted: Some(closest_first.pred),
+        targets: closest_first.checks.clone(),
         feasible: false,
         refused: false,
         reason: format!(
             "{misses}; running the closest plan ({})",
-            summary(&closest.pred)
+            summary(&closest_first.pred)
         ),
         candidates_considered: considered,
     }
 }
 
+/// The decision to run `best`, which meets every target; `why` explains a
+/// lazy technique chosen because no eager plan meets them.
+fn chosen(best: &Scored, objective: Objective, considered: usize, why: Option<String>) -> Decision {
+    let mut reason = format!(
+        "{}: {}; {}",
+        best.plan.describe(),
+        summary(&best.pred),
+        if best.checks.is_empty() {
+            format!("no targets set, chosen for {objective}")
+        } else {
+            format!("all targets met, chosen for {objective}")
+        }
+    );
+    if let Some(why) = why {
+        reason.push_str("; ");
+        reason.push_str(&why);
+    }
+    Decision {
+        plan: Some(best.plan),
+        predicted: Some(best.pred),
+        targets: best.checks.clone(),
+        feasible: true,
+        refused: false,
+        reason,
+        candidates_considered: considered,
+    }
+}
+
 fn summary(p: &Prediction) -> String {
+    let lazy = if p.lazy_bytes > 0 {
+        format!(" ({} after the container resumes)", fmt_bytes(p.lazy_bytes))
+    } else {
+        String::new()
+    };
     format!(
-        "predicted downtime {}, total {}, {} on the wire at up to {}/s",
+        "predicted downtime {}, total {}, {} on the wire{lazy} at up to {}/s",
         fmt_ms_spaced(p.downtime_ms),
         fmt_ms_spaced(p.total_ms),
         fmt_bytes(p.bytes),
@@ -647,17 +738,161 @@ mod tests {
     }
 
     #[test]
-    fn unavailable_technique_is_refused_never_planned() {
-        for t in ["postcopy", "hybrid"] {
-            let d = run(&[(TECHNIQUE, t)], &meas(512, 8.0, 1000.0));
-            assert!(d.refused && !d.feasible && d.plan.is_none(), "{d:?}");
-            assert!(
-                d.reason.contains(&format!("mose.io/technique={t}")),
-                "{}",
-                d.reason
-            );
-            assert!(d.reason.contains("does not implement"));
-        }
+    fn explicit_lazy_technique_is_honoured() {
+        // an eager plan would meet this target; the user asked for lazy anyway
+        let m = meas(512, 8.0, 1000.0);
+        let d = run(&[(TECHNIQUE, "postcopy"), (MAX_DOWNTIME, "10s")], &m);
+        assert!(d.feasible && !d.refused, "{d:?}");
+        let plan = d.plan.unwrap();
+        assert_eq!(plan.technique, Technique::Postcopy);
+        assert_eq!(plan.max_rounds, 0);
+        assert_eq!(d.candidates_considered, 1);
+        assert!(d.reason.starts_with("postcopy: "), "{}", d.reason);
+        assert!(
+            d.reason.contains("after the container resumes"),
+            "{}",
+            d.reason
+        );
+
+        let d = run(&[(TECHNIQUE, "hybrid"), (MAX_DOWNTIME, "10s")], &m);
+        assert!(d.feasible, "{d:?}");
+        let plan = d.plan.unwrap();
+        assert_eq!(plan.technique, Technique::Hybrid);
+        assert!((1..=MAX_CANDIDATE_ROUNDS).contains(&plan.max_rounds));
+        assert_eq!(plan.stop_below_downtime_ms, None, "not a hybrid rule");
+        assert_eq!(d.candidates_considered, MAX_CANDIDATE_ROUNDS as usize);
+        assert!(d.reason.starts_with("hybrid, "), "{}", d.reason);
+
+        // forced even when it misses, with the usual reasoning
+        let d = run(&[(TECHNIQUE, "postcopy"), (MAX_DOWNTIME, "10ms")], &m);
+        assert!(!d.feasible && !d.refused, "{d:?}");
+        assert_eq!(d.plan.unwrap().technique, Technique::Postcopy);
+        assert!(
+            d.reason
+                .starts_with("mose.io/max-downtime=10ms cannot be met: the best plan (postcopy)"),
+            "{}",
+            d.reason
+        );
+    }
+
+    /// 512 MiB at 8 MiB/s over 100 Mbit: eager plans freeze for seconds
+    /// (CRIU, hashing, restore and the delta all scale with memory), post-copy
+    /// for the fixed part and the dump alone.
+    fn slow_link() -> Measurements {
+        meas(512, 8.0, 100.0)
+    }
+
+    #[test]
+    fn a_downtime_no_eager_plan_meets_selects_a_lazy_technique() {
+        let m = slow_link();
+        let c = Calibration::default();
+        let eager_best = all_candidates(&m)
+            .iter()
+            .map(|pp| predict(&m, &c, pp).unwrap().downtime_ms)
+            .fold(f64::INFINITY, f64::min);
+        assert!(eager_best > 1000.0, "{eager_best}");
+        let d = run(&[(MAX_DOWNTIME, "1s")], &m);
+        assert!(d.feasible && !d.refused, "{d:?}");
+        let plan = d.plan.unwrap();
+        assert!(plan.technique.is_lazy(), "{d:?}");
+        // min-downtime: post-copy's freeze is hybrid's without the hashing
+        assert_eq!(plan.technique, Technique::Postcopy);
+        assert!(d.targets.iter().all(|t| t.feasible));
+        assert!(d.predicted.unwrap().downtime_ms <= 1000.0);
+        // both kinds were evaluated: 9 eager and 9 lazy candidates
+        assert_eq!(d.candidates_considered, 18);
+        assert!(
+            d.reason.contains(
+                "postcopy because no cold or pre-copy plan meets them: the best (precopy"
+            ),
+            "{}",
+            d.reason
+        );
+        assert!(d.reason.contains("depends on the source"), "{}", d.reason);
+        // strict is satisfied by a lazy plan that meets every target
+        let d = run(
+            &[(MAX_DOWNTIME, "1s"), (crate::annotations::STRICT, "true")],
+            &m,
+        );
+        assert!(d.feasible && !d.refused && d.plan.unwrap().technique.is_lazy());
+    }
+
+    #[test]
+    fn lazy_plans_follow_the_objective_and_the_other_targets() {
+        let m = slow_link();
+        // min-bandwidth: the slowest lazy plan that still meets every target
+        let obj = crate::annotations::OBJECTIVE;
+        let d = run(
+            &[
+                (obj, "min-bandwidth"),
+                (MAX_DOWNTIME, "1s"),
+                (MAX_MIGRATION_TIME, "80s"),
+            ],
+            &m,
+        );
+        assert!(d.feasible, "{d:?}");
+        let p = d.predicted.unwrap();
+        assert!(d.plan.unwrap().technique.is_lazy());
+        assert!(p.rate_bps < 100_000_000 && p.total_ms <= 80_000.0, "{d:?}");
+        // a lazy plan that misses another target is not chosen: none meets
+        // 10 s in total (the lazy phase alone moves 512 MiB at 100 Mbit)
+        let d = run(&[(MAX_DOWNTIME, "1s"), (MAX_MIGRATION_TIME, "10s")], &m);
+        assert!(!d.feasible && !d.plan.unwrap().technique.is_lazy(), "{d:?}");
+    }
+
+    #[test]
+    fn a_target_an_eager_plan_meets_keeps_the_eager_plan() {
+        let m = slow_link();
+        let d = run(&[(MAX_DOWNTIME, "5s")], &m);
+        assert!(d.feasible, "{d:?}");
+        assert_eq!(d.plan.unwrap().technique, Technique::Precopy);
+        // the lazy candidates were not even evaluated
+        assert_eq!(d.candidates_considered, 9);
+        assert!(!d.reason.contains("source"), "{}", d.reason);
+        // even though post-copy would freeze for less
+        let post = run(&[(TECHNIQUE, "postcopy")], &m).predicted.unwrap();
+        assert!(post.downtime_ms < d.predicted.unwrap().downtime_ms);
+        // and with no targets at all
+        let d = run(&[], &m);
+        assert!(!d.plan.unwrap().technique.is_lazy());
+    }
+
+    #[test]
+    fn when_nothing_meets_the_closest_eager_plan_runs_and_a_closer_lazy_one_is_named() {
+        // 2 GiB: post-copy freezes for ~2.5 s, eager plans for ~8 s; 200 ms is
+        // out of reach for both, so the lazy risk buys nothing
+        let m = meas(2048, 1.0, 1000.0);
+        let d = run(&[(MAX_DOWNTIME, "200ms")], &m);
+        assert!(!d.feasible && !d.refused, "{d:?}");
+        assert!(!d.plan.unwrap().technique.is_lazy());
+        assert_eq!(d.candidates_considered, 18);
+        assert!(
+            d.reason.contains(
+                "; a lazy plan (postcopy) would come closer but is also over mose.io/max-downtime=200ms by "
+            ),
+            "{}",
+            d.reason
+        );
+        assert!(
+            d.reason
+                .contains("so it runs only with mose.io/technique=postcopy"),
+            "{}",
+            d.reason
+        );
+        // strict refuses, and says the same
+        let d = run(
+            &[
+                (MAX_DOWNTIME, "200ms"),
+                (crate::annotations::STRICT, "true"),
+            ],
+            &m,
+        );
+        assert!(d.refused && d.plan.is_none(), "{d:?}");
+        assert!(
+            d.reason.contains("mose.io/technique=postcopy"),
+            "{}",
+            d.reason
+        );
     }
 
     #[test]
@@ -672,14 +907,17 @@ mod tests {
     }
 
     #[test]
-    fn auto_never_picks_an_unavailable_technique() {
+    fn auto_never_picks_a_lazy_technique_that_misses() {
+        // 1 ms is below the fixed downtime: nothing meets it, lazy or not
         for (mem, dirty, link) in [(64, 0.0, 10.0), (4096, 4096.0, 10.0), (1, 1.0, 10_000.0)] {
             for obj in ["min-downtime", "min-bandwidth"] {
                 let d = run(
                     &[(crate::annotations::OBJECTIVE, obj), (MAX_DOWNTIME, "1ms")],
                     &meas(mem, dirty, link),
                 );
-                assert!(d.plan.unwrap().technique.is_implemented());
+                assert!(!d.feasible, "{d:?}");
+                assert!(!d.plan.unwrap().technique.is_lazy(), "{d:?}");
+                assert!(d.predicted.unwrap().available);
             }
         }
     }

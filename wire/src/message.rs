@@ -7,6 +7,7 @@
 //! Begin{migration, container}      ->
 //!                                  <-      BeginOk{has_image}
 //! [FileBegin image.tar, data, FileEnd]     (only when the destination lacks the image)
+//!                                  <-      Ack (image imported)
 //! RoundStart{round} [Blocks...] RoundEnd   (pre-copy rounds, while the app runs)
 //! --- source freezes the container ---
 //! RoundStart{final} [Blocks...] RoundEnd

@@ -37,6 +37,8 @@ pub struct Dump {
     held: HashSet<BlockHash>,
     /// Per process, per run: pages already sent.
     sent: Vec<Vec<Vec<bool>>>,
+    /// Test hook: flip a byte of the next page sent, after hashing it.
+    pub corrupt_next: bool,
 }
 
 impl Dump {
@@ -89,6 +91,7 @@ impl Dump {
             hashes,
             held,
             sent,
+            corrupt_next: false,
         })
     }
 
@@ -105,7 +108,7 @@ impl Dump {
     }
 
     /// Pages `k..k+n` of run `ri` of process `pi`: hashes and data.
-    fn read(&self, pi: usize, ri: usize, k: u64, n: u64) -> Result<(Vec<BlockHash>, Vec<u8>)> {
+    fn read(&mut self, pi: usize, ri: usize, k: u64, n: u64) -> Result<(Vec<BlockHash>, Vec<u8>)> {
         let p = &self.layout.processes[pi];
         let run = &p.runs[ri];
         let map = self
@@ -118,7 +121,14 @@ impl Dump {
             Some(h) => h[(run.slot + k) as usize..(run.slot + k + n) as usize].to_vec(),
             None => data.chunks(BLOCK_SIZE).map(hash_block).collect(),
         };
-        Ok((hashes, data.to_vec()))
+        let mut data = data.to_vec();
+        if self.corrupt_next {
+            if let Some(b) = data.first_mut() {
+                *b ^= 0x5a;
+                self.corrupt_next = false;
+            }
+        }
+        Ok((hashes, data))
     }
 }
 

@@ -23,7 +23,7 @@ use tracing::{info, warn};
 use super::{Delivery, Handler, LazyLayout, Origin, Report};
 use crate::{
     containerd::Containerd,
-    endpoint::{assemble, recreate, EndpointConfig, Incoming},
+    endpoint::{assemble, destination_spec, recreate, EndpointConfig, Incoming},
 };
 
 const PAGE: u64 = BLOCK_SIZE as u64;
@@ -116,7 +116,21 @@ where
         // closes its descriptors, and only then tell the source, which
         // resumes its frozen copy on hearing it
         warn!(container = %container.id, error = %format!("{e:#}"), "lazy phase failed; stopping the restored container");
-        let _ = cd.remove_container(&container.id).await;
+        // its processes may be mid-restore, waiting for a page: containerd
+        // cannot stop a task that is still starting, so kill them directly
+        let spec = destination_spec(cfg, container);
+        if let Some(cg) = spec.pointer("/linux/cgroupsPath").and_then(|v| v.as_str()) {
+            let cg = cg.to_string();
+            let killed = tokio::task::spawn_blocking(move || kill_cgroup(&cg))
+                .await
+                .unwrap_or(0);
+            info!(killed, "stopped the restored processes");
+        }
+        let _ = tokio::time::timeout(
+            std::time::Duration::from_secs(30),
+            cd.remove_container(&container.id),
+        )
+        .await;
         if let Some(h) = phase.handler.take() {
             tokio::task::spawn_blocking(move || h.stop()).await.ok();
         }
@@ -131,6 +145,46 @@ where
         tokio::task::spawn_blocking(move || h.stop()).await.ok();
     }
     res
+}
+
+/// SIGKILLs every process in cgroup `path` (under each mounted hierarchy),
+/// until none is left or five seconds passed. Returns how many were killed.
+fn kill_cgroup(path: &str) -> usize {
+    let mounts: Vec<PathBuf> = std::fs::read_to_string("/proc/self/mountinfo")
+        .unwrap_or_default()
+        .lines()
+        .filter_map(|l| {
+            let (pre, post) = l.split_once(" - ")?;
+            let fstype = post.split_whitespace().next()?;
+            (fstype == "cgroup" || fstype == "cgroup2")
+                .then(|| pre.split_whitespace().nth(4).map(PathBuf::from))?
+        })
+        .collect();
+    let rel = path.trim_start_matches('/');
+    let deadline = Instant::now() + std::time::Duration::from_secs(5);
+    let mut killed = 0;
+    loop {
+        let mut pids = std::collections::BTreeSet::new();
+        for m in &mounts {
+            if let Ok(t) = std::fs::read_to_string(m.join(rel).join("cgroup.procs")) {
+                pids.extend(t.lines().filter_map(|l| l.trim().parse::<i32>().ok()));
+            }
+        }
+        if pids.is_empty() || Instant::now() > deadline {
+            return killed;
+        }
+        for pid in pids {
+            if nix::sys::signal::kill(
+                nix::unistd::Pid::from_raw(pid),
+                nix::sys::signal::Signal::SIGKILL,
+            )
+            .is_ok()
+            {
+                killed += 1;
+            }
+        }
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
 }
 
 fn socket_path(cfg: &EndpointConfig, migration: &str) -> PathBuf {
@@ -319,13 +373,18 @@ impl Phase<'_> {
                     last_frame = Instant::now();
                     let f = match f {
                         Some(Ok(f)) => f,
+                        Some(Err(e @ (WireError::Checksum { .. } | WireError::Malformed(_)))) => {
+                            bail!("corrupt data from the source during the lazy phase ({e}); \
+                                no page is placed unverified: the restored container is stopped")
+                        }
                         Some(Err(e)) => bail!("the source was lost during the lazy phase ({e}); \
                             the restored container cannot run without its memory and is stopped"),
                         None => bail!("the source's stream ended during the lazy phase"),
                     };
                     match f.kind {
                         FrameKind::Pages => {
-                            let run = f.pages()?;
+                            let run = f.pages().map_err(|e| anyhow!("{e}; the page is not placed: \
+                                the restored container is stopped"))?;
                             let zero = zero_hash();
                             let zero_pages = run.hashes.iter().filter(|h| **h == zero).count() as u64;
                             for k in 0..run.hashes.len() as u64 {
