@@ -14,6 +14,18 @@ pub mod testbed;
 /// A comma-separated list of numbers given as `name VALUE` on the command
 /// line (e.g. `--state 64,512`), or `default`.
 pub fn list_arg(name: &str, default: &str) -> Result<Vec<u64>> {
+    words_arg(name, default)?
+        .iter()
+        .map(|x| {
+            x.trim()
+                .parse()
+                .with_context(|| format!("{name}: {x:?} is not a number"))
+        })
+        .collect()
+}
+
+/// A comma-separated list of words given as `name a,b,c` (or the default).
+pub fn words_arg(name: &str, default: &str) -> Result<Vec<String>> {
     let args: Vec<String> = std::env::args().collect();
     let v = match args.iter().position(|a| a == name) {
         Some(i) => args
@@ -22,13 +34,7 @@ pub fn list_arg(name: &str, default: &str) -> Result<Vec<u64>> {
             .with_context(|| format!("{name} needs a value"))?,
         None => default.to_string(),
     };
-    v.split(',')
-        .map(|x| {
-            x.trim()
-                .parse()
-                .with_context(|| format!("{name}: {x:?} is not a number"))
-        })
-        .collect()
+    Ok(v.split(',').map(|x| x.trim().to_string()).collect())
 }
 
 /// Polls `f` every 100 ms until it holds; panics naming `what` after

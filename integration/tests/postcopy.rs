@@ -9,7 +9,7 @@ use mose_integration::{cluster::Cluster, wait_for};
 use mose_workloads::{
     image::ctr_import,
     images::{cache_dir, state_service_archive, STATE_SERVICE_REF},
-    probe::{ping, verify},
+    probe::{ping, stats, verify},
 };
 
 const RT: &str = "io.containerd.mose.v2";
@@ -241,4 +241,37 @@ fn postcopy_and_hybrid_there_and_back_keep_sequence_and_checksum() {
     );
     assert_eq!(q.sum, before.sum, "state checksum unchanged");
     assert!(verify(&addr(&c, 1)).unwrap().is_ok(), "every page intact");
+}
+
+#[test]
+fn fork_mremap_and_madvise_during_the_lazy_phase_see_the_right_memory() {
+    // the service forks a verifier, moves a buffer and discards half of it
+    // every 200 ms; over 100 Mbit/s the lazy phase spans several of those
+    let (c, ns) = service(48, Some(100), &["--churn"]);
+    let before = ping(&addr(&c, 1)).unwrap();
+    let r = c
+        .migrate(1, 2, &ns, "state", &["--technique", "postcopy"])
+        .unwrap();
+    assert_eq!(r["status"], "ok", "{r}");
+    assert!(
+        r["lazy_ms"].as_f64().unwrap() > 1000.0,
+        "a long lazy phase: {r}"
+    );
+    let a2 = addr(&c, 2);
+    let rounds = |st: &serde_json::Value| st["churn_rounds"].as_u64().unwrap_or(0);
+    let first = stats(&a2).unwrap();
+    wait_for("more churn on node 2", Duration::from_secs(30), || {
+        stats(&a2)
+            .map(|st| rounds(&st) >= rounds(&first) + 3)
+            .unwrap_or(false)
+    });
+    let st = stats(&a2).unwrap();
+    assert_eq!(
+        st["churn_errors"], 0,
+        "every move, discard and fork saw the right memory: {st}"
+    );
+    let p = ping(&a2).unwrap();
+    assert!(p.seq > before.seq);
+    assert_eq!(p.sum, before.sum, "state checksum unchanged");
+    assert!(verify(&a2).unwrap().is_ok(), "every page intact");
 }

@@ -187,6 +187,14 @@ impl Learned {
             self.add("dump", m, p.duration_ms);
             explained += p.duration_ms;
         }
+        // a lazy restore moves most memory after the freeze: its transfer,
+        // assembly and restore say nothing about an eager one's
+        let lazy = matches!(r.technique.as_str(), "postcopy" | "hybrid");
+        if lazy {
+            self.learn_rounds(r, link);
+            self.migrations += 1;
+            return;
+        }
         if let Some(p) = phase("transfer") {
             let wire = p.bytes.unwrap_or(last.bytes) as f64 / link * 1000.0;
             self.add("hash", m, (p.duration_ms - wire).max(1.0));
@@ -206,6 +214,16 @@ impl Learned {
                 (r.downtime_ms - explained).max(0.0),
             );
         }
+        let live = self.learn_rounds(r, link);
+        push(
+            &mut self.other_total_ms,
+            (r.total_ms - r.downtime_ms - live).max(0.0),
+        );
+        self.migrations += 1;
+    }
+
+    /// Learns the live scan rate from pre-copy rounds; returns their length.
+    fn learn_rounds(&mut self, r: &MigrationResult, link: f64) -> f64 {
         let mut live = 0.0;
         for round in r.round_details.iter().filter(|x| !x.final_round) {
             live += round.duration_ms;
@@ -216,11 +234,7 @@ impl Learned {
                 self.add("scan", scanned, round.duration_ms - wire);
             }
         }
-        push(
-            &mut self.other_total_ms,
-            (r.total_ms - r.downtime_ms - live).max(0.0),
-        );
-        self.migrations += 1;
+        live
     }
 }
 

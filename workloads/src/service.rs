@@ -43,6 +43,10 @@ pub struct Config {
     pub bind: String,
     /// PRNG seed for the initial content and the dirtier.
     pub seed: u64,
+    /// Exercise the address-space events a lazy restore must follow: every
+    /// 200 ms move a scratch buffer (mremap), discard half of it
+    /// (MADV_DONTNEED) and verify the state from a forked child.
+    pub churn: bool,
 }
 
 impl Default for Config {
@@ -53,6 +57,7 @@ impl Default for Config {
             port: 7070,
             bind: "0.0.0.0".into(),
             seed: 1,
+            churn: false,
         }
     }
 }
@@ -106,6 +111,7 @@ impl Config {
                 "--seed" => c.seed = value()?.parse().context("--seed")?,
                 "--bind" => c.bind = value()?,
                 "--idle" => c.dirty_mib_per_s = 0.0,
+                "--churn" => c.churn = true,
                 other => bail!("unknown argument {other:?}\n{}", usage()),
             }
         }
@@ -119,7 +125,7 @@ impl Config {
 /// Usage text of `mose-state-service`.
 pub fn usage() -> &'static str {
     "usage: mose-state-service [--state-mib S (64)] [--dirty-mib-per-s R (0)] [--idle] \
-     [--port P (7070)] [--bind ADDR (0.0.0.0)] [--seed N (1)]\n\
+     [--port P (7070)] [--bind ADDR (0.0.0.0)] [--seed N (1)] [--churn]\n\
      env: MOSE_STATE_MIB MOSE_DIRTY_MIB_PER_S MOSE_PORT MOSE_SEED MOSE_BIND MOSE_IDLE"
 }
 
@@ -130,6 +136,9 @@ struct Shared {
     seq: AtomicU64,
     started: Instant,
     stop: AtomicBool,
+    /// `--churn` rounds done, and checks that failed in them.
+    churn_rounds: AtomicU64,
+    churn_errors: AtomicU64,
 }
 
 /// A running state service.
@@ -150,6 +159,8 @@ struct Stats<'a> {
     sum: String,
     uptime_s: f64,
     pid: u32,
+    churn_rounds: u64,
+    churn_errors: u64,
     config: &'a Config,
 }
 
@@ -172,7 +183,17 @@ impl Service {
             seq: AtomicU64::new(0),
             started: Instant::now(),
             stop: AtomicBool::new(false),
+            churn_rounds: AtomicU64::new(0),
+            churn_errors: AtomicU64::new(0),
         });
+        if shared.config.churn {
+            let mut scratch = Scratch::new(SCRATCH_BYTES)?;
+            let s = shared.clone();
+            thread::Builder::new()
+                .name("churn".into())
+                .spawn(move || churn(&s, &mut scratch))
+                .context("spawning churn")?;
+        }
         write_marker(Path::new(MARKER), &shared.config);
         if shared.config.dirty_mib_per_s > 0.0 && pages > 0 {
             let s = shared.clone();
@@ -234,6 +255,144 @@ fn write_marker(path: &Path, config: &Config) {
     );
     if let Err(e) = std::fs::write(path, line) {
         eprintln!("mose-state-service: writing {}: {e}", path.display());
+    }
+}
+
+/// Size of the `--churn` scratch buffer.
+const SCRATCH_BYTES: usize = 4 << 20;
+const CHURN_EVERY: Duration = Duration::from_millis(200);
+
+/// The byte the scratch buffer holds at `offset`.
+fn pattern(offset: usize) -> u8 {
+    ((offset / PAGE) as u8) ^ (offset as u8).rotate_left(3) ^ 0xA5
+}
+
+/// A buffer that moves between two reserved address ranges.
+struct Scratch {
+    at: usize,
+    spare: usize,
+    len: usize,
+}
+
+impl Scratch {
+    fn new(len: usize) -> Result<Self> {
+        let map = |prot| {
+            // SAFETY: a fresh private anonymous mapping.
+            let p = unsafe {
+                libc::mmap(
+                    std::ptr::null_mut(),
+                    len,
+                    prot,
+                    libc::MAP_PRIVATE | libc::MAP_ANONYMOUS,
+                    -1,
+                    0,
+                )
+            };
+            if p == libc::MAP_FAILED {
+                bail!(
+                    "mmap for the churn buffer: {}",
+                    std::io::Error::last_os_error()
+                );
+            }
+            Ok(p as usize)
+        };
+        let at = map(libc::PROT_READ | libc::PROT_WRITE)?;
+        let spare = map(libc::PROT_NONE)?;
+        let mut s = Self { at, spare, len };
+        s.fill(0, len);
+        Ok(s)
+    }
+
+    fn bytes(&self) -> &[u8] {
+        // SAFETY: `at` is our read-write mapping of `len` bytes, used by the
+        // churn thread only.
+        unsafe { std::slice::from_raw_parts(self.at as *const u8, self.len) }
+    }
+
+    fn bytes_mut(&mut self) -> &mut [u8] {
+        // SAFETY: as for `bytes`, with exclusive access through `&mut self`.
+        unsafe { std::slice::from_raw_parts_mut(self.at as *mut u8, self.len) }
+    }
+
+    fn fill(&mut self, from: usize, to: usize) {
+        for (i, b) in self.bytes_mut()[from..to].iter_mut().enumerate() {
+            *b = pattern(from + i);
+        }
+    }
+
+    fn holds_pattern(&self, from: usize, to: usize) -> bool {
+        self.bytes()[from..to]
+            .iter()
+            .enumerate()
+            .all(|(i, b)| *b == pattern(from + i))
+    }
+
+    /// mremap to the spare range; the old range becomes the spare.
+    fn relocate(&mut self) -> Result<()> {
+        // SAFETY: both ranges are ours; MREMAP_FIXED replaces the spare.
+        let p = unsafe {
+            libc::mremap(
+                self.at as *mut libc::c_void,
+                self.len,
+                self.len,
+                libc::MREMAP_MAYMOVE | libc::MREMAP_FIXED,
+                self.spare as *mut libc::c_void,
+            )
+        };
+        if p == libc::MAP_FAILED {
+            bail!("mremap: {}", std::io::Error::last_os_error());
+        }
+        // SAFETY: re-reserve the range we just left, at the same address.
+        let r = unsafe {
+            libc::mmap(
+                self.at as *mut libc::c_void,
+                self.len,
+                libc::PROT_NONE,
+                libc::MAP_PRIVATE | libc::MAP_ANONYMOUS | libc::MAP_FIXED,
+                -1,
+                0,
+            )
+        };
+        if r == libc::MAP_FAILED {
+            bail!("mmap: {}", std::io::Error::last_os_error());
+        }
+        std::mem::swap(&mut self.at, &mut self.spare);
+        Ok(())
+    }
+
+    /// Discards the second half: it must read back as zeros.
+    fn discard_half(&self) -> Result<bool> {
+        let half = self.len / 2;
+        // SAFETY: advice on our own mapping.
+        let r = unsafe {
+            libc::madvise(
+                (self.at + half) as *mut libc::c_void,
+                half,
+                libc::MADV_DONTNEED,
+            )
+        };
+        if r != 0 {
+            bail!("madvise: {}", std::io::Error::last_os_error());
+        }
+        Ok(self.bytes()[half..].iter().all(|b| *b == 0))
+    }
+}
+
+/// `--churn`: moves, discards and refills the scratch buffer and verifies
+/// the state from a forked child, counting every check that fails.
+fn churn(s: &Shared, scratch: &mut Scratch) {
+    while !s.stop.load(Ordering::Acquire) {
+        thread::sleep(CHURN_EVERY);
+        let mut ok = scratch.relocate().is_ok() && scratch.holds_pattern(0, scratch.len);
+        ok &= scratch.discard_half().unwrap_or(false);
+        let len = scratch.len;
+        scratch.fill(len / 2, len);
+        ok &= scratch.holds_pattern(0, scratch.len);
+        ok &= s.state.verify_in_child().unwrap_or(false);
+        if !ok {
+            s.churn_errors.fetch_add(1, Ordering::AcqRel);
+        }
+        s.churn_rounds.fetch_add(1, Ordering::AcqRel);
     }
 }
 
@@ -326,6 +485,8 @@ fn serve(s: &Shared, stream: TcpStream) -> Result<()> {
                     sum: format!("{:016x}", s.state.sum()),
                     uptime_s: s.started.elapsed().as_secs_f64(),
                     pid: std::process::id(),
+                    churn_rounds: s.churn_rounds.load(Ordering::Acquire),
+                    churn_errors: s.churn_errors.load(Ordering::Acquire),
                     config: &s.config,
                 };
                 let mut j = serde_json::to_string(&stats).context("stats json")?;
@@ -384,6 +545,33 @@ mod tests {
     }
 
     #[test]
+    fn churn_moves_discards_and_forks_without_errors() {
+        let svc = Service::start(Config {
+            state_mib: 2,
+            port: 0,
+            bind: "127.0.0.1".into(),
+            churn: true,
+            ..Config::default()
+        })
+        .expect("start");
+        let deadline = Instant::now() + Duration::from_secs(20);
+        let st = loop {
+            let st = crate::probe::stats(&svc.local_addr().to_string()).expect("stats");
+            if st["churn_rounds"].as_u64().unwrap_or(0) >= 2 || Instant::now() > deadline {
+                break st;
+            }
+            thread::sleep(CHURN_EVERY);
+        };
+        assert!(st["churn_rounds"].as_u64().unwrap_or(0) >= 2, "{st}");
+        assert_eq!(st["churn_errors"], 0, "{st}");
+        assert!(
+            Config::from_env_and_args(&args("--churn"))
+                .expect("flag")
+                .churn
+        );
+    }
+
+    #[test]
     fn serves_ping_verify_stats_in_process() {
         let svc = Service::start(Config {
             state_mib: 4,
@@ -391,6 +579,7 @@ mod tests {
             port: 0,
             bind: "127.0.0.1".into(),
             seed: 3,
+            churn: false,
         })
         .expect("start");
         let addr = svc.local_addr().to_string();

@@ -246,6 +246,40 @@ impl State {
         g.mem.as_mut_slice()[index * PAGE + 100] ^= 0x55;
     }
 
+    /// Verifies every page in a forked child, as a service that forks for a
+    /// snapshot (Redis's BGSAVE) would read it: a second process sharing the
+    /// memory copy-on-write. Returns whether the child found every page intact.
+    pub fn verify_in_child(&self) -> std::io::Result<bool> {
+        let g = self.lock();
+        // SAFETY: the child only reads memory through the guard it inherits
+        // and leaves with _exit: it allocates nothing and takes no lock.
+        let pid = unsafe { libc::fork() };
+        if pid == 0 {
+            let mem = g.mem.as_slice();
+            let ok = (0..self.pages)
+                .all(|i| page_hash(i, &mem[i * PAGE..(i + 1) * PAGE]) == g.hashes[i]);
+            // SAFETY: ends the child without running the parent's destructors.
+            unsafe { libc::_exit(if ok { 0 } else { 1 }) };
+        }
+        drop(g);
+        if pid < 0 {
+            return Err(std::io::Error::last_os_error());
+        }
+        let mut status = 0;
+        loop {
+            // SAFETY: waiting for the child forked above.
+            let r = unsafe { libc::waitpid(pid, &mut status, 0) };
+            if r == pid {
+                break;
+            }
+            let e = std::io::Error::last_os_error();
+            if e.kind() != std::io::ErrorKind::Interrupted {
+                return Err(e);
+            }
+        }
+        Ok(libc::WIFEXITED(status) && libc::WEXITSTATUS(status) == 0)
+    }
+
     /// Recomputes every page's hash and compares it with the recorded one,
     /// then checks that the recorded hashes add up to the rolling checksum.
     pub fn verify(&self) -> Verify {

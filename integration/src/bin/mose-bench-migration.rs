@@ -1,13 +1,14 @@
 //! Migration benchmark on the two-node testbed: the state service with
 //! S MiB of state dirtied at R MiB/s, over links shaped to L Mbit/s, migrated
-//! with MOSE `cold` and `precopy` and, in the same run, with the baseline a
+//! with MOSE `cold`, `precopy`, `postcopy` and `hybrid` and, in the same run, with the baseline a
 //! careful user has today: `ctr tasks checkpoint --exit` into tmpfs under
 //! containerd's runc shim, the image directory streamed as tar over TCP
 //! through the same shaped link into the destination containerd's content
 //! store, and a containerd restore (no MOSE). A probe client at 200 req/s
 //! measures the client-observed downtime of each.
 //!
-//! Usage: mose-bench-migration [--state 64,512] [--dirty 0,16] [--links 1000,200] [--runs 1]
+//! Usage: mose-bench-migration [--state 64,512,1024] [--dirty 0,16] [--links 1000,200] [--runs 1]
+//!        [--techniques baseline,cold,precopy,postcopy,hybrid]
 //! Writes results/bench-migration.json and results/bench-migration.svg.
 
 use std::{
@@ -20,7 +21,7 @@ use std::{
 use anyhow::{anyhow, bail, Context, Result};
 use containerd_client::types::Descriptor;
 use mose_integration::{
-    cluster::Cluster, list_arg, median, ms, plot, print_table, results_dir, write_json,
+    cluster::Cluster, list_arg, median, ms, plot, print_table, results_dir, words_arg, write_json,
 };
 use mose_tests::fifo::TaskIo;
 use mose_workloads::{
@@ -37,6 +38,12 @@ const BASE: &str = "/run/mose-baseline";
 
 struct Run {
     technique: String,
+    /// Post-copy/hybrid: bytes moved after the restore, the lazy phase's
+    /// length and its fault waits.
+    lazy_bytes: f64,
+    lazy_ms: f64,
+    faults: u64,
+    fault_p99_us: f64,
     downtime_ms: f64,
     total_ms: f64,
     bytes: f64,
@@ -262,7 +269,13 @@ async fn ingest(socket: &Path, ns: &str, file: &Path, digest: &str, size: u64) -
 
 #[tokio::main(flavor = "multi_thread", worker_threads = 2)]
 async fn main() -> Result<()> {
-    let states = list_arg("--state", "64,512")?;
+    let states = list_arg("--state", "64,512,1024")?;
+    let techniques = words_arg("--techniques", "baseline,cold,precopy,postcopy,hybrid")?;
+    for t in &techniques {
+        if !["baseline", "cold", "precopy", "postcopy", "hybrid"].contains(&t.as_str()) {
+            bail!("--techniques: unknown {t:?} (baseline, cold, precopy, postcopy, hybrid)");
+        }
+    }
     let dirties = list_arg("--dirty", "0,16")?;
     let links = list_arg("--links", "1000,200")?;
     let runs = list_arg("--runs", "1")?.first().copied().unwrap_or(1);
@@ -289,7 +302,7 @@ async fn main() -> Result<()> {
         for &mib in &states {
             for &dirty in &dirties {
                 for run in 0..runs {
-                    for technique in ["baseline", "cold", "precopy"] {
+                    for technique in techniques.iter().map(|t| t.as_str()) {
                         k += 1;
                         let id = format!("s{k}");
                         eprintln!("[bench] S={mib} MiB R={dirty} MiB/s L={link} Mbit/s {technique} (run {})", run + 1);
@@ -339,8 +352,13 @@ async fn main() -> Result<()> {
                         let v = verify(&addrs[1]).map(|v| v.is_ok()).unwrap_or(false);
                         c.remove(2, &ns, &id);
                         c.remove(1, &ns, &id);
+                        let lazy = &detail["lazy"];
                         let run = Run {
                             technique: technique.into(),
+                            lazy_bytes: lazy["bytes"].as_f64().unwrap_or(0.0),
+                            lazy_ms: detail["lazy_ms"].as_f64().unwrap_or(0.0),
+                            faults: detail["faults"].as_u64().unwrap_or(0),
+                            fault_p99_us: detail["fault_p99_us"].as_f64().unwrap_or(0.0),
                             downtime_ms: p.downtime_ms,
                             total_ms: total,
                             bytes,
@@ -362,6 +380,10 @@ async fn main() -> Result<()> {
                             format!("{:.2}", run.bytes / 1048576.0 / run.rss_mib.max(1.0)),
                             run.rounds.to_string(),
                             format!("{:.0}", run.max_live_freeze_ms),
+                            format!("{:.1}", run.lazy_bytes / 1048576.0),
+                            format!("{:.0}", run.lazy_ms),
+                            run.faults.to_string(),
+                            format!("{:.0}", run.fault_p99_us),
                             if run.seq_ok && run.verify_ok {
                                 "yes".into()
                             } else {
@@ -387,6 +409,10 @@ async fn main() -> Result<()> {
             "sent/RSS",
             "rounds",
             "live freeze ms",
+            "lazy MiB",
+            "lazy ms",
+            "faults",
+            "fault p99 us",
             "intact",
         ],
         &rows,
@@ -397,31 +423,64 @@ async fn main() -> Result<()> {
     let mut configs: Vec<(u64, u64, u64)> = all.iter().map(|(k, ..)| *k).collect();
     configs.dedup();
     let mut labels = Vec::new();
-    let mut series: Vec<Vec<f64>> = vec![Vec::new(); 3];
+    let mut series: Vec<Vec<f64>> = vec![Vec::new(); techniques.len()];
+    let med = |cfg: &(u64, u64, u64), t: &str, f: &dyn Fn(&Run) -> f64| {
+        median(
+            &all.iter()
+                .filter(|(k, r, _)| k == cfg && r.technique == t)
+                .map(|(_, r, _)| f(r))
+                .collect::<Vec<_>>(),
+        )
+    };
     for cfg in &configs {
-        let m = |t: &str| {
-            median(
-                &all.iter()
-                    .filter(|(k, r, _)| k == cfg && r.technique == t)
-                    .map(|(_, r, _)| r.downtime_ms)
-                    .collect::<Vec<_>>(),
-            )
-        };
-        let (b, cold, pre) = (m("baseline"), m("cold"), m("precopy"));
-        println!(
-            "  S={} R={} L={}: cold {:.2}x, precopy {:.2}x (baseline {:.0} ms)",
-            cfg.0,
-            cfg.1,
-            cfg.2,
-            cold / b,
-            pre / b,
-            b
-        );
-        ratios.push(serde_json::json!({"state_mib": cfg.0, "dirty_mib_per_s": cfg.1, "link_mbit": cfg.2, "baseline_ms": b, "cold_ratio": cold / b, "precopy_ratio": pre / b}));
+        let b = med(cfg, "baseline", &|r| r.downtime_ms);
+        let mut line = format!("  S={} R={} L={}:", cfg.0, cfg.1, cfg.2);
+        let mut row = serde_json::json!({"state_mib": cfg.0, "dirty_mib_per_s": cfg.1, "link_mbit": cfg.2, "baseline_ms": b});
+        for (i, t) in techniques.iter().enumerate() {
+            let d = med(cfg, t, &|r| r.downtime_ms);
+            series[i].push(d);
+            if t != "baseline" {
+                line.push_str(&format!(" {t} {:.2}x", d / b));
+                row[format!("{t}_ratio")] = (d / b).into();
+                row[format!("{t}_ms")] = d.into();
+            }
+        }
+        println!("{line} (baseline {b:.0} ms)");
+        ratios.push(row);
         labels.push(format!("{}M/{}R/{}L", cfg.0, cfg.1, cfg.2));
-        series[0].push(b);
-        series[1].push(cold);
-        series[2].push(pre);
+    }
+    // the post-copy goals: downtime independent of memory, far below the
+    // baseline; hybrid's lazy phase smaller than post-copy's when idle
+    let mut goals = Vec::new();
+    if techniques.iter().any(|t| t == "postcopy") {
+        let (smin, smax) = (
+            states.iter().copied().min().unwrap_or(0),
+            states.iter().copied().max().unwrap_or(0),
+        );
+        for &link in &links {
+            for &dirty in &dirties {
+                let lo = med(&(smin, dirty, link), "postcopy", &|r| r.downtime_ms);
+                let hi = med(&(smax, dirty, link), "postcopy", &|r| r.downtime_ms);
+                let base = med(&(smax, dirty, link), "baseline", &|r| r.downtime_ms);
+                let hybrid_lazy = med(&(smax, dirty, link), "hybrid", &|r| r.lazy_bytes);
+                let post_lazy = med(&(smax, dirty, link), "postcopy", &|r| r.lazy_bytes);
+                println!(
+                    "  L={link} R={dirty}: postcopy downtime S={smax} / S={smin} = {:.2}x (goal <= 1.3x); \
+                     postcopy / baseline at S={smax} = {:.3}x (goal <= 0.1x at 1000 Mbit); \
+                     lazy MiB hybrid {:.1} vs postcopy {:.1}",
+                    hi / lo,
+                    hi / base,
+                    hybrid_lazy / 1048576.0,
+                    post_lazy / 1048576.0
+                );
+                goals.push(serde_json::json!({
+                    "link_mbit": link, "dirty_mib_per_s": dirty, "small_mib": smin, "large_mib": smax,
+                    "postcopy_downtime_large_over_small": hi / lo,
+                    "postcopy_over_baseline_large": hi / base,
+                    "hybrid_lazy_bytes": hybrid_lazy, "postcopy_lazy_bytes": post_lazy,
+                }));
+            }
+        }
     }
     let dir = results_dir()?;
     let runs_json: Vec<serde_json::Value> = all
@@ -431,13 +490,14 @@ async fn main() -> Result<()> {
                 "state_mib": s, "dirty_mib_per_s": r, "link_mbit": l, "technique": run.technique,
                 "downtime_ms": run.downtime_ms, "total_ms": run.total_ms, "bytes": run.bytes, "rounds": run.rounds,
                 "max_live_freeze_ms": run.max_live_freeze_ms, "rss_mib": run.rss_mib,
+                "lazy_bytes": run.lazy_bytes, "lazy_ms": run.lazy_ms, "faults": run.faults, "fault_p99_us": run.fault_p99_us,
                 "seq_ok": run.seq_ok, "verify_ok": run.verify_ok, "probe": p, "detail": run.detail,
             })
         })
         .collect();
     write_json(
         &dir.join("bench-migration.json"),
-        &serde_json::json!({"runs": runs_json, "ratios": ratios}),
+        &serde_json::json!({"runs": runs_json, "ratios": ratios, "postcopy_goals": goals}),
     )?;
     let label_refs: Vec<&str> = labels.iter().map(|s| s.as_str()).collect();
     plot::grouped_bars(
@@ -445,11 +505,11 @@ async fn main() -> Result<()> {
         "client-observed downtime (ms): baseline vs MOSE",
         "ms",
         &label_refs,
-        &[
-            ("baseline (ctr + tar/TCP)", series[0].clone()),
-            ("MOSE cold", series[1].clone()),
-            ("MOSE precopy", series[2].clone()),
-        ],
+        &techniques
+            .iter()
+            .zip(series.iter())
+            .map(|(t, v)| (t.as_str(), v.clone()))
+            .collect::<Vec<_>>(),
     )?;
     println!(
         "\nwrote {} and {}",

@@ -73,6 +73,8 @@ fn main() -> Result<()> {
         ("cold", 2, 1),
         ("precopy", 1, 2),
         ("precopy", 2, 1),
+        ("postcopy", 1, 2),
+        ("hybrid", 2, 1),
     ];
     let mut rows = Vec::new();
     let mut results = Vec::new();
@@ -102,6 +104,19 @@ fn main() -> Result<()> {
             format!("{:.0}", r["total_ms"].as_f64().unwrap_or(0.0)),
             format!("{:.1}", r["bytes_sent"].as_f64().unwrap_or(0.0) / 1048576.0),
             r["rounds"].to_string(),
+            r["lazy_ms"]
+                .as_f64()
+                .map(|v| format!("{v:.0}"))
+                .unwrap_or_else(|| "-".into()),
+            r["faults"]
+                .as_u64()
+                .map(|v| {
+                    format!(
+                        "{v} (p99 {:.1} ms)",
+                        r["fault_p99_us"].as_f64().unwrap_or(0.0) / 1000.0
+                    )
+                })
+                .unwrap_or_else(|| "-".into()),
             if p.seq_ok { "yes".into() } else { "NO".into() },
             if v { "ok".into() } else { "FAILED".into() },
         ]);
@@ -122,27 +137,19 @@ fn main() -> Result<()> {
     print_table(&HEADER, &rows);
     println!("\nclient-observed downtime = longest gap between answers of a 200 req/s probe;");
     println!("mose downtime = freeze to the destination reporting the restored container running.");
+    println!(
+        "lazy ms = post-copy/hybrid: restore to the last page in place (faults: waits for a page)."
+    );
     let dir = results_dir()?;
     write_json(
         &dir.join("demo.json"),
         &serde_json::json!({"state_mib": state_mib, "dirty_mib_per_s": dirty, "rate_mbit": rate, "migrations": results}),
     )?;
-    let labels: Vec<&str> = plan
+    let labels: Vec<String> = plan
         .iter()
-        .map(|(t, f, _)| {
-            if *f == 1 {
-                if *t == "cold" {
-                    "cold ->"
-                } else {
-                    "precopy ->"
-                }
-            } else if *t == "cold" {
-                "cold <-"
-            } else {
-                "precopy <-"
-            }
-        })
+        .map(|(t, f, _)| format!("{t} {}", if *f == 1 { "->" } else { "<-" }))
         .collect();
+    let labels: Vec<&str> = labels.iter().map(|s| s.as_str()).collect();
     let col = |k: &str| -> Vec<f64> {
         results
             .iter()
@@ -177,7 +184,7 @@ fn main() -> Result<()> {
     Ok(())
 }
 
-const HEADER: [&str; 9] = [
+const HEADER: [&str; 11] = [
     "migration",
     "status",
     "client gap ms",
@@ -185,6 +192,8 @@ const HEADER: [&str; 9] = [
     "total ms",
     "MiB sent",
     "rounds",
+    "lazy ms",
+    "faults",
     "seq ok",
     "verify",
 ];

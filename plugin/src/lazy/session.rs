@@ -346,7 +346,8 @@ impl Phase<'_> {
                         Err(e) => bail!("lazy restore failed: {e:#}"),
                     }
                 }
-                rep = reports.recv() => match rep {
+                // once every page is in place the handler is gone
+                rep = reports.recv(), if self.stats.is_none() => match rep {
                     Some(Report::Request { pid, vaddr, pages }) => {
                         if self.cached.contains_key(&(pid, vaddr)) {
                             let mut keys = vec![(pid, vaddr)];
@@ -363,6 +364,12 @@ impl Phase<'_> {
                         }
                     }
                     Some(Report::Done(stats)) => {
+                        // every page is in place: the descriptors may close now
+                        // (a fork or mremap would otherwise wait for a handler
+                        // that no longer reads its events)
+                        if let Some(h) = self.handler.take() {
+                            tokio::task::spawn_blocking(move || h.stop()).await.ok();
+                        }
                         w.message(&Message::LazyDone { stats: stats.clone() }).await?;
                         self.stats = Some(stats);
                     }
