@@ -38,6 +38,8 @@ use super::{
 };
 
 const PAGE: u64 = 4096;
+/// Bulk deliveries placed between two looks at the userfaultfds.
+const BULK_BATCH: usize = 16;
 /// What CRIU sends once the restore is complete ("RSTF").
 const RESTORE_FINISHED: i32 = 0x5253_5446;
 
@@ -74,6 +76,7 @@ pub enum Report {
 /// A running handler.
 pub struct Handler {
     tx: mpsc::Sender<Delivery>,
+    urgent: mpsc::Sender<Delivery>,
     wake: Arc<OwnedFd>,
     stop: Arc<AtomicBool>,
     thread: Option<JoinHandle<()>>,
@@ -100,6 +103,7 @@ impl Handler {
         // SAFETY: `raw` is a descriptor we just created and own.
         let wake = Arc::new(unsafe { OwnedFd::from_raw_fd(raw) });
         let (tx, rx) = mpsc::channel();
+        let (urgent, urgent_rx) = mpsc::channel();
         let stop = Arc::new(AtomicBool::new(false));
         let mut lp = Loop {
             listener,
@@ -113,8 +117,10 @@ impl Handler {
             latencies: Vec::new(),
             parked: Vec::new(),
             finished_at: None,
+            backlog: false,
             stats: LazyStats::default(),
             rx,
+            urgent_rx,
             wake: wake.clone(),
             stop: stop.clone(),
             reports,
@@ -125,6 +131,7 @@ impl Handler {
             .context("starting the lazy-page handler thread")?;
         Ok(Self {
             tx,
+            urgent,
             wake,
             stop,
             thread: Some(thread),
@@ -132,9 +139,19 @@ impl Handler {
         })
     }
 
-    /// Hands pages to the handler thread.
+    /// Hands pages to the handler thread, behind those already queued.
     pub fn deliver(&self, d: Delivery) -> Result<()> {
         self.tx
+            .send(d)
+            .map_err(|_| anyhow!("the lazy-page handler has stopped"))?;
+        poke(&self.wake);
+        Ok(())
+    }
+
+    /// Hands pages a process waits for to the handler thread, ahead of bulk
+    /// deliveries (a fault must not queue behind a cache prefill).
+    pub fn deliver_urgent(&self, d: Delivery) -> Result<()> {
+        self.urgent
             .send(d)
             .map_err(|_| anyhow!("the lazy-page handler has stopped"))?;
         poke(&self.wake);
@@ -193,6 +210,10 @@ struct Loop {
     finished_at: Option<Instant>,
     stats: LazyStats,
     rx: mpsc::Receiver<Delivery>,
+    urgent_rx: mpsc::Receiver<Delivery>,
+    /// Bulk deliveries still queued after the last round (placed a batch
+    /// at a time, so faults are read in between).
+    backlog: bool,
     wake: Arc<OwnedFd>,
     stop: Arc<AtomicBool>,
     reports: tokio::sync::mpsc::UnboundedSender<Report>,
@@ -239,8 +260,9 @@ impl Loop {
             for p in &self.procs {
                 push(if p.exited { -1 } else { p.uffd.as_raw_fd() });
             }
+            let timeout = if self.backlog { 0 } else { 200 };
             // SAFETY: `pfds` is a valid array of pollfd for its length.
-            let n = unsafe { libc::poll(pfds.as_mut_ptr(), pfds.len() as libc::nfds_t, 200) };
+            let n = unsafe { libc::poll(pfds.as_mut_ptr(), pfds.len() as libc::nfds_t, timeout) };
             if n < 0 {
                 let e = io::Error::last_os_error();
                 if e.kind() == io::ErrorKind::Interrupted {
@@ -261,9 +283,15 @@ impl Loop {
                 // SAFETY: reading the eventfd counter into 8 bytes.
                 unsafe { libc::read(self.wake.as_raw_fd(), b.as_mut_ptr().cast(), 8) };
             }
-            let mut batch: Vec<Delivery> = std::mem::take(&mut self.parked);
-            batch.extend(self.rx.try_iter());
+            // what processes wait for first, then a bounded batch of bulk
+            let mut batch: Vec<Delivery> = self.urgent_rx.try_iter().collect();
+            batch.append(&mut self.parked);
             for d in batch {
+                self.place(d)?;
+            }
+            let bulk: Vec<Delivery> = self.rx.try_iter().take(BULK_BATCH).collect();
+            self.backlog = bulk.len() == BULK_BATCH;
+            for d in bulk {
                 self.place(d)?;
             }
             if let Some(t) = self.finished_at {

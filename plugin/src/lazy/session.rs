@@ -29,6 +29,8 @@ use crate::{
 const PAGE: u64 = BLOCK_SIZE as u64;
 /// Pages sent around a faulting one: neighbours are likely next.
 pub const FAULT_RUN: u32 = 16;
+/// Cached pages handed to the handler per turn of the session's loop.
+const PREFILL_BATCH: usize = 1024;
 
 /// Restores lazily and serves the lazy phase to its end (the source's release).
 #[allow(clippy::too_many_arguments)]
@@ -251,8 +253,9 @@ impl Phase<'_> {
             .ok_or_else(|| anyhow!("the lazy-page handler is gone"))
     }
 
-    /// Places cached pages of (pid, vaddr..) as runs.
-    fn deliver_cached(&mut self, keys: &mut [(u32, u64)]) -> Result<()> {
+    /// Places cached pages of (pid, vaddr..) as runs; `urgent` when a
+    /// process waits for them.
+    fn deliver_cached(&mut self, keys: &mut [(u32, u64)], urgent: bool) -> Result<()> {
         keys.sort_unstable();
         let mut i = 0;
         while i < keys.len() {
@@ -282,13 +285,18 @@ impl Phase<'_> {
                     .ok_or_else(|| anyhow!("cached block {h:032x} vanished"))?;
                 data.extend_from_slice(b);
             }
-            self.handler()?.deliver(Delivery {
+            let d = Delivery {
                 pid,
                 vaddr: start,
                 data,
                 origin: Origin::Cache,
                 zero_pages,
-            })?;
+            };
+            if urgent {
+                self.handler()?.deliver_urgent(d)?;
+            } else {
+                self.handler()?.deliver(d)?;
+            }
             i = j + 1;
         }
         Ok(())
@@ -325,6 +333,11 @@ impl Phase<'_> {
         let mut restoring = true;
         let mut last_frame = Instant::now();
         let mut released = false;
+        // hybrid: cached pages still to place (popped from the end), a
+        // batch per turn so that faults and frames are served in between
+        let mut prefill: Vec<(u32, u64)> = Vec::new();
+        // answers to PageRequests not in yet (they go ahead of the push)
+        let mut asked: std::collections::HashSet<(u32, u64)> = Default::default();
         loop {
             // a restore takes as long as it takes (as for cold)
             let limit = if restoring {
@@ -351,16 +364,17 @@ impl Phase<'_> {
                     Some(Report::Request { pid, vaddr, pages }) => {
                         if self.cached.contains_key(&(pid, vaddr)) {
                             let mut keys = vec![(pid, vaddr)];
-                            self.deliver_cached(&mut keys)?;
+                            self.deliver_cached(&mut keys, true)?;
                         } else {
+                            asked.insert((pid, vaddr));
                             w.message(&Message::PageRequest { pid, vaddr, pages: pages.max(FAULT_RUN) }).await?;
                         }
                     }
                     Some(Report::RestoreFinished) => {
-                        let mut keys: Vec<(u32, u64)> = self.cached.keys().copied().collect();
-                        if !keys.is_empty() {
-                            info!(pages = keys.len(), "placing the pages pre-copy already brought");
-                            self.deliver_cached(&mut keys)?;
+                        prefill = self.cached.keys().copied().collect();
+                        prefill.sort_unstable_by(|a, b| b.cmp(a));
+                        if !prefill.is_empty() {
+                            info!(pages = prefill.len(), "placing the pages pre-copy already brought");
                         }
                     }
                     Some(Report::Done(stats)) => {
@@ -389,6 +403,8 @@ impl Phase<'_> {
                         None => bail!("the source's stream ended during the lazy phase"),
                     };
                     match f.kind {
+                        // every page is in place already: what was in flight is moot
+                        FrameKind::Pages if self.stats.is_some() => {}
                         FrameKind::Pages => {
                             let run = f.pages().map_err(|e| anyhow!("{e}; the page is not placed: \
                                 the restored container is stopped"))?;
@@ -397,13 +413,19 @@ impl Phase<'_> {
                             for k in 0..run.hashes.len() as u64 {
                                 self.cached.remove(&(run.pid, run.vaddr + k * PAGE));
                             }
-                            self.handler()?.deliver(Delivery {
+                            let asked = asked.remove(&(run.pid, run.vaddr));
+                            let d = Delivery {
                                 pid: run.pid,
                                 vaddr: run.vaddr,
                                 data: run.data,
                                 origin: Origin::Source,
                                 zero_pages,
-                            })?;
+                            };
+                            if asked {
+                                self.handler()?.deliver_urgent(d)?;
+                            } else {
+                                self.handler()?.deliver(d)?;
+                            }
                         }
                         FrameKind::Control => match f.message()? {
                             Message::LazySent { pages } => info!(pages, "the source sent every lazy page"),
@@ -419,6 +441,13 @@ impl Phase<'_> {
                         },
                         other => bail!("unexpected {other:?} frame during the lazy phase"),
                     }
+                }
+                _ = std::future::ready(()), if !prefill.is_empty() && self.handler.is_some() => {
+                    let n = prefill.len().saturating_sub(PREFILL_BATCH);
+                    let mut keys = prefill.split_off(n);
+                    keys.retain(|k| self.cached.contains_key(k));
+                    self.deliver_cached(&mut keys, false)?;
+                    continue;
                 }
                 _ = tokio::time::sleep(silent) => {
                     if self.stats.is_some() && self.restored.is_some() {

@@ -141,15 +141,19 @@ impl Uffd {
     }
 
     /// Copies `data` (whole pages) to `dst` and wakes the threads waiting there.
-    /// Pages already present are skipped.
+    /// Pages already present are skipped. A range that spans two mappings
+    /// (one copy must stay inside one) is placed a page at a time, and pages
+    /// no longer mapped are skipped.
     pub fn copy(&self, dst: u64, data: &[u8]) -> io::Result<Placed> {
         let len = data.len() as u64;
         let mut done = 0u64;
+        let mut step = len;
+        let mut gone = 0u64;
         while done < len {
             let mut c = Copy {
                 dst: dst + done,
                 src: data.as_ptr() as u64 + done,
-                len: len - done,
+                len: step.min(len - done),
                 mode: 0,
                 copy: 0,
             };
@@ -157,7 +161,8 @@ impl Uffd {
             // writes only into the registered range of the other process.
             let r = unsafe { libc::ioctl(self.as_raw_fd(), UFFDIO_COPY, &mut c as *mut Copy) };
             if r == 0 {
-                return Ok(Placed::Done);
+                done += c.len;
+                continue;
             }
             let err = io::Error::last_os_error();
             if c.copy > 0 {
@@ -167,13 +172,23 @@ impl Uffd {
             match err.raw_os_error() {
                 // someone placed this page already: go on after it
                 Some(libc::EEXIST) => done += PAGE,
-                Some(libc::ENOENT) => return Ok(Placed::Gone),
+                // not (wholly) inside one mapping: go page by page; a single
+                // page without a mapping is gone (unmapped meanwhile)
+                Some(libc::ENOENT) if step > PAGE => step = PAGE,
+                Some(libc::ENOENT) => {
+                    gone += PAGE;
+                    done += PAGE;
+                }
                 Some(libc::ESRCH) | Some(libc::ENOSPC) => return Ok(Placed::Exited),
                 Some(libc::EAGAIN) => return Ok(Placed::Retry),
                 _ => return Err(err),
             }
         }
-        Ok(Placed::Done)
+        Ok(if gone == len {
+            Placed::Gone
+        } else {
+            Placed::Done
+        })
     }
 
     /// Maps the zero page at `addr` (a page the checkpoint did not hold).
@@ -219,5 +234,93 @@ impl Uffd {
             Some(libc::ENOMEM) | Some(libc::ESRCH) => Ok(()),
             _ => Err(err),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const UFFDIO_API: libc::c_ulong = 0xC018_AA3F;
+    const UFFDIO_REGISTER: libc::c_ulong = 0xC020_AA00;
+
+    /// A userfaultfd registered (missing mode) over `len` bytes at `addr`,
+    /// or None where this process may not open one.
+    fn registered(addr: u64, len: u64) -> Option<Uffd> {
+        // SAFETY: plain syscalls and ioctls on structs of the kernel's layout.
+        unsafe {
+            let fd = libc::syscall(libc::SYS_userfaultfd, libc::O_CLOEXEC | libc::O_NONBLOCK);
+            if fd < 0 {
+                eprintln!("no userfaultfd here: {}", io::Error::last_os_error());
+                return None;
+            }
+            let u = Uffd(OwnedFd::from_raw_fd(fd as RawFd));
+            let mut api = [0xAAu64, 0, 0];
+            assert_eq!(libc::ioctl(u.as_raw_fd(), UFFDIO_API, api.as_mut_ptr()), 0);
+            let mut reg = [addr, len, 1u64, 0];
+            assert_eq!(
+                libc::ioctl(u.as_raw_fd(), UFFDIO_REGISTER, reg.as_mut_ptr()),
+                0,
+                "register: {}",
+                io::Error::last_os_error()
+            );
+            Some(u)
+        }
+    }
+
+    fn resident(addr: u64, pages: usize) -> Vec<bool> {
+        let mut v = vec![0u8; pages];
+        // SAFETY: mincore on our own mapping.
+        let r = unsafe {
+            libc::mincore(
+                addr as *mut libc::c_void,
+                pages * PAGE as usize,
+                v.as_mut_ptr(),
+            )
+        };
+        assert_eq!(r, 0);
+        v.iter().map(|b| b & 1 == 1).collect()
+    }
+
+    #[test]
+    fn copy_spans_two_mappings_and_skips_pages_already_there() {
+        let len = 4 * PAGE;
+        // SAFETY: a private anonymous mapping of our own, split into two
+        // mappings (MADV_DONTFORK changes the second half's flags).
+        let base = unsafe {
+            let p = libc::mmap(
+                std::ptr::null_mut(),
+                len as usize,
+                libc::PROT_READ | libc::PROT_WRITE,
+                libc::MAP_PRIVATE | libc::MAP_ANONYMOUS,
+                -1,
+                0,
+            );
+            assert_ne!(p, libc::MAP_FAILED);
+            let half = (p as u64 + 2 * PAGE) as *mut libc::c_void;
+            assert_eq!(
+                libc::madvise(half, 2 * PAGE as usize, libc::MADV_DONTFORK),
+                0
+            );
+            p as u64
+        };
+        let Some(u) = registered(base, len) else {
+            return;
+        };
+        let data: Vec<u8> = (0..len as usize).map(|i| (i / 7) as u8).collect();
+        // pages 1..3 cross the boundary between the two mappings
+        assert_eq!(
+            u.copy(base + PAGE, &data[PAGE as usize..3 * PAGE as usize])
+                .unwrap(),
+            Placed::Done
+        );
+        assert_eq!(resident(base, 4), vec![false, true, true, false]);
+        // again, over what is there already, plus the rest
+        assert_eq!(u.copy(base, &data).unwrap(), Placed::Done);
+        assert_eq!(resident(base, 4), vec![true; 4]);
+        // SAFETY: every page is resident now: reading faults on nothing.
+        let got = unsafe { std::slice::from_raw_parts(base as *const u8, len as usize) };
+        assert_eq!(got, &data[..]);
+        assert_eq!(u.zero(base).unwrap(), Placed::Done, "present: left as is");
     }
 }
