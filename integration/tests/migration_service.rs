@@ -160,7 +160,7 @@ fn redis(addr: &str, cmd: &[&str]) -> String {
 }
 
 #[test]
-fn redis_keys_survive_migration_there_and_back() {
+fn redis_keys_survive_every_technique_there_and_back() {
     let c = Cluster::up(2, None).expect("cluster up");
     let ns = mose_tests::unique_id("redis");
     let (n1, n2) = (c.node(1).unwrap(), c.node(2).unwrap());
@@ -212,4 +212,32 @@ fn redis_keys_survive_migration_there_and_back() {
     });
     assert_eq!(redis(&a1, &["GET", "moved"]), "yes");
     assert_eq!(redis(&a1, &["DBSIZE"]), ":201");
+
+    // post-copy there (redis runs before its memory has arrived), hybrid back
+    let r = c
+        .migrate(1, 2, &ns, "redis", &["--technique", "postcopy"])
+        .unwrap();
+    assert_eq!(r["status"], "ok", "{r}");
+    wait_for(
+        "redis on node 2 after post-copy",
+        Duration::from_secs(30),
+        || TcpStream::connect(&a2).is_ok(),
+    );
+    assert_eq!(redis(&a2, &["GET", "key123"]), "value-123");
+    assert_eq!(redis(&a2, &["DBSIZE"]), ":201");
+    redis(&a2, &["SET", "lazy", "yes"]);
+    // the migrated copy still forks (a snapshot) like the original
+    assert!(redis(&a2, &["BGSAVE"]).starts_with('+'));
+    let r = c
+        .migrate(2, 1, &ns, "redis", &["--technique", "hybrid"])
+        .unwrap();
+    assert_eq!(r["status"], "ok", "{r}");
+    wait_for(
+        "redis on node 1 after hybrid",
+        Duration::from_secs(30),
+        || TcpStream::connect(&a1).is_ok(),
+    );
+    assert_eq!(redis(&a1, &["GET", "lazy"]), "yes");
+    assert_eq!(redis(&a1, &["GET", "key7"]), "value-7");
+    assert_eq!(redis(&a1, &["DBSIZE"]), ":202");
 }

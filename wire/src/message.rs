@@ -28,6 +28,7 @@
 //! Commit                           ->      (source starts answering PageRequests)
 //!                                  <-      PageRequest{pid,vaddr,pages}  (a fault)
 //! Pages frames                     ->      (answers first, then a background push)
+//!                                  <-      LazyProgress{pages}  (the push keeps a window)
 //!                                  <-      Restored{pid,...}
 //! LazySent{pages}                  ->      (the push is over)
 //!                                  <-      LazyDone{...}  (every page is in place)
@@ -177,6 +178,13 @@ pub enum Message {
         pid: u32,
         vaddr: u64,
         pages: u32,
+    },
+    /// Lazy phase, destination to source: lazy pages received so far (all
+    /// Pages frames). The source keeps its background push at most a small
+    /// window ahead of this, so that an answer to a fault never queues behind
+    /// seconds of pushed pages on a slow link.
+    LazyProgress {
+        pages: u64,
     },
     /// Lazy phase, source to destination: every lazy page has been sent
     /// (`pages` in all, answers and push together).

@@ -25,6 +25,10 @@ use crate::source::{Reader, Writer};
 const PAGE: u64 = BLOCK_SIZE as u64;
 /// Pages per background push frame.
 const PUSH_RUN: u64 = 32;
+/// Pages the background push may be ahead of what the destination reported
+/// received (1 MiB: a fault's answer waits behind at most this much, ~40 ms
+/// at 200 Mbit/s, while a fast link stays full).
+const PUSH_WINDOW: u64 = 256;
 
 /// The frozen dump's lazy pages, ready to serve.
 pub struct Dump {
@@ -213,7 +217,10 @@ async fn feed(
     let mut lazy_sent = false;
     // push cursor: process, run, page
     let (mut pi, mut ri, mut k) = (0usize, 0usize, 0u64);
+    // pages put on the wire (answers and push) and reported received
+    let mut acked = 0u64;
     loop {
+        let window_full = out.pages_sent.saturating_sub(acked) >= PUSH_WINDOW;
         // answer whatever the destination asked, before pushing more
         let mut frames = Vec::new();
         loop {
@@ -225,7 +232,7 @@ async fn feed(
                 }
             }
         }
-        if frames.is_empty() && (!restored || lazy_sent) && !done {
+        if frames.is_empty() && (!restored || lazy_sent || window_full) && !done {
             // a restore takes as long as it takes (as for cold); otherwise the
             // destination is busy placing pages and reports within `io`
             let wait = if restored {
@@ -288,6 +295,7 @@ async fn feed(
                     out.restore_steps = steps;
                     on_restored();
                 }
+                Message::LazyProgress { pages } => acked = acked.max(pages),
                 Message::LazyDone { stats } => {
                     info!(
                         lazy_ms = stats.lazy_ms,
@@ -309,7 +317,7 @@ async fn feed(
         if done && restored {
             break;
         }
-        if !restored || lazy_sent {
+        if !restored || lazy_sent || out.pages_sent.saturating_sub(acked) >= PUSH_WINDOW {
             continue;
         }
         // one background push frame

@@ -29,6 +29,9 @@ use crate::{
 const PAGE: u64 = BLOCK_SIZE as u64;
 /// Pages sent around a faulting one: neighbours are likely next.
 pub const FAULT_RUN: u32 = 16;
+/// The source is told what arrived every this many lazy pages (its push
+/// window is larger).
+const PROGRESS_EVERY: u64 = 64;
 /// Cached pages handed to the handler per turn of the session's loop.
 const PREFILL_BATCH: usize = 1024;
 
@@ -338,6 +341,8 @@ impl Phase<'_> {
         let mut prefill: Vec<(u32, u64)> = Vec::new();
         // answers to PageRequests not in yet (they go ahead of the push)
         let mut asked: std::collections::HashSet<(u32, u64)> = Default::default();
+        // lazy pages received, and how many the source was last told about
+        let (mut received, mut reported) = (0u64, 0u64);
         loop {
             // a restore takes as long as it takes (as for cold)
             let limit = if restoring {
@@ -408,6 +413,11 @@ impl Phase<'_> {
                         FrameKind::Pages => {
                             let run = f.pages().map_err(|e| anyhow!("{e}; the page is not placed: \
                                 the restored container is stopped"))?;
+                            received += run.hashes.len() as u64;
+                            if received - reported >= PROGRESS_EVERY {
+                                w.message(&Message::LazyProgress { pages: received }).await?;
+                                reported = received;
+                            }
                             let zero = zero_hash();
                             let zero_pages = run.hashes.iter().filter(|h| **h == zero).count() as u64;
                             for k in 0..run.hashes.len() as u64 {
