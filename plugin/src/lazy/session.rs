@@ -149,7 +149,9 @@ where
     if let Some(h) = phase.handler.take() {
         tokio::task::spawn_blocking(move || h.stop()).await.ok();
     }
-    res
+    // whichever step noticed first (a write to a vanished source included),
+    // the record says what happened to the restored copy
+    res.map_err(|e| e.context("lazy phase failed; the restored container was stopped"))
 }
 
 /// SIGKILLs every process in cgroup `path` (under each mounted hierarchy),
