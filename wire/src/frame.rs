@@ -129,14 +129,7 @@ impl Frame {
                 p.len()
             )));
         }
-        let hashes: Vec<BlockHash> = p[16..hashes_end]
-            .chunks(16)
-            .map(|c| {
-                let mut h = [0u8; 16];
-                h.copy_from_slice(c);
-                u128::from_le_bytes(h)
-            })
-            .collect();
+        let hashes = decode_hashes(&p[16..hashes_end]);
         let zero = crate::blocks::zero_hash();
         let carried = hashes.iter().filter(|h| **h != zero).count();
         if p.len() != hashes_end + carried * BLOCK_SIZE {
@@ -182,16 +175,21 @@ impl Frame {
         }
         let name = String::from_utf8(p[2..2 + n].to_vec())
             .map_err(|_| WireError::Malformed("manifest name is not UTF-8".into()))?;
-        let hashes = p[2 + n..]
-            .chunks(16)
-            .map(|c| {
-                let mut h = [0u8; 16];
-                h.copy_from_slice(c);
-                u128::from_le_bytes(h)
-            })
-            .collect();
+        let hashes = decode_hashes(&p[2 + n..]);
         Ok((name, hashes))
     }
+}
+
+/// Block hashes as frames carry them: u128 little-endian, back to back
+/// (callers check the length is a multiple of 16).
+fn decode_hashes(b: &[u8]) -> Vec<BlockHash> {
+    b.chunks_exact(16)
+        .map(|c| {
+            let mut h = [0u8; 16];
+            h.copy_from_slice(c);
+            u128::from_le_bytes(h)
+        })
+        .collect()
 }
 
 /// Reads frames, verifying each checksum.
