@@ -12,6 +12,7 @@ pub mod result;
 pub mod rootfs;
 pub mod source;
 pub mod tls;
+pub mod visibility;
 
 /// Makes sure `dir` is memory-backed: checkpoint images must never touch the
 /// disk on the hot path. Mounts a tmpfs there when it is not one already

@@ -60,7 +60,11 @@ pub async fn start(flags: &Flags) -> Result<()> {
     }
     let mut extensions = Vec::new();
     if !stdin.is_empty() {
-        if let Ok(any) = Any::parse_from_bytes(&stdin) {
+        if let Some(any) = Any::parse_from_bytes(&stdin)
+            .ok()
+            .as_ref()
+            .and_then(crate::options::start_options)
+        {
             extensions.push(any);
         }
     }

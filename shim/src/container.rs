@@ -19,7 +19,7 @@ use crate::{
     options::{CheckpointOptions, RuntimeOptions},
     process::{Process, State},
     runtime::{read_pid_file, InitArgs, OciRuntime},
-    stdio::PendingStdio,
+    stdio::{IoOwner, PendingStdio},
 };
 
 /// File in the bundle recording how the runtime was driven, so the shim's
@@ -54,6 +54,8 @@ fn fnv1a(s: &str) -> u64 {
 
 pub struct Container {
     pub id: String,
+    /// containerd namespace the container lives in.
+    pub namespace: String,
     pub bundle: PathBuf,
     pub runtime: OciRuntime,
     pub options: RuntimeOptions,
@@ -64,6 +66,11 @@ pub struct Container {
     /// The container shares the host's pid namespace: when its init exits the
     /// kernel does not kill the rest, so the shim must.
     pub shares_host_pids: bool,
+    /// OOM kills of the container's memory cgroup (reported at the init's exit
+    /// when no notification did).
+    pub oom: Option<crate::oom::OomCounter>,
+    /// The container has a network namespace runc creates (see `loopback`).
+    own_netns: bool,
     rootfs_mounted: bool,
 }
 
@@ -83,8 +90,14 @@ impl Container {
     /// Validates the bundle, mounts the rootfs and creates the container with
     /// the OCI runtime (or prepares a restore). Any failure undoes what was done.
     pub async fn create(args: CreateArgs<'_>) -> Result<Container> {
-        let spec = read_spec(args.bundle)?;
-        attach_criu_config(args.bundle, &spec)?;
+        let mut spec = read_spec(args.bundle)?;
+        let mut changed = attach_criu_config(args.bundle, &mut spec)?;
+        if !args.checkpoint.is_empty() {
+            changed |= crate::cgroup_path::own_cgroup(&mut spec, args.id)?;
+        }
+        if changed {
+            write_spec(args.bundle, &spec)?;
+        }
         let runtime = OciRuntime {
             binary: args.options.binary().to_string(),
             root: runtime_root(&args.options, args.address, args.namespace),
@@ -99,6 +112,7 @@ impl Container {
 
         let mut c = Container {
             id: args.id.to_string(),
+            namespace: args.namespace.to_string(),
             bundle: args.bundle.to_path_buf(),
             runtime,
             options: args.options,
@@ -106,6 +120,8 @@ impl Container {
             execs: HashMap::new(),
             restore_from: None,
             shares_host_pids: !has_pid_namespace(&spec),
+            oom: None,
+            own_netns: crate::loopback::has_own_netns(&spec),
             rootfs_mounted: false,
         };
         let root_path = spec_root(&spec, args.bundle);
@@ -186,8 +202,7 @@ impl Container {
     }
 
     async fn create_init(&mut self) -> Result<()> {
-        let mut pending =
-            PendingStdio::prepare(&self.init.stdio, self.options.io_uid, self.options.io_gid)?;
+        let mut pending = PendingStdio::prepare(&self.init.stdio, self.io_owner()).await?;
         let pid_file = self.bundle.join("init.pid");
         let console = pending.console_path();
         let init = InitArgs {
@@ -232,12 +247,8 @@ impl Container {
     }
 
     async fn restore(&mut self, image: &Path) -> Result<()> {
-        let mut pending = PendingStdio::prepare_with(
-            &self.init.stdio,
-            self.options.io_uid,
-            self.options.io_gid,
-            true,
-        )?;
+        let mut pending =
+            PendingStdio::prepare_with(&self.init.stdio, self.io_owner(), true).await?;
         let pid_file = self.bundle.join("init.pid");
         let mut work = self.work_dir("restore", &self.options.criu_work_path.clone())?;
         let console = pending.console_path();
@@ -263,6 +274,7 @@ impl Container {
         }
         let opts = CheckpointOptions {
             terminal: self.init.stdio.terminal,
+            file_locks: true,
             lazy_pages: lazy,
             ..Default::default()
         };
@@ -294,6 +306,11 @@ impl Container {
         let pid = read_pid_file(&pid_file)?;
         self.init.io = Some(pending.finish(console_fd).await?);
         self.init.pid = pid;
+        if self.own_netns {
+            if let Err(e) = crate::loopback::bring_up(pid) {
+                warn!(id = %self.id, error = %e, "restored container's loopback stays down");
+            }
+        }
         info!(id = %self.id, pid, image = %image.display(), "container restored");
         Ok(())
     }
@@ -349,6 +366,8 @@ impl Container {
         let work = self.work_dir("dump", &work_base)?;
         // terminal containers need CRIU's shell-job mode
         opts.terminal |= self.init.stdio.terminal;
+        // file locks held at the dump are kept, never silently dropped
+        opts.file_locks = true;
         let mut work = work;
         let extra = criu_config_lines(&opts);
         let conf = self.bundle.join(CRIU_CONFIG);
@@ -420,7 +439,7 @@ impl Container {
             spec_path.display()
         )))?;
         let pid_file = self.bundle.join(format!(".exec-{exec_id}.pid"));
-        let mut pending = PendingStdio::prepare(&stdio, self.options.io_uid, self.options.io_gid)?;
+        let mut pending = PendingStdio::prepare(&stdio, self.io_owner()).await?;
         let console = pending.console_path();
         let io = pending.take_runtime_io();
         let res = with_console(
@@ -447,6 +466,15 @@ impl Container {
         p.io = Some(io);
         p.state = State::Running;
         Ok(pid)
+    }
+
+    fn io_owner(&self) -> IoOwner<'_> {
+        IoOwner {
+            uid: self.options.io_uid,
+            gid: self.options.io_gid,
+            container: &self.id,
+            namespace: &self.namespace,
+        }
     }
 
     pub fn exec(&self, exec_id: &str) -> Result<&Process> {
@@ -612,13 +640,14 @@ pub const CRIU_CONFIG: &str = "mose-criu.conf";
 /// restore needs too.
 const IMAGE_CRIU_CONFIG: &str = "mose-criu.conf";
 
-fn attach_criu_config(bundle: &Path, spec: &serde_json::Value) -> Result<()> {
+/// Points the spec's `org.criu.config` at the shim's per-container CRIU
+/// configuration file (creating it); false when the user named their own.
+fn attach_criu_config(bundle: &Path, spec: &mut serde_json::Value) -> Result<bool> {
     if spec.pointer("/annotations/org.criu.config").is_some() {
-        return Ok(()); // the user's own CRIU configuration wins
+        return Ok(false); // the user's own CRIU configuration wins
     }
     let conf = bundle.join(CRIU_CONFIG);
     std::fs::write(&conf, "").map_err(Error::io(format!("create {}", conf.display())))?;
-    let mut spec = spec.clone();
     if let Some(obj) = spec.as_object_mut() {
         let ann = obj
             .entry("annotations")
@@ -627,14 +656,25 @@ fn attach_criu_config(bundle: &Path, spec: &serde_json::Value) -> Result<()> {
             a.insert("org.criu.config".into(), conf.display().to_string().into());
         }
     }
+    Ok(true)
+}
+
+fn write_spec(bundle: &Path, spec: &serde_json::Value) -> Result<()> {
     let path = bundle.join("config.json");
-    let bytes = serde_json::to_vec(&spec).map_err(|e| Error::Internal(e.to_string()))?;
+    let bytes = serde_json::to_vec(spec).map_err(|e| Error::Internal(e.to_string()))?;
     std::fs::write(&path, bytes).map_err(Error::io(format!("write {}", path.display())))
 }
 
 /// The CRIU configuration lines for `opts` beyond runc's own flags.
 fn criu_config_lines(opts: &CheckpointOptions) -> String {
     let mut s = String::new();
+    // what the restore must repeat (runc's restore has no memory of the dump)
+    if opts.open_tcp {
+        s.push_str("tcp-established\n");
+    }
+    if opts.external_unix_sockets {
+        s.push_str("ext-unix-sk\n");
+    }
     if opts.tcp_close {
         s.push_str("tcp-close\n");
     }

@@ -4,8 +4,11 @@
 //! migration-aware checkpoint/restore with CRIU.
 
 mod bootstrap;
+mod cgroup_path;
 mod container;
 mod error;
+mod log_uri;
+mod loopback;
 mod metrics;
 mod oom;
 mod options;
@@ -13,6 +16,7 @@ mod process;
 mod reaper;
 mod runtime;
 mod service;
+mod spec_generation;
 mod stdio;
 
 use std::sync::Mutex;

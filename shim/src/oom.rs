@@ -1,11 +1,20 @@
 //! OOM notification for a container (cgroup v1 `memory.oom_control` through
 //! `cgroup.event_control`), so containerd gets a TaskOOM event when the
 //! kernel's OOM killer acts inside the container.
+//!
+//! A notification can lose the race with the container's end: `ctr run --rm`
+//! deletes the task, and with it the cgroup, moments after an OOM kill. So
+//! every OOM kill is also counted from the cgroup's own `oom_kill` counter,
+//! and the exit of the init reports the kills no notification reported yet
+//! ([`OomCounter::unreported`]) before the exit itself: an OOM is never lost,
+//! however early it happens, and never reported twice.
 
 use std::{
     io::{Read, Write},
     os::fd::{AsRawFd, FromRawFd},
-    path::Path,
+    path::{Path, PathBuf},
+    sync::{Arc, Mutex},
+    time::{Duration, Instant},
 };
 
 use tokio::sync::mpsc;
@@ -13,23 +22,84 @@ use tracing::warn;
 
 use crate::metrics::V1Paths;
 
-/// Starts watching the memory cgroup of `pid`; every OOM sends one unit on the
-/// returned channel. Returns `None` where OOM events cannot be watched
+/// How long a notification waits for the kernel to count the kill it
+/// announces (the notification comes before the victim is chosen).
+const KILL_COUNT_WAIT: Duration = Duration::from_millis(100);
+
+/// OOM kills of one container's memory cgroup, and how many were reported.
+#[derive(Clone)]
+pub struct OomCounter {
+    dir: PathBuf,
+    reported: Arc<Mutex<u64>>,
+}
+
+impl OomCounter {
+    /// The kernel's count of OOM kills in the cgroup (`oom_kill` in
+    /// `memory.oom_control`, Linux ≥ 4.13); `None` when it cannot be read.
+    fn kills(&self) -> Option<u64> {
+        let text = std::fs::read_to_string(self.dir.join("memory.oom_control")).ok()?;
+        text.lines()
+            .find_map(|l| l.strip_prefix("oom_kill "))
+            .and_then(|n| n.trim().parse().ok())
+    }
+
+    /// Kills not reported yet, now counted as reported. Read while the cgroup
+    /// still exists (at the init's exit, before the task is deleted).
+    pub fn unreported(&self) -> u64 {
+        let Some(kills) = self.kills() else { return 0 };
+        let mut reported = self.reported.lock().unwrap_or_else(|p| p.into_inner());
+        let new = kills.saturating_sub(*reported);
+        *reported = (*reported).max(kills);
+        new
+    }
+
+    /// One notification arrived: true when it announces a kill not reported
+    /// yet. Where the kernel keeps no kill count, every notification counts.
+    fn notified(&self) -> bool {
+        let deadline = Instant::now() + KILL_COUNT_WAIT;
+        loop {
+            let Some(kills) = self.kills() else {
+                return self.dir.exists();
+            };
+            let mut reported = self.reported.lock().unwrap_or_else(|p| p.into_inner());
+            if kills > *reported {
+                *reported = kills;
+                return true;
+            }
+            drop(reported);
+            if Instant::now() >= deadline {
+                return false;
+            }
+            std::thread::sleep(Duration::from_millis(5));
+        }
+    }
+}
+
+/// Starts watching the memory cgroup of `pid`; every OOM kill sends one unit
+/// on the returned channel. Returns `None` where OOM events cannot be watched
 /// (no v1 memory controller).
-pub fn watch(pid: i32) -> Option<mpsc::UnboundedReceiver<()>> {
+pub fn watch(pid: i32) -> Option<(mpsc::UnboundedReceiver<()>, OomCounter)> {
     let dir = V1Paths::of_pid(pid).ok()?.0.get("memory")?.clone();
+    let counter = OomCounter {
+        reported: Arc::new(Mutex::new(0)),
+        dir,
+    };
+    // kills before the watch (none for a fresh container) are not this task's
+    counter.unreported();
     let (tx, rx) = mpsc::unbounded_channel();
+    let thread_counter = counter.clone();
     let spawned = std::thread::Builder::new()
         .name("mose-oom".into())
         .spawn(move || {
-            if let Err(e) = watch_loop(&dir, &tx) {
-                warn!(cgroup = %dir.display(), error = %e, "OOM events unavailable");
+            if let Err(e) = watch_loop(&thread_counter, &tx) {
+                warn!(cgroup = %thread_counter.dir.display(), error = %e, "OOM events unavailable");
             }
         });
-    spawned.ok().map(|_| rx)
+    spawned.ok().map(|_| (rx, counter))
 }
 
-fn watch_loop(dir: &Path, tx: &mpsc::UnboundedSender<()>) -> std::io::Result<()> {
+fn watch_loop(counter: &OomCounter, tx: &mpsc::UnboundedSender<()>) -> std::io::Result<()> {
+    let dir: &Path = &counter.dir;
     let control = std::fs::File::open(dir.join("memory.oom_control"))?;
     // SAFETY: eventfd returns a fresh descriptor we take ownership of.
     let efd = unsafe { libc::eventfd(0, libc::EFD_CLOEXEC) };
@@ -51,7 +121,7 @@ fn watch_loop(dir: &Path, tx: &mpsc::UnboundedSender<()>) -> std::io::Result<()>
         if !dir.exists() {
             return Ok(());
         }
-        if tx.send(()).is_err() {
+        if counter.notified() && tx.send(()).is_err() {
             return Ok(());
         }
     }

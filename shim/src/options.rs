@@ -4,10 +4,14 @@
 //! Runtime options arrive as `containerd.runc.v1.Options` (gRPC clients, CRI
 //! with runc-style options) or `runtimeoptions.v1.Options` (`ctr
 //! --runtime-config-path`, CRI's generic options), whose `config_path` names a
-//! TOML file with the same keys. Checkpoint options arrive as
-//! `containerd.runc.v1.CheckpointOptions`, or as the older
-//! `containerd.linux.runc.CheckpointOptions` that `ctr` sends to runtimes it
-//! does not recognise as runc; both have the same wire layout.
+//! TOML file with the same keys. containerd's client library sends the older
+//! `containerd.linux.runc.CreateOptions` (create) and
+//! `containerd.linux.runc.CheckpointOptions` (checkpoint) to every runtime not
+//! named `io.containerd.runc*`; they mean what they mean to containerd's runc
+//! shim. Checkpoint options otherwise arrive as
+//! `containerd.runc.v1.CheckpointOptions`. The two checkpoint types differ on
+//! the wire: `image_path`/`work_path` are fields 8/9 in the runc.v1 type and
+//! 9/8 in the legacy one (containerd's `runtime/linux/runctypes/runc.proto`).
 
 use std::path::PathBuf;
 
@@ -27,6 +31,64 @@ pub const GENERIC_OPTIONS_TYPE: &str = "runtimeoptions.v1.Options";
 pub const MOSE_OPTIONS_TYPE: &str = "mose.v1.Options";
 pub const RUNC_CHECKPOINT_TYPE: &str = "containerd.runc.v1.CheckpointOptions";
 pub const LINUX_CHECKPOINT_TYPE: &str = "containerd.linux.runc.CheckpointOptions";
+pub const LINUX_CREATE_TYPE: &str = "containerd.linux.runc.CreateOptions";
+
+/// `containerd.linux.runc.CreateOptions`, field numbers from containerd's
+/// `runtime/linux/runctypes/runc.proto`. Its generated type is not part of
+/// the shim protos, so prost derives the decoder.
+#[derive(Clone, PartialEq, prost::Message)]
+struct LegacyCreateOptions {
+    #[prost(bool, tag = "1")]
+    no_pivot_root: bool,
+    #[prost(bool, tag = "2")]
+    open_tcp: bool,
+    #[prost(bool, tag = "3")]
+    external_unix_sockets: bool,
+    #[prost(bool, tag = "4")]
+    terminal: bool,
+    #[prost(bool, tag = "5")]
+    file_locks: bool,
+    #[prost(string, repeated, tag = "6")]
+    empty_namespaces: Vec<String>,
+    #[prost(string, tag = "7")]
+    cgroups_mode: String,
+    #[prost(bool, tag = "8")]
+    no_new_keyring: bool,
+    #[prost(string, tag = "9")]
+    shim_cgroup: String,
+    #[prost(uint32, tag = "10")]
+    io_uid: u32,
+    #[prost(uint32, tag = "11")]
+    io_gid: u32,
+    #[prost(string, tag = "12")]
+    criu_work_path: String,
+    #[prost(string, tag = "13")]
+    criu_image_path: String,
+}
+
+/// `containerd.linux.runc.CheckpointOptions` (same source): like the runc.v1
+/// type but with `work_path` = 8 and `image_path` = 9.
+#[derive(Clone, PartialEq, prost::Message)]
+struct LegacyCheckpointOptions {
+    #[prost(bool, tag = "1")]
+    exit: bool,
+    #[prost(bool, tag = "2")]
+    open_tcp: bool,
+    #[prost(bool, tag = "3")]
+    external_unix_sockets: bool,
+    #[prost(bool, tag = "4")]
+    terminal: bool,
+    #[prost(bool, tag = "5")]
+    file_locks: bool,
+    #[prost(string, repeated, tag = "6")]
+    empty_namespaces: Vec<String>,
+    #[prost(string, tag = "7")]
+    cgroups_mode: String,
+    #[prost(string, tag = "8")]
+    work_path: String,
+    #[prost(string, tag = "9")]
+    image_path: String,
+}
 
 /// The OCI runtime binary used when the options name none.
 pub const DEFAULT_BINARY: &str = "runc";
@@ -141,6 +203,25 @@ pub fn decode_runtime_options(any: Option<&Any>) -> Result<RuntimeOptions> {
                 lazy_pages_socket: String::new(),
             })
         }
+        LINUX_CREATE_TYPE => {
+            let o = <LegacyCreateOptions as prost::Message>::decode(any.value.as_slice()).map_err(
+                |e| {
+                    Error::InvalidArgument(format!(
+                        "malformed {LINUX_CREATE_TYPE} runtime options: {e}"
+                    ))
+                },
+            )?;
+            Ok(RuntimeOptions {
+                no_pivot_root: o.no_pivot_root,
+                no_new_keyring: o.no_new_keyring,
+                criu_image_path: o.criu_image_path,
+                criu_work_path: o.criu_work_path,
+                io_uid: o.io_uid,
+                io_gid: o.io_gid,
+                shim_cgroup: o.shim_cgroup,
+                ..Default::default()
+            })
+        }
         GENERIC_OPTIONS_TYPE => {
             let (_type_url, config_path) = decode_generic_options(&any.value)?;
             if config_path.is_empty() {
@@ -175,10 +256,29 @@ pub fn decode_runtime_options(any: Option<&Any>) -> Result<RuntimeOptions> {
         }
         other => Err(Error::InvalidArgument(format!(
             "unsupported runtime options type {other:?}: the MOSE shim accepts \
-             {RUNC_OPTIONS_TYPE}, {GENERIC_OPTIONS_TYPE} (ctr --runtime-config-path FILE) \
-             or {MOSE_OPTIONS_TYPE}"
+             {RUNC_OPTIONS_TYPE}, {LINUX_CREATE_TYPE}, {GENERIC_OPTIONS_TYPE} \
+             (ctr --runtime-config-path FILE) or {MOSE_OPTIONS_TYPE}"
         ))),
     }
+}
+
+/// The options `start` hands the shim crate when it spawns the shim server,
+/// which puts the server in `ShimCgroup` (and adjusts its OOM score) from a
+/// `containerd.runc.v1.Options`. containerd passes the task's runtime options
+/// on `start`'s stdin in whichever accepted type the client chose, so they
+/// are normalised here; `None` for options the shim cannot read (Create
+/// reports those with the reason).
+pub fn start_options(any: &Any) -> Option<Any> {
+    let o = decode_runtime_options(Some(any)).ok()?;
+    let pb = PbOptions {
+        shim_cgroup: o.shim_cgroup,
+        ..Default::default()
+    };
+    Some(Any {
+        type_url: format!("type.googleapis.com/{RUNC_OPTIONS_TYPE}"),
+        value: pb.write_to_bytes().ok()?,
+        ..Default::default()
+    })
 }
 
 /// Reads the TOML options file named by `runtimeoptions.v1.Options.config_path`.
@@ -311,14 +411,54 @@ pub fn decode_checkpoint_options(any: Option<&Any>) -> Result<CheckpointOptions>
             ..Default::default()
         });
     }
-    if name != RUNC_CHECKPOINT_TYPE && name != LINUX_CHECKPOINT_TYPE {
-        return Err(Error::InvalidArgument(format!(
-            "unsupported checkpoint options type {name:?}: the MOSE shim accepts \
-             {RUNC_CHECKPOINT_TYPE}, {LINUX_CHECKPOINT_TYPE} or {MOSE_CHECKPOINT_TYPE}"
-        )));
-    }
-    let o = PbCheckpointOptions::parse_from_bytes(&any.value)
-        .map_err(|e| Error::InvalidArgument(format!("malformed {name} checkpoint options: {e}")))?;
+    let o = match name {
+        RUNC_CHECKPOINT_TYPE => {
+            let o = PbCheckpointOptions::parse_from_bytes(&any.value).map_err(|e| {
+                Error::InvalidArgument(format!("malformed {name} checkpoint options: {e}"))
+            })?;
+            CheckpointOptions {
+                exit: o.exit,
+                open_tcp: o.open_tcp,
+                external_unix_sockets: o.external_unix_sockets,
+                terminal: o.terminal,
+                file_locks: o.file_locks,
+                empty_namespaces: o.empty_namespaces,
+                cgroups_mode: o.cgroups_mode,
+                image_path: o.image_path,
+                work_path: o.work_path,
+                ..Default::default()
+            }
+        }
+        LINUX_CHECKPOINT_TYPE => {
+            let o = <LegacyCheckpointOptions as prost::Message>::decode(any.value.as_slice())
+                .map_err(|e| {
+                    Error::InvalidArgument(format!("malformed {name} checkpoint options: {e}"))
+                })?;
+            CheckpointOptions {
+                exit: o.exit,
+                open_tcp: o.open_tcp,
+                external_unix_sockets: o.external_unix_sockets,
+                terminal: o.terminal,
+                file_locks: o.file_locks,
+                empty_namespaces: o.empty_namespaces,
+                cgroups_mode: o.cgroups_mode,
+                image_path: o.image_path,
+                work_path: o.work_path,
+                ..Default::default()
+            }
+        }
+        _ => {
+            return Err(Error::InvalidArgument(format!(
+                "unsupported checkpoint options type {name:?}: the MOSE shim accepts \
+                 {RUNC_CHECKPOINT_TYPE}, {LINUX_CHECKPOINT_TYPE} or {MOSE_CHECKPOINT_TYPE}"
+            )))
+        }
+    };
+    validate_checkpoint(&o)?;
+    Ok(o)
+}
+
+fn validate_checkpoint(o: &CheckpointOptions) -> Result<()> {
     if !o.cgroups_mode.is_empty() && !CGROUP_MODES.contains(&o.cgroups_mode.as_str()) {
         return Err(Error::InvalidArgument(format!(
             "invalid checkpoint cgroups_mode {:?}: expected one of {}",
@@ -334,18 +474,7 @@ pub fn decode_checkpoint_options(any: Option<&Any>) -> Result<CheckpointOptions>
             )));
         }
     }
-    Ok(CheckpointOptions {
-        exit: o.exit,
-        open_tcp: o.open_tcp,
-        external_unix_sockets: o.external_unix_sockets,
-        terminal: o.terminal,
-        file_locks: o.file_locks,
-        empty_namespaces: o.empty_namespaces,
-        cgroups_mode: o.cgroups_mode,
-        image_path: o.image_path,
-        work_path: o.work_path,
-        ..Default::default()
-    })
+    Ok(())
 }
 
 #[cfg(test)]
@@ -467,5 +596,66 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(e.contains("malformed runtimeoptions.v1.Options"), "{e}");
+    }
+
+    #[test]
+    fn legacy_create_options_mean_what_they_mean_to_runc() {
+        let o = LegacyCreateOptions {
+            no_pivot_root: true,
+            shim_cgroup: "/shims".into(),
+            io_uid: 1000,
+            io_gid: 1001,
+            criu_image_path: "/ck".into(),
+            criu_work_path: "/work".into(),
+            ..Default::default()
+        };
+        let a = any(
+            &format!("type.googleapis.com/{LINUX_CREATE_TYPE}"),
+            prost::Message::encode_to_vec(&o),
+        );
+        let r = decode_runtime_options(Some(&a)).unwrap();
+        assert!(r.no_pivot_root);
+        assert_eq!((r.io_uid, r.io_gid), (1000, 1001));
+        assert_eq!(r.shim_cgroup, "/shims");
+        assert_eq!(
+            (r.criu_image_path.as_str(), r.criu_work_path.as_str()),
+            ("/ck", "/work")
+        );
+        assert_eq!(r.binary(), "runc");
+        let bad = any(LINUX_CREATE_TYPE, vec![0x4a, 0x10, b'a']);
+        let e = decode_runtime_options(Some(&bad)).unwrap_err().to_string();
+        assert!(
+            e.contains("malformed containerd.linux.runc.CreateOptions"),
+            "{e}"
+        );
+    }
+
+    #[test]
+    fn legacy_checkpoint_options_have_their_own_field_numbers() {
+        let o = LegacyCheckpointOptions {
+            exit: true,
+            image_path: "/img".into(),
+            work_path: "/wrk".into(),
+            file_locks: true,
+            ..Default::default()
+        };
+        let a = any(LINUX_CHECKPOINT_TYPE, prost::Message::encode_to_vec(&o));
+        let c = decode_checkpoint_options(Some(&a)).unwrap();
+        assert!(c.exit && c.file_locks);
+        assert_eq!(
+            (c.image_path.as_str(), c.work_path.as_str()),
+            ("/img", "/wrk")
+        );
+        let o = PbCheckpointOptions {
+            image_path: "/img".into(),
+            work_path: "/wrk".into(),
+            ..Default::default()
+        };
+        let a = any(RUNC_CHECKPOINT_TYPE, o.write_to_bytes().unwrap());
+        let c = decode_checkpoint_options(Some(&a)).unwrap();
+        assert_eq!(
+            (c.image_path.as_str(), c.work_path.as_str()),
+            ("/img", "/wrk")
+        );
     }
 }

@@ -153,12 +153,28 @@ impl Inner {
             return;
         };
         // let the output drain before reporting the exit, without holding the lock
-        let io = {
+        let (io, ooms) = {
             let c = c.lock().await;
-            c.process(&exec_id).ok().and_then(|p| p.io.clone())
+            // OOM kills no notification reported yet go out before the exit
+            let ooms = match (&c.oom, exec_id.is_empty()) {
+                (Some(counter), true) => counter.unreported(),
+                _ => 0,
+            };
+            if exec_id.is_empty() && c.shares_host_pids {
+                // no pid namespace takes the rest down with the init; they may
+                // hold its output open, so they go before the drain
+                if let Err(e) = c.runtime.kill(&c.id, 9, true).await {
+                    debug!(container = %c.id, error = %e, "kill remaining processes");
+                }
+            }
+            (c.process(&exec_id).ok().and_then(|p| p.io.clone()), ooms)
         };
+        for _ in 0..ooms {
+            warn!(container = %id, "OOM kill (counted at exit)");
+            self.publish_oom(&id).await;
+        }
         if let Some(io) = io {
-            let drain = tokio::spawn(async move { io.tasks.shutdown().await });
+            let drain = tokio::spawn(async move { io.drain().await });
             if tokio::time::timeout(OUTPUT_DRAIN, drain).await.is_err() {
                 debug!(pid, "output still open after exit; reporting exit anyway");
             }
@@ -173,15 +189,6 @@ impl Inner {
         };
         p.set_exited(exit);
         info!(container = %id, exec = %exec_id, pid, code, "process exited");
-        if exec_id.is_empty() && c.shares_host_pids {
-            // no pid namespace takes the rest down with the init
-            let (rt, cid) = (c.runtime.clone(), c.id.clone());
-            tokio::spawn(async move {
-                if let Err(e) = rt.kill(&cid, 9, true).await {
-                    debug!(container = %cid, error = %e, "kill remaining processes");
-                }
-            });
-        }
         self.publish(
             TASK_EXIT_EVENT_TOPIC,
             Box::new(TaskExit {
@@ -200,6 +207,19 @@ impl Inner {
         .await;
         drop(c);
     }
+}
+
+/// The CRIU image a Create restores from: the request's checkpoint; else a
+/// migration destination's image in MOSE's options; else the runtime
+/// options' `CriuImagePath`, which containerd's client sets for a restore
+/// (`WithRestoreImagePath`) and containerd's daemon turns into the request's
+/// checkpoint only for runtimes named `io.containerd.runc*`.
+fn restore_source(checkpoint: &str, options: &crate::options::RuntimeOptions) -> String {
+    [checkpoint, &options.restore_image, &options.criu_image_path]
+        .into_iter()
+        .find(|s| !s.is_empty())
+        .unwrap_or_default()
+        .to_string()
 }
 
 fn task_io(stdio: &Stdio) -> TaskIO {
@@ -264,12 +284,7 @@ impl Task for TaskService {
         let options = decode_runtime_options(req.options.as_ref())?;
         let stdio = Stdio::new(&req.stdin, &req.stdout, &req.stderr, req.terminal);
         let bundle = PathBuf::from(&req.bundle);
-        // a migration destination names its CRIU image in MOSE's options
-        let checkpoint = if req.checkpoint.is_empty() {
-            options.restore_image.clone()
-        } else {
-            req.checkpoint.clone()
-        };
+        let checkpoint = restore_source(&req.checkpoint, &options);
         let c = Container::create(CreateArgs {
             id: &req.id,
             bundle: &bundle,
@@ -281,10 +296,11 @@ impl Task for TaskService {
             namespace: &self.inner.namespace,
         })
         .await?;
+        let mut c = c;
         let pid = c.init.pid;
         if pid > 0 {
             self.inner.register_pid(pid, &req.id, "");
-            self.inner.watch_oom(pid, &req.id);
+            c.oom = self.inner.watch_oom(pid, &req.id);
         }
         info!(id = %req.id, pid, restore = !checkpoint.is_empty(), "task created");
         map.insert(req.id.clone(), Arc::new(Mutex::new(c)));
@@ -316,7 +332,8 @@ impl Task for TaskService {
             let restored = c.restore_from.is_some();
             let pid = c.start_init().await?;
             if restored {
-                self.inner.watch_oom(pid, &req.id);
+                self.inner.bump_spec_generation(&req.id).await;
+                c.oom = self.inner.watch_oom(pid, &req.id);
                 if let Some((code, ts)) = self.inner.register_pid(pid, &req.id, "") {
                     drop(c);
                     self.inner
@@ -385,7 +402,7 @@ impl Task for TaskService {
             let pid = p.pid;
             if let Some(p) = c.execs.remove(&req.exec_id) {
                 if let Some(io) = p.io {
-                    io.tasks.abort().await;
+                    io.abort().await;
                 }
             }
             return Ok(DeleteResponse {
@@ -404,11 +421,11 @@ impl Task for TaskService {
         }
         c.destroy().await?;
         if let Some(io) = c.init.io.take() {
-            io.tasks.abort().await;
+            io.abort().await;
         }
         for (_, p) in c.execs.drain() {
             if let Some(io) = p.io {
-                io.tasks.abort().await;
+                io.abort().await;
             }
         }
         let exit = c.init.exit.clone().unwrap_or_else(|| Exit {
@@ -521,6 +538,8 @@ impl Task for TaskService {
         let cref = self.inner.container(&req.id).await?;
         let mut c = cref.lock().await;
         c.checkpoint(&req.path, opts).await?;
+        drop(c);
+        self.inner.bump_spec_generation(&req.id).await;
         self.inner
             .publish(
                 TASK_CHECKPOINTED_EVENT_TOPIC,
@@ -581,7 +600,11 @@ impl Task for TaskService {
         if req.exec_id.is_empty() {
             return Err(Error::InvalidArgument("exec: exec id is empty".into()).into());
         }
-        let spec = parse_exec_spec(req.spec.as_ref())?;
+        let mut spec = parse_exec_spec(req.spec.as_ref())?;
+        // the request decides whether the process gets a terminal, as with
+        // containerd's runc shim: the runtime must allocate the pty the shim
+        // waits for on its console socket
+        spec["terminal"] = req.terminal.into();
         let cref = self.inner.container(&req.id).await?;
         let mut c = cref.lock().await;
         if c.execs.contains_key(&req.exec_id) {
@@ -623,9 +646,11 @@ impl Task for TaskService {
         let cref = self.inner.container(&req.id).await?;
         let c = cref.lock().await;
         let p = c.process(&req.exec_id)?;
-        match &p.io {
-            Some(io) => io.resize(req.width, req.height)?,
-            None => return Err(Error::FailedPrecondition("process has no stdio yet".into()).into()),
+        // without a terminal (or before the process has one) there is nothing
+        // to resize: containerd's runc shim succeeds, and clients (kubelet,
+        // ctr) resize blindly
+        if let Some(io) = &p.io {
+            io.resize(req.width, req.height)?;
         }
         Ok(empty())
     }
@@ -635,7 +660,7 @@ impl Task for TaskService {
         let c = cref.lock().await;
         let p = c.process(&req.exec_id)?;
         if let Some(io) = &p.io {
-            io.tasks.close_input();
+            io.close_input();
         }
         Ok(empty())
     }
@@ -723,28 +748,40 @@ impl Task for TaskService {
 }
 
 impl Inner {
-    /// Publishes TaskOOM for every OOM kill in the container's cgroup.
-    fn watch_oom(self: &Arc<Self>, pid: i32, id: &str) {
-        let Some(mut rx) = crate::oom::watch(pid) else {
-            return;
-        };
+    /// See [`crate::spec_generation`]: a failure only costs a later
+    /// checkpoint its recording under containerd 1.6/1.7, so it is logged.
+    async fn bump_spec_generation(&self, id: &str) {
+        let r = crate::spec_generation::bump(&self.containerd_address, &self.namespace, id).await;
+        if let Err(e) = r {
+            warn!(container = id, error = %e, "cannot update the checkpoint generation in containerd");
+        }
+    }
+
+    async fn publish_oom(&self, id: &str) {
+        self.publish(
+            TASK_OOM_EVENT_TOPIC,
+            Box::new(TaskOOM {
+                container_id: id.to_string(),
+                ..Default::default()
+            }),
+        )
+        .await;
+    }
+
+    /// Publishes TaskOOM for every OOM kill in the container's cgroup; the
+    /// counter lets the init's exit report kills a notification missed.
+    fn watch_oom(self: &Arc<Self>, pid: i32, id: &str) -> Option<crate::oom::OomCounter> {
+        let (mut rx, counter) = crate::oom::watch(pid)?;
         let weak = Arc::downgrade(self);
         let id = id.to_string();
         tokio::spawn(async move {
             while rx.recv().await.is_some() {
                 let Some(inner) = weak.upgrade() else { break };
                 warn!(container = %id, "OOM event");
-                inner
-                    .publish(
-                        TASK_OOM_EVENT_TOPIC,
-                        Box::new(TaskOOM {
-                            container_id: id.clone(),
-                            ..Default::default()
-                        }),
-                    )
-                    .await;
+                inner.publish_oom(&id).await;
             }
         });
+        Some(counter)
     }
 
     /// Reports an exit that arrived before its process was registered.

@@ -7,7 +7,10 @@
 use std::{
     os::fd::{AsFd, AsRawFd, OwnedFd},
     path::{Path, PathBuf},
-    sync::atomic::{AtomicU64, Ordering},
+    sync::{
+        atomic::{AtomicU64, Ordering},
+        Arc,
+    },
 };
 
 use containerd_shim::io::{IoTasks, Pty, Stdio};
@@ -19,6 +22,7 @@ use tokio::net::{unix::pipe, UnixListener};
 
 use crate::{
     error::{Error, Result},
+    log_uri::{open_log_file, FileCopies, LogBinary, LogTarget},
     runtime::ProcessIo,
 };
 
@@ -29,15 +33,18 @@ static SOCKET_SEQ: AtomicU64 = AtomicU64::new(0);
 pub struct ProcessStdio {
     pub tasks: IoTasks,
     pub pty: Option<Pty>,
+    /// Output copies into log files (`file://` and plain-path log URIs).
+    files: FileCopies,
+    /// A logging binary (`binary://`), stopped if the process never starts.
+    binary: Option<Arc<LogBinary>>,
 }
 
 impl ProcessStdio {
     /// Sets the terminal size (ResizePty).
     pub fn resize(&self, width: u32, height: u32) -> Result<()> {
         let Some(pty) = &self.pty else {
-            return Err(Error::FailedPrecondition(
-                "cannot resize: the process has no terminal".into(),
-            ));
+            // nothing to resize, as with containerd's runc shim
+            return Ok(());
         };
         let ws = libc::winsize {
             ws_row: height.min(u16::MAX as u32) as u16,
@@ -52,6 +59,35 @@ impl ProcessStdio {
         }
         Ok(())
     }
+
+    /// Lets the output reach containerd (FIFOs) or the log files, then
+    /// releases everything: after the process exited.
+    pub async fn drain(&self) {
+        self.files.drain().await;
+        self.tasks.shutdown().await;
+    }
+
+    /// Cancels every copy at once: at delete, or after a failed start.
+    pub async fn abort(&self) {
+        self.files.abort();
+        self.tasks.abort().await;
+    }
+
+    /// Lets go of the process's input (CloseIO).
+    pub fn close_input(&self) {
+        self.tasks.close_input();
+    }
+}
+
+/// Who the process's stdio belongs to.
+#[derive(Clone, Copy)]
+pub struct IoOwner<'a> {
+    /// Owner of the pipes handed to the process (`IoUid`/`IoGid`).
+    pub uid: u32,
+    pub gid: u32,
+    /// For a logging binary's environment.
+    pub container: &'a str,
+    pub namespace: &'a str,
 }
 
 /// Stdio being prepared for a process not yet started by the runtime.
@@ -77,11 +113,29 @@ fn chown_fd(fd: &OwnedFd, uid: u32, gid: u32) -> Result<()> {
         .map_err(|e| Error::io("chown stdio pipe to the io uid/gid")(std::io::Error::from(e)))
 }
 
+/// Where stdout and stderr go: stdout's URI decides for both when it names a
+/// file or a logging binary (containerd's runc shim does the same).
+fn output_targets(stdio: &Stdio) -> Result<(Option<LogTarget>, Option<LogTarget>)> {
+    let out = LogTarget::parse(&stdio.stdout)?;
+    let err = match &out {
+        Some(t) if t.takes_both_streams() => {
+            if stdio.stderr.is_empty() {
+                None
+            } else {
+                Some(t.clone())
+            }
+        }
+        _ => LogTarget::parse(&stdio.stderr)?,
+    };
+    Ok((out, err))
+}
+
 impl PendingStdio {
     /// Prepares pipes (or a console socket for a terminal) for `stdio`, and
-    /// starts copying between them and containerd's FIFOs.
-    pub fn prepare(stdio: &Stdio, uid: u32, gid: u32) -> Result<Self> {
-        Self::prepare_with(stdio, uid, gid, false)
+    /// starts copying between them and containerd's FIFOs (or log files, or
+    /// a logging binary).
+    pub async fn prepare(stdio: &Stdio, owner: IoOwner<'_>) -> Result<Self> {
+        Self::prepare_with(stdio, owner, false).await
     }
 
     /// Like [`prepare`](Self::prepare), but streams containerd did not ask for
@@ -89,65 +143,117 @@ impl PendingStdio {
     /// of the host's `/dev/null`. A restored process holding the host's
     /// `/dev/null` could not be checkpointed again (CRIU cannot resolve a file
     /// outside the container's mounts), which would end its migrations.
-    pub fn prepare_with(stdio: &Stdio, uid: u32, gid: u32, null_pipes: bool) -> Result<Self> {
-        let shim = ProcessStdio::default();
-        let mut runtime = ProcessIo::default();
+    pub async fn prepare_with(stdio: &Stdio, owner: IoOwner<'_>, null_pipes: bool) -> Result<Self> {
+        let mut me = Self {
+            shim: ProcessStdio::default(),
+            runtime: ProcessIo::default(),
+            console: None,
+            stdio: stdio.clone(),
+        };
         if stdio.terminal {
-            let console = ConsoleSocket::bind()?;
-            return Ok(Self {
-                shim,
-                runtime,
-                console: Some(console),
-                stdio: stdio.clone(),
-            });
+            me.console = Some(ConsoleSocket::bind()?);
+            return Ok(me);
         }
         if !stdio.stdin.is_empty() {
             let (r, w) = pipe()?;
-            chown_fd(&r, uid, gid)?;
+            chown_fd(&r, owner.uid, owner.gid)?;
             let sender =
                 pipe::Sender::from_owned_fd(w).map_err(Error::io("register stdin pipe"))?;
-            shim.tasks.copy_from_fifo(&stdio.stdin, sender)?;
-            runtime.stdin = Some(r);
+            me.shim.tasks.copy_from_fifo(&stdio.stdin, sender)?;
+            me.runtime.stdin = Some(r);
         }
-        if !stdio.stdout.is_empty() {
-            let (r, w) = pipe()?;
-            chown_fd(&w, uid, gid)?;
-            let receiver =
-                pipe::Receiver::from_owned_fd(r).map_err(Error::io("register stdout pipe"))?;
-            shim.tasks.copy_to_fifo(receiver, &stdio.stdout)?;
-            runtime.stdout = Some(w);
-        }
-        if !stdio.stderr.is_empty() {
-            let (r, w) = pipe()?;
-            chown_fd(&w, uid, gid)?;
-            let receiver =
-                pipe::Receiver::from_owned_fd(r).map_err(Error::io("register stderr pipe"))?;
-            shim.tasks.copy_to_fifo(receiver, &stdio.stderr)?;
-            runtime.stderr = Some(w);
+        if let Err(e) = me.prepare_output(stdio, owner).await {
+            me.shim.abort().await;
+            return Err(e);
         }
         if null_pipes {
-            if runtime.stdin.is_none() {
-                let (r, _w) = pipe()?;
-                runtime.stdin = Some(r);
-            }
-            for slot in [&mut runtime.stdout, &mut runtime.stderr] {
-                if slot.is_none() {
-                    let (r, w) = pipe()?;
-                    let mut receiver = pipe::Receiver::from_owned_fd(r)
-                        .map_err(Error::io("register output drain pipe"))?;
-                    tokio::spawn(async move {
-                        let _ = tokio::io::copy(&mut receiver, &mut tokio::io::sink()).await;
-                    });
-                    *slot = Some(w);
-                }
+            me.null_pipes()?;
+        }
+        Ok(me)
+    }
+
+    async fn prepare_output(&mut self, stdio: &Stdio, owner: IoOwner<'_>) -> Result<()> {
+        let (out, err) = output_targets(stdio)?;
+        if let Some(LogTarget::Binary { path, args }) = &out {
+            let (out_r, out_w) = pipe()?;
+            let (err_r, err_w) = pipe()?;
+            chown_fd(&out_w, owner.uid, owner.gid)?;
+            chown_fd(&err_w, owner.uid, owner.gid)?;
+            let bin = LogBinary::start(path, args, out_r, err_r, owner.container, owner.namespace)
+                .await?;
+            self.shim.binary = Some(Arc::new(bin));
+            self.runtime.stdout = Some(out_w);
+            self.runtime.stderr = (!stdio.stderr.is_empty()).then_some(err_w);
+            return Ok(());
+        }
+        let mut file = None;
+        for (target, slot) in [(out, 1), (err, 2)] {
+            let Some(target) = target else { continue };
+            let (r, w) = pipe()?;
+            chown_fd(&w, owner.uid, owner.gid)?;
+            let receiver =
+                pipe::Receiver::from_owned_fd(r).map_err(Error::io("register output pipe"))?;
+            self.route(receiver, &target, &mut file)?;
+            if slot == 1 {
+                self.runtime.stdout = Some(w);
+            } else {
+                self.runtime.stderr = Some(w);
             }
         }
-        Ok(Self {
-            shim,
-            runtime,
-            console: None,
-            stdio: stdio.clone(),
-        })
+        Ok(())
+    }
+
+    /// Sends one output stream to its destination; `file` caches the log
+    /// file both streams share.
+    fn route(
+        &self,
+        from: impl tokio::io::AsyncRead + Send + Unpin + 'static,
+        target: &LogTarget,
+        file: &mut Option<std::fs::File>,
+    ) -> Result<()> {
+        match target {
+            LogTarget::Fifo(path) => self.shim.tasks.copy_to_fifo(from, path)?,
+            LogTarget::File(path) => {
+                if file.is_none() {
+                    *file = Some(open_log_file(path)?);
+                }
+                let f = file
+                    .as_ref()
+                    .map(|f| f.try_clone())
+                    .transpose()
+                    .map_err(Error::io(format!("log file {}", path.display())))?
+                    .ok_or_else(|| Error::Internal("log file not open".into()))?;
+                self.shim.files.spawn(from, f);
+            }
+            LogTarget::Binary { path, .. } => {
+                return Err(Error::InvalidArgument(format!(
+                    "logging binary {} for a terminal process is not supported: \
+                     use a file:// log URI or no terminal",
+                    path.display()
+                )))
+            }
+        }
+        Ok(())
+    }
+
+    /// Streams containerd did not ask for become pipes (see `prepare_with`).
+    fn null_pipes(&mut self) -> Result<()> {
+        if self.runtime.stdin.is_none() {
+            let (r, _w) = pipe()?;
+            self.runtime.stdin = Some(r);
+        }
+        for slot in [&mut self.runtime.stdout, &mut self.runtime.stderr] {
+            if slot.is_none() {
+                let (r, w) = pipe()?;
+                let mut receiver = pipe::Receiver::from_owned_fd(r)
+                    .map_err(Error::io("register output drain pipe"))?;
+                tokio::spawn(async move {
+                    let _ = tokio::io::copy(&mut receiver, &mut tokio::io::sink()).await;
+                });
+                *slot = Some(w);
+            }
+        }
+        Ok(())
     }
 
     pub fn console_path(&self) -> Option<PathBuf> {
@@ -169,10 +275,8 @@ impl PendingStdio {
                     .tasks
                     .copy_from_fifo(&self.stdio.stdin, pty.clone())?;
             }
-            if !self.stdio.stdout.is_empty() {
-                self.shim
-                    .tasks
-                    .copy_to_fifo(pty.clone(), &self.stdio.stdout)?;
+            if let (Some(target), _) = output_targets(&self.stdio)? {
+                self.route(HangupAsEof(pty.clone()), &target, &mut None)?;
             }
             self.shim.pty = Some(pty);
         }
@@ -181,7 +285,34 @@ impl PendingStdio {
 
     /// Releases everything after a failed start.
     pub async fn abort(self) {
-        self.shim.tasks.abort().await;
+        self.shim.abort().await;
+        if let Some(b) = &self.shim.binary {
+            b.kill();
+        }
+    }
+}
+
+/// A terminal's master side read until the last process holding its slave
+/// side is gone: the kernel then answers EIO, which this turns into end of
+/// file. The copy to containerd's FIFO (`tokio::io::copy`) reads ahead of
+/// what it has written and would drop its buffered output on an error;
+/// at end of file it writes everything out first. Without this, the output
+/// of a process that writes and exits at once was lost about one time in
+/// three (`crictl exec -it ... sh -c 'echo ...'`).
+struct HangupAsEof<R>(R);
+
+impl<R: tokio::io::AsyncRead + Unpin> tokio::io::AsyncRead for HangupAsEof<R> {
+    fn poll_read(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &mut tokio::io::ReadBuf<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        match std::pin::Pin::new(&mut self.0).poll_read(cx, buf) {
+            std::task::Poll::Ready(Err(e)) if e.raw_os_error() == Some(libc::EIO) => {
+                std::task::Poll::Ready(Ok(()))
+            }
+            other => other,
+        }
     }
 }
 

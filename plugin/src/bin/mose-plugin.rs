@@ -119,6 +119,14 @@ async fn main() {
         eprintln!("mose-plugin: {e:#}");
         std::process::exit(1);
     }
+    // the shim restores from that tmpfs: containerd must see it too
+    let shared = mose_plugin::visibility::socket_server_pid(&cfg.containerd).and_then(|pid| {
+        mose_plugin::visibility::check_visible_to(pid, &cfg.work_root, "containerd")
+    });
+    if let Err(e) = shared {
+        eprintln!("mose-plugin: {e:#}");
+        std::process::exit(1);
+    }
     let r = tokio::select! {
         r = serve(cfg) => r,
         r = serve_policy(policy) => r,
