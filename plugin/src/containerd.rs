@@ -25,6 +25,23 @@ use prost_types::Any;
 use sha2::{Digest, Sha256};
 use tonic::{transport::Channel, Request};
 
+/// What `mosectl checkpoint` asks of a task's checkpoint.
+#[derive(Debug, Clone, Default)]
+pub struct TaskCheckpoint {
+    /// Directory receiving the CRIU image (absolute).
+    pub image_path: std::path::PathBuf,
+    /// CRIU's work directory (logs); default: inside the shim's bundle.
+    pub work_path: Option<std::path::PathBuf>,
+    /// Stop the task after the dump.
+    pub exit: bool,
+    /// Dump established TCP connections (CRIU `--tcp-established`).
+    pub tcp_established: bool,
+    /// Dump external unix sockets (CRIU `--ext-unix-sk`).
+    pub ext_unix_sk: bool,
+    /// The task has a terminal (CRIU `--shell-job`).
+    pub shell_job: bool,
+}
+
 pub const SPEC_TYPE_URL: &str = "types.containerd.io/opencontainers/runtime-spec/1/Spec";
 const CALL_TIMEOUT: Duration = Duration::from_secs(120);
 
@@ -235,6 +252,41 @@ impl Containerd {
             )
             .await
             .map_err(|e| anyhow!("checkpoint of {id}: {e}"))?;
+        Ok(())
+    }
+
+    /// Checkpoints the task through containerd's Tasks API with
+    /// `containerd.runc.v1.CheckpointOptions` (what `ctr tasks checkpoint
+    /// --exit --image-path` sends runc-named runtimes only; see
+    /// `mosectl checkpoint`). The CRIU image goes to `opts.image_path`.
+    pub async fn checkpoint_task(&self, id: &str, opts: &TaskCheckpoint) -> Result<()> {
+        use containerd_shim_protos::{protobuf::Message, shim::oci::CheckpointOptions};
+        let pb = CheckpointOptions {
+            exit: opts.exit,
+            open_tcp: opts.tcp_established,
+            external_unix_sockets: opts.ext_unix_sk,
+            terminal: opts.shell_job,
+            file_locks: true,
+            image_path: opts.image_path.display().to_string(),
+            work_path: opts
+                .work_path
+                .as_ref()
+                .map(|p| p.display().to_string())
+                .unwrap_or_default(),
+            ..Default::default()
+        };
+        let req = containerd_client::services::v1::CheckpointTaskRequest {
+            container_id: id.into(),
+            parent_checkpoint: String::new(),
+            options: Some(Any {
+                type_url: "containerd.runc.v1.CheckpointOptions".into(),
+                value: pb.write_to_bytes()?,
+            }),
+        };
+        self.tasks()
+            .checkpoint(self.req(req))
+            .await
+            .map_err(|e| anyhow!("checkpoint of {id}: {}", e.message()))?;
         Ok(())
     }
 

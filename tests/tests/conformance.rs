@@ -539,3 +539,77 @@ async fn two_hundred_tty_execs_lose_no_output() {
     assert_eq!(c.state(id, "").await.unwrap().0, status::RUNNING);
     e.ctr.force_remove(id);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn mosectl_checkpoint_exit_into_an_image_path_then_restore() {
+    // `ctr tasks checkpoint --exit --image-path` sends checkpoint options only
+    // to runc-named runtimes; `mosectl checkpoint` offers the same for MOSE
+    let e = env("conf");
+    let c = e.client().await;
+    let id = "mck";
+    let pid = running(&e, id, &["--net-host"], &["sh", "-c", COUNTER]).await;
+    e.wait_counter(id, 5);
+    let dir = tempfile::tempdir_in("/tmp").unwrap();
+    let image = dir.path().join("image");
+    let mosectl = mose_tests::target_dir().join("debug/mosectl");
+    let out = mose_tests::ctr::run_command(
+        {
+            let mut cmd = std::process::Command::new(&mosectl);
+            cmd.arg("checkpoint")
+                .arg("--address")
+                .arg(e.cd.socket())
+                .args(["-n", &e.ns, id, "--exit", "--image-path"])
+                .arg(&image);
+            cmd
+        },
+        None,
+        WAIT,
+    )
+    .unwrap();
+    assert!(out.success(), "mosectl checkpoint: {out:?}");
+    assert!(out.stdout.contains("task stopped"), "{out:?}");
+    assert!(image.join("inventory.img").exists());
+    assert_eq!(c.wait(id, "", WAIT).await.unwrap(), 137);
+    let last = e.counter(id).unwrap();
+    c.delete_task(id).await.unwrap();
+    let opts = LegacyCreateOptions {
+        criu_image_path: image.display().to_string(),
+        ..Default::default()
+    };
+    let rootfs = c.rootfs_mounts(id).await.unwrap();
+    c.create_task_with(
+        id,
+        &Default::default(),
+        rootfs,
+        None,
+        Some(any(LEGACY_CREATE_TYPE, &opts)),
+    )
+    .await
+    .unwrap();
+    let rpid = c.start(id, "").await.unwrap();
+    mose_tests::poll_until("counter continues", WAIT, || {
+        e.counter(id).filter(|v| *v > last && *v < last + 200)
+    })
+    .unwrap();
+    // a relative image path is refused before anything is frozen
+    let out = mose_tests::ctr::run_command(
+        {
+            let mut cmd = std::process::Command::new(&mosectl);
+            cmd.arg("checkpoint")
+                .arg("--address")
+                .arg(e.cd.socket())
+                .args(["-n", &e.ns, id, "--image-path", "relative/dir"]);
+            cmd
+        },
+        None,
+        WAIT,
+    )
+    .unwrap();
+    assert!(
+        !out.success() && out.stderr.contains("absolute path"),
+        "{out:?}"
+    );
+    assert_eq!(c.state(id, "").await.unwrap().0, status::RUNNING);
+    e.ctr.force_remove(id);
+    e.assert_clean(id, &[pid, rpid]);
+}

@@ -2,7 +2,7 @@
 
 use std::{io::IsTerminal, net::IpAddr, path::PathBuf, sync::Arc, time::Duration};
 
-use anyhow::Result;
+use anyhow::{Context, Result};
 use clap::{Parser, Subcommand};
 use mose_plugin::{
     endpoint::append_record,
@@ -32,6 +32,9 @@ enum Cmd {
     /// Show the plan the node's policy picks for a container, with its
     /// predicted KPIs and whether each annotated target can be met.
     Plan(PlanArgs),
+    /// Checkpoint a container's task into a directory with CRIU, as `ctr
+    /// tasks checkpoint --exit --image-path` does for runc-named runtimes only.
+    Checkpoint(CheckpointArgs),
     /// List the migrations recorded on this node.
     Migrations {
         #[arg(long, default_value = "/var/lib/mose")]
@@ -114,6 +117,80 @@ struct MigrateArgs {
     /// Test hook: corrupt-chunk or truncate.
     #[arg(long, hide = true)]
     inject_fault: Option<Fault>,
+}
+
+#[derive(clap::Args)]
+struct CheckpointArgs {
+    /// containerd socket.
+    #[arg(long, default_value = "/run/containerd/containerd.sock")]
+    address: PathBuf,
+    #[arg(long, short = 'n', default_value = "default")]
+    namespace: String,
+    /// The container whose task to checkpoint.
+    container: String,
+    /// Directory receiving the CRIU image (created if missing).
+    #[arg(long)]
+    image_path: PathBuf,
+    /// CRIU's work directory (its logs).
+    #[arg(long)]
+    work_path: Option<PathBuf>,
+    /// Stop the task after the checkpoint (default: it keeps running).
+    #[arg(long)]
+    exit: bool,
+    /// Include established TCP connections.
+    #[arg(long)]
+    tcp_established: bool,
+    /// Include external unix sockets.
+    #[arg(long)]
+    ext_unix_sk: bool,
+    /// The task has a terminal.
+    #[arg(long)]
+    shell_job: bool,
+}
+
+async fn checkpoint_cmd(a: CheckpointArgs) -> Result<()> {
+    for (what, p) in [
+        ("--image-path", Some(&a.image_path)),
+        ("--work-path", a.work_path.as_ref()),
+    ] {
+        if let Some(p) = p.filter(|p| !p.is_absolute()) {
+            anyhow::bail!(
+                "{what} {} must be an absolute path (the shim resolves it, not mosectl)",
+                p.display()
+            );
+        }
+    }
+    std::fs::create_dir_all(&a.image_path)
+        .with_context(|| format!("creating {}", a.image_path.display()))?;
+    let cd = mose_plugin::containerd::Containerd::connect(&a.address, &a.namespace).await?;
+    let opts = mose_plugin::containerd::TaskCheckpoint {
+        image_path: a.image_path.clone(),
+        work_path: a.work_path,
+        exit: a.exit,
+        tcp_established: a.tcp_established,
+        ext_unix_sk: a.ext_unix_sk,
+        shell_job: a.shell_job,
+    };
+    cd.checkpoint_task(&a.container, &opts).await?;
+    if !a.image_path.join("inventory.img").exists() {
+        anyhow::bail!(
+            "the runtime of {} reported success but {} holds no CRIU image (inventory.img): \
+             is the container run by io.containerd.mose.v2 (or a runc-named runtime)?",
+            a.container,
+            a.image_path.display()
+        );
+    }
+    println!(
+        "checkpoint of {} written to {} ({})",
+        a.container,
+        a.image_path.display(),
+        if a.exit {
+            "task stopped"
+        } else {
+            "task left running"
+        }
+    );
+    Ok(())
 }
 
 #[derive(clap::Args)]
@@ -441,6 +518,7 @@ async fn run() -> Result<i32> {
             return Ok(if ans.decision.refused { 1 } else { 0 });
         }
         Cmd::Migrate(a) => return migrate_cmd(a).await,
+        Cmd::Checkpoint(a) => checkpoint_cmd(a).await?,
         Cmd::Migrations { state, output } => {
             let text = std::fs::read_to_string(state.join("migrations.jsonl")).unwrap_or_default();
             let recs: Vec<serde_json::Value> = text
