@@ -361,6 +361,9 @@ pub struct CheckpointOptions {
     /// Restore only: leave lazily restorable memory out and hand it to a
     /// lazy-page handler (never set for a dump: CRIU's lazy dump is not used).
     pub lazy_pages: bool,
+    /// The request came from MOSE's node agent (a migration's freeze), not
+    /// through containerd: nothing may wait for containerd's metadata.
+    pub migration: bool,
 }
 
 /// MOSE's checkpoint options (JSON): containerd's runc checkpoint options
@@ -408,6 +411,7 @@ pub fn decode_checkpoint_options(any: Option<&Any>) -> Result<CheckpointOptions>
             tcp_close: o.tcp_close,
             skip_in_flight: o.skip_in_flight,
             file_locks: o.file_locks,
+            migration: true,
             ..Default::default()
         });
     }

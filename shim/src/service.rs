@@ -332,7 +332,9 @@ impl Task for TaskService {
             let restored = c.restore_from.is_some();
             let pid = c.start_init().await?;
             if restored {
-                self.inner.bump_spec_generation(&req.id).await;
+                // a migration destination restores from MOSE's own image
+                let migration = !c.options.restore_image.is_empty();
+                self.inner.bump_spec_generation(&req.id, !migration).await;
                 c.oom = self.inner.watch_oom(pid, &req.id);
                 if let Some((code, ts)) = self.inner.register_pid(pid, &req.id, "") {
                     drop(c);
@@ -535,11 +537,12 @@ impl Task for TaskService {
 
     async fn checkpoint(&self, _ctx: &TtrpcContext, req: CheckpointTaskRequest) -> TResult<Empty> {
         let opts = decode_checkpoint_options(req.options.as_ref())?;
+        let migration = opts.migration;
         let cref = self.inner.container(&req.id).await?;
         let mut c = cref.lock().await;
         c.checkpoint(&req.path, opts).await?;
         drop(c);
-        self.inner.bump_spec_generation(&req.id).await;
+        self.inner.bump_spec_generation(&req.id, !migration).await;
         self.inner
             .publish(
                 TASK_CHECKPOINTED_EVENT_TOPIC,
@@ -748,12 +751,25 @@ impl Task for TaskService {
 }
 
 impl Inner {
-    /// See [`crate::spec_generation`]: a failure only costs a later
-    /// checkpoint its recording under containerd 1.6/1.7, so it is logged.
-    async fn bump_spec_generation(&self, id: &str) {
-        let r = crate::spec_generation::bump(&self.containerd_address, &self.namespace, id).await;
-        if let Err(e) = r {
-            warn!(container = id, error = %e, "cannot update the checkpoint generation in containerd");
+    /// See [`crate::spec_generation`]. Awaited for requests through
+    /// containerd (a checkpoint right after must find it); in the background
+    /// for a migration's freeze and restore, which must not wait for
+    /// containerd's metadata. A failure only costs a later checkpoint its
+    /// recording under containerd 1.6/1.7, so it is logged.
+    async fn bump_spec_generation(self: &Arc<Self>, id: &str, wait: bool) {
+        let (inner, id) = (self.clone(), id.to_string());
+        let bump = async move {
+            let r =
+                crate::spec_generation::bump(&inner.containerd_address, &inner.namespace, &id)
+                    .await;
+            if let Err(e) = r {
+                warn!(container = %id, error = %e, "cannot update the checkpoint generation in containerd");
+            }
+        };
+        if wait {
+            bump.await;
+        } else {
+            tokio::spawn(bump);
         }
     }
 
