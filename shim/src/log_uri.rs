@@ -113,7 +113,16 @@ pub fn open_log_file(path: &Path) -> Result<std::fs::File> {
 
 /// Copies into log files, drained at exit and cancelled at delete.
 #[derive(Clone, Default)]
-pub struct FileCopies(Arc<Mutex<Vec<JoinHandle<()>>>>);
+pub struct FileCopies(Arc<Mutex<Copies>>);
+
+#[derive(Default)]
+struct Copies {
+    /// Awaited by a drain (once).
+    running: Vec<JoinHandle<()>>,
+    /// Cancelled at delete, also after a drain gave up waiting (a process
+    /// left behind may hold the output open).
+    aborts: Vec<tokio::task::AbortHandle>,
+}
 
 impl FileCopies {
     /// Copies `from` into `file` until end of file.
@@ -125,32 +134,41 @@ impl FileCopies {
                 debug!(error = %e, "log file copy ended");
             }
         });
-        self.handles().push(h);
+        let mut c = self.lock();
+        c.aborts.push(h.abort_handle());
+        c.running.push(h);
     }
 
-    fn handles(&self) -> std::sync::MutexGuard<'_, Vec<JoinHandle<()>>> {
+    fn lock(&self) -> std::sync::MutexGuard<'_, Copies> {
         self.0.lock().unwrap_or_else(|p| p.into_inner())
     }
 
     /// Waits for every copy to reach the end of its output.
     pub async fn drain(&self) {
-        let handles = std::mem::take(&mut *self.handles());
-        for h in handles {
+        let running = std::mem::take(&mut self.lock().running);
+        for h in running {
             let _ = h.await;
         }
     }
 
     /// Cancels the copies.
     pub fn abort(&self) {
-        for h in self.handles().drain(..) {
-            h.abort();
+        let mut c = self.lock();
+        c.running.clear();
+        for a in c.aborts.drain(..) {
+            a.abort();
         }
     }
 }
 
+/// How long a logging binary may take to finish after its task's delete
+/// (containerd's runc shim allows the same) before it is killed.
+const BINARY_GRACE: Duration = Duration::from_secs(10);
+
 /// A running logging binary.
 pub struct LogBinary {
     pid: i32,
+    path: PathBuf,
 }
 
 impl LogBinary {
@@ -199,7 +217,10 @@ impl LogBinary {
             let mut b = [0u8; 1];
             nix::unistd::read(&ready_r, &mut b)
         });
-        let me = LogBinary { pid };
+        let me = LogBinary {
+            pid,
+            path: path.to_path_buf(),
+        };
         match tokio::time::timeout(BINARY_READY, ready).await {
             Ok(Ok(Ok(_))) => Ok(me),
             Ok(Ok(Err(e))) => Err(Error::io(format!(
@@ -215,6 +236,27 @@ impl LogBinary {
                 )))
             }
         }
+    }
+
+    /// After the task's delete: the binary normally ends at the end of its
+    /// input; one still running after a grace period (a process left behind
+    /// holds the output open) is killed.
+    pub fn finish_later(&self) {
+        let (pid, path) = (self.pid, self.path.clone());
+        tokio::spawn(async move {
+            tokio::time::sleep(BINARY_GRACE).await;
+            // still the same program (pids are reused)
+            let exe = std::fs::read_link(format!("/proc/{pid}/exe")).ok();
+            let script = std::fs::read(format!("/proc/{pid}/cmdline"))
+                .ok()
+                .is_some_and(|c| {
+                    c.windows(path.as_os_str().len())
+                        .any(|w| w == path.as_os_str().as_encoded_bytes())
+                });
+            if exe.as_deref() == Some(path.as_path()) || script {
+                LogBinary { pid, path }.kill();
+            }
+        });
     }
 
     /// Stops the binary (after a failed start).

@@ -71,6 +71,9 @@ impl ProcessStdio {
     pub async fn abort(&self) {
         self.files.abort();
         self.tasks.abort().await;
+        if let Some(b) = &self.binary {
+            b.finish_later();
+        }
     }
 
     /// Lets go of the process's input (CloseIO).
