@@ -5,6 +5,18 @@
 //! Written here rather than taken from the shim crate's `run` so the Task
 //! service can be registered under both `containerd.task.v2.Task` (containerd
 //! 1.6/1.7) and `containerd.task.v3.Task` (containerd 2.x).
+//!
+//! What `start` prints depends on the daemon (see [`start_response`]):
+//! containerd 1.6 reads a bare address; 1.7 also reads JSON bootstrap
+//! parameters but refuses `"version": 3`; 2.x reads both and uses task API
+//! v3 only when told so by `{"version":3,"address":…,"protocol":"ttrpc"}`
+//! (a bare address makes it fall back to v2). The `address` file in the
+//! bundle always holds the bare address: 1.7 re-reads it after a restart
+//! through the same parser, 2.x reads its own `bootstrap.json` first.
+//!
+//! Signals: SIGTERM or SIGINT make a server that holds no container exit 0
+//! (as containerd's runc shim does); a server that still holds containers
+//! logs the signal and keeps serving them. See [`handle_exit_signals`].
 
 use std::{
     io::{Read, Write},
@@ -31,7 +43,7 @@ use nix::{
     sys::wait::{waitpid, WaitPidFlag, WaitStatus},
     unistd::Pid,
 };
-use tokio::signal::unix::{signal, SignalKind};
+use tokio::signal::unix::{signal, Signal, SignalKind};
 use tracing::{error, info, warn};
 
 use crate::{
@@ -84,11 +96,117 @@ pub async fn start(flags: &Flags) -> Result<()> {
     };
     let address = containerd_shim::spawn(opts, &grouping, Vec::new()).await?;
     std::fs::write("address", &address).map_err(Error::io("write the shim address file"))?;
+    let major = containerd_major(&flags.publish_binary).await;
+    let response = start_response(&address, major);
     let mut out = std::io::stdout();
-    out.write_all(address.as_bytes())
+    out.write_all(response.as_bytes())
         .and_then(|_| out.flush())
         .map_err(Error::io("print the shim address"))?;
     Ok(())
+}
+
+/// The task API version announced to containerd 2.x.
+const TASK_API_VERSION: u32 = 3;
+
+/// What `start` prints for containerd of major version `major`:
+///
+/// - 2.x: `{"version":3,"address":"unix://…","protocol":"ttrpc"}`, so it
+///   calls `containerd.task.v3.Task` (its `parseStartResponse` takes JSON
+///   of version 2 or 3 and treats anything else as a bare v2 address);
+/// - 1.7: the bare address. Its `parseStartResponse` takes JSON too, but
+///   rejects version 3 ("unsupported shim version (3)"), and JSON of
+///   version 2 would say no more than the bare address does;
+/// - 1.6 reads only a bare address (`client.Connect` on the trimmed output);
+/// - unknown (no `-publish-binary`, `--version` failed): the bare address,
+///   which every version accepts (2.x then uses v2, as before).
+///
+/// containerd's own runc shim always prints the JSON of its release (v3
+/// since 2.0): it ships with the daemon. The MOSE shim serves daemons of
+/// several releases, and the environment they set is the same in 1.7 and
+/// 2.x (`MAX_SHIM_VERSION=2` in both), so it asks the daemon binary.
+fn start_response(address: &str, major: Option<u32>) -> String {
+    match major {
+        Some(m) if m >= 2 => serde_json::json!({
+            "version": TASK_API_VERSION,
+            "address": address,
+            "protocol": "ttrpc",
+        })
+        .to_string(),
+        _ => address.to_string(),
+    }
+}
+
+/// Where the major versions of containerd binaries are remembered, so only
+/// the first `start` after a containerd install or upgrade runs
+/// `containerd --version` (≈30 ms on the task-create path).
+const VERSION_CACHE_DIR: &str = "/run/mose/containerd-version";
+/// Bound on `containerd --version`.
+const VERSION_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(5);
+
+/// The major version of the containerd binary `binary` (containerd passes
+/// its own executable as `-publish-binary`), from `<binary> --version`,
+/// cached by the binary's path, inode, size and mtime.
+async fn containerd_major(binary: &str) -> Option<u32> {
+    containerd_major_cached(binary, Path::new(VERSION_CACHE_DIR)).await
+}
+
+async fn containerd_major_cached(binary: &str, cache_dir: &Path) -> Option<u32> {
+    use std::hash::{Hash, Hasher};
+    use std::os::unix::fs::MetadataExt;
+    if binary.is_empty() {
+        return None;
+    }
+    let md = std::fs::metadata(binary).ok()?;
+    let key = format!(
+        "{binary} {} {} {} {}.{}",
+        md.dev(),
+        md.ino(),
+        md.size(),
+        md.mtime(),
+        md.mtime_nsec()
+    );
+    let mut h = std::collections::hash_map::DefaultHasher::new();
+    binary.hash(&mut h);
+    let cache = cache_dir.join(format!("{:016x}", h.finish()));
+    if let Some(major) = std::fs::read_to_string(&cache).ok().and_then(|text| {
+        let (k, v) = text.trim_end().rsplit_once(' ')?;
+        (k == key).then(|| v.parse().ok()).flatten()
+    }) {
+        return Some(major);
+    }
+    let mut cmd = tokio::process::Command::new(binary);
+    cmd.arg("--version")
+        .stdin(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .kill_on_drop(true);
+    let out = match tokio::time::timeout(VERSION_TIMEOUT, cmd.output()).await {
+        Ok(Ok(out)) if out.status.success() => out,
+        other => {
+            warn!(binary, result = ?other.map(|r| r.map(|o| o.status)), "cannot tell the containerd version; announcing a bare address");
+            return None;
+        }
+    };
+    let major = parse_containerd_major(&String::from_utf8_lossy(&out.stdout))?;
+    let _ = std::fs::create_dir_all(cache_dir);
+    let tmp = cache.with_extension(format!("tmp{}", std::process::id()));
+    if std::fs::write(&tmp, format!("{key} {major}\n")).is_ok() {
+        let _ = std::fs::rename(&tmp, &cache);
+    }
+    Some(major)
+}
+
+/// The major version in `containerd --version` output, e.g.
+/// `containerd github.com/containerd/containerd v2.2.4 193637f…` or
+/// Debian's `containerd github.com/containerd/containerd 1.6.20~ds1 1.6.20~ds1-1`.
+fn parse_containerd_major(text: &str) -> Option<u32> {
+    text.split_whitespace().find_map(|tok| {
+        let v = tok.strip_prefix('v').unwrap_or(tok);
+        let (major, rest) = v.split_once('.')?;
+        let minor: String = rest.chars().take_while(char::is_ascii_digit).collect();
+        (!major.is_empty() && !minor.is_empty())
+            .then(|| major.parse().ok())
+            .flatten()
+    })
 }
 
 /// The group (sandbox) of the container whose bundle holds `spec`.
@@ -105,6 +223,7 @@ fn group_of(spec: &Path) -> Option<String> {
 /// `delete`: containerd found the shim server dead; remove what is left of
 /// the container (cwd is its bundle).
 pub async fn delete(flags: &Flags) -> Result<()> {
+    ignore_exit_signals();
     // the runtime's exit is delivered through the reaper
     reap_children();
     let bundle = if flags.bundle.is_empty() {
@@ -150,6 +269,9 @@ pub async fn serve(flags: &Flags) -> Result<()> {
         ));
     }
     set_subreaper()?;
+    // registered first: from here on SIGTERM/SIGINT wait for the handler
+    // instead of killing the server half-started
+    let exit_signals = ExitSignals::register()?;
     reap_children();
     let exit = Arc::new(ExitSignal::default());
     let ttrpc_address = std::env::var("TTRPC_ADDRESS")
@@ -166,7 +288,7 @@ pub async fn serve(flags: &Flags) -> Result<()> {
     };
     let listener = Listener::try_from(listener).map_err(Error::io("ttrpc listener"))?;
     let mut services = create_task(service.clone());
-    for (name, svc) in create_task(service) {
+    for (name, svc) in create_task(service.clone()) {
         services.insert(name.replace(".v3.", ".v2."), svc);
     }
     let mut server = Server::new()
@@ -178,6 +300,7 @@ pub async fn serve(flags: &Flags) -> Result<()> {
         .map_err(|e| Error::Internal(format!("start ttrpc server: {e}")))?;
     signal_started();
     info!(socket = %flags.socket, namespace = %flags.namespace, "MOSE shim serving");
+    tokio::spawn(handle_exit_signals(exit_signals, service, exit.clone()));
     exit.wait().await;
     info!("shutting down");
     let _ = server.shutdown().await;
@@ -231,8 +354,98 @@ fn set_subreaper() -> Result<()> {
     Ok(())
 }
 
+/// SIGTERM and SIGINT, caught from the start of `serve`.
+struct ExitSignals {
+    term: Signal,
+    int: Signal,
+}
+
+impl ExitSignals {
+    fn register() -> Result<Self> {
+        let catch =
+            |kind: SignalKind, name: &str| signal(kind).map_err(Error::io(format!("catch {name}")));
+        Ok(Self {
+            term: catch(SignalKind::terminate(), "SIGTERM")?,
+            int: catch(SignalKind::interrupt(), "SIGINT")?,
+        })
+    }
+}
+
+/// SIGTERM/SIGINT to the shim server: handled as containerd's `Shutdown`
+/// request without `now` — the server exits (status 0, socket removed) when
+/// it holds no container, as containerd's runc shim exits on these signals
+/// (`pkg/shim` `handleExitSignals`). A server that still holds containers
+/// logs the signal and keeps serving them; it exits once containerd has
+/// deleted the last one (containerd then sends `Shutdown`), and SIGKILL
+/// still ends it at once.
+///
+/// Where runc's shim differs: it exits even with containers, leaving them
+/// running without a shim until containerd notices the lost connection and
+/// runs `shim delete`, which kills them. MOSE's containers carry state the
+/// migration machinery exists to keep; a stray signal to a shim (an admin's
+/// `pkill`, a service manager stopping containerd's process group) must not
+/// take that state with it. containerd itself never signals shims: they run
+/// in their own process group, and a containerd restart reconnects to them.
+async fn handle_exit_signals(
+    mut sig: ExitSignals,
+    service: Arc<TaskService>,
+    exit: Arc<ExitSignal>,
+) {
+    use containerd_shim::protos::{
+        api::ShutdownRequest, shim_async::Task, ttrpc::r#async::TtrpcContext,
+    };
+    loop {
+        let name = tokio::select! {
+            Some(()) = sig.term.recv() => "SIGTERM",
+            Some(()) = sig.int.recv() => "SIGINT",
+            else => return,
+        };
+        let ctx = TtrpcContext {
+            mh: Default::default(),
+            metadata: Default::default(),
+            timeout_nano: 0,
+            connection_data: Default::default(),
+        };
+        let req = ShutdownRequest {
+            now: false,
+            ..Default::default()
+        };
+        if let Err(e) = service.shutdown(&ctx, req).await {
+            warn!(signal = name, error = ?e, "shutdown on signal failed");
+        }
+        // the exit signal is set now if the server had no container left
+        if tokio::time::timeout(std::time::Duration::ZERO, exit.wait())
+            .await
+            .is_ok()
+        {
+            info!(signal = name, "no container left: exiting");
+            return;
+        }
+        warn!(
+            signal = name,
+            "signal ignored: this shim still serves containers; it exits once \
+             containerd has deleted them (SIGKILL ends it now, and containerd \
+             then kills its containers)"
+        );
+    }
+}
+
+/// SIGTERM and SIGINT are ignored by helpers that must finish (`delete`).
+fn ignore_exit_signals() {
+    for kind in [SignalKind::terminate(), SignalKind::interrupt()] {
+        if let Ok(mut s) = signal(kind) {
+            tokio::spawn(async move {
+                while s.recv().await.is_some() {
+                    info!(signal = ?kind, "signal ignored while cleaning up");
+                }
+            });
+        }
+    }
+}
+
 /// Reaps every child on SIGCHLD and reports its exit to the monitor, which
-/// feeds both container exits and helper-process waits.
+/// feeds both container exits and helper-process waits. SIGPIPE is ignored
+/// (a reader of a copied stream went away; the write reports it).
 fn reap_children() {
     let mut sigchld = match signal(SignalKind::child()) {
         Ok(s) => s,
@@ -241,19 +454,8 @@ fn reap_children() {
             return;
         }
     };
-    // containerd signals the shim on its own shutdown; the shim must live on
-    for kind in [
-        SignalKind::terminate(),
-        SignalKind::interrupt(),
-        SignalKind::pipe(),
-    ] {
-        if let Ok(mut s) = signal(kind) {
-            tokio::spawn(async move {
-                while s.recv().await.is_some() {
-                    info!(signal = ?kind, "signal ignored");
-                }
-            });
-        }
+    if let Ok(mut s) = signal(SignalKind::pipe()) {
+        tokio::spawn(async move { while s.recv().await.is_some() {} });
     }
     tokio::spawn(async move {
         loop {
@@ -304,4 +506,79 @@ pub fn open_log_fifo() -> Option<std::fs::File> {
         }
     }
     Some(f)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn containerd_versions_are_parsed() {
+        let cases = [
+            (
+                "containerd github.com/containerd/containerd 1.6.20~ds1 1.6.20~ds1-1+deb12u3",
+                Some(1),
+            ),
+            (
+                "containerd github.com/containerd/containerd 1.7.24~ds1 1.7.24~ds1-6+deb13u1",
+                Some(1),
+            ),
+            (
+                "containerd github.com/containerd/containerd v2.2.4 193637f7ee8ae5f5aa5248f49e7baa3e6164966e",
+                Some(2),
+            ),
+            (
+                "containerd github.com/containerd/containerd/v2 v2.3.0-rc.1 abc",
+                Some(2),
+            ),
+            ("containerd", None),
+            ("", None),
+        ];
+        for (text, want) in cases {
+            assert_eq!(parse_containerd_major(text), want, "{text}");
+        }
+    }
+
+    #[test]
+    fn start_response_is_json_v3_only_for_containerd_2() {
+        let addr = "unix:///run/containerd/s/abc";
+        assert_eq!(start_response(addr, None), addr);
+        assert_eq!(start_response(addr, Some(1)), addr);
+        let v: serde_json::Value = serde_json::from_str(&start_response(addr, Some(2))).unwrap();
+        assert_eq!(
+            v,
+            serde_json::json!({"version": 3, "address": addr, "protocol": "ttrpc"})
+        );
+    }
+
+    #[tokio::test]
+    async fn containerd_major_is_asked_once_and_cached() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = tempfile::tempdir().unwrap();
+        let bin = dir.path().join("containerd");
+        let count = dir.path().join("count");
+        std::fs::write(
+            &bin,
+            format!(
+                "#!/bin/sh\necho x >> {}\necho 'containerd github.com/containerd/containerd v2.2.4 abc'\n",
+                count.display()
+            ),
+        )
+        .unwrap();
+        std::fs::set_permissions(&bin, std::fs::Permissions::from_mode(0o755)).unwrap();
+        let b = bin.display().to_string();
+        let cache = dir.path().join("cache");
+        assert_eq!(containerd_major_cached(&b, &cache).await, Some(2));
+        assert_eq!(containerd_major_cached(&b, &cache).await, Some(2));
+        let runs = std::fs::read_to_string(&count).unwrap().lines().count();
+        assert_eq!(runs, 1, "asked once, then cached");
+        // a changed binary is asked again
+        std::fs::write(&bin, "#!/bin/sh\necho 'containerd x 1.7.24~ds1 y'\n").unwrap();
+        assert_eq!(containerd_major_cached(&b, &cache).await, Some(1));
+        assert_eq!(containerd_major_cached("", &cache).await, None);
+        assert_eq!(
+            containerd_major_cached("/nonexistent/containerd", &cache).await,
+            None
+        );
+    }
 }

@@ -7,6 +7,7 @@ mod bootstrap;
 mod cgroup_path;
 mod container;
 mod error;
+mod info;
 mod log_uri;
 mod loopback;
 mod metrics;
@@ -59,7 +60,9 @@ fn main() {
         );
         return;
     }
-    let serving = !matches!(flags.action.as_str(), "start" | "delete");
+    // `-info` (containerd 2.x, before a task's shim starts) is answered by a
+    // short-lived process, like `start` and `delete`: it logs to stderr
+    let serving = !flags.info && !matches!(flags.action.as_str(), "start" | "delete");
     init_logging(flags.debug, serving);
     let rt = match tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
@@ -77,6 +80,7 @@ fn main() {
     };
     let result = rt.block_on(async {
         match flags.action.as_str() {
+            _ if flags.info => info::run().await,
             "start" => bootstrap::start(&flags).await,
             "delete" => bootstrap::delete(&flags).await,
             _ => bootstrap::serve(&flags).await,
