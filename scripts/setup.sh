@@ -5,6 +5,8 @@
 #    container's network with it), busybox-static (test images), protoc
 #    (gRPC client in the tests), iproute2.
 #  - A working CRIU >= 4 (scripts/provision-criu.sh).
+#  - containerd 1.7 in a private prefix for the test matrix
+#    (scripts/provision-containerd.sh; the system keeps its containerd).
 #  - Builds the workspace and installs containerd-shim-mose-v2 where
 #    containerd finds it, plus the containerd config snippet.
 set -euo pipefail
@@ -35,6 +37,8 @@ else
 fi
 
 "$ROOT/scripts/provision-criu.sh"
+# only the test matrix needs it: a failure is reported, not fatal to set-up
+"$ROOT/scripts/provision-containerd.sh" || log "warning: containerd 1.7 not provisioned; scripts/test-containerd-matrix.sh will report it missing"
 
 if ! command -v cargo >/dev/null; then
   if [[ -x "$HOME/.cargo/bin/cargo" ]]; then

@@ -1,11 +1,17 @@
 //! A private containerd instance living in a temp dir.
+//!
+//! The daemon is `containerd` from PATH (Debian 12: 1.6), or the binary named
+//! by `$MOSE_TEST_CONTAINERD` (e.g. `/opt/mose/containerd-1.7/bin/containerd`,
+//! `../shared/bin/containerd-2.2`); `ctr` likewise from `$MOSE_TEST_CTR`.
+//! Its configuration is written for its version (`version = 2` for 1.x,
+//! `version = 3` for 2.x), always with a private root, state and sockets.
 
 use std::collections::BTreeSet;
 use std::fs;
 use std::os::unix::net::UnixStream;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
-use std::sync::Mutex;
+use std::sync::{Mutex, OnceLock};
 use std::thread;
 use std::time::{Duration, Instant};
 
@@ -20,6 +26,61 @@ pub const SHIM_BINARY: &str = "containerd-shim-mose-v2";
 
 /// How long to wait for containerd to accept connections.
 const START_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// The containerd binary the tests run: `$MOSE_TEST_CONTAINERD`, else
+/// `containerd` (from PATH).
+pub fn containerd_binary() -> PathBuf {
+    env_binary("MOSE_TEST_CONTAINERD", "containerd")
+}
+
+/// The ctr binary the tests run: `$MOSE_TEST_CTR`, else `ctr` (from PATH).
+pub fn ctr_binary() -> PathBuf {
+    env_binary("MOSE_TEST_CTR", "ctr")
+}
+
+fn env_binary(var: &str, default: &str) -> PathBuf {
+    std::env::var_os(var)
+        .filter(|v| !v.is_empty())
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from(default))
+}
+
+/// `(major, minor)` of [`containerd_binary`], from `containerd --version`
+/// (read once per test process; `(1, 6)` if it cannot be read).
+pub fn containerd_version() -> (u32, u32) {
+    static V: OnceLock<(u32, u32)> = OnceLock::new();
+    *V.get_or_init(|| {
+        let out = Command::new(containerd_binary())
+            .arg("--version")
+            .stdin(Stdio::null())
+            .output()
+            .map(|o| String::from_utf8_lossy(&o.stdout).into_owned())
+            .unwrap_or_default();
+        parse_version(&out).unwrap_or((1, 6))
+    })
+}
+
+/// True when the daemon under test is containerd 2.x or later.
+pub fn containerd_is_2x() -> bool {
+    containerd_version().0 >= 2
+}
+
+/// `(major, minor)` in `containerd --version` output, e.g.
+/// `containerd github.com/containerd/containerd 1.7.24~ds1 1.7.24~ds1-6` or
+/// `containerd github.com/containerd/containerd v2.2.4 193637f…`.
+pub fn parse_version(text: &str) -> Option<(u32, u32)> {
+    text.split_whitespace().find_map(|tok| {
+        let v = tok.strip_prefix('v').unwrap_or(tok);
+        let mut parts = v.splitn(3, '.');
+        let major = parts.next()?.parse().ok()?;
+        let minor: String = parts
+            .next()?
+            .chars()
+            .take_while(char::is_ascii_digit)
+            .collect();
+        Some((major, minor.parse().ok()?))
+    })
+}
 
 /// A containerd started for tests; stopped and cleaned up on drop.
 pub struct TestContainerd {
@@ -63,7 +124,11 @@ impl TestContainerd {
     }
 
     fn config(&self) -> String {
-        containerd_config(&self.root(), &self.state(), &self.socket())
+        if containerd_is_2x() {
+            containerd_config_v3(&self.root(), &self.state(), &self.socket())
+        } else {
+            containerd_config(&self.root(), &self.state(), &self.socket())
+        }
     }
 
     fn spawn(&self) -> Result<()> {
@@ -77,8 +142,14 @@ impl TestContainerd {
             path.push_str(&d.display().to_string());
             path.push(':');
         }
+        // a containerd of its own prefix runs that prefix's runc shim
+        let binary = containerd_binary();
+        if let Some(d) = binary.parent().filter(|d| !d.as_os_str().is_empty()) {
+            path.push_str(&d.display().to_string());
+            path.push(':');
+        }
         path.push_str("/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin");
-        let mut cmd = Command::new("containerd");
+        let mut cmd = Command::new(&binary);
         cmd.arg("--config")
             .arg(self.dir.join("config.toml"))
             .env("PATH", path)
@@ -87,7 +158,9 @@ impl TestContainerd {
             .stderr(log);
         // Own process group so that a ^C to the test run does not hit it first.
         std::os::unix::process::CommandExt::process_group(&mut cmd, 0);
-        let child = cmd.spawn().context("spawning containerd")?;
+        let child = cmd
+            .spawn()
+            .with_context(|| format!("spawning {}", binary.display()))?;
         *self.child.lock().map_err(|_| anyhow::anyhow!("poisoned"))? = Some(child);
         self.wait_ready()
     }
@@ -271,7 +344,51 @@ impl Drop for TestContainerd {
     }
 }
 
-/// The configuration of a private containerd for MOSE's tests and testbed:
+/// The configuration of a private containerd 2.x (config `version = 3`):
+/// the same as [`containerd_config`] in 2.x's plugin names (the CRI runtime
+/// options moved to `io.containerd.cri.v1.runtime`), without the default
+/// imports of `/etc/containerd/conf.d` and without NRI (2.x enables it on
+/// one host-wide socket, which parallel private daemons would share).
+pub fn containerd_config_v3(root: &Path, state: &Path, socket: &Path) -> String {
+    format!(
+        r#"version = 3
+root = "{root}"
+state = "{state}"
+imports = []
+
+[grpc]
+  address = "{sock}"
+
+[ttrpc]
+  address = "{sock}.ttrpc"
+
+[debug]
+  level = "debug"
+
+[plugins."io.containerd.grpc.v1.cri"]
+  disable_tcp_service = true
+  stream_server_address = "127.0.0.1"
+  stream_server_port = "0"
+
+[plugins."io.containerd.cri.v1.runtime".containerd]
+  default_runtime_name = "runc"
+
+[plugins."io.containerd.cri.v1.runtime".containerd.runtimes.runc]
+  runtime_type = "io.containerd.runc.v2"
+
+[plugins."io.containerd.cri.v1.runtime".containerd.runtimes.mose]
+  runtime_type = "io.containerd.mose.v2"
+
+[plugins."io.containerd.nri.v1.nri"]
+  disable = true
+"#,
+        root = root.display(),
+        state = state.display(),
+        sock = socket.display(),
+    )
+}
+
+/// The configuration of a private containerd 1.x for MOSE's tests and testbed:
 /// its own root, state and sockets, and the CRI runtimes `runc` and `mose`.
 pub fn containerd_config(root: &Path, state: &Path, socket: &Path) -> String {
     format!(
@@ -306,4 +423,30 @@ state = "{state}"
         state = state.display(),
         sock = socket.display(),
     )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn versions_are_parsed() {
+        for (text, want) in [
+            (
+                "containerd github.com/containerd/containerd 1.6.20~ds1 1.6.20~ds1-1+deb12u3",
+                Some((1, 6)),
+            ),
+            (
+                "containerd github.com/containerd/containerd 1.7.24~ds1 1.7.24~ds1-6+deb13u1",
+                Some((1, 7)),
+            ),
+            (
+                "containerd github.com/containerd/containerd v2.2.4 193637f7ee8a",
+                Some((2, 2)),
+            ),
+            ("nonsense", None),
+        ] {
+            assert_eq!(parse_version(text), want, "{text}");
+        }
+    }
 }

@@ -160,7 +160,8 @@ impl Ctr {
         I: IntoIterator<Item = S>,
         S: AsRef<OsStr>,
     {
-        let mut cmd = Command::new("ctr");
+        let mut cmd = Command::new(crate::containerd::ctr_binary());
+        quiet_ctr(&mut cmd);
         cmd.arg("-a")
             .arg(&self.address)
             .arg("-n")
@@ -200,7 +201,8 @@ impl Ctr {
     /// (needed by `ctr run -t` / `ctr tasks exec -t`). Output has CRLF line ends.
     pub fn run_in_pty(&self, args: &[&str]) -> Result<Output> {
         let mut line = format!(
-            "ctr -a {} -n {}",
+            "{} -a {} -n {}",
+            shell_quote(&crate::containerd::ctr_binary().display().to_string()),
             self.address.display(),
             shell_quote(&self.namespace)
         );
@@ -209,6 +211,7 @@ impl Ctr {
             line.push_str(&shell_quote(a));
         }
         let mut cmd = Command::new("script");
+        quiet_ctr(&mut cmd);
         cmd.args(["-q", "-e", "-c", &line, "/dev/null"]);
         run_command(cmd, None, self.timeout)
     }
@@ -271,6 +274,13 @@ impl Ctr {
         let _ = self.run(["tasks", "delete", "-f", id]);
         let _ = self.run(["containers", "delete", id]);
     }
+}
+
+/// ctr 2.x prints the daemon's deprecation warnings (cgroup v1 on this
+/// machine) on stderr before every command's own output; tests compare
+/// stderr, so they are suppressed (ctr 1.x ignores the variable).
+fn quiet_ctr(cmd: &mut Command) {
+    cmd.env("CONTAINERD_SUPPRESS_DEPRECATION_WARNINGS", "1");
 }
 
 /// Quotes `s` for a POSIX shell.

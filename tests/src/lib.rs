@@ -16,6 +16,9 @@
 //!
 //! `MOSE_SHIM_DIR` overrides where the shim binary is looked up;
 //! `MOSE_TEST_KEEP=1` keeps each test's temp dir (containerd log, state).
+//! `MOSE_TEST_CONTAINERD` and `MOSE_TEST_CTR` (absolute paths) choose the
+//! containerd and ctr binaries (default: `containerd`, `ctr` from PATH), e.g.
+//! containerd 1.7 or 2.2 (`scripts/test-containerd-matrix.sh`).
 
 pub mod cleanup;
 pub mod client;
@@ -39,6 +42,14 @@ pub fn runtime() -> String {
         .ok()
         .filter(|s| !s.is_empty())
         .unwrap_or_else(|| "io.containerd.mose.v2".to_string())
+}
+
+/// Says on the test run's own stderr (not captured by the test harness, so
+/// it shows in the suite's output) that `test` skips some or all of its
+/// checks, and why — e.g. a check that only applies to one containerd release.
+pub fn skip_note(test: &str, why: &str) {
+    use std::io::Write;
+    let _ = writeln!(std::io::stderr(), "note: {test}: skipped: {why}");
 }
 
 /// True when the runtime under test is containerd's runc shim.

@@ -78,15 +78,29 @@ async fn unknown_task_options_are_rejected() {
         t,
         &["NoSuchOptions", "option", "type", "unknown", "not found"],
     );
-    mose_says(
-        "unknown options",
-        &err,
-        &[
-            "unsupported runtime options type",
-            "NoSuchOptions",
-            "containerd.runc.v1.Options",
-        ],
-    );
+    if mose_tests::containerd::containerd_is_2x() {
+        // containerd 2.x decodes task options itself (as runc options) and
+        // refuses an unknown type before any shim sees it
+        mose_tests::skip_note(
+            "unknown_task_options_are_rejected",
+            &format!(
+                "MOSE's own message is not checked: containerd {:?} rejects the \
+                 options type itself",
+                mose_tests::containerd::containerd_version()
+            ),
+        );
+        assert!(err.contains("NoSuchOptions"), "{err}");
+    } else {
+        mose_says(
+            "unknown options",
+            &err,
+            &[
+                "unsupported runtime options type",
+                "NoSuchOptions",
+                "containerd.runc.v1.Options",
+            ],
+        );
+    }
     remove_and_check(&e, id).await;
 }
 

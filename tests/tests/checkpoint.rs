@@ -226,7 +226,8 @@ fn ctr_tasks_checkpoint_exit() {
     e.wait_counter(id, 5);
     let out = e.ctr.run(["tasks", "checkpoint", "--exit", id]).unwrap();
     assert!(out.success(), "{out:?}");
-    if mose_tests::runtime_is_runc() {
+    // ctr 2.x sends CheckpointOptions (and so `--exit`) to every runtime
+    if mose_tests::runtime_is_runc() || mose_tests::containerd::containerd_is_2x() {
         mose_tests::poll_until("task stopped", WAIT, || {
             (e.ctr.task_status(id).ok()??.as_str() == "STOPPED").then_some(())
         })

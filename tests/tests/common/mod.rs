@@ -115,13 +115,18 @@ impl Env {
             .join(path.trim_start_matches('/'))
     }
 
-    /// Current counter value in `/tmp/c` of task `id`, if readable.
+    /// Current counter value in `/tmp/c` of task `id`, if readable. The
+    /// writer truncates before it writes: an empty read is retried briefly.
     pub fn counter(&self, id: &str) -> Option<u64> {
-        std::fs::read_to_string(self.rootfs_path(id, "/tmp/c"))
-            .ok()?
-            .trim()
-            .parse()
-            .ok()
+        let path = self.rootfs_path(id, "/tmp/c");
+        for _ in 0..10 {
+            let text = std::fs::read_to_string(&path).ok()?;
+            if let Ok(v) = text.trim().parse() {
+                return Some(v);
+            }
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        None
     }
 
     /// Waits until the counter of `id` reaches at least `n`.
