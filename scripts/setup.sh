@@ -39,6 +39,7 @@ fi
 "$ROOT/scripts/provision-criu.sh"
 # only the test matrix needs it: a failure is reported, not fatal to set-up
 "$ROOT/scripts/provision-containerd.sh" || log "warning: containerd 1.7 not provisioned; scripts/test-containerd-matrix.sh will report it missing"
+"$ROOT/scripts/provision-youki.sh" || log "warning: youki not provisioned; the youki tests (tests/tests/youki.rs) will say they are skipped"
 
 if ! command -v cargo >/dev/null; then
   if [[ -x "$HOME/.cargo/bin/cargo" ]]; then

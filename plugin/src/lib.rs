@@ -7,6 +7,7 @@ pub mod endpoint;
 pub mod lazy;
 pub mod measure;
 pub mod memory;
+pub mod oci_runtime;
 pub mod policy;
 pub mod result;
 pub mod rootfs;

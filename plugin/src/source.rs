@@ -321,7 +321,11 @@ async fn run(
     let p = tl.begin("prepare");
     let cd = Containerd::connect(&opts.socket, &opts.namespace).await?;
     let c = cd.container(&opts.container).await?;
-    cd.task_pid(&opts.container).await?;
+    let pid = cd.task_pid(&opts.container).await?;
+    // refused before the destination is contacted or anything frozen
+    let binary = crate::oci_runtime::binary_of(&c, pid);
+    let caps = crate::oci_runtime::probe(&binary).await;
+    crate::oci_runtime::check_migratable(&caps, &binary, &opts.container)?;
     let identity = ContainerIdentity {
         id: c.id.clone(),
         namespace: opts.namespace.clone(),

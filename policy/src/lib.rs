@@ -14,6 +14,7 @@
 
 pub mod annotations;
 pub mod model;
+pub mod oci_runtime;
 pub mod schema;
 pub mod select;
 

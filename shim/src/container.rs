@@ -224,6 +224,13 @@ impl Container {
         let pid = read_pid_file(&pid_file)?;
         self.init.io = Some(pending.finish(console_fd).await?);
         self.init.pid = pid;
+        if self.own_netns {
+            // runc and crun bring the loopback of a network namespace they
+            // create up; youki (0.7) leaves it down (127.0.0.1 unreachable)
+            if let Err(e) = crate::loopback::bring_up(pid) {
+                warn!(id = %self.id, error = %e, "the container's loopback stays down");
+            }
+        }
         info!(id = %self.id, pid, "container created");
         Ok(())
     }
@@ -323,6 +330,16 @@ impl Container {
                 self.id
             )));
         }
+        // what the runtime cannot dump is refused before anything is written
+        let caps = crate::runtime_caps::probe(&self.runtime.binary).await;
+        let paused = self.init.state == State::Paused;
+        crate::runtime_caps::check_checkpoint(
+            &caps,
+            &self.runtime.binary,
+            &self.id,
+            &opts,
+            paused,
+        )?;
         if opts.image_path.is_empty() {
             opts.image_path = if path.is_empty() {
                 self.options.criu_image_path.clone()
@@ -377,7 +394,7 @@ impl Container {
         }
         let res = self
             .runtime
-            .checkpoint(&self.id, &opts, &image, &work.path)
+            .checkpoint(caps.checkpoint_command, &self.id, &opts, &image, &work.path)
             .await;
         if conf.exists() {
             let _ = std::fs::write(&conf, "");

@@ -5,7 +5,9 @@
 //! too, CRIU restores into it as an empty namespace, and nobody brings the
 //! loopback up: a server on 127.0.0.1 inside is unreachable ("Network is
 //! unreachable"). The shim brings it up right after the restore; the kernel
-//! then configures 127.0.0.1/8 and ::1 itself.
+//! then configures 127.0.0.1/8 and ::1 itself. youki (0.7) leaves it down
+//! at create too, so the shim also brings it up after every create (a no-op
+//! when the runtime did).
 
 use std::os::fd::{AsFd, AsRawFd};
 

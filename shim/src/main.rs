@@ -16,6 +16,7 @@ mod options;
 mod process;
 mod reaper;
 mod runtime;
+mod runtime_caps;
 mod service;
 mod spec_generation;
 mod stdio;

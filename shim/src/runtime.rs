@@ -70,6 +70,9 @@ impl OciRuntime {
             .collect();
         dirs.push(&path);
         cmd.env("PATH", dirs.join(":"));
+        // youki (Rust, anyhow) would append a stack backtrace to its error
+        // message when the shim's environment asks for backtraces
+        cmd.env("RUST_LIB_BACKTRACE", "0");
         cmd.arg("--root")
             .arg(&self.root)
             .arg("--log")
@@ -118,11 +121,13 @@ impl OciRuntime {
         let _ = std::fs::remove_file(&log);
         let out = out?;
         if out.code != 0 {
-            let mut msg = last_error(&log_text);
-            let stderr = String::from_utf8_lossy(&out.stderr).trim().to_string();
+            let mut msg = one_line(&last_error(&log_text));
+            let stderr = one_line(&String::from_utf8_lossy(&out.stderr));
+            // youki repeats its logged error on stderr as `Error: …`
+            let said = stderr.strip_prefix("Error: ").unwrap_or(&stderr);
             if msg.is_empty() {
                 msg = stderr;
-            } else if !stderr.is_empty() && !msg.contains(&stderr) {
+            } else if !stderr.is_empty() && !msg.contains(said) {
                 msg = format!("{msg}; stderr: {stderr}");
             }
             if msg.is_empty() {
@@ -290,10 +295,12 @@ impl OciRuntime {
         .map(|_| ())
     }
 
-    /// Dumps the container with CRIU. On failure the error names the step and
+    /// Dumps the container with CRIU through `command` (`checkpoint`; youki
+    /// spells it `checkpointt`). On failure the error names the step and
     /// carries the tail of CRIU's `dump.log`.
     pub async fn checkpoint(
         &self,
+        command: &str,
         id: &str,
         opts: &CheckpointOptions,
         image: &Path,
@@ -301,7 +308,7 @@ impl OciRuntime {
     ) -> Result<()> {
         let r = self
             .exec(
-                "checkpoint",
+                command,
                 id,
                 |c| {
                     c.arg("--image-path")
@@ -414,14 +421,35 @@ pub fn criu_log_tail(log: &Path, n: usize) -> String {
     pick[pick.len().saturating_sub(n)..].join("\n")
 }
 
-/// The message of the last error-level entry of a runtime's JSON log.
+/// The message of the last error-level entry of a runtime's JSON log: runc
+/// and crun write `{"level":"error","msg":…}`, youki (tracing's JSON)
+/// `{"level":"ERROR","message":…}`.
 fn last_error(log: &str) -> String {
     log.lines()
         .rev()
         .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
-        .find(|v| v.get("level").and_then(|l| l.as_str()) == Some("error"))
-        .and_then(|v| v.get("msg").and_then(|m| m.as_str()).map(str::to_string))
+        .find(|v| {
+            v.get("level")
+                .and_then(|l| l.as_str())
+                .is_some_and(|l| l.eq_ignore_ascii_case("error"))
+        })
+        .and_then(|v| {
+            v.get("msg")
+                .or_else(|| v.get("message"))
+                .and_then(|m| m.as_str())
+                .map(|m| m.trim().to_string())
+        })
         .unwrap_or_default()
+}
+
+/// A multi-line runtime message (youki's `…\n\nCaused by:\n    0: …`) on
+/// one line.
+fn one_line(s: &str) -> String {
+    s.lines()
+        .map(str::trim)
+        .filter(|l| !l.is_empty())
+        .collect::<Vec<_>>()
+        .join(" ")
 }
 
 /// Reads the pid the runtime wrote to `path`.
@@ -449,6 +477,13 @@ not json
 {"level":"warning","msg":"y"}"#;
         assert!(last_error(log).contains("executable file not found"));
         assert_eq!(last_error("{\"level\":\"info\",\"msg\":\"x\"}"), "");
+        // youki
+        let log = r#"{"timestamp":"t","level":"ERROR","message":"error in executing command: failed to checkpoint container c\n\nCaused by:\n    failed operation due to incompatible container status: `Paused`","target":"youki"}"#;
+        assert_eq!(
+            one_line(&last_error(log)),
+            "error in executing command: failed to checkpoint container c Caused by: \
+             failed operation due to incompatible container status: `Paused`"
+        );
     }
 
     #[test]

@@ -285,6 +285,12 @@ impl Task for TaskService {
         let stdio = Stdio::new(&req.stdin, &req.stdout, &req.stderr, req.terminal);
         let bundle = PathBuf::from(&req.bundle);
         let checkpoint = restore_source(&req.checkpoint, &options);
+        if !checkpoint.is_empty() {
+            // refused before the bundle is touched or the rootfs mounted
+            let binary = options.binary();
+            let caps = crate::runtime_caps::probe(binary).await;
+            crate::runtime_caps::check_restore(&caps, binary, &req.id)?;
+        }
         let c = Container::create(CreateArgs {
             id: &req.id,
             bundle: &bundle,

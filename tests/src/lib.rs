@@ -4,7 +4,10 @@
 //! imports a busybox image built locally ([`image`]), drives containers with
 //! `ctr` ([`ctr`]) and the gRPC API ([`client`]) and checks that nothing is
 //! left behind ([`cleanup`]). The runtime under test comes from
-//! `MOSE_TEST_RUNTIME` (default `io.containerd.mose.v2`).
+//! `MOSE_TEST_RUNTIME` (default `io.containerd.mose.v2`); `MOSE_TEST_BINARY`
+//! (e.g. `youki`) makes the tests that create containers through the
+//! shared `Env` helpers ask the shim for that OCI runtime binary
+//! (`BinaryName` in a `--runtime-config-path` file).
 //!
 //! Run (as root, cgroup v1, containerd 1.6 and CRIU on the machine):
 //!
@@ -12,6 +15,8 @@
 //! cargo build -p mose-shim                 # containerd-shim-mose-v2 into target/debug
 //! cargo test -p mose-tests -- --test-threads=2
 //! MOSE_TEST_RUNTIME=io.containerd.runc.v2 cargo test -p mose-tests -- --test-threads=2
+//! MOSE_TEST_BINARY=youki cargo test -p mose-tests --test lifecycle --test task_ops
+//! cargo test -p mose-tests --test youki        # youki's task life cycle, always
 //! ```
 //!
 //! `MOSE_SHIM_DIR` overrides where the shim binary is looked up;
@@ -42,6 +47,25 @@ pub fn runtime() -> String {
         .ok()
         .filter(|s| !s.is_empty())
         .unwrap_or_else(|| "io.containerd.mose.v2".to_string())
+}
+
+/// OCI runtime binary the tests ask the shim for (`BinaryName` in the
+/// runtime options): `$MOSE_TEST_BINARY`, e.g. `youki`; `None` leaves the
+/// shim's default (runc).
+pub fn oci_binary() -> Option<String> {
+    std::env::var("MOSE_TEST_BINARY")
+        .ok()
+        .filter(|s| !s.is_empty())
+}
+
+/// True when `bin` is an executable file in a directory of `$PATH`.
+pub fn on_path(bin: &str) -> bool {
+    use std::os::unix::fs::PermissionsExt;
+    std::env::var("PATH")
+        .unwrap_or_default()
+        .split(':')
+        .filter_map(|d| std::fs::metadata(std::path::Path::new(d).join(bin)).ok())
+        .any(|m| m.is_file() && m.permissions().mode() & 0o111 != 0)
 }
 
 /// Says on the test run's own stderr (not captured by the test harness, so

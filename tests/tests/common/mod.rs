@@ -21,22 +21,38 @@ pub struct Env {
     pub ns: String,
     pub image: String,
     pub rt: String,
+    /// `--runtime-config-path` file naming the OCI runtime binary
+    /// (`MOSE_TEST_BINARY`, or [`env_with_binary`]); `None`: the default.
+    pub runtime_config: Option<String>,
     // Last so that everything above is dropped before containerd goes away.
     pub cd: TestContainerd,
 }
 
 /// Starts containerd and imports the image; `name` prefixes the namespace.
+/// Containers run under the OCI runtime `MOSE_TEST_BINARY` names, if any.
 pub fn env(name: &str) -> Env {
+    env_with_binary(name, mose_tests::oci_binary().as_deref())
+}
+
+/// Like [`env`], with containers created by `run_args`/`create_container`
+/// asking the shim for OCI runtime `binary` (`BinaryName`).
+pub fn env_with_binary(name: &str, binary: Option<&str>) -> Env {
     let cd = TestContainerd::start().expect("start private containerd");
     let ns = mose_tests::unique_id(name);
     let image = cd
         .import_test_image(&ns)
         .expect("import busybox test image");
+    let runtime_config = binary.map(|b| {
+        let path = cd.dir().join("oci-runtime.toml");
+        std::fs::write(&path, format!("BinaryName = {b:?}\n")).expect("write runtime options");
+        path.display().to_string()
+    });
     Env {
         ctr: cd.ctr(&ns),
         ns,
         image,
         rt: mose_tests::runtime(),
+        runtime_config,
         cd,
     }
 }
@@ -53,6 +69,7 @@ impl Env {
         let mut a: Vec<String> = vec!["run".into(), "--runtime".into(), self.rt.clone()];
         a.push("--fifo-dir".into());
         a.push(fifo);
+        a.extend(self.runtime_config_flags());
         a.extend(flags.iter().map(|s| s.to_string()));
         a.push(self.image.clone());
         a.push(id.into());
@@ -87,6 +104,7 @@ impl Env {
             "--runtime".into(),
             self.rt.clone(),
         ];
+        a.extend(self.runtime_config_flags());
         a.extend(flags.iter().map(|s| s.to_string()));
         a.push(self.image.clone());
         a.push(id.into());
@@ -99,6 +117,15 @@ impl Env {
             let mut spec = c.container_spec(id).await.expect("get spec");
             spec["process"]["args"] = serde_json::json!(cmd);
             c.set_container_spec(id, &spec).await.expect("set spec");
+        }
+    }
+
+    /// `--runtime-config-path FILE` when a binary was chosen (before the
+    /// caller's flags: a test's own file wins).
+    pub fn runtime_config_flags(&self) -> Vec<String> {
+        match &self.runtime_config {
+            Some(p) => vec!["--runtime-config-path".into(), p.clone()],
+            None => Vec::new(),
         }
     }
 
