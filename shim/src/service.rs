@@ -765,9 +765,8 @@ impl Inner {
     async fn bump_spec_generation(self: &Arc<Self>, id: &str, wait: bool) {
         let (inner, id) = (self.clone(), id.to_string());
         let bump = async move {
-            let r =
-                crate::spec_generation::bump(&inner.containerd_address, &inner.namespace, &id)
-                    .await;
+            let r = crate::spec_generation::bump(&inner.containerd_address, &inner.namespace, &id)
+                .await;
             if let Err(e) = r {
                 warn!(container = %id, error = %e, "cannot update the checkpoint generation in containerd");
             }

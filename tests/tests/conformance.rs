@@ -431,69 +431,66 @@ fn a_restored_container_has_its_own_cgroup_and_checkpoints_again() {
     e.assert_clean(c3, &[p1, p2, p3]);
 }
 
+/// `ctr tasks exec` of `sh -c CMD` in `cid`.
+fn exec(e: &Env, cid: &str, n: &str, cmd: &str) -> mose_tests::ctr::Output {
+    let fifo = e.cd.fifo_dir().display().to_string();
+    e.ctr
+        .run([
+            "tasks",
+            "exec",
+            "--fifo-dir",
+            &fifo,
+            "--exec-id",
+            n,
+            cid,
+            "sh",
+            "-c",
+            cmd,
+        ])
+        .unwrap()
+}
+
+/// `ctr containers checkpoint --task --rw` of `id`, then `ctr containers
+/// restore --live --rw` of the image as `id2` after `id` is gone.
+fn checkpoint_and_restore_elsewhere(e: &Env, id: &str, id2: &str, image: &str) {
+    e.ctr
+        .ok(["containers", "checkpoint", "--task", "--rw", id, image])
+        .unwrap();
+    e.ctr.force_remove(id);
+    let out = e
+        .ctr
+        .run(["containers", "restore", "--live", "--rw", id2, image])
+        .unwrap();
+    assert!(out.success(), "restore: {out:?}");
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn loopback_and_file_locks_survive_restore_into_a_new_netns() {
+async fn loopback_is_up_after_restore_into_a_new_netns() {
     if mose_tests::runtime_is_runc() {
-        eprintln!("skipped: containerd's runc shim loses both (MOSE does better)");
+        eprintln!("skipped: containerd's runc shim leaves it down (MOSE does better)");
         return;
     }
     let e = env("conf");
     let (id, id2) = ("lo1", "lo2");
-    // a server on 127.0.0.1 and a lock held by a running process
     e.run_detached(
         id,
         &[],
         &[
             "sh",
             "-c",
-            "echo hello > /tmp/index.html; httpd -f -p 127.0.0.1:8080 -h /tmp & \
-             flock /tmp/lock sleep 100000 & wait",
+            "echo hello > /tmp/index.html; httpd -f -p 127.0.0.1:8080 -h /tmp & wait",
         ],
     );
     let pid = e.ctr.task_pid(id).unwrap();
-    let exec = |cid: &str, n: &str, cmd: &str| {
-        let fifo = e.cd.fifo_dir().display().to_string();
-        e.ctr
-            .run([
-                "tasks",
-                "exec",
-                "--fifo-dir",
-                &fifo,
-                "--exec-id",
-                n,
-                cid,
-                "sh",
-                "-c",
-                cmd,
-            ])
-            .unwrap()
-    };
-    mose_tests::poll_until("server and lock up", WAIT, || {
-        let out = exec(
-            id,
-            "w0",
-            "wget -qO- http://127.0.0.1:8080/index.html && ! flock -n /tmp/lock true",
-        );
-        out.success().then_some(())
+    mose_tests::poll_until("server up", WAIT, || {
+        exec(&e, id, "w0", "wget -qO- http://127.0.0.1:8080/index.html")
+            .success()
+            .then_some(())
     })
     .unwrap();
-    e.ctr
-        .ok([
-            "containers",
-            "checkpoint",
-            "--task",
-            "--rw",
-            id,
-            "conf/lo:1",
-        ])
-        .unwrap();
-    e.ctr.force_remove(id);
-    let out = e
-        .ctr
-        .run(["containers", "restore", "--live", "--rw", id2, "conf/lo:1"])
-        .unwrap();
-    assert!(out.success(), "restore: {out:?}");
+    checkpoint_and_restore_elsewhere(&e, id, id2, "conf/lo:1");
     let out = exec(
+        &e,
         id2,
         "w1",
         "ip link show lo; wget -qO- http://127.0.0.1:8080/index.html",
@@ -503,11 +500,77 @@ async fn loopback_and_file_locks_survive_restore_into_a_new_netns() {
         "loopback works after restore: {out:?}"
     );
     assert!(out.stdout.contains("UP"), "lo is up: {out:?}");
-    let out = exec(id2, "w2", "flock -n /tmp/lock true");
+    let p2 = e.ctr.task_pid(id2).unwrap();
+    e.ctr.force_remove(id2);
+    e.assert_clean(id2, &[pid, p2]);
+}
+
+/// A static program holding (`hold PATH`) or trying (`try PATH`: exit 0 when
+/// the lock was free) an flock: the test image's busybox has no flock applet.
+const LOCKER_C: &str = r#"#include <sys/file.h>
+#include <fcntl.h>
+#include <string.h>
+#include <unistd.h>
+int main(int argc, char **argv) {
+    if (argc != 3) return 2;
+    int fd = open(argv[2], O_RDWR | O_CREAT, 0644);
+    if (fd < 0) return 3;
+    if (strcmp(argv[1], "hold") == 0) {
+        if (flock(fd, LOCK_EX) != 0) return 4;
+        for (;;) pause();
+    }
+    return flock(fd, LOCK_EX | LOCK_NB) == 0 ? 0 : 1;
+}
+"#;
+
+fn build_locker(dir: &std::path::Path) -> std::path::PathBuf {
+    let src = dir.join("locker.c");
+    let bin = dir.join("locker");
+    std::fs::write(&src, LOCKER_C).unwrap();
+    let st = std::process::Command::new("cc")
+        .args(["-static", "-O2", "-o"])
+        .arg(&bin)
+        .arg(&src)
+        .status()
+        .expect("cc (gcc and libc6-dev, installed by setup) builds the locker");
+    assert!(st.success(), "cc -static locker.c: {st}");
+    bin
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn file_locks_survive_checkpoint_and_restore() {
+    if mose_tests::runtime_is_runc() {
+        eprintln!("skipped: containerd's runc shim drops them at restore (MOSE does better)");
+        return;
+    }
+    let e = env("conf");
+    let c = e.client().await;
+    let (id, id2) = ("fl1", "fl2");
+    let dir = tempfile::tempdir_in("/tmp").unwrap();
+    let locker = build_locker(dir.path());
+    e.create_container(id, &[], &["sh", "-c", "/locker hold /tmp/lock & wait"])
+        .await;
+    let pid = c.create_task(id, &Default::default()).await.unwrap();
+    std::fs::copy(&locker, e.rootfs_path(id, "/locker")).unwrap();
+    c.start(id, "").await.unwrap();
+    mose_tests::poll_until("lock taken", WAIT, || {
+        let out = exec(&e, id, "t0", "/locker try /tmp/lock; echo rc=$?");
+        out.stdout.contains("rc=1").then_some(())
+    })
+    .unwrap();
+    let free = exec(&e, id, "t1", "/locker try /tmp/free; echo rc=$?");
     assert!(
-        !out.success(),
+        free.stdout.contains("rc=0"),
+        "a free lock is taken: {free:?}"
+    );
+    checkpoint_and_restore_elsewhere(&e, id, id2, "conf/fl:1");
+    let out = exec(&e, id2, "t2", "/locker try /tmp/lock; echo rc=$?");
+    assert!(
+        out.stdout.contains("rc=1"),
         "the lock is still held after restore: {out:?}"
     );
+    let free = exec(&e, id2, "t3", "/locker try /tmp/free; echo rc=$?");
+    assert!(free.stdout.contains("rc=0"), "{free:?}");
     let p2 = e.ctr.task_pid(id2).unwrap();
     e.ctr.force_remove(id2);
     e.assert_clean(id2, &[pid, p2]);
