@@ -9,8 +9,12 @@ use mose_tests::containerd::TestContainerd;
 use mose_tests::ctr::{Ctr, Output};
 use mose_tests::fifo::TaskIo;
 
-/// Counter that keeps its count only in memory and writes it to /tmp/c every 50 ms.
-pub const COUNTER: &str = "i=0; while true; do i=$((i+1)); echo $i > /tmp/c; sleep 0.05; done";
+/// Counter that keeps its count only in memory and writes it to /tmp/c every
+/// 50 ms. The file is replaced by a rename, so it always holds a whole value:
+/// written in place, a process frozen (pause, checkpoint) between the
+/// truncation and the write left it empty.
+pub const COUNTER: &str =
+    "i=0; while true; do i=$((i+1)); echo $i > /tmp/c.new; mv /tmp/c.new /tmp/c; sleep 0.05; done";
 
 /// Bound for waits on short-lived processes.
 pub const WAIT: Duration = Duration::from_secs(30);
