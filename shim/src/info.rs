@@ -18,7 +18,7 @@
 //! The OCI runtime binary is the one the options name (`BinaryName` of
 //! `containerd.runc.v1.Options`, or the TOML file of
 //! `runtimeoptions.v1.Options`), runc by default: the same decoding Create
-//! uses. An OCI runtime without a `features` subcommand (crun < 1.9, youki)
+//! uses. An OCI runtime without a `features` subcommand (Debian 12's crun 1.8)
 //! or one that is not installed still gets an answer with name, version and
 //! options — containerd then treats the runtime as one that publishes no
 //! features — and the reason is logged (stderr) and carried as the shim
@@ -151,8 +151,8 @@ async fn features(binary: &str) -> std::result::Result<(PathBuf, Vec<u8>), Strin
         .trim()
         .to_string();
         return Err(format!(
-            "`{} features` failed ({}): {said:?} (the OCI runtime has no features \
-             subcommand: runc >= 1.1 and crun >= 1.9 have one)",
+            "`{} features` failed ({}): {said:?} (an OCI runtime without a features \
+             subcommand, such as crun 1.8, answers this way; runc has one since 1.1)",
             path.display(),
             out.status
         ));
