@@ -6,6 +6,7 @@
 
 use std::{
     os::fd::{AsFd, AsRawFd, OwnedFd},
+    os::unix::fs::OpenOptionsExt,
     path::{Path, PathBuf},
     sync::{
         atomic::{AtomicU64, Ordering},
@@ -37,6 +38,14 @@ pub struct ProcessStdio {
     files: FileCopies,
     /// A logging binary (`binary://`), stopped if the process never starts.
     binary: Option<Arc<LogBinary>>,
+    /// The shim's own reader on the stdin FIFO, kept until the process is
+    /// deleted. At the process's exit the stdin copy ends (and with it the
+    /// copy's reader), and a client still writing — a terminal's
+    /// end-of-input, a late keystroke — would get EPIPE; containerd's CRI
+    /// then closes its side of the exec's output before reading it all, and
+    /// the output is lost (about half of `crictl exec -it` runs). containerd's
+    /// runc shim likewise keeps stdin open until delete.
+    stdin_reader: Option<Arc<std::fs::File>>,
 }
 
 impl ProcessStdio {
@@ -153,6 +162,14 @@ impl PendingStdio {
             console: None,
             stdio: stdio.clone(),
         };
+        if !stdio.stdin.is_empty() {
+            let reader = std::fs::OpenOptions::new()
+                .read(true)
+                .custom_flags(libc::O_NONBLOCK)
+                .open(&stdio.stdin)
+                .map_err(Error::io(format!("hold stdin FIFO {}", stdio.stdin)))?;
+            me.shim.stdin_reader = Some(Arc::new(reader));
+        }
         if stdio.terminal {
             me.console = Some(ConsoleSocket::bind()?);
             return Ok(me);
