@@ -121,6 +121,24 @@ pub async fn runtime_info(stdin: &[u8]) -> Result<RuntimeInfo> {
     Ok(info)
 }
 
+/// Runs `cmd`, retrying briefly while its binary is busy (ETXTBSY): a
+/// runtime binary being replaced, or one just written while another thread
+/// forked, cannot be executed for a moment.
+async fn output_retrying_busy(
+    cmd: &mut tokio::process::Command,
+) -> std::io::Result<std::process::Output> {
+    let mut tries = 0;
+    loop {
+        match cmd.output().await {
+            Err(e) if e.raw_os_error() == Some(libc::ETXTBSY) && tries < 10 => {
+                tries += 1;
+                tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+            }
+            other => return other,
+        }
+    }
+}
+
 /// `<binary> features`: the absolute binary path and its JSON (re-encoded
 /// compactly after checking it is a JSON object), or why not.
 async fn features(binary: &str) -> std::result::Result<(PathBuf, Vec<u8>), String> {
@@ -133,7 +151,7 @@ async fn features(binary: &str) -> std::result::Result<(PathBuf, Vec<u8>), Strin
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .kill_on_drop(true);
-    let out = tokio::time::timeout(FEATURES_TIMEOUT, cmd.output())
+    let out = tokio::time::timeout(FEATURES_TIMEOUT, output_retrying_busy(&mut cmd))
         .await
         .map_err(|_| {
             format!(
