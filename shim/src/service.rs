@@ -128,25 +128,38 @@ impl Inner {
 
     /// Registers a running process's pid; returns an exit that already
     /// arrived for it, if any.
+    ///
+    /// The pid table stays locked while the unclaimed exits are looked at,
+    /// here and in [`Inner::handle_exit`] (lock order: pids, then
+    /// unclaimed): otherwise an exit could find the pid unregistered, the pid
+    /// be registered and find no exit, and the exit then be parked for
+    /// nobody — a Wait that never returns (seen once under load).
     fn register_pid(&self, pid: i32, id: &str, exec_id: &str) -> Option<(i32, Timestamp)> {
-        lock_std(&self.pids).insert(pid, (id.to_string(), exec_id.to_string()));
+        let mut pids = lock_std(&self.pids);
+        pids.insert(pid, (id.to_string(), exec_id.to_string()));
         let mut un = lock_std(&self.unclaimed);
         let pos = un.iter().position(|(p, ..)| *p == pid)?;
         un.remove(pos).map(|(_, code, ts, _)| (code, ts))
     }
 
     async fn handle_exit(self: Arc<Self>, pid: i32, code: i32, ts: Timestamp) {
-        let owner = lock_std(&self.pids).remove(&pid);
-        let Some((id, exec_id)) = owner else {
-            let mut un = lock_std(&self.unclaimed);
-            let now = Instant::now();
-            while un
-                .front()
-                .is_some_and(|(.., at)| now.duration_since(*at) > UNCLAIMED_TTL)
-            {
-                un.pop_front();
+        let owner = {
+            let mut pids = lock_std(&self.pids);
+            let owner = pids.remove(&pid);
+            if owner.is_none() {
+                let mut un = lock_std(&self.unclaimed);
+                let now = Instant::now();
+                while un
+                    .front()
+                    .is_some_and(|(.., at)| now.duration_since(*at) > UNCLAIMED_TTL)
+                {
+                    un.pop_front();
+                }
+                un.push_back((pid, code, ts.clone(), now));
             }
-            un.push_back((pid, code, ts, now));
+            owner
+        };
+        let Some((id, exec_id)) = owner else {
             return;
         };
         let Ok(c) = self.container(&id).await else {
