@@ -387,6 +387,26 @@ struct MoseCheckpointOptions {
     file_locks: bool,
 }
 
+/// The checkpoint options of containerd's runc types: the runc.v1 and the
+/// legacy message share their field names (not their numbers).
+macro_rules! checkpoint_options_from {
+    ($o:expr) => {{
+        let o = $o;
+        CheckpointOptions {
+            exit: o.exit,
+            open_tcp: o.open_tcp,
+            external_unix_sockets: o.external_unix_sockets,
+            terminal: o.terminal,
+            file_locks: o.file_locks,
+            empty_namespaces: o.empty_namespaces,
+            cgroups_mode: o.cgroups_mode,
+            image_path: o.image_path,
+            work_path: o.work_path,
+            ..Default::default()
+        }
+    }};
+}
+
 const CGROUP_MODES: [&str; 4] = ["soft", "full", "strict", "ignore"];
 const NAMESPACES: [&str; 7] = ["network", "ipc", "uts", "mount", "pid", "user", "cgroup"];
 
@@ -420,36 +440,14 @@ pub fn decode_checkpoint_options(any: Option<&Any>) -> Result<CheckpointOptions>
             let o = PbCheckpointOptions::parse_from_bytes(&any.value).map_err(|e| {
                 Error::InvalidArgument(format!("malformed {name} checkpoint options: {e}"))
             })?;
-            CheckpointOptions {
-                exit: o.exit,
-                open_tcp: o.open_tcp,
-                external_unix_sockets: o.external_unix_sockets,
-                terminal: o.terminal,
-                file_locks: o.file_locks,
-                empty_namespaces: o.empty_namespaces,
-                cgroups_mode: o.cgroups_mode,
-                image_path: o.image_path,
-                work_path: o.work_path,
-                ..Default::default()
-            }
+            checkpoint_options_from!(o)
         }
         LINUX_CHECKPOINT_TYPE => {
             let o = <LegacyCheckpointOptions as prost::Message>::decode(any.value.as_slice())
                 .map_err(|e| {
                     Error::InvalidArgument(format!("malformed {name} checkpoint options: {e}"))
                 })?;
-            CheckpointOptions {
-                exit: o.exit,
-                open_tcp: o.open_tcp,
-                external_unix_sockets: o.external_unix_sockets,
-                terminal: o.terminal,
-                file_locks: o.file_locks,
-                empty_namespaces: o.empty_namespaces,
-                cgroups_mode: o.cgroups_mode,
-                image_path: o.image_path,
-                work_path: o.work_path,
-                ..Default::default()
-            }
+            checkpoint_options_from!(o)
         }
         _ => {
             return Err(Error::InvalidArgument(format!(

@@ -626,6 +626,17 @@ async fn two_hundred_tty_execs_lose_no_output() {
     e.ctr.force_remove(id);
 }
 
+/// `mosectl checkpoint --address SOCK -n NS ID ARGS…`.
+fn mosectl_checkpoint(e: &Env, id: &str, args: &[&str]) -> mose_tests::ctr::Output {
+    let mut cmd = std::process::Command::new(mose_tests::target_dir().join("debug/mosectl"));
+    cmd.arg("checkpoint")
+        .arg("--address")
+        .arg(e.cd.socket())
+        .args(["-n", &e.ns, id])
+        .args(args);
+    mose_tests::ctr::run_command(cmd, None, WAIT).unwrap()
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn mosectl_checkpoint_exit_into_an_image_path_then_restore() {
     // `ctr tasks checkpoint --exit --image-path` sends checkpoint options only
@@ -637,21 +648,8 @@ async fn mosectl_checkpoint_exit_into_an_image_path_then_restore() {
     e.wait_counter(id, 5);
     let dir = tempfile::tempdir_in("/tmp").unwrap();
     let image = dir.path().join("image");
-    let mosectl = mose_tests::target_dir().join("debug/mosectl");
-    let out = mose_tests::ctr::run_command(
-        {
-            let mut cmd = std::process::Command::new(&mosectl);
-            cmd.arg("checkpoint")
-                .arg("--address")
-                .arg(e.cd.socket())
-                .args(["-n", &e.ns, id, "--exit", "--image-path"])
-                .arg(&image);
-            cmd
-        },
-        None,
-        WAIT,
-    )
-    .unwrap();
+    let image_arg = image.display().to_string();
+    let out = mosectl_checkpoint(&e, id, &["--exit", "--image-path", &image_arg]);
     assert!(out.success(), "mosectl checkpoint: {out:?}");
     assert!(out.stdout.contains("task stopped"), "{out:?}");
     assert!(image.join("inventory.img").exists());
@@ -678,19 +676,7 @@ async fn mosectl_checkpoint_exit_into_an_image_path_then_restore() {
     })
     .unwrap();
     // a relative image path is refused before anything is frozen
-    let out = mose_tests::ctr::run_command(
-        {
-            let mut cmd = std::process::Command::new(&mosectl);
-            cmd.arg("checkpoint")
-                .arg("--address")
-                .arg(e.cd.socket())
-                .args(["-n", &e.ns, id, "--image-path", "relative/dir"]);
-            cmd
-        },
-        None,
-        WAIT,
-    )
-    .unwrap();
+    let out = mosectl_checkpoint(&e, id, &["--image-path", "relative/dir"]);
     assert!(
         !out.success() && out.stderr.contains("absolute path"),
         "{out:?}"
