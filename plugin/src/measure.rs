@@ -15,9 +15,9 @@ use mose_wire::{
 };
 use serde::{Deserialize, Serialize};
 
-use crate::{
+use mose_migrate::{
     memory::{parse_maps, present_or_swapped, ProcMemory},
-    source::connect_to,
+    sender::connect_to,
     tls::Identity,
 };
 

@@ -279,7 +279,7 @@ async fn main() -> Result<()> {
     let dirties = list_arg("--dirty", "0,16")?;
     let links = list_arg("--links", "1000,200")?;
     let runs = list_arg("--runs", "1")?.first().copied().unwrap_or(1);
-    mose_plugin::ensure_tmpfs(Path::new(BASE))?;
+    mose_migrate::ensure_tmpfs(Path::new(BASE))?;
     std::fs::write(
         Path::new(BASE).join("criu.conf"),
         "tcp-close\nskip-in-flight\n",

@@ -4,11 +4,11 @@
 use std::{collections::HashMap, net::SocketAddr, path::PathBuf, time::Duration};
 
 use clap::Parser;
-use mose_plugin::{
-    endpoint::{serve, EndpointConfig},
-    policy::{serve_policy, PolicyConfig},
+use mose_migrate::{
+    receiver::{serve, EndpointConfig},
     tls::Identity,
 };
+use mose_plugin::policy::{serve_policy, PolicyConfig};
 
 #[derive(Parser)]
 #[command(
@@ -115,7 +115,7 @@ async fn main() {
         io_timeout: cfg.io_timeout,
     };
     // both servers use the tmpfs work root: mount it once, before either starts
-    if let Err(e) = mose_plugin::ensure_tmpfs(&cfg.work_root) {
+    if let Err(e) = mose_migrate::ensure_tmpfs(&cfg.work_root) {
         eprintln!("mose-plugin: {e:#}");
         std::process::exit(1);
     }

@@ -4,13 +4,13 @@ use std::{io::IsTerminal, net::IpAddr, path::PathBuf, sync::Arc, time::Duration}
 
 use anyhow::{Context, Result};
 use clap::{Parser, Subcommand};
-use mose_plugin::{
-    endpoint::append_record,
-    policy::{report_result, request_plan, PlanAnswer, PlanQuery},
+use mose_migrate::{
+    record::append_record,
     result::{MigrationResult, PlanRecord},
-    source::{migrate, Fault, Progress, SourceOptions},
+    sender::{migrate, Fault, Progress, SourceOptions},
     tls::{init_ca, issue, Identity},
 };
+use mose_plugin::policy::{report_result, request_plan, PlanAnswer, PlanQuery};
 use mose_wire::Technique;
 
 #[derive(Parser)]
@@ -162,8 +162,8 @@ async fn checkpoint_cmd(a: CheckpointArgs) -> Result<()> {
     }
     std::fs::create_dir_all(&a.image_path)
         .with_context(|| format!("creating {}", a.image_path.display()))?;
-    let cd = mose_plugin::containerd::Containerd::connect(&a.address, &a.namespace).await?;
-    let opts = mose_plugin::containerd::TaskCheckpoint {
+    let cd = mose_migrate::containerd::Containerd::connect(&a.address, &a.namespace).await?;
+    let opts = mose_migrate::containerd::TaskCheckpoint {
         image_path: a.image_path.clone(),
         work_path: a.work_path,
         exit: a.exit,
@@ -426,7 +426,7 @@ async fn migrate_cmd(a: MigrateArgs) -> Result<i32> {
         .or(planned.as_ref().and_then(|p| p.bandwidth_cap_bps));
     let compress = a.compress || planned.as_ref().is_some_and(|p| p.compression);
     // the plan's downtime-target stop rule, judged with the same model
-    let stop_when: Option<mose_plugin::source::StopFn> = match (&plan, &planned) {
+    let stop_when: Option<mose_migrate::sender::StopFn> = match (&plan, &planned) {
         (Some(ans), Some(p)) if a.max_rounds.is_none() => p.stop_below_downtime_ms.map(|target| {
             let (m, c) = (
                 ans.request.measurements.clone(),
@@ -434,7 +434,7 @@ async fn migrate_cmd(a: MigrateArgs) -> Result<i32> {
             );
             Arc::new(move |bytes: u64| {
                 mose_policy::model::downtime_if_final_ms(&m, &c, bytes as f64, cap) <= target as f64
-            }) as mose_plugin::source::StopFn
+            }) as mose_migrate::sender::StopFn
         }),
         _ => None,
     };

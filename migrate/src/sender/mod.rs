@@ -23,12 +23,12 @@ use tokio_rustls::{client::TlsStream, TlsConnector};
 use tracing::{info, warn};
 use xxhash_rust::xxh3::xxh3_128;
 
+pub mod lazy;
+
+use self::lazy::{self as feeder, Dump};
 use crate::{
     containerd::{spec_of, Containerd},
-    lazy::{
-        feeder::{self, Dump},
-        LazyLayout,
-    },
+    lazy::LazyLayout,
     memory,
     result::{MigrationResult, Round, Timeline},
     rootfs,

@@ -20,10 +20,10 @@ use mose_wire::{
 use tokio::io::{AsyncRead, AsyncWrite};
 use tracing::{info, warn};
 
-use super::{Delivery, Handler, LazyLayout, Origin, Report};
+use super::{assemble, destination_spec, recreate, EndpointConfig, Incoming};
 use crate::{
     containerd::Containerd,
-    endpoint::{assemble, destination_spec, recreate, EndpointConfig, Incoming},
+    lazy::{Delivery, Handler, LazyLayout, Origin, Report},
 };
 
 const PAGE: u64 = BLOCK_SIZE as u64;

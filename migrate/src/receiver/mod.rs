@@ -25,6 +25,8 @@ use tokio::{
 use tokio_rustls::TlsAcceptor;
 use tracing::{error, info, warn};
 
+pub mod lazy;
+
 use crate::{
     containerd::{runtime, Containerd, SPEC_TYPE_URL},
     lazy::LazyLayout,
@@ -457,7 +459,7 @@ where
         }
     }
     if technique.is_lazy() {
-        return crate::lazy::session::run(cfg, r, w, cd, container, inc, technique, migration)
+        return lazy::run(cfg, r, w, cd, container, inc, technique, migration)
             .await;
     }
     // all data is here: restore
@@ -720,29 +722,16 @@ pub(crate) fn record(
     error: Option<String>,
     took: Duration,
 ) {
-    let line = serde_json::json!({
-        "migration": migration,
-        "direction": "in",
-        "container": container.id,
-        "namespace": container.namespace,
-        "peer": source,
-        "status": status,
-        "error": error,
-        "ms": took.as_secs_f64() * 1000.0,
-        "at": std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or_default(),
-    });
-    append_record(&cfg.state_dir, &line);
-}
-
-/// Appends one migration record to the node's log.
-pub fn append_record(state_dir: &Path, line: &serde_json::Value) {
-    use std::io::Write;
-    let _ = std::fs::create_dir_all(state_dir);
-    if let Ok(mut f) = std::fs::OpenOptions::new()
-        .create(true)
-        .append(true)
-        .open(state_dir.join("migrations.jsonl"))
-    {
-        let _ = writeln!(f, "{line}");
-    }
+    crate::record::record_incoming(
+        &cfg.state_dir,
+        crate::record::IncomingRecord {
+            migration,
+            container: &container.id,
+            namespace: &container.namespace,
+            peer: source,
+            status,
+            error,
+            took,
+        },
+    );
 }

@@ -19,8 +19,8 @@ use mose_wire::{
 use tokio::sync::mpsc;
 use tracing::{debug, info};
 
-use super::{LazyLayout, LazyProcess};
-use crate::source::{Reader, Writer};
+use super::{Reader, Writer};
+use crate::lazy::{LazyLayout, LazyProcess};
 
 const PAGE: u64 = BLOCK_SIZE as u64;
 /// Pages per background push frame.

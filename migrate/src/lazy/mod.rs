@@ -4,11 +4,9 @@
 //! (answers to faults first, then a background push) or, for hybrid, from the
 //! blocks pre-copy rounds already brought.
 
-pub mod feeder;
 pub mod handler;
 pub mod iov;
 pub mod pagemap;
-pub mod session;
 pub mod uffd;
 
 pub use handler::{Delivery, Handler, Origin, Report};

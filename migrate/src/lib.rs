@@ -1,0 +1,49 @@
+//! MOSE's migration engine: streams a running container from a source node
+//! to a destination node and restores it there, cold, pre-copy, post-copy or
+//! hybrid (`docs/migration.md`).
+//!
+//! - [`sender`]: the source side (`mosectl migrate`), one file per phase and
+//!   the sender's state machine.
+//! - [`receiver`]: the destination side (the node agent's listener), one file
+//!   per phase and the receiver's state machine.
+//! - [`lazy`]: page placement through userfaultfd, CRIU pagemaps and address
+//!   ranges, used by both sides and importing neither.
+//! - [`containerd`], [`tls`], [`memory`], [`rootfs`], [`oci_runtime`]: the
+//!   plumbing the two sides share; [`result`] and [`record`]: what a
+//!   migration reports.
+
+pub mod containerd;
+pub mod lazy;
+pub mod memory;
+pub mod oci_runtime;
+pub mod receiver;
+pub mod record;
+pub mod result;
+pub mod rootfs;
+pub mod sender;
+pub mod tls;
+
+/// Makes sure `dir` is memory-backed: checkpoint images must never touch the
+/// disk on the hot path. Mounts a tmpfs there when it is not one already
+/// (on some hosts `/run` itself is on disk).
+pub fn ensure_tmpfs(dir: &std::path::Path) -> anyhow::Result<()> {
+    use anyhow::Context;
+    std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+    let st = nix::sys::statfs::statfs(dir).with_context(|| format!("statfs {}", dir.display()))?;
+    if st.filesystem_type() == nix::sys::statfs::TMPFS_MAGIC {
+        return Ok(());
+    }
+    nix::mount::mount(
+        Some("tmpfs"),
+        dir,
+        Some("tmpfs"),
+        nix::mount::MsFlags::MS_NOSUID | nix::mount::MsFlags::MS_NODEV,
+        Some("mode=0700"),
+    )
+    .with_context(|| {
+        format!(
+            "mounting a tmpfs on {} (MOSE keeps checkpoint images in memory; run as root)",
+            dir.display()
+        )
+    })
+}
