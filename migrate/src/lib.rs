@@ -13,7 +13,9 @@
 //!   migration reports.
 
 pub mod containerd;
+pub mod error;
 pub mod lazy;
+pub mod link;
 pub mod memory;
 pub mod oci_runtime;
 pub mod receiver;

@@ -162,6 +162,7 @@ impl PlanRecord {
 }
 
 /// Records phases against a common start.
+#[derive(Clone)]
 pub struct Timeline {
     t0: Instant,
     pub phases: Vec<Phase>,
@@ -187,6 +188,14 @@ impl Timeline {
         }
     }
 
+    /// Starts a phase that began at `start_ms` (measured elsewhere).
+    pub fn begin_at(&self, name: &str, start_ms: f64) -> PhaseStart {
+        PhaseStart {
+            name: name.to_string(),
+            start_ms,
+        }
+    }
+
     /// When the migration started (its clock's zero).
     pub fn started(&self) -> Instant {
         self.t0
@@ -200,6 +209,21 @@ impl Timeline {
             duration_ms: end_ms - p.start_ms,
             bytes,
         });
+    }
+
+    /// Places the destination's own steps (name, ms) so that they end at
+    /// `end_ms`, when its answer left (each named `dest: <step>`).
+    pub fn destination_steps(&mut self, end_ms: f64, steps: &[(String, f64)]) {
+        let mut at = end_ms - steps.iter().map(|(_, d)| d).sum::<f64>();
+        for (name, d) in steps {
+            self.phases.push(Phase {
+                name: format!("dest: {name}"),
+                start_ms: at,
+                duration_ms: *d,
+                bytes: None,
+            });
+            at += d;
+        }
     }
 
     pub fn end(&mut self, p: PhaseStart, bytes: Option<u64>) -> f64 {

@@ -199,6 +199,35 @@ pub enum Message {
     },
 }
 
+impl Message {
+    /// The message's wire name (its `type` tag, e.g. `"page_request"`): what
+    /// logs and errors show instead of the whole message.
+    pub fn name(&self) -> &'static str {
+        match self {
+            Message::Hello { .. } => "hello",
+            Message::HelloOk { .. } => "hello_ok",
+            Message::Begin { .. } => "begin",
+            Message::BeginOk { .. } => "begin_ok",
+            Message::RoundStart { .. } => "round_start",
+            Message::RoundEnd { .. } => "round_end",
+            Message::FileBegin { .. } => "file_begin",
+            Message::FileEnd { .. } => "file_end",
+            Message::Commit => "commit",
+            Message::Restored { .. } => "restored",
+            Message::Failed { .. } => "failed",
+            Message::Abort { .. } => "abort",
+            Message::Released => "released",
+            Message::Ack => "ack",
+            Message::Measure { .. } => "measure",
+            Message::Measured { .. } => "measured",
+            Message::PageRequest { .. } => "page_request",
+            Message::LazyProgress { .. } => "lazy_progress",
+            Message::LazySent { .. } => "lazy_sent",
+            Message::LazyDone { .. } => "lazy_done",
+        }
+    }
+}
+
 /// What the destination measured in a lazy phase.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 pub struct LazyStats {
@@ -235,6 +264,6 @@ mod tests {
             error: "x".into(),
         };
         let s = serde_json::to_string(&m).unwrap();
-        assert!(s.contains("\"type\":\"failed\""));
+        assert!(s.contains(&format!("\"type\":\"{}\"", m.name())));
     }
 }

@@ -1,7 +1,7 @@
-//! The destination's side of a lazy phase (post-copy and hybrid): restore
-//! with anonymous memory missing, then place pages as they come: asked for
-//! when a process faults, pushed in the background by the source, or, for
-//! hybrid, taken from the blocks pre-copy rounds already brought.
+//! The receiver's lazy phase (post-copy and hybrid): restore with anonymous
+//! memory missing, then place pages as they come: asked for when a process
+//! faults, pushed in the background by the source, or, for hybrid, taken from
+//! the blocks pre-copy rounds already brought.
 //!
 //! Failure rules: a corrupt page, a handler error or a source that goes
 //! silent stops the restored container (killed before the handler lets go of
@@ -9,149 +9,243 @@
 //! migration is reported failed. The source's frozen copy is then the only
 //! one, which the source resumes.
 
-use std::{collections::HashMap, path::PathBuf, time::Instant};
+use std::{
+    collections::{HashMap, HashSet},
+    path::{Path, PathBuf},
+    time::{Duration, Instant},
+};
 
-use anyhow::{anyhow, bail, Result};
 use mose_wire::{
     blocks::zero_hash,
-    frame::{Frame, FrameKind, FrameReader, FrameWriter},
+    frame::{Frame, FrameKind, FrameWriter},
     BlockHash, ContainerIdentity, LazyStats, Message, Technique, WireError, BLOCK_SIZE, LAZY_SLOT,
 };
-use tokio::io::{AsyncRead, AsyncWrite};
+use tokio::{
+    io::{AsyncRead, AsyncWrite},
+    sync::mpsc::{unbounded_channel, UnboundedReceiver},
+};
 use tracing::{info, warn};
 
-use super::{assemble, destination_spec, recreate, EndpointConfig, Incoming};
+use super::{
+    assemble::assemble,
+    config::EndpointConfig,
+    incoming::Incoming,
+    machine::{ReceiverEvent, ReceiverState},
+    restore::{destination_spec, recreate, Steps},
+    session::Session,
+};
 use crate::{
     containerd::Containerd,
+    error::{error_chain, InPhase, MigrateError, Phase, Result},
     lazy::{Delivery, Handler, LazyLayout, Origin, Report},
+    link::{forward_frames, within},
 };
 
 const PAGE: u64 = BLOCK_SIZE as u64;
-/// Pages sent around a faulting one: neighbours are likely next.
+/// Pages asked for around a faulting one: neighbours are likely next.
 pub const FAULT_RUN: u32 = 16;
 /// The source is told what arrived every this many lazy pages (its push
 /// window is larger).
 const PROGRESS_EVERY: u64 = 64;
 /// Cached pages handed to the handler per turn of the session's loop.
 const PREFILL_BATCH: usize = 1024;
+/// Cached pages placed as one run at most.
+const CACHED_RUN: usize = 64;
+
+type Frames = UnboundedReceiver<Result<Frame, WireError>>;
 
 /// Restores lazily and serves the lazy phase to its end (the source's release).
-#[allow(clippy::too_many_arguments)]
-pub(crate) async fn run<R, W>(
-    cfg: &EndpointConfig,
-    r: &mut FrameReader<R>,
-    w: &mut FrameWriter<W>,
+pub async fn run<R, W>(
+    s: &mut Session<'_, R, W>,
     cd: &Containerd,
     container: &ContainerIdentity,
     inc: &mut Incoming,
-    technique: Technique,
     migration: &str,
+    technique: Technique,
 ) -> Result<()>
 where
     R: AsyncRead + Unpin,
     W: AsyncWrite + Unpin,
 {
+    s.link.phase = Phase::Lazy;
     let t = Instant::now();
-    let mut steps = Vec::new();
-    let (images, rootfs_tar, layout) = match assemble(inc, true) {
+    let a = match assemble(inc, true) {
         Ok(a) => a,
-        Err(e) => return fail(w, "assemble image", e).await,
+        Err(e) => return fail_early(s, "assemble image", e).await,
     };
-    let layout = layout.ok_or_else(|| anyhow!("no lazy layout"))?;
+    let layout = match a.layout {
+        Some(l) => l,
+        None => {
+            return fail_early(
+                s,
+                "assemble image",
+                MigrateError::local(Phase::Lazy, "no lazy layout"),
+            )
+            .await
+        }
+    };
     // hybrid: the content each lazy page had at the freeze, when the blocks
     // pre-copy brought hold it
-    let cached = if technique == Technique::Hybrid {
-        cached_pages(&layout, inc)
-    } else {
-        HashMap::new()
+    let cached = match technique {
+        Technique::Hybrid => cached_pages(&layout, inc),
+        _ => HashMap::new(),
     };
-    steps.push(("assemble image".into(), t.elapsed().as_secs_f64() * 1000.0));
+    let steps: Steps = vec![("assemble image".into(), t.elapsed().as_secs_f64() * 1000.0)];
     info!(
         migration,
         lazy_pages = layout.pages(),
         cached = cached.len(),
         "restoring lazily"
     );
-    let socket = socket_path(cfg, migration);
-    let (rep_tx, mut reports) = tokio::sync::mpsc::unbounded_channel();
+    let socket = socket_path(&s.cfg.work_root, migration);
+    let (rep_tx, reports) = unbounded_channel();
     let handler = match Handler::start(&socket, layout.processes.clone(), rep_tx) {
         Ok(h) => h,
-        Err(e) => return fail(w, "lazy-page handler", e).await,
-    };
-
-    // frames are read by a future of their own, so that a partly read frame
-    // is never dropped when another event wins a select
-    let (ftx, mut frames) = tokio::sync::mpsc::unbounded_channel::<Result<Frame, WireError>>();
-    let reader = async {
-        loop {
-            let f = r.next().await;
-            let end = f.is_err();
-            if ftx.send(f).is_err() || end {
-                break;
-            }
+        Err(e) => {
+            return fail_early(
+                s,
+                "lazy-page handler",
+                MigrateError::Local {
+                    phase: Phase::Lazy,
+                    what: "starting the lazy-page handler".into(),
+                    source: e.into(),
+                },
+            )
+            .await
         }
-        std::future::pending::<()>().await;
     };
-    let mut phase = Phase {
-        cfg,
+    let restore = Restore {
         cd,
         container,
+        images: a.images,
+        rootfs_tar: a.rootfs_tar,
+        socket,
+        steps,
+    };
+    serve(s, cd, container, inc, handler, cached, reports, restore, t).await
+}
+
+async fn fail_early<R, W>(s: &mut Session<'_, R, W>, step: &str, e: MigrateError) -> Result<()>
+where
+    R: AsyncRead + Unpin,
+    W: AsyncWrite + Unpin,
+{
+    s.link.fail(step, &error_chain(&e)).await;
+    Err(e)
+}
+
+/// What the lazy restore needs.
+struct Restore<'a> {
+    cd: &'a Containerd,
+    container: &'a ContainerIdentity,
+    images: PathBuf,
+    rootfs_tar: Option<PathBuf>,
+    socket: PathBuf,
+    steps: Steps,
+}
+
+impl Restore<'_> {
+    async fn run(mut self, cfg: &EndpointConfig) -> (Result<u32>, Steps) {
+        let r = recreate(
+            cfg,
+            self.cd,
+            self.container,
+            &self.images,
+            self.rootfs_tar.take(),
+            Some(&self.socket),
+            &mut self.steps,
+        )
+        .await;
+        (r, self.steps)
+    }
+}
+
+/// Runs the phase; on failure stops the restored copy, then tells the source.
+#[allow(clippy::too_many_arguments)]
+async fn serve<R, W>(
+    s: &mut Session<'_, R, W>,
+    cd: &Containerd,
+    container: &ContainerIdentity,
+    inc: &mut Incoming,
+    handler: Handler,
+    cached: HashMap<(u32, u64), BlockHash>,
+    mut reports: UnboundedReceiver<Report>,
+    restore: Restore<'_>,
+    started: Instant,
+) -> Result<()>
+where
+    R: AsyncRead + Unpin,
+    W: AsyncWrite + Unpin,
+{
+    let Session { cfg, link, state } = s;
+    let cfg: &EndpointConfig = cfg;
+    // frames are read by a future of their own, so that a partly read frame
+    // is never dropped when another event wins a select
+    let (ftx, mut frames) = unbounded_channel::<Result<Frame, WireError>>();
+    let reader = forward_frames(&mut link.r, ftx);
+    let mut phase = LazyPhase {
+        cfg,
+        w: &mut link.w,
+        peer: &link.peer,
+        state,
         inc,
         handler: Some(handler),
         cached,
-        restore_started: t,
-        restored: None,
-        stats: None,
+        restore_started: started,
+        prefill: Vec::new(),
+        asked: HashSet::new(),
+        received: 0,
+        reported: 0,
     };
-    let main = phase.serve(
-        w,
-        &mut reports,
-        &mut frames,
-        &images,
-        rootfs_tar,
-        &socket,
-        steps,
-    );
     let res = tokio::select! {
-        res = main => res,
-        _ = reader => Err(anyhow!("migration stream reader ended")),
+        res = phase.run(&mut reports, &mut frames, restore.run(cfg)) => res,
+        _ = reader => Err(MigrateError::local(Phase::Lazy, "the migration stream's reader ended")),
     };
     if let Err(e) = &res {
-        // the restored copy must not run on: stop it before the handler
-        // closes its descriptors, and only then tell the source, which
-        // resumes its frozen copy on hearing it
-        warn!(container = %container.id, error = %format!("{e:#}"), "lazy phase failed; stopping the restored container");
-        // its processes may be mid-restore, waiting for a page: containerd
-        // cannot stop a task that is still starting, so kill them directly
-        let spec = destination_spec(cfg, container);
-        if let Some(cg) = spec.pointer("/linux/cgroupsPath").and_then(|v| v.as_str()) {
-            let cg = cg.to_string();
-            let killed = tokio::task::spawn_blocking(move || kill_cgroup(&cg))
-                .await
-                .unwrap_or(0);
-            info!(killed, "stopped the restored processes");
-        }
-        let _ = tokio::time::timeout(
-            std::time::Duration::from_secs(30),
-            cd.remove_container(&container.id),
-        )
-        .await;
-        if let Some(h) = phase.handler.take() {
-            tokio::task::spawn_blocking(move || h.stop()).await.ok();
-        }
-        let _ = w
-            .message(&Message::Failed {
-                step: "lazy phase".into(),
-                error: format!("{e:#}"),
-            })
-            .await;
+        stop_restored(cfg, cd, container, &mut phase.handler, e).await;
+        let m = Message::Failed {
+            step: "lazy phase".into(),
+            error: error_chain(e),
+        };
+        let _ = tokio::time::timeout(cfg.io_timeout, phase.w.message(&m)).await;
     }
     if let Some(h) = phase.handler.take() {
         tokio::task::spawn_blocking(move || h.stop()).await.ok();
     }
     // whichever step noticed first (a write to a vanished source included),
     // the record says what happened to the restored copy
-    res.map_err(|e| e.context("lazy phase failed; the restored container was stopped"))
+    res.map_err(|e| MigrateError::Local {
+        phase: Phase::Lazy,
+        what: "lazy phase failed; the restored container was stopped".into(),
+        source: Box::new(e),
+    })
+}
+
+/// The restored copy must not run on: stop it before the handler closes its
+/// descriptors (the caller tells the source afterwards, which resumes its
+/// frozen copy on hearing it).
+async fn stop_restored(
+    cfg: &EndpointConfig,
+    cd: &Containerd,
+    container: &ContainerIdentity,
+    handler: &mut Option<Handler>,
+    e: &MigrateError,
+) {
+    warn!(container = %container.id, error = %error_chain(e), "lazy phase failed; stopping the restored container");
+    // its processes may be mid-restore, waiting for a page: containerd
+    // cannot stop a task that is still starting, so kill them directly
+    let spec = destination_spec(cfg, container);
+    if let Some(cg) = spec.pointer("/linux/cgroupsPath").and_then(|v| v.as_str()) {
+        let cg = cg.to_string();
+        let killed = tokio::task::spawn_blocking(move || kill_cgroup(&cg))
+            .await
+            .unwrap_or(0);
+        info!(killed, "stopped the restored processes");
+    }
+    let _ = tokio::time::timeout(Duration::from_secs(30), cd.remove_container(&container.id)).await;
+    if let Some(h) = handler.take() {
+        tokio::task::spawn_blocking(move || h.stop()).await.ok();
+    }
 }
 
 /// SIGKILLs every process in cgroup `path` (under each mounted hierarchy),
@@ -168,7 +262,7 @@ fn kill_cgroup(path: &str) -> usize {
         })
         .collect();
     let rel = path.trim_start_matches('/');
-    let deadline = Instant::now() + std::time::Duration::from_secs(5);
+    let deadline = Instant::now() + Duration::from_secs(5);
     let mut killed = 0;
     loop {
         let mut pids = std::collections::BTreeSet::new();
@@ -181,24 +275,19 @@ fn kill_cgroup(path: &str) -> usize {
             return killed;
         }
         for pid in pids {
-            if nix::sys::signal::kill(
-                nix::unistd::Pid::from_raw(pid),
-                nix::sys::signal::Signal::SIGKILL,
-            )
-            .is_ok()
-            {
+            let pid = nix::unistd::Pid::from_raw(pid);
+            if nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGKILL).is_ok() {
                 killed += 1;
             }
         }
-        std::thread::sleep(std::time::Duration::from_millis(50));
+        std::thread::sleep(Duration::from_millis(50));
     }
 }
 
-fn socket_path(cfg: &EndpointConfig, migration: &str) -> PathBuf {
+fn socket_path(work_root: &Path, migration: &str) -> PathBuf {
     // unix socket paths are short: name it by a hash
-    let h =
-        xxhash_rust::xxh3::xxh3_64(format!("{}/{migration}", cfg.work_root.display()).as_bytes());
-    cfg.work_root.join(format!(".mose-lazy-{h:016x}.sock"))
+    let h = xxhash_rust::xxh3::xxh3_64(format!("{}/{migration}", work_root.display()).as_bytes());
+    work_root.join(format!(".mose-lazy-{h:016x}.sock"))
 }
 
 /// (pid, checkpoint page address) → hash, for every lazy page whose content
@@ -225,37 +314,277 @@ fn cached_pages(layout: &LazyLayout, inc: &Incoming) -> HashMap<(u32, u64), Bloc
     out
 }
 
-async fn fail<W: AsyncWrite + Unpin>(
-    w: &mut FrameWriter<W>,
-    step: &str,
-    e: anyhow::Error,
-) -> Result<()> {
-    let _ = w
-        .message(&Message::Failed {
-            step: step.into(),
-            error: format!("{e:#}"),
-        })
-        .await;
-    Err(e.context(format!("lazy restore: {step}")))
-}
-
-struct Phase<'a> {
+/// The lazy phase's working state (the receiver's [`ReceiverState::Lazy`]
+/// says where the protocol is; this holds the pages' bookkeeping).
+struct LazyPhase<'a, W> {
     cfg: &'a EndpointConfig,
-    cd: &'a Containerd,
-    container: &'a ContainerIdentity,
+    w: &'a mut FrameWriter<W>,
+    peer: &'a str,
+    state: &'a mut ReceiverState,
     inc: &'a mut Incoming,
     handler: Option<Handler>,
     cached: HashMap<(u32, u64), BlockHash>,
     restore_started: Instant,
-    restored: Option<u32>,
-    stats: Option<LazyStats>,
+    /// Hybrid: cached pages still to place (popped from the end), a batch
+    /// per turn so that faults and frames are served in between.
+    prefill: Vec<(u32, u64)>,
+    /// Answers to PageRequests not in yet (they go ahead of the push).
+    asked: HashSet<(u32, u64)>,
+    /// Lazy pages received, and how many the source was last told about.
+    received: u64,
+    reported: u64,
 }
 
-impl Phase<'_> {
+impl<W: AsyncWrite + Unpin> LazyPhase<'_, W> {
+    fn step(&mut self, event: ReceiverEvent<'_>) -> Result<()> {
+        *self.state = self
+            .state
+            .clone()
+            .step(event)
+            .map_err(|source| MigrateError::Protocol {
+                phase: Phase::Lazy,
+                peer: self.peer.to_string(),
+                source,
+            })?;
+        Ok(())
+    }
+
+    async fn send(&mut self, m: &Message) -> Result<()> {
+        let what = format!("take {}", m.name());
+        within(
+            Phase::Lazy,
+            self.peer,
+            &what,
+            self.cfg.io_timeout,
+            self.w.message(m),
+        )
+        .await
+    }
+
     fn handler(&self) -> Result<&Handler> {
         self.handler
             .as_ref()
-            .ok_or_else(|| anyhow!("the lazy-page handler is gone"))
+            .ok_or_else(|| MigrateError::local(Phase::Lazy, "the lazy-page handler is gone"))
+    }
+
+    fn placed(&self) -> bool {
+        matches!(self.state, ReceiverState::Lazy { placed: true, .. })
+    }
+
+    /// The event loop: restore, handler reports, frames, hybrid prefill and
+    /// the source's silence, until the source releases its copy.
+    async fn run(
+        &mut self,
+        reports: &mut UnboundedReceiver<Report>,
+        frames: &mut Frames,
+        restore: impl std::future::Future<Output = (Result<u32>, Steps)>,
+    ) -> Result<()> {
+        let io = self.cfg.io_timeout;
+        tokio::pin!(restore);
+        let mut restoring = true;
+        let mut last_frame = Instant::now();
+        while *self.state != ReceiverState::Done {
+            // a restore takes as long as it takes (as for cold)
+            let limit = if restoring {
+                io.max(Duration::from_secs(120))
+            } else {
+                io
+            };
+            let silent = limit.saturating_sub(last_frame.elapsed());
+            tokio::select! {
+                (res, steps) = &mut restore, if restoring => {
+                    restoring = false;
+                    self.on_restored(res?, steps).await?;
+                }
+                // once every page is in place the handler is gone
+                rep = reports.recv(), if !self.placed() => self.on_report(rep).await?,
+                f = frames.recv() => {
+                    last_frame = Instant::now();
+                    self.on_frame(f).await?;
+                }
+                _ = std::future::ready(()), if !self.prefill.is_empty() && self.handler.is_some() => {
+                    self.prefill_batch()?;
+                }
+                _ = tokio::time::sleep(silent) => return Err(self.silence(io)),
+            }
+        }
+        info!("post-copy complete; the container runs here");
+        Ok(())
+    }
+
+    async fn on_restored(&mut self, pid: u32, steps: Steps) -> Result<()> {
+        self.step(ReceiverEvent::Restored)?;
+        let restore_ms = self.restore_started.elapsed().as_secs_f64() * 1000.0;
+        info!(pid, restore_ms, "restored lazily; the container runs");
+        self.send(&Message::Restored {
+            pid,
+            restore_ms,
+            prepare_ms: 0.0,
+            steps,
+        })
+        .await
+    }
+
+    fn silence(&self, io: Duration) -> MigrateError {
+        let what = match self.state {
+            ReceiverState::Lazy { restored: true, placed: true, .. } => {
+                "confirm the hand-over".to_string()
+            }
+            _ => "send anything during the lazy phase (the restored container cannot run without its memory and is stopped)".to_string(),
+        };
+        MigrateError::Timeout {
+            phase: Phase::Lazy,
+            peer: self.peer.to_string(),
+            what,
+            after: io,
+        }
+    }
+
+    async fn on_report(&mut self, rep: Option<Report>) -> Result<()> {
+        match rep {
+            Some(Report::Request { pid, vaddr, pages }) => {
+                if self.cached.contains_key(&(pid, vaddr)) {
+                    self.deliver_cached(&mut [(pid, vaddr)], true)
+                } else {
+                    self.asked.insert((pid, vaddr));
+                    let pages = pages.max(FAULT_RUN);
+                    self.send(&Message::PageRequest { pid, vaddr, pages }).await
+                }
+            }
+            Some(Report::RestoreFinished) => {
+                self.prefill = self.cached.keys().copied().collect();
+                self.prefill.sort_unstable_by(|a, b| b.cmp(a));
+                if !self.prefill.is_empty() {
+                    info!(
+                        pages = self.prefill.len(),
+                        "placing the pages pre-copy already brought"
+                    );
+                }
+                Ok(())
+            }
+            Some(Report::Done(stats)) => self.on_all_placed(stats).await,
+            Some(Report::Failed(msg)) => Err(MigrateError::local(
+                Phase::Lazy,
+                format!("lazy-page handler: {msg}"),
+            )),
+            None => Err(MigrateError::local(
+                Phase::Lazy,
+                "the lazy-page handler stopped",
+            )),
+        }
+    }
+
+    /// Every page is in place: the descriptors may close now (a fork or
+    /// mremap would otherwise wait for a handler that no longer reads its
+    /// events), and the source may let go.
+    async fn on_all_placed(&mut self, stats: LazyStats) -> Result<()> {
+        self.step(ReceiverEvent::AllPlaced)?;
+        if let Some(h) = self.handler.take() {
+            tokio::task::spawn_blocking(move || h.stop()).await.ok();
+        }
+        self.send(&Message::LazyDone { stats }).await
+    }
+
+    async fn on_frame(&mut self, f: Option<Result<Frame, WireError>>) -> Result<()> {
+        let f = match f {
+            Some(Ok(f)) => f,
+            Some(Err(source)) => {
+                let what = match source {
+                    WireError::Checksum { .. } | WireError::Malformed(_) => {
+                        "corrupt data during the lazy phase; no page is placed unverified"
+                    }
+                    _ => "the source was lost during the lazy phase",
+                };
+                return Err(MigrateError::Wire {
+                    phase: Phase::Lazy,
+                    peer: self.peer.to_string(),
+                    what: what.into(),
+                    source,
+                });
+            }
+            None => {
+                return Err(MigrateError::local(
+                    Phase::Lazy,
+                    "the source's stream ended during the lazy phase",
+                ))
+            }
+        };
+        match f.kind {
+            FrameKind::Pages => self.on_pages(&f).await,
+            FrameKind::Control => {
+                let m = f.message().map_err(|source| MigrateError::Wire {
+                    phase: Phase::Lazy,
+                    peer: self.peer.to_string(),
+                    what: "decoding a control message".into(),
+                    source,
+                })?;
+                self.step(ReceiverEvent::Message(&m))?;
+                match m {
+                    Message::LazySent { pages } => info!(pages, "the source sent every lazy page"),
+                    Message::Released => self.send(&Message::Ack).await?,
+                    _ => {}
+                }
+                Ok(())
+            }
+            FrameKind::Blocks => self.step(ReceiverEvent::Blocks),
+            FrameKind::Manifest => self.step(ReceiverEvent::Manifest { hint: false }),
+            FrameKind::FileData => self.step(ReceiverEvent::FileData {
+                len: f.payload.len() as u64,
+            }),
+        }
+    }
+
+    async fn on_pages(&mut self, f: &Frame) -> Result<()> {
+        self.step(ReceiverEvent::Pages)?;
+        // every page is in place already: what was in flight is moot
+        if self.placed() {
+            return Ok(());
+        }
+        let run = f.pages().map_err(|source| MigrateError::Wire {
+            phase: Phase::Lazy,
+            peer: self.peer.to_string(),
+            what: "a lazy page failed its check; it is not placed".into(),
+            source,
+        })?;
+        self.received += run.hashes.len() as u64;
+        if self.received - self.reported >= PROGRESS_EVERY {
+            self.send(&Message::LazyProgress {
+                pages: self.received,
+            })
+            .await?;
+            self.reported = self.received;
+        }
+        let zero = zero_hash();
+        let zero_pages = run.hashes.iter().filter(|h| **h == zero).count() as u64;
+        for k in 0..run.hashes.len() as u64 {
+            self.cached.remove(&(run.pid, run.vaddr + k * PAGE));
+        }
+        let urgent = self.asked.remove(&(run.pid, run.vaddr));
+        let d = Delivery {
+            pid: run.pid,
+            vaddr: run.vaddr,
+            data: run.data,
+            origin: Origin::Source,
+            zero_pages,
+        };
+        self.deliver(d, urgent)
+    }
+
+    fn deliver(&self, d: Delivery, urgent: bool) -> Result<()> {
+        let h = self.handler()?;
+        let r = if urgent {
+            h.deliver_urgent(d)
+        } else {
+            h.deliver(d)
+        };
+        r.in_phase(Phase::Lazy, "handing pages to the lazy-page handler")
+    }
+
+    fn prefill_batch(&mut self) -> Result<()> {
+        let n = self.prefill.len().saturating_sub(PREFILL_BATCH);
+        let mut keys = self.prefill.split_off(n);
+        keys.retain(|k| self.cached.contains_key(k));
+        self.deliver_cached(&mut keys, false)
     }
 
     /// Places cached pages of (pid, vaddr..) as runs; `urgent` when a
@@ -269,211 +598,43 @@ impl Phase<'_> {
             while j + 1 < keys.len()
                 && keys[j + 1].0 == pid
                 && keys[j + 1].1 == keys[j].1 + PAGE
-                && j + 1 - i < 64
+                && j + 1 - i < CACHED_RUN
             {
                 j += 1;
             }
-            let mut data = Vec::with_capacity((j - i + 1) * BLOCK_SIZE);
-            let mut zero_pages = 0;
-            for key in &keys[i..=j] {
-                let h = self
-                    .cached
-                    .remove(key)
-                    .ok_or_else(|| anyhow!("cache lost page {:#x} of pid {}", key.1, key.0))?;
-                if h == zero_hash() {
-                    zero_pages += 1;
-                }
-                let b = self
-                    .inc
-                    .blocks
-                    .block(h)
-                    .ok_or_else(|| anyhow!("cached block {h:032x} vanished"))?;
-                data.extend_from_slice(b);
-            }
-            let d = Delivery {
-                pid,
-                vaddr: start,
-                data,
-                origin: Origin::Cache,
-                zero_pages,
-            };
-            if urgent {
-                self.handler()?.deliver_urgent(d)?;
-            } else {
-                self.handler()?.deliver(d)?;
-            }
+            let d = self.cached_run(pid, start, &keys[i..=j])?;
+            self.deliver(d, urgent)?;
             i = j + 1;
         }
         Ok(())
     }
 
-    #[allow(clippy::too_many_arguments)]
-    async fn serve<W: AsyncWrite + Unpin>(
-        &mut self,
-        w: &mut FrameWriter<W>,
-        reports: &mut tokio::sync::mpsc::UnboundedReceiver<Report>,
-        frames: &mut tokio::sync::mpsc::UnboundedReceiver<Result<Frame, WireError>>,
-        images: &std::path::Path,
-        rootfs_tar: Option<PathBuf>,
-        socket: &std::path::Path,
-        steps: Vec<(String, f64)>,
-    ) -> Result<()> {
-        let io = self.cfg.io_timeout;
-        let (cfg, cd, container) = (self.cfg, self.cd, self.container);
-        let restore = async move {
-            let mut steps = steps;
-            let r = recreate(
-                cfg,
-                cd,
-                container,
-                images,
-                rootfs_tar,
-                Some(socket),
-                &mut steps,
-            )
-            .await;
-            (r, steps)
-        };
-        tokio::pin!(restore);
-        let mut restoring = true;
-        let mut last_frame = Instant::now();
-        let mut released = false;
-        // hybrid: cached pages still to place (popped from the end), a
-        // batch per turn so that faults and frames are served in between
-        let mut prefill: Vec<(u32, u64)> = Vec::new();
-        // answers to PageRequests not in yet (they go ahead of the push)
-        let mut asked: std::collections::HashSet<(u32, u64)> = Default::default();
-        // lazy pages received, and how many the source was last told about
-        let (mut received, mut reported) = (0u64, 0u64);
-        loop {
-            // a restore takes as long as it takes (as for cold)
-            let limit = if restoring {
-                io.max(std::time::Duration::from_secs(120))
-            } else {
-                io
-            };
-            let silent = limit.saturating_sub(last_frame.elapsed());
-            tokio::select! {
-                (res, steps) = &mut restore, if restoring => {
-                    restoring = false;
-                    match res {
-                        Ok(pid) => {
-                            self.restored = Some(pid);
-                            let restore_ms = self.restore_started.elapsed().as_secs_f64() * 1000.0;
-                            info!(pid, restore_ms, "restored lazily; the container runs");
-                            w.message(&Message::Restored { pid, restore_ms, prepare_ms: 0.0, steps: steps.clone() }).await?;
-                        }
-                        Err(e) => bail!("lazy restore failed: {e:#}"),
-                    }
-                }
-                // once every page is in place the handler is gone
-                rep = reports.recv(), if self.stats.is_none() => match rep {
-                    Some(Report::Request { pid, vaddr, pages }) => {
-                        if self.cached.contains_key(&(pid, vaddr)) {
-                            let mut keys = vec![(pid, vaddr)];
-                            self.deliver_cached(&mut keys, true)?;
-                        } else {
-                            asked.insert((pid, vaddr));
-                            w.message(&Message::PageRequest { pid, vaddr, pages: pages.max(FAULT_RUN) }).await?;
-                        }
-                    }
-                    Some(Report::RestoreFinished) => {
-                        prefill = self.cached.keys().copied().collect();
-                        prefill.sort_unstable_by(|a, b| b.cmp(a));
-                        if !prefill.is_empty() {
-                            info!(pages = prefill.len(), "placing the pages pre-copy already brought");
-                        }
-                    }
-                    Some(Report::Done(stats)) => {
-                        // every page is in place: the descriptors may close now
-                        // (a fork or mremap would otherwise wait for a handler
-                        // that no longer reads its events)
-                        if let Some(h) = self.handler.take() {
-                            tokio::task::spawn_blocking(move || h.stop()).await.ok();
-                        }
-                        w.message(&Message::LazyDone { stats: stats.clone() }).await?;
-                        self.stats = Some(stats);
-                    }
-                    Some(Report::Failed(msg)) => bail!("lazy-page handler: {msg}"),
-                    None => bail!("the lazy-page handler stopped"),
-                },
-                f = frames.recv() => {
-                    last_frame = Instant::now();
-                    let f = match f {
-                        Some(Ok(f)) => f,
-                        Some(Err(e @ (WireError::Checksum { .. } | WireError::Malformed(_)))) => {
-                            bail!("corrupt data from the source during the lazy phase ({e}); \
-                                no page is placed unverified: the restored container is stopped")
-                        }
-                        Some(Err(e)) => bail!("the source was lost during the lazy phase ({e}); \
-                            the restored container cannot run without its memory and is stopped"),
-                        None => bail!("the source's stream ended during the lazy phase"),
-                    };
-                    match f.kind {
-                        // every page is in place already: what was in flight is moot
-                        FrameKind::Pages if self.stats.is_some() => {}
-                        FrameKind::Pages => {
-                            let run = f.pages().map_err(|e| anyhow!("{e}; the page is not placed: \
-                                the restored container is stopped"))?;
-                            received += run.hashes.len() as u64;
-                            if received - reported >= PROGRESS_EVERY {
-                                w.message(&Message::LazyProgress { pages: received }).await?;
-                                reported = received;
-                            }
-                            let zero = zero_hash();
-                            let zero_pages = run.hashes.iter().filter(|h| **h == zero).count() as u64;
-                            for k in 0..run.hashes.len() as u64 {
-                                self.cached.remove(&(run.pid, run.vaddr + k * PAGE));
-                            }
-                            let asked = asked.remove(&(run.pid, run.vaddr));
-                            let d = Delivery {
-                                pid: run.pid,
-                                vaddr: run.vaddr,
-                                data: run.data,
-                                origin: Origin::Source,
-                                zero_pages,
-                            };
-                            if asked {
-                                self.handler()?.deliver_urgent(d)?;
-                            } else {
-                                self.handler()?.deliver(d)?;
-                            }
-                        }
-                        FrameKind::Control => match f.message()? {
-                            Message::LazySent { pages } => info!(pages, "the source sent every lazy page"),
-                            Message::Released => {
-                                if self.stats.is_none() {
-                                    bail!("the source let go before every page was in place");
-                                }
-                                w.message(&Message::Ack).await?;
-                                released = true;
-                            }
-                            Message::Abort { reason } => bail!("source aborted: {reason}"),
-                            other => bail!("unexpected {other:?} during the lazy phase"),
-                        },
-                        other => bail!("unexpected {other:?} frame during the lazy phase"),
-                    }
-                }
-                _ = std::future::ready(()), if !prefill.is_empty() && self.handler.is_some() => {
-                    let n = prefill.len().saturating_sub(PREFILL_BATCH);
-                    let mut keys = prefill.split_off(n);
-                    keys.retain(|k| self.cached.contains_key(k));
-                    self.deliver_cached(&mut keys, false)?;
-                    continue;
-                }
-                _ = tokio::time::sleep(silent) => {
-                    if self.stats.is_some() && self.restored.is_some() {
-                        bail!("the source did not confirm the hand-over");
-                    }
-                    bail!("the source sent nothing for {io:?} during the lazy phase; \
-                        the restored container cannot run without its memory and is stopped");
-                }
+    fn cached_run(&mut self, pid: u32, vaddr: u64, keys: &[(u32, u64)]) -> Result<Delivery> {
+        let mut data = Vec::with_capacity(keys.len() * BLOCK_SIZE);
+        let mut zero_pages = 0;
+        let zero = zero_hash();
+        for key in keys {
+            let h = self.cached.remove(key).ok_or_else(|| {
+                MigrateError::local(
+                    Phase::Lazy,
+                    format!("cache lost page {:#x} of pid {}", key.1, key.0),
+                )
+            })?;
+            if h == zero {
+                zero_pages += 1;
             }
-            if released {
-                info!(container = %self.container.id, "post-copy complete; the container runs here");
-                return Ok(());
-            }
+            let b = self.inc.blocks.block(h).ok_or_else(|| {
+                MigrateError::local(Phase::Lazy, format!("cached block {h:032x} vanished"))
+            })?;
+            data.extend_from_slice(b);
         }
+        Ok(Delivery {
+            pid,
+            vaddr,
+            data,
+            origin: Origin::Cache,
+            zero_pages,
+        })
     }
 }
 
@@ -497,18 +658,9 @@ mod tests {
             mose_wire::blocks::hash_block(&a),
             mose_wire::blocks::hash_block(&b),
         );
-        let mut blocks = mose_wire::BlockStore::new();
-        blocks.insert(ha, &a).unwrap();
-        let inc = Incoming {
-            dir: dir.path().into(),
-            blocks,
-            manifests: vec![("pages-1.img".into(), vec![ha, ha, hb, zero_hash()])],
-            speculative: HashMap::new(),
-            pending: HashMap::new(),
-            spec_files: HashMap::new(),
-            files: HashMap::new(),
-            bytes: 0,
-        };
+        let mut inc = Incoming::create(dir.path().join("m")).unwrap();
+        inc.blocks.insert(ha, &a).unwrap();
+        inc.manifests = vec![("pages-1.img".into(), vec![ha, ha, hb, zero_hash()])];
         let got = cached_pages(&layout, &inc);
         // slot 1 (held), slot 2 (not held), slot 3 (zero: always held)
         assert_eq!(got.len(), 2);

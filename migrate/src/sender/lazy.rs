@@ -1,8 +1,8 @@
-//! The source's side of a lazy phase: the container stays frozen, and its
-//! anonymous memory is served from the frozen dump (the pages images, mapped
-//! from tmpfs; never CRIU's page server): pages a restored process faulted on
-//! first, then everything else in a background push. The source lets go only
-//! once the destination reports every page in place.
+//! The sender's lazy phase (post-copy and hybrid): the container stays
+//! frozen, and its anonymous memory is served from the frozen dump (the pages
+//! images, mapped from tmpfs; never CRIU's page server): pages a restored
+//! process faulted on first, then everything else in a background push. The
+//! source lets go only once the destination reports every page in place.
 
 use std::{
     collections::{HashMap, HashSet},
@@ -10,17 +10,31 @@ use std::{
     time::Duration,
 };
 
-use anyhow::{anyhow, bail, Context, Result};
 use mose_wire::{
-    blocks::hash_block,
+    blocks::{hash_block, zero_hash},
     frame::{Frame, FrameKind},
-    BlockHash, LazyStats, Message, WireError, BLOCK_SIZE,
+    BlockHash, LazyStats, Message, Technique, WireError, BLOCK_SIZE,
 };
 use tokio::sync::mpsc;
 use tracing::{debug, info};
 
-use super::{Reader, Writer};
-use crate::lazy::{LazyLayout, LazyProcess};
+use super::{
+    machine::{SenderEvent, SenderState},
+    migration::{Migration, Writer},
+    options::{Fault, Progress},
+    transfer::LazyPart,
+};
+use crate::{
+    error::{InPhase, MigrateError, Phase, ProtocolError, Result},
+    lazy::{LazyLayout, LazyProcess},
+    link::{forward_frames, within},
+    result::{LazyResult, PhaseStart},
+};
+
+/// How long a lazy restore may take at the destination before it answers.
+const RESTORE_TIMEOUT: Duration = Duration::from_secs(120);
+/// Largest run of pages one PageRequest is answered with.
+const MAX_ANSWER: u32 = 256;
 
 const PAGE: u64 = BLOCK_SIZE as u64;
 /// Pages per background push frame.
@@ -60,10 +74,10 @@ impl Dump {
             }
             let path = images.join(format!("pages-{}.img", p.pages_id));
             let f = std::fs::File::open(&path)
-                .with_context(|| format!("opening {}", path.display()))?;
+                .in_phase(Phase::Lazy, &format!("opening {}", path.display()))?;
             // SAFETY: the dump is finished; nothing writes the image while mapped.
             let m = unsafe { memmap2::Mmap::map(&f) }
-                .with_context(|| format!("mapping {}", path.display()))?;
+                .in_phase(Phase::Lazy, &format!("mapping {}", path.display()))?;
             let need = p
                 .runs
                 .iter()
@@ -71,11 +85,14 @@ impl Dump {
                 .max()
                 .unwrap_or(0);
             if (m.len() as u64) < need {
-                bail!(
-                    "{} holds {} bytes, its pagemap needs {need}",
-                    path.display(),
-                    m.len()
-                );
+                return Err(MigrateError::local(
+                    Phase::Lazy,
+                    format!(
+                        "{} holds {} bytes, its pagemap needs {need}",
+                        path.display(),
+                        m.len()
+                    ),
+                ));
             }
             maps.insert(p.pages_id, m);
         }
@@ -111,14 +128,27 @@ impl Dump {
             .find(|(_, p)| p.pid == pid)
     }
 
+    /// Marks pages `k..k+n` of run `ri` of process `pi` sent.
+    fn mark_sent(&mut self, pi: usize, ri: usize, k: u64, n: u64) {
+        if let Some(s) = self.sent[pi][ri].get_mut(k as usize..(k + n) as usize) {
+            s.iter_mut().for_each(|s| *s = true);
+        }
+    }
+
+    fn is_sent(&self, pi: usize, ri: usize, k: u64) -> bool {
+        self.sent[pi][ri].get(k as usize).copied().unwrap_or(true)
+    }
+
     /// Pages `k..k+n` of run `ri` of process `pi`: hashes and data.
     fn read(&mut self, pi: usize, ri: usize, k: u64, n: u64) -> Result<(Vec<BlockHash>, Vec<u8>)> {
         let p = &self.layout.processes[pi];
         let run = &p.runs[ri];
-        let map = self
-            .maps
-            .get(&p.pages_id)
-            .ok_or_else(|| anyhow!("pages-{}.img is not mapped", p.pages_id))?;
+        let map = self.maps.get(&p.pages_id).ok_or_else(|| {
+            MigrateError::local(
+                Phase::Lazy,
+                format!("pages-{}.img is not mapped", p.pages_id),
+            )
+        })?;
         let from = ((run.slot + k) * PAGE) as usize;
         let data = &map[from..from + (n * PAGE) as usize];
         let hashes = match self.hashes.get(&p.pages_id) {
@@ -136,262 +166,415 @@ impl Dump {
     }
 }
 
-/// The destination gave up and has already stopped its restored copy: the
-/// source may resume at once.
-#[derive(Debug)]
-pub struct DestinationStopped(pub String);
+/// What the lazy phase measured, source side.
+#[derive(Debug, Default)]
+struct Outcome {
+    /// When the destination reported the container running (ms on the
+    /// migration's clock), with the destination's own steps.
+    restored_at_ms: f64,
+    restore_steps: Vec<(String, f64)>,
+    stats: LazyStats,
+    pages_sent: u64,
+    pages_requested: u64,
+    bytes: u64,
+}
 
-impl std::fmt::Display for DestinationStopped {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(&self.0)
+impl Migration<'_> {
+    /// Post-copy and hybrid after the commit: serve the frozen dump's lazy
+    /// pages until the destination has them all, then release the source's
+    /// copy. `p` is the restore phase begun at `Commit`.
+    pub async fn serve_lazy(&mut self, images: &Path, part: LazyPart, p: PhaseStart) -> Result<()> {
+        self.link.phase = Phase::Lazy;
+        let held = match self.opts.technique {
+            // the destination holds every block sent so far, and zero pages
+            Technique::Hybrid => {
+                let mut k = std::mem::take(&mut self.known);
+                k.insert(zero_hash());
+                k
+            }
+            _ => HashSet::new(),
+        };
+        let mut dump = Dump::open(images, part.layout, part.hashes, held)?;
+        dump.corrupt_next = self.opts.fault == Some(Fault::CorruptPage);
+        info!(
+            lazy_pages = dump.pages(),
+            "serving lazy pages from the frozen dump"
+        );
+        let out = self.feed_all(&mut dump).await?;
+        self.tl
+            .destination_steps(out.restored_at_ms, &out.restore_steps);
+        self.downtime_ms = out.restored_at_ms - self.freeze_at;
+        self.tl.end_at(p, out.restored_at_ms, None);
+        let lazy_pages = self.tl.begin_at("lazy pages", out.restored_at_ms);
+        self.tl.end(lazy_pages, Some(out.bytes));
+        self.lazy = Some(LazyResult {
+            lazy_ms: out.stats.lazy_ms,
+            faults: out.stats.faults,
+            fault_p50_us: out.stats.fault_p50_us,
+            fault_p99_us: out.stats.fault_p99_us,
+            pages: dump.pages(),
+            pages_sent: out.pages_sent,
+            pages_from_cache: out.stats.pages_from_cache,
+            page_requests: out.pages_requested,
+            bytes: out.bytes,
+        });
+        self.remove_source().await;
+        Ok(())
+    }
+
+    /// Runs the feeder next to a frame reader (so a partly read frame is never
+    /// dropped when the feeder's own wait wins).
+    async fn feed_all(&mut self, dump: &mut Dump) -> Result<Outcome> {
+        let started = self.tl.started();
+        let progress = self.opts.progress.clone();
+        let Migration {
+            link, state, opts, ..
+        } = self;
+        let (tx, mut rx) = mpsc::unbounded_channel();
+        let reader = forward_frames(&mut link.r, tx);
+        let mut feeder = Feeder {
+            dump,
+            w: &mut link.w,
+            peer: &link.peer,
+            io: opts.io_timeout,
+            technique: opts.technique,
+            state,
+            now_ms: &move || started.elapsed().as_secs_f64() * 1000.0,
+            on_restored: &move || {
+                if let Some(p) = &progress {
+                    p(&Progress {
+                        phase: "lazy".into(),
+                        round: 0,
+                        bytes: 0,
+                    });
+                }
+            },
+            out: Outcome::default(),
+            cursor: (0, 0, 0),
+            acked: 0,
+        };
+        tokio::select! {
+            res = feeder.run(&mut rx) => res,
+            _ = reader => Err(MigrateError::local(Phase::Lazy, "the stream's reader ended")),
+        }
+    }
+
+    /// Removes the source's copy once the destination owns the container.
+    async fn remove_source(&mut self) {
+        let p = self.tl.begin("release");
+        if let Err(e) = self.cd.remove_container(&self.opts.container).await {
+            tracing::warn!(error = %format!("{e:#}"), "source copy could not be removed; the destination owns the container now");
+        }
+        self.tl.end(p, None);
+        self.report("done", 0);
     }
 }
 
-impl std::error::Error for DestinationStopped {}
+type Frames = mpsc::UnboundedReceiver<Result<Frame, WireError>>;
 
-/// What the lazy phase measured, source side.
-#[derive(Debug, Default)]
-pub struct Outcome {
-    /// When the destination reported the container running (ms on the
-    /// migration's clock), with the destination's own steps.
-    pub restored_at_ms: f64,
-    pub restore_steps: Vec<(String, f64)>,
-    pub stats: LazyStats,
-    pub pages_sent: u64,
-    pub pages_requested: u64,
-    pub bytes: u64,
+/// Serves one lazy phase, from `Commit` until the destination acknowledges
+/// the release.
+struct Feeder<'a> {
+    dump: &'a mut Dump,
+    w: &'a mut Writer,
+    peer: &'a str,
+    io: Duration,
+    technique: Technique,
+    state: &'a mut SenderState,
+    now_ms: &'a (dyn Fn() -> f64 + Sync),
+    on_restored: &'a (dyn Fn() + Sync),
+    out: Outcome,
+    /// Push cursor: process, run, page.
+    cursor: (usize, usize, u64),
+    /// Pages the destination reported received.
+    acked: u64,
 }
 
-/// Serves the lazy phase from `Commit` until the destination acknowledges the
-/// release. `now_ms` reads the migration's clock.
-pub async fn serve(
-    dump: &mut Dump,
-    r: Reader,
-    w: &mut Writer,
-    io_timeout: Duration,
-    now_ms: &(dyn Fn() -> f64 + Sync),
-    on_restored: &(dyn Fn() + Sync),
-) -> Result<Outcome> {
-    let (tx, mut rx) = mpsc::unbounded_channel::<Result<Frame, WireError>>();
-    let mut r = r;
-    let reader = tokio::spawn(async move {
+impl Feeder<'_> {
+    fn step(&mut self, event: SenderEvent<'_>) -> Result<()> {
+        *self.state = self
+            .state
+            .step(self.technique, event)
+            .map_err(|source| self.protocol(source))?;
+        Ok(())
+    }
+
+    fn protocol(&self, source: ProtocolError) -> MigrateError {
+        MigrateError::Protocol {
+            phase: Phase::Lazy,
+            peer: self.peer.to_string(),
+            source,
+        }
+    }
+
+    fn lazy_flags(&self) -> (bool, bool, bool) {
+        match *self.state {
+            SenderState::Lazy {
+                restored,
+                placed,
+                sent,
+            } => (restored, placed, sent),
+            _ => (true, true, true),
+        }
+    }
+
+    fn window_full(&self) -> bool {
+        self.out.pages_sent.saturating_sub(self.acked) >= PUSH_WINDOW
+    }
+
+    async fn send_message(&mut self, m: &Message) -> Result<()> {
+        let what = format!("take {}", m.name());
+        within(Phase::Lazy, self.peer, &what, self.io, self.w.message(m)).await
+    }
+
+    async fn send_pages(&mut self, pid: u32, vaddr: u64, h: &[BlockHash], d: &[u8]) -> Result<()> {
+        within(
+            Phase::Lazy,
+            self.peer,
+            "take pages",
+            self.io,
+            self.w.pages(pid, vaddr, h, d),
+        )
+        .await
+    }
+
+    async fn run(&mut self, rx: &mut Frames) -> Result<Outcome> {
+        let start_bytes = self.w.bytes();
         loop {
-            let f = r.next().await;
-            let end = f.is_err();
-            if tx.send(f).is_err() || end {
+            let frames = self.pending_frames(rx).await?;
+            for f in frames {
+                self.on_frame(f).await?;
+            }
+            let (restored, placed, sent) = self.lazy_flags();
+            if restored && placed {
                 break;
             }
+            if restored && !sent && !self.window_full() {
+                self.push_one().await?;
+            }
         }
-    });
-    let res = feed(dump, &mut rx, w, io_timeout, now_ms, on_restored).await;
-    reader.abort();
-    res
-}
+        self.out.bytes = self.w.bytes() - start_bytes;
+        // the commit point: the destination has everything
+        self.send_message(&Message::Released).await?;
+        self.step(SenderEvent::SentReleased)?;
+        let f = next(rx, self.io, self.peer).await?;
+        let m = control(&f, self.peer)?;
+        self.step(SenderEvent::Received(&m))?;
+        Ok(std::mem::take(&mut self.out))
+    }
 
-async fn send(
-    w: &mut Writer,
-    io: Duration,
-    pid: u32,
-    vaddr: u64,
-    h: &[BlockHash],
-    d: &[u8],
-) -> Result<()> {
-    tokio::time::timeout(io, w.pages(pid, vaddr, h, d))
-        .await
-        .map_err(|_| anyhow!("destination did not take pages for {io:?} (link down?)"))?
-        .map_err(|e| anyhow!("sending pages: {e}"))
-}
-
-async fn feed(
-    dump: &mut Dump,
-    rx: &mut mpsc::UnboundedReceiver<Result<Frame, WireError>>,
-    w: &mut Writer,
-    io: Duration,
-    now_ms: &(dyn Fn() -> f64 + Sync),
-    on_restored: &(dyn Fn() + Sync),
-) -> Result<Outcome> {
-    let start_bytes = w.bytes();
-    let mut out = Outcome::default();
-    let mut restored = false;
-    let mut done = false;
-    let mut lazy_sent = false;
-    // push cursor: process, run, page
-    let (mut pi, mut ri, mut k) = (0usize, 0usize, 0u64);
-    // pages put on the wire (answers and push) and reported received
-    let mut acked = 0u64;
-    loop {
-        let window_full = out.pages_sent.saturating_sub(acked) >= PUSH_WINDOW;
-        // answer whatever the destination asked, before pushing more
+    /// Whatever the destination sent; waits for something when there is
+    /// nothing to push (before the restore, after the push, or with the
+    /// window full).
+    async fn pending_frames(&mut self, rx: &mut Frames) -> Result<Vec<Result<Frame, WireError>>> {
         let mut frames = Vec::new();
         loop {
             match rx.try_recv() {
                 Ok(f) => frames.push(f),
                 Err(mpsc::error::TryRecvError::Empty) => break,
                 Err(mpsc::error::TryRecvError::Disconnected) => {
-                    bail!("the destination's stream ended during the lazy phase")
+                    return Err(MigrateError::local(
+                        Phase::Lazy,
+                        "the destination's stream ended during the lazy phase",
+                    ))
                 }
             }
         }
-        if frames.is_empty() && (!restored || lazy_sent || window_full) && !done {
+        let (restored, placed, sent) = self.lazy_flags();
+        if frames.is_empty() && (!restored || sent || self.window_full()) && !placed {
             // a restore takes as long as it takes (as for cold); otherwise the
             // destination is busy placing pages and reports within `io`
             let wait = if restored {
-                io
+                self.io
             } else {
-                io.max(Duration::from_secs(120))
+                self.io.max(RESTORE_TIMEOUT)
             };
-            let f = tokio::time::timeout(wait, rx.recv())
-                .await
-                .map_err(|_| {
-                    anyhow!("no word from the destination for {wait:?} during the lazy phase")
-                })?
-                .ok_or_else(|| anyhow!("the destination's stream ended during the lazy phase"))?;
-            frames.push(f);
+            frames.push(Ok(next(rx, wait, self.peer).await?));
         }
-        for f in frames {
-            let f = f.map_err(|e| anyhow!("destination lost during the lazy phase: {e}"))?;
-            if f.kind != FrameKind::Control {
-                bail!("unexpected {:?} frame from the destination", f.kind);
-            }
-            match f.message()? {
-                Message::PageRequest { pid, vaddr, pages } => {
-                    out.pages_requested += 1;
-                    let (pi, p) = dump.process(pid).ok_or_else(|| {
-                        anyhow!(
-                            "destination asked for pages of pid {pid}, which has no lazy memory"
-                        )
-                    })?;
-                    let Some(ri) = p
-                        .runs
-                        .iter()
-                        .position(|r| vaddr >= r.vaddr && vaddr < r.vaddr + r.nr_pages * PAGE)
-                    else {
-                        bail!(
-                            "destination asked for page {vaddr:#x} of pid {pid}, which is not lazy"
-                        );
-                    };
-                    let run = p.runs[ri];
-                    let first = (vaddr - run.vaddr) / PAGE;
-                    let n = u64::from(pages.clamp(1, 256)).min(run.nr_pages - first);
-                    let (h, d) = dump.read(pi, ri, first, n)?;
-                    send(w, io, pid, run.vaddr + first * PAGE, &h, &d).await?;
-                    dump.sent[pi][ri][first as usize..(first + n) as usize]
-                        .iter_mut()
-                        .for_each(|s| *s = true);
-                    out.pages_sent += n;
-                }
-                Message::Restored {
+        Ok(frames)
+    }
+
+    async fn on_frame(&mut self, f: Result<Frame, WireError>) -> Result<()> {
+        let f = f.map_err(|source| MigrateError::Wire {
+            phase: Phase::Lazy,
+            peer: self.peer.to_string(),
+            what: "destination lost during the lazy phase".into(),
+            source,
+        })?;
+        let m = control(&f, self.peer)?;
+        if let Message::Failed { step, error } = m {
+            // the destination gave up and has already stopped its restored
+            // copy: the source may resume at once
+            return Err(MigrateError::PeerFailed {
+                phase: Phase::Lazy,
+                peer: self.peer.to_string(),
+                step,
+                error,
+            });
+        }
+        self.step(SenderEvent::Received(&m))?;
+        match m {
+            Message::PageRequest { pid, vaddr, pages } => self.answer(pid, vaddr, pages).await,
+            Message::Restored {
+                pid,
+                restore_ms,
+                steps,
+                ..
+            } => {
+                info!(
                     pid,
-                    restore_ms,
-                    steps,
-                    ..
-                } => {
-                    info!(
-                        pid,
-                        restore_ms, "destination restored the container lazily; pushing its memory"
-                    );
-                    restored = true;
-                    out.restored_at_ms = now_ms();
-                    out.restore_steps = steps;
-                    on_restored();
-                }
-                Message::LazyProgress { pages } => acked = acked.max(pages),
-                Message::LazyDone { stats } => {
-                    info!(
-                        lazy_ms = stats.lazy_ms,
-                        faults = stats.faults,
-                        "every page is in place at the destination"
-                    );
-                    out.stats = stats;
-                    done = true;
-                }
-                Message::Failed { step, error } => {
-                    return Err(DestinationStopped(format!(
-                        "destination failed at {step}: {error}"
-                    ))
-                    .into())
-                }
-                other => bail!("destination sent {other:?} during the lazy phase"),
-            }
-        }
-        if done && restored {
-            break;
-        }
-        if !restored || lazy_sent || out.pages_sent.saturating_sub(acked) >= PUSH_WINDOW {
-            continue;
-        }
-        // one background push frame
-        let procs = dump.layout.processes.len();
-        let mut pushed = false;
-        while pi < procs && !pushed {
-            let runs = dump.layout.processes[pi].runs.len();
-            if ri >= runs {
-                (pi, ri, k) = (pi + 1, 0, 0);
-                continue;
-            }
-            let run = dump.layout.processes[pi].runs[ri];
-            if k >= run.nr_pages {
-                (ri, k) = (ri + 1, 0);
-                continue;
-            }
-            // skip what was sent already, and (hybrid) what the destination holds
-            let pid = dump.layout.processes[pi].pid;
-            let n = PUSH_RUN.min(run.nr_pages - k);
-            let (h, d) = dump.read(pi, ri, k, n)?;
-            let mut a = 0u64;
-            while a < n {
-                let keep = |i: u64| {
-                    !dump.sent[pi][ri][(k + i) as usize] && !dump.held.contains(&h[i as usize])
-                };
-                if !keep(a) {
-                    a += 1;
-                    continue;
-                }
-                let mut b = a;
-                while b < n && keep(b) {
-                    b += 1;
-                }
-                let (ha, da) = (
-                    &h[a as usize..b as usize],
-                    &d[(a * PAGE) as usize..(b * PAGE) as usize],
+                    restore_ms, "destination restored the container lazily; pushing its memory"
                 );
-                send(w, io, pid, run.vaddr + (k + a) * PAGE, ha, da).await?;
-                out.pages_sent += b - a;
-                pushed = true;
-                a = b;
+                self.out.restored_at_ms = (self.now_ms)();
+                self.out.restore_steps = steps;
+                (self.on_restored)();
+                Ok(())
             }
-            dump.sent[pi][ri][k as usize..(k + n) as usize]
-                .iter_mut()
-                .for_each(|s| *s = true);
-            k += n;
-        }
-        if pi >= procs && !lazy_sent {
-            debug!(pages = out.pages_sent, "push complete");
-            tokio::time::timeout(
-                io,
-                w.message(&Message::LazySent {
-                    pages: out.pages_sent,
-                }),
-            )
-            .await
-            .map_err(|_| anyhow!("destination did not take data for {io:?}"))?
-            .map_err(|e| anyhow!("sending LazySent: {e}"))?;
-            lazy_sent = true;
+            Message::LazyProgress { pages } => {
+                self.acked = self.acked.max(pages);
+                Ok(())
+            }
+            Message::LazyDone { stats } => {
+                info!(
+                    lazy_ms = stats.lazy_ms,
+                    faults = stats.faults,
+                    "every page is in place at the destination"
+                );
+                self.out.stats = stats;
+                Ok(())
+            }
+            _ => Ok(()),
         }
     }
-    out.bytes = w.bytes() - start_bytes;
-    // the commit point: the destination has everything
-    tokio::time::timeout(io, w.message(&Message::Released))
-        .await
-        .map_err(|_| anyhow!("destination did not take Released"))?
-        .map_err(|e| anyhow!("sending Released: {e}"))?;
-    let f = tokio::time::timeout(io, rx.recv())
-        .await
-        .map_err(|_| anyhow!("no Ack from the destination within {io:?}"))?
-        .ok_or_else(|| anyhow!("the destination's stream ended before its Ack"))?
-        .map_err(|e| anyhow!("reading the destination's Ack: {e}"))?;
-    match f.message()? {
-        Message::Ack => Ok(out),
-        other => bail!("destination answered {other:?} to Released"),
+
+    /// Answers a fault: `pages` pages from `vaddr` (within its run).
+    async fn answer(&mut self, pid: u32, vaddr: u64, pages: u32) -> Result<()> {
+        self.out.pages_requested += 1;
+        let bad = |what: String| MigrateError::local(Phase::Lazy, what);
+        let (pi, p) = self.dump.process(pid).ok_or_else(|| {
+            bad(format!(
+                "destination asked for pages of pid {pid}, which has no lazy memory"
+            ))
+        })?;
+        let ri = p
+            .runs
+            .iter()
+            .position(|r| vaddr >= r.vaddr && vaddr < r.vaddr + r.nr_pages * PAGE)
+            .ok_or_else(|| {
+                bad(format!(
+                    "destination asked for page {vaddr:#x} of pid {pid}, which is not lazy"
+                ))
+            })?;
+        let run = p.runs[ri];
+        let first = (vaddr - run.vaddr) / PAGE;
+        let n = u64::from(pages.clamp(1, MAX_ANSWER)).min(run.nr_pages - first);
+        let (h, d) = self.dump.read(pi, ri, first, n)?;
+        self.send_pages(pid, run.vaddr + first * PAGE, &h, &d)
+            .await?;
+        self.dump.mark_sent(pi, ri, first, n);
+        self.out.pages_sent += n;
+        Ok(())
     }
+
+    /// One background push frame (pages not sent yet and, for hybrid, not
+    /// held by the destination); `LazySent` once the push is over.
+    async fn push_one(&mut self) -> Result<()> {
+        let procs = self.dump.layout.processes.len();
+        let mut pushed = false;
+        while self.cursor.0 < procs && !pushed {
+            let (pi, ri, k) = self.cursor;
+            let runs = &self.dump.layout.processes[pi].runs;
+            if ri >= runs.len() {
+                self.cursor = (pi + 1, 0, 0);
+                continue;
+            }
+            let run = runs[ri];
+            if k >= run.nr_pages {
+                self.cursor = (pi, ri + 1, 0);
+                continue;
+            }
+            let n = PUSH_RUN.min(run.nr_pages - k);
+            pushed = self.push_range(pi, ri, k, n).await?;
+            self.dump.mark_sent(pi, ri, k, n);
+            self.cursor = (pi, ri, k + n);
+        }
+        if self.cursor.0 >= procs {
+            debug!(pages = self.out.pages_sent, "push complete");
+            self.send_message(&Message::LazySent {
+                pages: self.out.pages_sent,
+            })
+            .await?;
+            self.step(SenderEvent::SentLazy)?;
+        }
+        Ok(())
+    }
+
+    /// Pushes the pages of `k..k+n` of run `ri` of process `pi` that still
+    /// need to go, as contiguous runs. Returns whether any went.
+    async fn push_range(&mut self, pi: usize, ri: usize, k: u64, n: u64) -> Result<bool> {
+        let pid = self.dump.layout.processes[pi].pid;
+        let run = self.dump.layout.processes[pi].runs[ri];
+        let (h, d) = self.dump.read(pi, ri, k, n)?;
+        let keep: Vec<bool> = (0..n)
+            .map(|i| !self.dump.is_sent(pi, ri, k + i) && !self.dump.held.contains(&h[i as usize]))
+            .collect();
+        let mut pushed = false;
+        let mut a = 0usize;
+        while a < n as usize {
+            if !keep[a] {
+                a += 1;
+                continue;
+            }
+            let b = (a..n as usize).find(|&i| !keep[i]).unwrap_or(n as usize);
+            let vaddr = run.vaddr + (k + a as u64) * PAGE;
+            self.send_pages(pid, vaddr, &h[a..b], &d[a * BLOCK_SIZE..b * BLOCK_SIZE])
+                .await?;
+            self.out.pages_sent += (b - a) as u64;
+            pushed = true;
+            a = b;
+        }
+        Ok(pushed)
+    }
+}
+
+/// The next frame from the destination, waiting at most `wait`.
+async fn next(rx: &mut Frames, wait: Duration, peer: &str) -> Result<Frame> {
+    match tokio::time::timeout(wait, rx.recv()).await {
+        Err(_) => Err(MigrateError::Timeout {
+            phase: Phase::Lazy,
+            peer: peer.to_string(),
+            what: "send anything during the lazy phase".into(),
+            after: wait,
+        }),
+        Ok(None) => Err(MigrateError::local(
+            Phase::Lazy,
+            "the destination's stream ended during the lazy phase",
+        )),
+        Ok(Some(f)) => f.map_err(|source| MigrateError::Wire {
+            phase: Phase::Lazy,
+            peer: peer.to_string(),
+            what: "reading the destination's answer".into(),
+            source,
+        }),
+    }
+}
+
+/// The control message of a frame from the destination.
+fn control(f: &Frame, peer: &str) -> Result<Message> {
+    if f.kind != FrameKind::Control {
+        return Err(MigrateError::Protocol {
+            phase: Phase::Lazy,
+            peer: peer.to_string(),
+            source: ProtocolError::Unexpected {
+                state: "serving lazy pages",
+                got: format!("a {:?} frame", f.kind),
+            },
+        });
+    }
+    f.message().map_err(|source| MigrateError::Wire {
+        phase: Phase::Lazy,
+        peer: peer.to_string(),
+        what: "decoding a control message".into(),
+        source,
+    })
 }

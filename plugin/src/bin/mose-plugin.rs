@@ -128,7 +128,7 @@ async fn main() {
         std::process::exit(1);
     }
     let r = tokio::select! {
-        r = serve(cfg) => r,
+        r = serve(cfg) => r.map_err(anyhow::Error::from),
         r = serve_policy(policy) => r,
     };
     if let Err(e) = r {

@@ -1,0 +1,24 @@
+//! The receiver's settings.
+
+use std::{net::SocketAddr, path::PathBuf, time::Duration};
+
+use crate::tls::Identity;
+
+/// How a node receives migrations (`mose-plugin`'s flags).
+#[derive(Clone)]
+pub struct EndpointConfig {
+    /// Address to listen on.
+    pub listen: SocketAddr,
+    /// containerd's gRPC socket.
+    pub containerd: PathBuf,
+    /// This node's TLS identity (cluster CA, certificate, key).
+    pub identity: Identity,
+    /// tmpfs directory receiving migrations.
+    pub work_root: PathBuf,
+    /// Where the node records its migrations (JSON lines).
+    pub state_dir: PathBuf,
+    /// How long a restored container waits for the source to release its copy.
+    pub release_timeout: Duration,
+    /// Bound on any single network wait.
+    pub io_timeout: Duration,
+}

@@ -1,0 +1,113 @@
+//! `Hello`/`HelloOk`, then `Begin` (a migration) or `Measure` (a link probe).
+//! A migration of a container that already exists here is refused before
+//! anything is received.
+
+use mose_wire::{ContainerIdentity, Message, Technique, PROTOCOL_VERSION};
+use tokio::io::{AsyncRead, AsyncWrite};
+
+use super::{incoming::safe_name, machine::ReceiverEvent, session::Session};
+use crate::{
+    containerd::Containerd,
+    error::{error_chain, InPhase, MigrateError, Phase, ProtocolError, Result},
+};
+
+/// What the source asked for.
+pub enum Started {
+    /// A link probe of `bytes` filler bytes.
+    Probe { bytes: u64 },
+    /// A migration.
+    Migration {
+        migration: String,
+        container: Box<ContainerIdentity>,
+        technique: Technique,
+        containerd: Containerd,
+    },
+}
+
+/// Runs the handshake; on return the source knows whether to send the image.
+pub async fn run<R, W>(s: &mut Session<'_, R, W>) -> Result<Started>
+where
+    R: AsyncRead + Unpin,
+    W: AsyncWrite + Unpin,
+{
+    s.link.phase = Phase::Handshake;
+    let hello = s.link.recv(s.cfg.io_timeout).await?;
+    if let Err(e) = s.step(ReceiverEvent::Message(&hello)) {
+        if let MigrateError::Protocol {
+            source: ProtocolError::Version { got, ours },
+            ..
+        } = &e
+        {
+            let why = format!("protocol {got} not supported (this node speaks {ours})");
+            s.link.fail("hello", &why).await;
+        }
+        return Err(e);
+    }
+    if let Message::Hello { node, .. } = &hello {
+        s.link.peer = format!("{node} ({})", s.link.peer);
+    }
+    s.link
+        .send(&Message::HelloOk {
+            version: PROTOCOL_VERSION,
+            node: s.cfg.identity.node.clone(),
+        })
+        .await?;
+    let begin = s.link.recv(s.cfg.io_timeout).await?;
+    if let Err(e) = s.step(ReceiverEvent::Message(&begin)) {
+        let step = match begin {
+            Message::Measure { .. } => "measure",
+            _ => "begin",
+        };
+        s.link.fail(step, &error_chain(&e)).await;
+        return Err(e);
+    }
+    match begin {
+        Message::Measure { bytes } => Ok(Started::Probe { bytes }),
+        Message::Begin {
+            migration,
+            technique,
+            container,
+        } => begin_migration(s, migration, container, technique).await,
+        _ => Err(MigrateError::local(
+            Phase::Handshake,
+            "the machine let an unknown start through",
+        )),
+    }
+}
+
+/// Checks a `Begin` against this node and answers `BeginOk{has_image}`, or
+/// `Failed` when the container cannot come here.
+async fn begin_migration<R, W>(
+    s: &mut Session<'_, R, W>,
+    migration: String,
+    container: ContainerIdentity,
+    technique: Technique,
+) -> Result<Started>
+where
+    R: AsyncRead + Unpin,
+    W: AsyncWrite + Unpin,
+{
+    let migration = match safe_name(&migration) {
+        Ok(m) => m.to_string(),
+        Err(e) => {
+            s.link.fail("begin", &e.to_string()).await;
+            return Err(e);
+        }
+    };
+    let cd = Containerd::connect(&s.cfg.containerd, &container.namespace)
+        .await
+        .in_phase(Phase::Handshake, "connecting to this node's containerd")?;
+    if cd.container(&container.id).await.is_ok() {
+        let err = format!("container {} already exists on this node", container.id);
+        s.link.fail("begin", &err).await;
+        return Err(MigrateError::local(Phase::Handshake, err));
+    }
+    let has_image = cd.has_image(&container.image).await;
+    s.link.send(&Message::BeginOk { has_image }).await?;
+    Ok(Started::Migration {
+        migration,
+        container: Box::new(container),
+        technique,
+        containerd: cd,
+    })
+}

@@ -1,0 +1,164 @@
+//! Recreating the container in this node's containerd (same spec, labels,
+//! image; runtime `io.containerd.mose.v2`) and restoring it through the MOSE
+//! shim from the assembled image; and importing a container image that
+//! arrived with a migration.
+
+use std::{
+    path::{Path, PathBuf},
+    time::Instant,
+};
+
+use containerd_client::services::v1::Container;
+use mose_wire::ContainerIdentity;
+use prost_types::Any;
+
+use super::config::EndpointConfig;
+use crate::{
+    containerd::{runtime, Containerd, SPEC_TYPE_URL},
+    error::{InPhase, MigrateError, Phase, Result},
+    rootfs,
+};
+
+/// The runtime a restored container runs under (it restores from MOSE options).
+pub const MOSE_RUNTIME: &str = "io.containerd.mose.v2";
+
+/// The container's spec as this node runs it: its cgroup must not collide
+/// with the (frozen) source's when both nodes share a host.
+pub fn destination_spec(cfg: &EndpointConfig, container: &ContainerIdentity) -> serde_json::Value {
+    let mut spec = container.spec.clone();
+    if let Some(cg) = spec.pointer_mut("/linux/cgroupsPath") {
+        if let Some(p) = cg.as_str() {
+            let p = if p.starts_with('/') {
+                p.to_string()
+            } else {
+                format!("/{p}")
+            };
+            *cg = serde_json::Value::String(format!("/mose-{}{p}", cfg.identity.node));
+        }
+    }
+    spec
+}
+
+/// The destination's own timeline: (step, milliseconds), in order.
+pub type Steps = Vec<(String, f64)>;
+
+/// Recreates the container from the received identity and rootfs, and
+/// restores it through the MOSE shim from `images` (lazily when a lazy-page
+/// handler listens on `lazy_socket`). Returns the restored init's pid.
+pub async fn recreate(
+    cfg: &EndpointConfig,
+    cd: &Containerd,
+    container: &ContainerIdentity,
+    images: &Path,
+    rootfs_tar: Option<PathBuf>,
+    lazy_socket: Option<&Path>,
+    steps: &mut Steps,
+) -> Result<u32> {
+    let mut t = Instant::now();
+    let mut step = |name: &str, steps: &mut Steps| {
+        steps.push((name.to_string(), t.elapsed().as_secs_f64() * 1000.0));
+        t = Instant::now();
+    };
+    let snapshotter = match container.snapshotter.as_str() {
+        "" => "overlayfs",
+        s => s,
+    };
+    let mounts = prepare_rootfs(cd, container, snapshotter, rootfs_tar).await?;
+    step("snapshot+rootfs", steps);
+    let c = Container {
+        id: container.id.clone(),
+        labels: container.labels.clone().into_iter().collect(),
+        image: container.image.clone(),
+        runtime: Some(runtime(MOSE_RUNTIME, None)),
+        spec: Some(Any {
+            type_url: SPEC_TYPE_URL.into(),
+            value: serde_json::to_vec(&destination_spec(cfg, container))
+                .in_phase(Phase::Restore, "encoding the spec")?,
+        }),
+        snapshotter: snapshotter.into(),
+        snapshot_key: container.id.clone(),
+        ..Default::default()
+    };
+    if let Err(e) = cd.create_container(c).await {
+        let _ = cd.remove_snapshot(snapshotter, &container.id).await;
+        return Err(e).in_phase(Phase::Restore, "creating the container");
+    }
+    step("create container", steps);
+    let opts = restore_options(images, lazy_socket)?;
+    cd.create_task(&container.id, mounts, Some(opts))
+        .await
+        .in_phase(Phase::Restore, "creating the task")?;
+    step("create task", steps);
+    let pid = cd
+        .start(&container.id)
+        .await
+        .in_phase(Phase::Restore, "restoring the task (CRIU)")?;
+    step("CRIU restore", steps);
+    Ok(pid)
+}
+
+/// A snapshot of the image with the source's rootfs changes unpacked in.
+async fn prepare_rootfs(
+    cd: &Containerd,
+    container: &ContainerIdentity,
+    snapshotter: &str,
+    rootfs_tar: Option<PathBuf>,
+) -> Result<Vec<containerd_client::types::Mount>> {
+    let parent = cd
+        .image_chain_id(&container.image)
+        .await
+        .in_phase(Phase::Restore, "resolving the image")?;
+    let mounts = cd
+        .prepare_snapshot(snapshotter, &container.id, &parent)
+        .await
+        .in_phase(Phase::Restore, "preparing the snapshot")?;
+    if let Some(tar) = rootfs_tar {
+        let data = std::fs::read(&tar).in_phase(Phase::Restore, "reading the rootfs changes")?;
+        let upper = rootfs::upperdir(&mounts).in_phase(Phase::Restore, "finding the upper dir")?;
+        rootfs::unpack(&data, &upper).in_phase(Phase::Restore, "unpacking the rootfs changes")?;
+    }
+    Ok(mounts)
+}
+
+/// `mose.v1.Options` for the shim: restore from `images`, lazily through
+/// `lazy_socket` when given.
+fn restore_options(images: &Path, lazy_socket: Option<&Path>) -> Result<Any> {
+    let mut o = serde_json::json!({ "restore_image": images.display().to_string() });
+    if let Some(sock) = lazy_socket {
+        o["lazy_pages_socket"] = sock.display().to_string().into();
+    }
+    Ok(Any {
+        type_url: "mose.v1.Options".into(),
+        value: serde_json::to_vec(&o).in_phase(Phase::Restore, "encoding the options")?,
+    })
+}
+
+/// Imports a container image tar (`ctr images import`) into `namespace`.
+pub async fn import_image(
+    containerd: &Path,
+    container: &ContainerIdentity,
+    tar: &Path,
+) -> Result<()> {
+    let o = tokio::process::Command::new("ctr")
+        .arg("-a")
+        .arg(containerd)
+        .args(["-n", &container.namespace, "images", "import"])
+        .arg(tar)
+        .output()
+        .await
+        .in_phase(
+            Phase::Image,
+            "running ctr images import (is ctr installed?)",
+        )?;
+    if !o.status.success() {
+        return Err(MigrateError::local(
+            Phase::Image,
+            format!(
+                "importing image {}: {}",
+                container.image,
+                String::from_utf8_lossy(&o.stderr).trim()
+            ),
+        ));
+    }
+    Ok(())
+}

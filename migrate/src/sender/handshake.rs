@@ -1,0 +1,149 @@
+//! Before anything is frozen: refuse a container MOSE cannot migrate, connect
+//! over mutual TLS, `Hello`/`HelloOk`, `Begin`/`BeginOk`.
+
+use std::{collections::BTreeMap, collections::HashSet, time::Duration};
+
+use mose_wire::{
+    frame::{FrameReader, FrameWriter},
+    ContainerIdentity, Message, PROTOCOL_VERSION,
+};
+use tokio::net::TcpStream;
+use tokio_rustls::TlsConnector;
+
+use super::{
+    machine::{SenderEvent, SenderState},
+    migration::{Migration, Reader, SourceLink, Writer},
+    options::SourceOptions,
+};
+use crate::{
+    containerd::{spec_of, Containerd},
+    error::{InPhase, MigrateError, Phase, Result},
+    link::Link,
+    oci_runtime,
+    result::Timeline,
+    tls::{server_name, Identity},
+};
+
+/// Opens a mutually authenticated stream to the node endpoint at `to`
+/// (`HOST:PORT`).
+pub async fn connect_to(identity: &Identity, to: &str, io: Duration) -> Result<(Reader, Writer)> {
+    let fail = |what: String| MigrateError::local(Phase::Handshake, what);
+    let host = to
+        .rsplit_once(':')
+        .map(|(h, _)| h.trim_start_matches('[').trim_end_matches(']'))
+        .ok_or_else(|| fail(format!("destination {to:?} is not HOST:PORT")))?;
+    let cfg = identity
+        .client_config()
+        .in_phase(Phase::Handshake, "loading this node's TLS identity")?;
+    let tcp = tokio::time::timeout(io, TcpStream::connect(to))
+        .await
+        .map_err(|_| fail(format!("connecting to {to} timed out after {io:?}")))?
+        .in_phase(Phase::Handshake, &format!("connecting to destination {to}"))?;
+    let _ = tcp.set_nodelay(true);
+    let name = server_name(host).in_phase(Phase::Handshake, "naming the destination")?;
+    let tls = tokio::time::timeout(io, TlsConnector::from(cfg).connect(name, tcp))
+        .await
+        .map_err(|_| fail(format!("TLS handshake with {to} timed out after {io:?}")))?
+        .in_phase(
+            Phase::Handshake,
+            &format!("TLS handshake with {to} (same cluster CA?)"),
+        )?;
+    let (r, w) = tokio::io::split(tls);
+    Ok((FrameReader::new(r), FrameWriter::new(w)))
+}
+
+/// Checks the container, connects and begins: the destination has accepted
+/// the migration when this returns.
+pub async fn start<'a>(opts: &'a SourceOptions, id: String, tl: Timeline) -> Result<Migration<'a>> {
+    let p = tl.begin("prepare");
+    let cd = Containerd::connect(&opts.socket, &opts.namespace)
+        .await
+        .in_phase(Phase::Handshake, "connecting to containerd")?;
+    let container = cd
+        .container(&opts.container)
+        .await
+        .in_phase(Phase::Handshake, "looking up the container")?;
+    let pid = cd
+        .task_pid(&opts.container)
+        .await
+        .in_phase(Phase::Handshake, "looking up the container's task")?;
+    // refused before the destination is contacted or anything frozen
+    let binary = oci_runtime::binary_of(&container, pid);
+    let caps = oci_runtime::probe(&binary).await;
+    oci_runtime::check_migratable(&caps, &binary, &opts.container)
+        .in_phase(Phase::Handshake, "checking the container's OCI runtime")?;
+    let link = connect(opts).await?;
+    let mut m = Migration {
+        opts,
+        work: opts.work_root.join(&id),
+        id,
+        cd,
+        container,
+        link,
+        state: SenderState::Connecting,
+        tl,
+        known: HashSet::new(),
+        rounds: Vec::new(),
+        freeze_at: 0.0,
+        downtime_ms: 0.0,
+        lazy: None,
+    };
+    m.hello().await?;
+    m.begin().await?;
+    crate::ensure_tmpfs(&opts.work_root).in_phase(Phase::Handshake, "preparing the work root")?;
+    std::fs::create_dir_all(&m.work)
+        .in_phase(Phase::Handshake, &format!("creating {}", m.work.display()))?;
+    m.tl.end(p, None);
+    Ok(m)
+}
+
+async fn connect(opts: &SourceOptions) -> Result<SourceLink> {
+    let (r, mut w) = connect_to(&opts.identity, &opts.to, opts.io_timeout).await?;
+    w.set_compression(opts.compress);
+    w.set_rate_limit(opts.bandwidth_cap_bps.map(|b| b / 8));
+    Ok(Link::new(r, w, opts.to.clone(), opts.io_timeout))
+}
+
+impl Migration<'_> {
+    async fn hello(&mut self) -> Result<()> {
+        self.link
+            .send(&Message::Hello {
+                version: PROTOCOL_VERSION,
+                node: self.opts.identity.node.clone(),
+            })
+            .await?;
+        self.step(SenderEvent::SentHello)?;
+        let answer = self.link.recv(self.opts.io_timeout).await?;
+        self.step(SenderEvent::Received(&answer))?;
+        if let Message::HelloOk { node, .. } = answer {
+            self.link.peer = format!("{node} ({})", self.opts.to);
+        }
+        Ok(())
+    }
+
+    async fn begin(&mut self) -> Result<()> {
+        let c = &self.container;
+        let identity = ContainerIdentity {
+            id: c.id.clone(),
+            namespace: self.opts.namespace.clone(),
+            image: c.image.clone(),
+            spec: spec_of(c).in_phase(Phase::Handshake, "reading the container's spec")?,
+            labels: c.labels.clone().into_iter().collect::<BTreeMap<_, _>>(),
+            snapshotter: c.snapshotter.clone(),
+            runtime: c
+                .runtime
+                .as_ref()
+                .map(|r| r.name.clone())
+                .unwrap_or_default(),
+        };
+        self.link
+            .send(&Message::Begin {
+                migration: self.id.clone(),
+                technique: self.opts.technique,
+                container: identity,
+            })
+            .await?;
+        let answer = self.link.recv(self.opts.io_timeout).await?;
+        self.step(SenderEvent::Received(&answer))
+    }
+}

@@ -1,0 +1,73 @@
+//! One outgoing migration: the options, the container, the link to the
+//! destination, the sender's state (advanced only through
+//! [`Migration::step`]) and what is measured on the way. Each phase file of
+//! [`super`] adds the methods of its phase.
+
+use std::{collections::HashSet, path::PathBuf};
+
+use containerd_client::services::v1::Container;
+use mose_wire::BlockHash;
+use tokio::net::TcpStream;
+use tokio_rustls::client::TlsStream;
+
+use super::{
+    machine::{SenderEvent, SenderState},
+    options::{Progress, SourceOptions},
+};
+use crate::{
+    containerd::Containerd,
+    error::Result,
+    link::Link,
+    result::{LazyResult, Round, Timeline},
+};
+
+/// The reading half of a stream to a node endpoint.
+pub type Reader = mose_wire::FrameReader<tokio::io::ReadHalf<TlsStream<TcpStream>>>;
+/// The writing half of a stream to a node endpoint.
+pub type Writer = mose_wire::FrameWriter<tokio::io::WriteHalf<TlsStream<TcpStream>>>;
+/// A stream to a node endpoint.
+pub type SourceLink =
+    Link<tokio::io::ReadHalf<TlsStream<TcpStream>>, tokio::io::WriteHalf<TlsStream<TcpStream>>>;
+
+pub struct Migration<'a> {
+    pub opts: &'a SourceOptions,
+    /// `<container>-<unix ms>`: names the migration on both nodes.
+    pub id: String,
+    pub cd: Containerd,
+    pub container: Container,
+    pub link: SourceLink,
+    pub state: SenderState,
+    pub tl: Timeline,
+    /// This migration's tmpfs directory (CRIU images).
+    pub work: PathBuf,
+    /// Every block hash the destination holds.
+    pub known: HashSet<BlockHash>,
+    pub rounds: Vec<Round>,
+    /// When the container was paused (ms on the migration's clock).
+    pub freeze_at: f64,
+    pub downtime_ms: f64,
+    pub lazy: Option<LazyResult>,
+}
+
+impl Migration<'_> {
+    /// Advances the state machine; what it does not allow is a protocol
+    /// error naming the phase and the destination.
+    pub fn step(&mut self, event: SenderEvent<'_>) -> Result<()> {
+        self.state = self
+            .state
+            .step(self.opts.technique, event)
+            .map_err(|e| self.link.protocol(e))?;
+        Ok(())
+    }
+
+    /// Reports progress to the caller's callback, if any.
+    pub fn report(&self, phase: &str, round: u32) {
+        if let Some(p) = &self.opts.progress {
+            p(&Progress {
+                phase: phase.into(),
+                round,
+                bytes: self.link.w.bytes(),
+            });
+        }
+    }
+}

@@ -1,0 +1,74 @@
+//! What a migration is asked to do: the source's options, the faults a test
+//! can inject, and the progress callback.
+
+use std::{path::PathBuf, sync::Arc, time::Duration};
+
+use mose_wire::Technique;
+
+use crate::tls::Identity;
+
+/// Faults a test can inject to exercise the failure paths.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Fault {
+    /// Corrupt one bulk frame after its checksum was computed.
+    CorruptChunk,
+    /// Close the stream in the middle of the final transfer.
+    Truncate,
+    /// Post-copy/hybrid: send one lazy page with content that does not match
+    /// its hash (a wrong page, not a damaged frame).
+    CorruptPage,
+}
+
+impl std::str::FromStr for Fault {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s {
+            "corrupt-chunk" => Ok(Self::CorruptChunk),
+            "truncate" => Ok(Self::Truncate),
+            "corrupt-page" => Ok(Self::CorruptPage),
+            o => Err(format!(
+                "unknown fault {o:?}: expected corrupt-chunk, truncate or corrupt-page"
+            )),
+        }
+    }
+}
+
+/// Live progress for a terminal or a log.
+#[derive(Debug, Clone)]
+pub struct Progress {
+    pub phase: String,
+    pub round: u32,
+    pub bytes: u64,
+}
+
+pub type ProgressFn = Arc<dyn Fn(&Progress) + Send + Sync>;
+
+/// See [`SourceOptions::stop_when`].
+pub type StopFn = Arc<dyn Fn(u64) -> bool + Send + Sync>;
+
+pub struct SourceOptions {
+    pub socket: PathBuf,
+    pub namespace: String,
+    pub container: String,
+    /// Destination endpoint `host:port`.
+    pub to: String,
+    pub technique: Technique,
+    /// Upper bound on pre-copy rounds.
+    pub max_rounds: u32,
+    /// Stop pre-copy once a round moves less than this many bytes.
+    pub min_round_bytes: u64,
+    pub identity: Identity,
+    pub compress: bool,
+    /// Pre-copy stop rule from the plan: given a round's delta in bytes,
+    /// whether sending that in the freeze would already meet the downtime target.
+    pub stop_when: Option<StopFn>,
+    /// Cap on the sending rate in bits per second (`mose.io/max-bandwidth`).
+    pub bandwidth_cap_bps: Option<u64>,
+    /// tmpfs directory for checkpoint images.
+    pub work_root: PathBuf,
+    /// Bound on any single network wait (a cut link fails the migration
+    /// after this long instead of hanging).
+    pub io_timeout: Duration,
+    pub fault: Option<Fault>,
+    pub progress: Option<ProgressFn>,
+}
