@@ -3,7 +3,9 @@
 #
 #  - Debian packages: containerd, runc, crun, iptables (CRIU locks the
 #    container's network with it), busybox-static (test images), protoc
-#    (gRPC client in the tests), iproute2.
+#    (gRPC client in the tests), iproute2, libclang-dev (the userfaultfd
+#    crate's bindings are generated from <linux/userfaultfd.h> by bindgen at
+#    build time, which loads libclang).
 #  - A working CRIU >= 4 (scripts/provision-criu.sh).
 #  - containerd 1.7 in a private prefix for the test matrix
 #    (scripts/provision-containerd.sh; the system keeps its containerd).
@@ -22,7 +24,7 @@ if [[ $(id -u) -ne 0 ]]; then
   exit 1
 fi
 
-PKGS=(containerd runc crun iptables busybox-static protobuf-compiler iproute2 ca-certificates pkg-config gcc libc6-dev redis-server util-linux)
+PKGS=(containerd runc crun iptables busybox-static protobuf-compiler iproute2 ca-certificates pkg-config gcc libc6-dev redis-server util-linux libclang-dev)
 missing=()
 for p in "${PKGS[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")

@@ -446,7 +446,12 @@ impl Loop {
                     match self.procs[i].iovs.lookup(page) {
                         // not a page of the checkpoint: it was never touched
                         None => {
-                            if self.procs[i].uffd.zero(page)? == Placed::Exited {
+                            let placed = self.procs[i].uffd.zero(page).with_context(|| {
+                                format!(
+                                    "answering pid {pid}'s fault at {page:#x} with the zero page"
+                                )
+                            })?;
+                            if placed == Placed::Exited {
                                 self.procs[i].exited = true;
                             }
                         }
@@ -477,7 +482,11 @@ impl Loop {
                 }
                 Event::Remap { from, to, len } => self.procs[i].iovs.remap(from, to, len),
                 Event::Remove { start, end } => {
-                    self.procs[i].uffd.unregister(start, end)?;
+                    self.procs[i].uffd.unregister(start, end).with_context(|| {
+                        format!(
+                            "unregistering {start:#x}..{end:#x} of pid {pid}, discarded by madvise"
+                        )
+                    })?;
                     self.procs[i].iovs.remove(start, end - start);
                 }
                 Event::Unmap { start, end } => self.procs[i].iovs.remove(start, end - start),
@@ -533,5 +542,144 @@ impl Loop {
             self.requested.remove(&key);
         }
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::{
+        ffi::c_void,
+        io::{IoSlice, Write},
+        thread,
+        time::{Duration, Instant},
+    };
+
+    use nix::sys::socket::{sendmsg, ControlMessage};
+    use tokio::sync::mpsc::{error::TryRecvError, UnboundedReceiver};
+    use userfaultfd::FeatureFlags;
+
+    use super::*;
+    use crate::lazy::{
+        pagemap::LazyRun,
+        uffd::tests::{open, toucher, Mapping},
+    };
+
+    /// The handler's next report, waiting for it (at most 10 s).
+    fn report(rx: &mut UnboundedReceiver<Report>) -> Report {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            match rx.try_recv() {
+                Ok(r) => return r,
+                Err(TryRecvError::Empty) => {
+                    assert!(
+                        Instant::now() < deadline,
+                        "no report from the handler in 10 s"
+                    );
+                    thread::sleep(Duration::from_millis(5));
+                }
+                Err(e) => panic!("the handler's reports ended: {e}"),
+            }
+        }
+    }
+
+    /// This test process plays the restored one: CRIU's side hands over a
+    /// userfaultfd registered over 4 pages of its own, of which the
+    /// checkpoint's lazy set holds pages 0 and 1.
+    #[test]
+    fn faults_are_asked_for_placed_and_timed_others_get_zeros_discarded_pages_unregister() {
+        let m = Mapping::new(4);
+        let Some(u) = open(FeatureFlags::EVENT_REMOVE | FeatureFlags::EVENT_UNMAP) else {
+            return;
+        };
+        u.register(m.addr as *mut c_void, m.len as usize)
+            .expect("UFFDIO_REGISTER");
+        let layout = vec![LazyProcess {
+            pid: 7,
+            pages_id: 1,
+            runs: vec![LazyRun {
+                vaddr: m.addr,
+                nr_pages: 2,
+                slot: 0,
+            }],
+        }];
+        let dir = tempfile::tempdir().unwrap();
+        let socket = dir.path().join("lazy-pages.socket");
+        let (tx, mut reports) = tokio::sync::mpsc::unbounded_channel();
+        let h = Handler::start(&socket, layout, tx).unwrap();
+
+        // CRIU: the checkpoint pid, then a byte carrying the descriptor
+        let mut criu = UnixStream::connect(&socket).unwrap();
+        criu.write_all(&7i32.to_ne_bytes()).unwrap();
+        sendmsg::<()>(
+            criu.as_raw_fd(),
+            &[IoSlice::new(&[0])],
+            &[ControlMessage::ScmRights(&[u.as_raw_fd()])],
+            MsgFlags::empty(),
+            None,
+        )
+        .unwrap();
+        drop(u); // the handler has its own now
+
+        // a fault on a lazy page: asked for, once
+        let t = Instant::now();
+        let got0 = toucher(m.addr + 10);
+        match report(&mut reports) {
+            Report::Request { pid, vaddr, pages } => {
+                assert_eq!((pid, vaddr, pages), (7, m.addr, 1))
+            }
+            r => panic!("expected a request, got {r:?}"),
+        }
+        // a fault outside the lazy set: the zero page, asked of nobody
+        let got3 = toucher(m.page(3) + 1);
+        assert_eq!(got3.recv_timeout(Duration::from_secs(10)).unwrap(), 0);
+        // the page arrives later: the fault waits that long
+        thread::sleep(Duration::from_millis(20));
+        let page0: Vec<u8> = (0..PAGE).map(|i| (i % 251) as u8).collect();
+        h.deliver_urgent(Delivery {
+            pid: 7,
+            vaddr: m.addr,
+            data: page0.clone(),
+            origin: Origin::Source,
+            zero_pages: 0,
+        })
+        .unwrap();
+        assert_eq!(
+            got0.recv_timeout(Duration::from_secs(10)).unwrap(),
+            page0[10]
+        );
+
+        // page 1 is discarded before anyone touched it: nothing to wait for
+        let start = m.page(1);
+        let dontneed = thread::spawn(move || {
+            // SAFETY: madvise on the test's own mapping.
+            unsafe { libc::madvise(start as *mut c_void, PAGE as usize, libc::MADV_DONTNEED) }
+        });
+        assert_eq!(dontneed.join().unwrap(), 0);
+        assert_eq!(
+            toucher(start)
+                .recv_timeout(Duration::from_secs(10))
+                .unwrap(),
+            0
+        );
+
+        criu.write_all(&RESTORE_FINISHED.to_ne_bytes()).unwrap();
+        assert!(matches!(report(&mut reports), Report::RestoreFinished));
+        match report(&mut reports) {
+            Report::Done(stats) => {
+                // the handler times the wait once the page is in place:
+                // within what this side saw from before the fault to here
+                let waited = t.elapsed();
+                assert_eq!(stats.faults, 1);
+                assert_eq!(stats.pages_from_source, 1);
+                assert!(
+                    stats.fault_p50_us >= 20_000.0
+                        && stats.fault_p50_us <= waited.as_micros() as f64,
+                    "fault to placement: {} us, of {waited:?}",
+                    stats.fault_p50_us
+                );
+            }
+            r => panic!("expected done, got {r:?}"),
+        }
+        h.stop();
     }
 }
