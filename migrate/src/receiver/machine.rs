@@ -277,3 +277,234 @@ fn lazy(
         }),
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use mose_wire::{ContainerIdentity, LazyStats};
+    use proptest::prelude::*;
+    use ReceiverEvent as E;
+
+    fn identity() -> ContainerIdentity {
+        ContainerIdentity {
+            id: "c".into(),
+            namespace: "default".into(),
+            image: "img".into(),
+            spec: serde_json::json!({}),
+            labels: Default::default(),
+            snapshotter: String::new(),
+            runtime: String::new(),
+        }
+    }
+
+    fn hello() -> Message {
+        Message::Hello { version: PROTOCOL_VERSION, node: "a".into() }
+    }
+
+    fn begin(technique: Technique) -> Message {
+        Message::Begin { migration: "m".into(), technique, container: identity() }
+    }
+
+    fn file(name: &str, size: u64) -> [Message; 2] {
+        [
+            Message::FileBegin { name: name.into(), size, hash: String::new() },
+            Message::FileEnd { name: name.into() },
+        ]
+    }
+
+    /// Runs `events` from AwaitHello; the state after each.
+    fn drive(events: &[E<'_>]) -> Result<Vec<ReceiverState>, ProtocolError> {
+        let mut s = ReceiverState::AwaitHello;
+        let mut seen = Vec::new();
+        for e in events {
+            s = s.step(*e)?;
+            seen.push(s.clone());
+        }
+        Ok(seen)
+    }
+
+    /// Hello, Begin, image, a round, the final round, a file, manifests, Commit.
+    fn transfer<'a>(b: &'a Message, h: &'a Message, m: &'a [Message]) -> Vec<E<'a>> {
+        vec![
+            E::Message(h),
+            E::Message(b),
+            E::Message(&m[0]),
+            E::FileData { len: 3 },
+            E::FileData { len: 2 },
+            E::Message(&m[1]),
+            E::Message(&m[2]),
+            E::Blocks,
+            E::Manifest { hint: true },
+            E::Message(&m[3]),
+            E::Message(&m[4]),
+            E::Blocks,
+            E::Message(&m[5]),
+            E::Manifest { hint: false },
+            E::Message(&m[6]),
+        ]
+    }
+
+    fn transfer_messages() -> Vec<Message> {
+        let [fb, fe] = file("core-1.img", 5);
+        vec![
+            fb,
+            fe,
+            Message::RoundStart { round: 1, final_round: false },
+            Message::RoundEnd { round: 1, blocks: 1 },
+            Message::RoundStart { round: 2, final_round: true },
+            Message::RoundEnd { round: 2, blocks: 1 },
+            Message::Commit,
+        ]
+    }
+
+    #[test]
+    fn cold_and_precopy_restore_then_wait_for_release() {
+        for t in [Technique::Cold, Technique::Precopy] {
+            let (h, b, m) = (hello(), begin(t), transfer_messages());
+            let mut ev = transfer(&b, &h, &m);
+            let released = Message::Released;
+            ev.extend([E::Restored, E::Message(&released)]);
+            let states = drive(&ev).unwrap();
+            assert_eq!(states[1], ReceiverState::Transfer { technique: t, file: None });
+            assert_eq!(states[ev.len() - 3], ReceiverState::Restoring);
+            assert_eq!(states[ev.len() - 2], ReceiverState::AwaitRelease);
+            assert_eq!(states.last(), Some(&ReceiverState::Done));
+        }
+    }
+
+    #[test]
+    fn postcopy_and_hybrid_release_only_once_every_page_is_placed() {
+        for t in [Technique::Postcopy, Technique::Hybrid] {
+            let (h, b, m) = (hello(), begin(t), transfer_messages());
+            let sent = Message::LazySent { pages: 9 };
+            let released = Message::Released;
+            let mut ev = transfer(&b, &h, &m);
+            ev.extend([E::Pages, E::Restored, E::Pages, E::Message(&sent), E::AllPlaced, E::Pages, E::Message(&released)]);
+            let states = drive(&ev).unwrap();
+            assert!(states[ev.len() - 8].is_lazy());
+            assert_eq!(states.last(), Some(&ReceiverState::Done));
+            // Released before the last page is placed
+            let mut early = transfer(&b, &h, &m);
+            early.extend([E::Restored, E::Message(&released)]);
+            assert_eq!(drive(&early), Err(ProtocolError::ReleasedEarly));
+        }
+    }
+
+    #[test]
+    fn a_probe_absorbs_its_filler_and_refuses_absurd_sizes() {
+        let (h, m) = (hello(), Message::Measure { bytes: 10 });
+        let states = drive(&[E::Message(&h), E::Message(&m), E::FileData { len: 4 }, E::FileData { len: 6 }]).unwrap();
+        assert_eq!(states[2], ReceiverState::Probe { remaining: 6 });
+        assert_eq!(states[3], ReceiverState::Done);
+        for bytes in [0, MAX_PROBE_BYTES + 1] {
+            let m = Message::Measure { bytes };
+            assert!(matches!(drive(&[E::Message(&h), E::Message(&m)]), Err(ProtocolError::ProbeSize { .. })));
+        }
+        assert!(drive(&[E::Message(&h), E::Message(&m), E::Blocks]).is_err());
+    }
+
+    #[test]
+    fn every_failure_of_the_chart_is_one_precise_error() {
+        let h = hello();
+        let old = Message::Hello { version: PROTOCOL_VERSION + 1, node: "a".into() };
+        assert_eq!(drive(&[E::Message(&old)]), Err(ProtocolError::Version { got: PROTOCOL_VERSION + 1, ours: PROTOCOL_VERSION }));
+        let commit = Message::Commit;
+        let err = drive(&[E::Message(&commit)]).unwrap_err();
+        assert_eq!(err.to_string(), "unexpected commit message while waiting for Hello");
+        let b = begin(Technique::Cold);
+        let [fb, fe] = file("x", 4);
+        let start = [E::Message(&h), E::Message(&b)];
+        let with = |more: &[E<'_>]| {
+            let mut v = start.to_vec();
+            v.extend_from_slice(more);
+            drive(&v)
+        };
+        assert_eq!(with(&[E::FileData { len: 1 }]), Err(ProtocolError::DataOutsideFile));
+        assert!(matches!(with(&[E::Message(&fb), E::FileData { len: 5 }]), Err(ProtocolError::FileTooLong { .. })));
+        assert!(matches!(with(&[E::Message(&fb), E::FileData { len: 3 }, E::Message(&fe)]), Err(ProtocolError::FileTruncated { written: 3, size: 4, .. })));
+        assert!(matches!(with(&[E::Message(&fb), E::Message(&fb)]), Err(ProtocolError::FileInsideFile { .. })));
+        let other_end = Message::FileEnd { name: "y".into() };
+        assert!(matches!(with(&[E::Message(&fb), E::FileData { len: 4 }, E::Message(&other_end)]), Err(ProtocolError::FileEndMismatch { .. })));
+        assert!(matches!(with(&[E::Message(&fb), E::Message(&commit)]), Err(ProtocolError::CommitInsideFile { .. })));
+        assert!(matches!(with(&[E::Pages]), Err(ProtocolError::Unexpected { .. })));
+        assert!(matches!(with(&[E::Message(&commit), E::Message(&Message::Released)]), Err(ProtocolError::Unexpected { .. })));
+        let abort = Message::Abort { reason: "operator".into() };
+        for n in 0..start.len() {
+            let mut v = start[..n].to_vec();
+            v.push(E::Message(&abort));
+            assert_eq!(drive(&v), Err(ProtocolError::Aborted { reason: "operator".into() }));
+        }
+        let done = Message::LazyDone { stats: LazyStats::default() };
+        assert!(matches!(with(&[E::Message(&done)]), Err(ProtocolError::Unexpected { .. })));
+    }
+
+    fn any_event() -> impl Strategy<Value = u8> {
+        0u8..24
+    }
+
+    /// An event (and the message it may borrow) from a small alphabet that
+    /// covers every message and local event.
+    fn event_of(code: u8, msgs: &[Message]) -> E<'_> {
+        match code {
+            0 => E::Blocks,
+            1 => E::Manifest { hint: true },
+            2 => E::Manifest { hint: false },
+            3 => E::FileData { len: 3 },
+            4 => E::Pages,
+            5 => E::Restored,
+            6 => E::AllPlaced,
+            c => E::Message(&msgs[(c as usize - 7) % msgs.len()]),
+        }
+    }
+
+    fn alphabet() -> Vec<Message> {
+        let [fb, fe] = file("f", 3);
+        vec![
+            hello(),
+            begin(Technique::Hybrid),
+            begin(Technique::Cold),
+            Message::Measure { bytes: 5 },
+            fb,
+            fe,
+            Message::RoundStart { round: 1, final_round: false },
+            Message::Commit,
+            Message::Released,
+            Message::LazySent { pages: 1 },
+            Message::Abort { reason: "x".into() },
+            Message::Ack,
+            Message::PageRequest { pid: 1, vaddr: 0, pages: 1 },
+            Message::LazyDone { stats: LazyStats::default() },
+            Message::Failed { step: "s".into(), error: "e".into() },
+            Message::Restored { pid: 1, restore_ms: 0.0, prepare_ms: 0.0, steps: vec![] },
+            Message::HelloOk { version: PROTOCOL_VERSION, node: "b".into() },
+        ]
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig { cases: 512, failure_persistence: None, ..ProptestConfig::default() })]
+
+        /// Any sequence of events either walks the chart or stops at one
+        /// error; Done is only reached through Released or a probe's end.
+        #[test]
+        fn arbitrary_event_sequences_never_panic(codes in proptest::collection::vec(any_event(), 0..64)) {
+            let msgs = alphabet();
+            let mut s = ReceiverState::AwaitHello;
+            for c in codes {
+                let e = event_of(c, &msgs);
+                let done_by = matches!(e, E::Message(Message::Released) | E::FileData { .. });
+                match s.clone().step(e) {
+                    Ok(next) => {
+                        if next == ReceiverState::Done && s != ReceiverState::Done {
+                            prop_assert!(done_by, "{s:?} --{e:?}--> Done");
+                        }
+                        s = next;
+                    }
+                    Err(err) => {
+                        prop_assert!(!err.to_string().is_empty());
+                        break;
+                    }
+                }
+            }
+        }
+    }
+}
