@@ -11,32 +11,6 @@ pub mod cluster;
 pub mod plot;
 pub mod testbed;
 
-/// A comma-separated list of numbers given as `name VALUE` on the command
-/// line (e.g. `--state 64,512`), or `default`.
-pub fn list_arg(name: &str, default: &str) -> Result<Vec<u64>> {
-    words_arg(name, default)?
-        .iter()
-        .map(|x| {
-            x.trim()
-                .parse()
-                .with_context(|| format!("{name}: {x:?} is not a number"))
-        })
-        .collect()
-}
-
-/// A comma-separated list of words given as `name a,b,c` (or the default).
-pub fn words_arg(name: &str, default: &str) -> Result<Vec<String>> {
-    let args: Vec<String> = std::env::args().collect();
-    let v = match args.iter().position(|a| a == name) {
-        Some(i) => args
-            .get(i + 1)
-            .cloned()
-            .with_context(|| format!("{name} needs a value"))?,
-        None => default.to_string(),
-    };
-    Ok(v.split(',').map(|x| x.trim().to_string()).collect())
-}
-
 /// Polls `f` every 100 ms until it holds; panics naming `what` after
 /// `timeout` (for tests).
 pub fn wait_for(what: &str, timeout: Duration, mut f: impl FnMut() -> bool) {

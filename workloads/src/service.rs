@@ -62,11 +62,62 @@ impl Default for Config {
     }
 }
 
+/// Command-line flags of `mose-state-service`; each one given wins over its
+/// environment variable (see [`Config::from_env_and_flags`]).
+#[derive(Debug, Default, Clone, PartialEq, clap::Parser)]
+#[command(
+    name = "mose-state-service",
+    args_override_self = true,
+    about = "The stateful workload MOSE migrates: S MiB of checksummed memory rewritten at R MiB/s, \
+             served over TCP (PING, VERIFY, STATS, QUIT)",
+    after_help = "Environment (flags win): MOSE_STATE_MIB MOSE_DIRTY_MIB_PER_S MOSE_PORT MOSE_SEED \
+                  MOSE_BIND, and MOSE_IDLE (set: no dirtying)."
+)]
+pub struct Flags {
+    /// State size in MiB [default: 64].
+    #[arg(long, value_name = "S")]
+    pub state_mib: Option<u64>,
+    /// Rewrite rate in MiB/s, 0: idle [default: 0].
+    #[arg(
+        long,
+        value_name = "R",
+        value_parser = non_negative,
+        allow_negative_numbers = true,
+        overrides_with = "idle"
+    )]
+    pub dirty_mib_per_s: Option<f64>,
+    /// No dirtying (same as --dirty-mib-per-s 0; the later of the two wins).
+    #[arg(long, overrides_with = "dirty_mib_per_s")]
+    pub idle: bool,
+    /// TCP port, 0: any free port [default: 7070].
+    #[arg(long, value_name = "P")]
+    pub port: Option<u16>,
+    /// Listen address [default: 0.0.0.0].
+    #[arg(long, value_name = "ADDR")]
+    pub bind: Option<String>,
+    /// PRNG seed of the initial content and the dirtier [default: 1].
+    #[arg(long, value_name = "N")]
+    pub seed: Option<u64>,
+    /// Every 200 ms move a scratch buffer (mremap), discard half of it
+    /// (MADV_DONTNEED) and verify the state from a forked child.
+    #[arg(long)]
+    pub churn: bool,
+}
+
+/// A rate: finite and >= 0.
+fn non_negative(s: &str) -> std::result::Result<f64, String> {
+    match s.parse::<f64>() {
+        Ok(v) if v.is_finite() && v >= 0.0 => Ok(v),
+        Ok(_) => Err("must be a number >= 0".into()),
+        Err(e) => Err(e.to_string()),
+    }
+}
+
 impl Config {
     /// Reads `MOSE_STATE_MIB`, `MOSE_DIRTY_MIB_PER_S`, `MOSE_PORT`,
-    /// `MOSE_SEED`, `MOSE_BIND`, `MOSE_IDLE` (set: no dirtying), then the
-    /// command-line flags (which win).
-    pub fn from_env_and_args(args: &[String]) -> Result<Self> {
+    /// `MOSE_SEED`, `MOSE_BIND`, `MOSE_IDLE` (set: no dirtying), then
+    /// applies the command-line `flags` (which win).
+    pub fn from_env_and_flags(flags: &Flags) -> Result<Self> {
         let mut c = Self::default();
         let env = |k: &str| std::env::var(k).ok().filter(|v| !v.is_empty());
         if let Some(v) = env("MOSE_STATE_MIB") {
@@ -87,46 +138,31 @@ impl Config {
         if env("MOSE_IDLE").is_some() {
             c.dirty_mib_per_s = 0.0;
         }
-        let mut it = args.iter();
-        while let Some(a) = it.next() {
-            let (flag, inline) = match a.split_once('=') {
-                Some((f, v)) if f.starts_with("--") => (f, Some(v.to_string())),
-                _ => (a.as_str(), None),
-            };
-            let mut value = || -> Result<String> {
-                match &inline {
-                    Some(v) => Ok(v.clone()),
-                    None => it
-                        .next()
-                        .cloned()
-                        .with_context(|| format!("{flag} needs a value")),
-                }
-            };
-            match flag {
-                "--state-mib" => c.state_mib = value()?.parse().context("--state-mib")?,
-                "--dirty-mib-per-s" => {
-                    c.dirty_mib_per_s = value()?.parse().context("--dirty-mib-per-s")?
-                }
-                "--port" => c.port = value()?.parse().context("--port")?,
-                "--seed" => c.seed = value()?.parse().context("--seed")?,
-                "--bind" => c.bind = value()?,
-                "--idle" => c.dirty_mib_per_s = 0.0,
-                "--churn" => c.churn = true,
-                other => bail!("unknown argument {other:?}\n{}", usage()),
-            }
+        if let Some(v) = flags.state_mib {
+            c.state_mib = v;
         }
+        if let Some(v) = flags.dirty_mib_per_s {
+            c.dirty_mib_per_s = v;
+        }
+        if flags.idle {
+            c.dirty_mib_per_s = 0.0;
+        }
+        if let Some(v) = flags.port {
+            c.port = v;
+        }
+        if let Some(v) = &flags.bind {
+            c.bind = v.clone();
+        }
+        if let Some(v) = flags.seed {
+            c.seed = v;
+        }
+        c.churn |= flags.churn;
+        // the flag's value was checked when it was parsed
         if !(c.dirty_mib_per_s.is_finite() && c.dirty_mib_per_s >= 0.0) {
-            bail!("--dirty-mib-per-s must be >= 0");
+            bail!("MOSE_DIRTY_MIB_PER_S must be >= 0");
         }
         Ok(c)
     }
-}
-
-/// Usage text of `mose-state-service`.
-pub fn usage() -> &'static str {
-    "usage: mose-state-service [--state-mib S (64)] [--dirty-mib-per-s R (0)] [--idle] \
-     [--port P (7070)] [--bind ADDR (0.0.0.0)] [--seed N (1)] [--churn]\n\
-     env: MOSE_STATE_MIB MOSE_DIRTY_MIB_PER_S MOSE_PORT MOSE_SEED MOSE_BIND MOSE_IDLE"
 }
 
 /// Shared by all threads of the service.
@@ -523,25 +559,50 @@ fn verify_report(s: &Shared) -> VerifyReport {
 mod tests {
     use super::*;
 
-    fn args(s: &str) -> Vec<String> {
-        s.split_whitespace().map(String::from).collect()
+    fn flags(s: &str) -> std::result::Result<Flags, clap::Error> {
+        use clap::Parser;
+        Flags::try_parse_from(std::iter::once("mose-state-service").chain(s.split_whitespace()))
+    }
+
+    fn config(s: &str) -> Config {
+        Config::from_env_and_flags(&flags(s).expect("flags")).expect("config")
     }
 
     #[test]
     fn flags_parse() {
-        let c = Config::from_env_and_args(&args(
-            "--state-mib 512 --dirty-mib-per-s=16 --port 9000 --seed 5",
-        ))
-        .expect("parse");
+        use clap::CommandFactory;
+        Flags::command().debug_assert();
+        let c =
+            config("--state-mib 512 --dirty-mib-per-s=16 --port 9000 --seed 5 --bind 127.0.0.1");
         assert_eq!(
-            (c.state_mib, c.dirty_mib_per_s, c.port, c.seed),
-            (512, 16.0, 9000, 5)
+            (
+                c.state_mib,
+                c.dirty_mib_per_s,
+                c.port,
+                c.seed,
+                c.bind.as_str()
+            ),
+            (512, 16.0, 9000, 5, "127.0.0.1")
         );
-        let c = Config::from_env_and_args(&args("--dirty-mib-per-s 4 --idle")).expect("idle");
-        assert_eq!(c.dirty_mib_per_s, 0.0);
-        assert!(Config::from_env_and_args(&args("--bogus")).is_err());
-        assert!(Config::from_env_and_args(&args("--port")).is_err());
-        assert!(Config::from_env_and_args(&args("--dirty-mib-per-s -1")).is_err());
+        assert_eq!(config(""), Config::default());
+        // the later of --idle and --dirty-mib-per-s wins, as does a repeated flag
+        assert_eq!(config("--dirty-mib-per-s 4 --idle").dirty_mib_per_s, 0.0);
+        assert_eq!(config("--idle --dirty-mib-per-s 4").dirty_mib_per_s, 4.0);
+        assert_eq!(config("--port 1 --port 2").port, 2);
+        for bad in [
+            "--bogus",
+            "--port",
+            "--port 70000",
+            "--state-mib x",
+            "--dirty-mib-per-s -1",
+            "--dirty-mib-per-s inf",
+            "extra",
+        ] {
+            let e = flags(bad)
+                .err()
+                .unwrap_or_else(|| panic!("{bad:?} accepted"));
+            assert_eq!(e.exit_code(), 2, "{bad:?}: {e}");
+        }
     }
 
     #[test]
@@ -564,11 +625,7 @@ mod tests {
         };
         assert!(st["churn_rounds"].as_u64().unwrap_or(0) >= 2, "{st}");
         assert_eq!(st["churn_errors"], 0, "{st}");
-        assert!(
-            Config::from_env_and_args(&args("--churn"))
-                .expect("flag")
-                .churn
-        );
+        assert!(config("--churn").churn);
     }
 
     #[test]

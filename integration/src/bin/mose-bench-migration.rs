@@ -8,7 +8,7 @@
 //! measures the client-observed downtime of each.
 //!
 //! Usage: mose-bench-migration [--state 64,512,1024] [--dirty 0,16] [--links 1000,200] [--runs 1]
-//!        [--techniques baseline,cold,precopy,postcopy,hybrid]
+//!        [--techniques baseline,cold,precopy,postcopy,hybrid]   (see `--help`)
 //! Writes results/bench-migration.json and results/bench-migration.svg.
 
 use std::{
@@ -19,10 +19,9 @@ use std::{
 };
 
 use anyhow::{anyhow, bail, Context, Result};
+use clap::{builder::PossibleValuesParser, Parser};
 use containerd_client::types::Descriptor;
-use mose_integration::{
-    cluster::Cluster, list_arg, median, ms, plot, print_table, results_dir, words_arg, write_json,
-};
+use mose_integration::{cluster::Cluster, median, ms, plot, print_table, results_dir, write_json};
 use mose_tests::fifo::TaskIo;
 use mose_workloads::{
     image::ctr_import,
@@ -35,6 +34,61 @@ const PORT: u16 = 7070;
 const XFER_PORT: u16 = 7799;
 const CRIU_TAR: &str = "application/vnd.containerd.container.criu.checkpoint.criu.tar";
 const BASE: &str = "/run/mose-baseline";
+/// What `--techniques` may name.
+const TECHNIQUES: [&str; 5] = ["baseline", "cold", "precopy", "postcopy", "hybrid"];
+
+/// A configuration: state MiB, dirty MiB/s, link Mbit/s.
+type Config = (u64, u64, u32);
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "mose-bench-migration",
+    args_override_self = true,
+    about = "Migration benchmark on the two-node testbed: the state service migrated with MOSE's \
+             techniques and with the ctr checkpoint + tar over TCP + restore baseline, client-observed \
+             downtime measured by a 200 req/s probe",
+    after_help = "Every list is comma-separated; the grid is state x dirty x links. Writes \
+                  results/bench-migration.json and results/bench-migration.svg (under \
+                  $MOSE_RESULTS_DIR when set)."
+)]
+struct Args {
+    /// State sizes of the state service, in MiB.
+    #[arg(
+        long = "state",
+        value_name = "MIB",
+        value_delimiter = ',',
+        default_value = "64,512,1024"
+    )]
+    states: Vec<u64>,
+    /// Rates at which the state is rewritten, in MiB/s.
+    #[arg(
+        long = "dirty",
+        value_name = "MIB_PER_S",
+        value_delimiter = ',',
+        default_value = "0,16"
+    )]
+    dirties: Vec<u64>,
+    /// Rates the testbed's links are shaped to, in Mbit/s (one testbed each).
+    #[arg(
+        long,
+        value_name = "MBIT",
+        value_delimiter = ',',
+        default_value = "1000,200"
+    )]
+    links: Vec<u32>,
+    /// Runs of each technique per configuration.
+    #[arg(long, value_name = "N", default_value_t = 1)]
+    runs: u64,
+    /// Techniques to run per configuration, in this order.
+    #[arg(
+        long,
+        value_name = "TECHNIQUE",
+        value_delimiter = ',',
+        default_value = "baseline,cold,precopy,postcopy,hybrid",
+        value_parser = PossibleValuesParser::new(TECHNIQUES)
+    )]
+    techniques: Vec<String>,
+}
 
 struct Run {
     technique: String,
@@ -269,16 +323,13 @@ async fn ingest(socket: &Path, ns: &str, file: &Path, digest: &str, size: u64) -
 
 #[tokio::main(flavor = "multi_thread", worker_threads = 2)]
 async fn main() -> Result<()> {
-    let states = list_arg("--state", "64,512,1024")?;
-    let techniques = words_arg("--techniques", "baseline,cold,precopy,postcopy,hybrid")?;
-    for t in &techniques {
-        if !["baseline", "cold", "precopy", "postcopy", "hybrid"].contains(&t.as_str()) {
-            bail!("--techniques: unknown {t:?} (baseline, cold, precopy, postcopy, hybrid)");
-        }
-    }
-    let dirties = list_arg("--dirty", "0,16")?;
-    let links = list_arg("--links", "1000,200")?;
-    let runs = list_arg("--runs", "1")?.first().copied().unwrap_or(1);
+    let Args {
+        states,
+        dirties,
+        links,
+        runs,
+        techniques,
+    } = Args::parse();
     mose_migrate::ensure_tmpfs(Path::new(BASE))?;
     std::fs::write(
         Path::new(BASE).join("criu.conf"),
@@ -289,7 +340,7 @@ async fn main() -> Result<()> {
     let mut rows = Vec::new();
     for &link in &links {
         eprintln!("[bench] testbed with links shaped to {link} Mbit/s");
-        let c = Cluster::up(2, Some(link as u32))?;
+        let c = Cluster::up(2, Some(link))?;
         let ns = mose_tests::unique_id("bench");
         for i in [1, 2] {
             ctr_import(c.node(i)?.containerd_socket(), &ns, &archive)?;
@@ -420,11 +471,11 @@ async fn main() -> Result<()> {
     // ratios against the baseline of the same configuration
     println!("\nratios to the baseline (median downtime):");
     let mut ratios = Vec::new();
-    let mut configs: Vec<(u64, u64, u64)> = all.iter().map(|(k, ..)| *k).collect();
+    let mut configs: Vec<Config> = all.iter().map(|(k, ..)| *k).collect();
     configs.dedup();
     let mut labels = Vec::new();
     let mut series: Vec<Vec<f64>> = vec![Vec::new(); techniques.len()];
-    let med = |cfg: &(u64, u64, u64), t: &str, f: &dyn Fn(&Run) -> f64| {
+    let med = |cfg: &Config, t: &str, f: &dyn Fn(&Run) -> f64| {
         median(
             &all.iter()
                 .filter(|(k, r, _)| k == cfg && r.technique == t)
@@ -517,4 +568,56 @@ async fn main() -> Result<()> {
         dir.join("bench-migration.svg").display()
     );
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use clap::CommandFactory;
+
+    use super::*;
+
+    fn parse(args: &[&str]) -> Result<Args, clap::Error> {
+        Args::try_parse_from(std::iter::once("mose-bench-migration").chain(args.iter().copied()))
+    }
+
+    #[test]
+    fn defaults_and_lists() {
+        Args::command().debug_assert();
+        let a = parse(&[]).expect("defaults");
+        assert_eq!(
+            (a.states, a.dirties, a.links, a.runs),
+            (vec![64, 512, 1024], vec![0, 16], vec![1000, 200], 1)
+        );
+        assert_eq!(a.techniques, TECHNIQUES);
+        // as README.md and docs/results.md run it
+        let a = parse(&[
+            "--state",
+            "64,512",
+            "--techniques",
+            "cold,postcopy",
+            "--runs",
+            "2",
+        ])
+        .expect("lists");
+        assert_eq!(
+            (a.states, a.techniques, a.runs),
+            (
+                vec![64, 512],
+                vec!["cold".to_string(), "postcopy".into()],
+                2
+            )
+        );
+        for bad in [
+            &["--bogus"][..],
+            &["--state", "64,x"],
+            &["--techniques", "cold,warm"],
+            &["--links", "-1"],
+            &["--runs", "1,2"],
+        ] {
+            let e = parse(bad)
+                .err()
+                .unwrap_or_else(|| panic!("{bad:?} accepted"));
+            assert_eq!(e.exit_code(), 2, "{bad:?}: {e}");
+        }
+    }
 }

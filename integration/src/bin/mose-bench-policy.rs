@@ -16,15 +16,14 @@
 //! bandwidth and bytes.
 //!
 //! Usage: mose-bench-policy [--runs 3] [--state 32,128] [--dirty 0,8]
-//!        [--links 1000,200] [--max-downtime-ms 1000] [--max-total-ms 6000]
+//!        [--links 1000,200] [--max-downtime-ms 1000] [--max-total-ms 6000]   (see `--help`)
 //! Writes results/bench-policy.json and results/bench-policy.svg.
 
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Result};
-use mose_integration::{
-    cluster::Cluster, list_arg, median, plot, print_table, results_dir, write_json,
-};
+use clap::Parser;
+use mose_integration::{cluster::Cluster, median, plot, print_table, results_dir, write_json};
 use mose_workloads::{
     image::ctr_import,
     images::{cache_dir, state_service_archive, STATE_SERVICE_REF},
@@ -33,6 +32,53 @@ use mose_workloads::{
 
 const RT: &str = "io.containerd.mose.v2";
 const PORT: u16 = 7070;
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "mose-bench-policy",
+    args_override_self = true,
+    about = "Policy benchmark on the two-node testbed: how well the cost model predicts downtime and \
+             total time, and how often plans that claim a target feasible meet it (MOSE's plan vs a \
+             fixed configuration)",
+    after_help = "Every list is comma-separated; the grid is state x dirty x links. Writes \
+                  results/bench-policy.json and results/bench-policy.svg (under $MOSE_RESULTS_DIR \
+                  when set)."
+)]
+struct Args {
+    /// Migrations per technique and scenario in Part A (0 counts as 1).
+    #[arg(long, value_name = "N", default_value_t = 3)]
+    runs: u64,
+    /// State sizes of the state service, in MiB.
+    #[arg(
+        long = "state",
+        value_name = "MIB",
+        value_delimiter = ',',
+        default_value = "32,128"
+    )]
+    states: Vec<u64>,
+    /// Rates at which the state is rewritten, in MiB/s.
+    #[arg(
+        long = "dirty",
+        value_name = "MIB_PER_S",
+        value_delimiter = ',',
+        default_value = "0,8"
+    )]
+    dirties: Vec<u64>,
+    /// Rates the testbed's links are shaped to, in Mbit/s (one testbed each).
+    #[arg(
+        long,
+        value_name = "MBIT",
+        value_delimiter = ',',
+        default_value = "1000,200"
+    )]
+    links: Vec<u32>,
+    /// Downtime target annotated on the containers, in ms (min-bandwidth's is 3 times this).
+    #[arg(long = "max-downtime-ms", value_name = "MS", default_value_t = 1000)]
+    max_down: u64,
+    /// Total migration time target annotated on the containers, in ms.
+    #[arg(long = "max-total-ms", value_name = "MS", default_value_t = 6000)]
+    max_total: u64,
+}
 
 /// Starts the state service as `id` on `node` with `annotations`.
 fn start(
@@ -122,18 +168,21 @@ fn rel_err(p: f64, m: f64) -> f64 {
 }
 
 fn main() -> Result<()> {
-    let runs = list_arg("--runs", "3")?[0].max(1);
-    let states = list_arg("--state", "32,128")?;
-    let dirties = list_arg("--dirty", "0,8")?;
-    let links = list_arg("--links", "1000,200")?;
-    let max_down = list_arg("--max-downtime-ms", "1000")?[0];
-    let max_total = list_arg("--max-total-ms", "6000")?[0];
+    let Args {
+        runs,
+        states,
+        dirties,
+        links,
+        max_down,
+        max_total,
+    } = Args::parse();
+    let runs = runs.max(1);
     let archive = state_service_archive(None, &cache_dir())?;
     let mut accuracy = Vec::new();
     let mut targets_rows = Vec::new();
     let t_all = Instant::now();
     for &link in &links {
-        let c = Cluster::up(2, Some(link as u32))?;
+        let c = Cluster::up(2, Some(link))?;
         let ns = mose_tests::unique_id("bpol");
         for i in [1, 2] {
             ctr_import(c.node(i)?.containerd_socket(), &ns, &archive)?;
@@ -413,4 +462,57 @@ fn main() -> Result<()> {
         dir.join("bench-policy.svg").display()
     );
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use clap::CommandFactory;
+
+    use super::*;
+
+    fn parse(args: &[&str]) -> Result<Args, clap::Error> {
+        Args::try_parse_from(std::iter::once("mose-bench-policy").chain(args.iter().copied()))
+    }
+
+    #[test]
+    fn defaults_and_lists() {
+        Args::command().debug_assert();
+        let a = parse(&[]).expect("defaults");
+        assert_eq!(
+            (
+                a.runs,
+                a.states,
+                a.dirties,
+                a.links,
+                a.max_down,
+                a.max_total
+            ),
+            (3, vec![32, 128], vec![0, 8], vec![1000, 200], 1000, 6000)
+        );
+        let a = parse(&[
+            "--runs",
+            "1",
+            "--dirty",
+            "4",
+            "--links",
+            "100,50",
+            "--max-total-ms",
+            "9000",
+        ])
+        .expect("lists");
+        assert_eq!(
+            (a.runs, a.dirties, a.links, a.max_total),
+            (1, vec![4], vec![100, 50], 9000)
+        );
+        for bad in [
+            &["--bogus"][..],
+            &["--state", "x"],
+            &["--max-downtime-ms", "1s"],
+        ] {
+            let e = parse(bad)
+                .err()
+                .unwrap_or_else(|| panic!("{bad:?} accepted"));
+            assert_eq!(e.exit_code(), 2, "{bad:?}: {e}");
+        }
+    }
 }

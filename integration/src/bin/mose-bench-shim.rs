@@ -6,7 +6,7 @@
 //! and restore (create from checkpoint + start). Prints medians and the ratio
 //! MOSE / runc, writes `results/bench-shim.json` and `results/bench-shim.svg`.
 //!
-//! Usage: mose-bench-shim [ITERATIONS]   (default 20)
+//! Usage: mose-bench-shim [ITERATIONS]   (default 20; see `--help`)
 
 use std::{
     fs::File,
@@ -17,6 +17,7 @@ use std::{
 };
 
 use anyhow::{anyhow, bail, Context, Result};
+use clap::Parser;
 use containerd_client::types::Descriptor;
 use mose_integration::{median, ms, percentile, plot, print_table, results_dir, write_json};
 use mose_tests::{
@@ -39,6 +40,20 @@ const METRICS: [&str; 5] = [
 ];
 const CRIU_MEDIA_TYPE: &str = "application/vnd.containerd.container.criu.checkpoint.criu.tar";
 const CMD: &str = "echo ready; i=0; while true; do i=$((i+1)); sleep 0.05; done";
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "mose-bench-shim",
+    about = "Shim benchmark: the same image under containerd's runc shim and under MOSE, iterations \
+             interleaved, against one private containerd",
+    after_help = "Measures create, create->start, start->first output, checkpoint and restore; writes \
+                  results/bench-shim.json and results/bench-shim.svg (under $MOSE_RESULTS_DIR when set)."
+)]
+struct Args {
+    /// Measured iterations under each runtime (after one warm-up each).
+    #[arg(value_name = "ITERATIONS", default_value_t = 20)]
+    iterations: usize,
+}
 
 /// Records when the first byte arrives on a FIFO.
 fn first_byte(path: &Path) -> mpsc::Receiver<Instant> {
@@ -181,12 +196,7 @@ async fn create_lease(cd: &TestContainerd) -> Result<()> {
 
 #[tokio::main(flavor = "multi_thread", worker_threads = 2)]
 async fn main() -> Result<()> {
-    let n: usize = match std::env::args().nth(1) {
-        Some(a) => a
-            .parse()
-            .with_context(|| format!("ITERATIONS must be a number, got {a:?}"))?,
-        None => 20,
-    };
+    let n = Args::parse().iterations;
     let cd = TestContainerd::start()?;
     let image = cd.import_test_image(NS)?;
     let c = cd.client(NS).await?;
@@ -282,4 +292,28 @@ async fn main() -> Result<()> {
         dir.join("bench-shim.svg").display()
     );
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use clap::CommandFactory;
+
+    use super::*;
+
+    fn parse(args: &[&str]) -> Result<Args, clap::Error> {
+        Args::try_parse_from(std::iter::once("mose-bench-shim").chain(args.iter().copied()))
+    }
+
+    #[test]
+    fn iterations() {
+        Args::command().debug_assert();
+        assert_eq!(parse(&[]).expect("default").iterations, 20);
+        assert_eq!(parse(&["30"]).expect("30").iterations, 30);
+        for bad in [&["x"][..], &["3", "4"], &["--bogus"]] {
+            let e = parse(bad)
+                .err()
+                .unwrap_or_else(|| panic!("{bad:?} accepted"));
+            assert_eq!(e.exit_code(), 2, "{bad:?}: {e}");
+        }
+    }
 }

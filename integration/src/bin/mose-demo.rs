@@ -3,11 +3,12 @@
 //! migrations there and back with each technique. Prints a KPI table and
 //! writes `results/demo.json` and `results/demo.svg`.
 //!
-//! Usage: mose-demo [--state-mib S] [--dirty-mib-per-s R] [--rate-mbit L]
+//! Usage: mose-demo [--state-mib S (64)] [--dirty-mib-per-s R (4)] [--rate-mbit L (1000)]
 
 use std::time::Duration;
 
-use anyhow::{bail, Context, Result};
+use anyhow::{bail, Result};
+use clap::Parser;
 use mose_integration::{cluster::Cluster, plot, print_table, results_dir, write_json};
 use mose_workloads::{
     image::ctr_import,
@@ -18,26 +19,37 @@ use mose_workloads::{
 const NS: &str = "mose-demo";
 const PORT: u16 = 7070;
 
-fn arg(name: &str, default: u64) -> Result<u64> {
-    let args: Vec<String> = std::env::args().collect();
-    match args.iter().position(|a| a == name) {
-        Some(i) => args
-            .get(i + 1)
-            .with_context(|| format!("{name} needs a value"))?
-            .parse()
-            .with_context(|| format!("{name} takes a whole number")),
-        None => Ok(default),
-    }
+#[derive(Debug, Parser)]
+#[command(
+    name = "mose-demo",
+    args_override_self = true,
+    about = "MOSE demo: a two-node edge testbed, the state service on node 1 under a 200 req/s \
+             probe, and migrations there and back with each technique",
+    after_help = "Prints a KPI table and writes results/demo.json and results/demo.svg (under \
+                  $MOSE_RESULTS_DIR when set)."
+)]
+struct Args {
+    /// State size of the state service, in MiB.
+    #[arg(long, value_name = "S", default_value_t = 64)]
+    state_mib: u64,
+    /// Rate at which the state is rewritten, in MiB/s.
+    #[arg(long = "dirty-mib-per-s", value_name = "R", default_value_t = 4)]
+    dirty: u64,
+    /// Rate the testbed's links are shaped to, in Mbit/s.
+    #[arg(long = "rate-mbit", value_name = "L", default_value_t = 1000)]
+    rate: u32,
 }
 
 fn main() -> Result<()> {
-    let state_mib = arg("--state-mib", 64)?;
-    let dirty = arg("--dirty-mib-per-s", 4)?;
-    let rate = arg("--rate-mbit", 1000)?;
+    let Args {
+        state_mib,
+        dirty,
+        rate,
+    } = Args::parse();
     println!("MOSE demo: live migration of a stateful service between two edge nodes");
     println!("  state {state_mib} MiB, dirtied at {dirty} MiB/s, links shaped to {rate} Mbit/s\n");
     eprintln!("[demo] bringing up the two-node testbed");
-    let c = Cluster::up(2, Some(rate as u32))?;
+    let c = Cluster::up(2, Some(rate))?;
     let (n1, n2) = (c.node(1)?, c.node(2)?);
     eprintln!("[demo] importing the state-service image on node 1 only (node 2 gets it with the migration)");
     let archive = state_service_archive(None, &cache_dir())?;
@@ -197,3 +209,36 @@ const HEADER: [&str; 11] = [
     "seq ok",
     "verify",
 ];
+
+#[cfg(test)]
+mod tests {
+    use clap::CommandFactory;
+
+    use super::*;
+
+    fn parse(args: &[&str]) -> Result<Args, clap::Error> {
+        Args::try_parse_from(std::iter::once("mose-demo").chain(args.iter().copied()))
+    }
+
+    #[test]
+    fn flags() {
+        Args::command().debug_assert();
+        let a = parse(&[]).expect("defaults");
+        assert_eq!((a.state_mib, a.dirty, a.rate), (64, 4, 1000));
+        let a = parse(&[
+            "--state-mib",
+            "128",
+            "--dirty-mib-per-s=8",
+            "--rate-mbit",
+            "200",
+        ])
+        .expect("flags");
+        assert_eq!((a.state_mib, a.dirty, a.rate), (128, 8, 200));
+        for bad in [&["--bogus"][..], &["--state-mib"], &["--rate-mbit", "1.5"]] {
+            let e = parse(bad)
+                .err()
+                .unwrap_or_else(|| panic!("{bad:?} accepted"));
+            assert_eq!(e.exit_code(), 2, "{bad:?}: {e}");
+        }
+    }
+}

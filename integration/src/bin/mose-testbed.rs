@@ -15,70 +15,87 @@ use std::net::Ipv4Addr;
 use std::os::unix::net::UnixStream;
 use std::time::Duration;
 
-use anyhow::{bail, Context, Result};
+use anyhow::{bail, Result};
+use clap::{Parser, Subcommand};
 use mose_integration::testbed::{PluginCommand, Testbed, TestbedOptions};
 
-const USAGE: &str = "usage:
-  mose-testbed up [--nodes N] [--name NAME] [--rate-mbit R] [--subnet A.B.C.0] [--plugin 'PROG ARGS']
-  mose-testbed status [--name NAME]
-  mose-testbed down (--name NAME | --all)";
-
-/// Parsed `--flag value` pairs and bare `--flags`.
-struct Args {
-    rest: Vec<String>,
+#[derive(Debug, Parser)]
+#[command(
+    name = "mose-testbed",
+    args_override_self = true,
+    arg_required_else_help = true,
+    about = "Brings MOSE's N-node edge testbed (netns + bridge + one containerd per node) up and \
+             leaves it running, shows it, tears it down; must run as root"
+)]
+struct Cli {
+    #[command(subcommand)]
+    cmd: Cmd,
 }
 
-impl Args {
-    fn value(&mut self, flag: &str) -> Result<Option<String>> {
-        let Some(pos) = self.rest.iter().position(|a| a == flag) else {
-            return Ok(None);
-        };
-        if pos + 1 >= self.rest.len() {
-            bail!("{flag} needs a value\n{USAGE}");
-        }
-        let v = self.rest.remove(pos + 1);
-        self.rest.remove(pos);
-        Ok(Some(v))
-    }
-    fn flag(&mut self, flag: &str) -> bool {
-        match self.rest.iter().position(|a| a == flag) {
-            Some(pos) => {
-                self.rest.remove(pos);
-                true
-            }
-            None => false,
-        }
-    }
-    fn done(&self) -> Result<()> {
-        if !self.rest.is_empty() {
-            bail!("unexpected arguments {:?}\n{USAGE}", self.rest);
-        }
-        Ok(())
-    }
+#[derive(Debug, Subcommand)]
+enum Cmd {
+    /// Bring a testbed up and print its description (JSON, also kept in
+    /// /run/mose-testbed/<name>.json).
+    Up(UpArgs),
+    /// Show the testbeds (or one), their nodes and whether each containerd answers.
+    Status {
+        /// Only this testbed [default: all].
+        #[arg(long)]
+        name: Option<String>,
+    },
+    /// Remove a testbed, or all of them (a no-op for what is already gone).
+    #[command(group(clap::ArgGroup::new("which").required(true).args(["name", "all"])))]
+    Down {
+        /// The testbed to remove.
+        #[arg(long)]
+        name: Option<String>,
+        /// Every testbed, and the remains of any without a state file.
+        #[arg(long)]
+        all: bool,
+    },
 }
 
-fn up(mut a: Args) -> Result<()> {
+#[derive(Debug, clap::Args)]
+struct UpArgs {
+    /// Number of nodes, 1 to 200 [default: 2].
+    #[arg(long, value_name = "N")]
+    nodes: Option<usize>,
+    /// Testbed name, [a-z0-9] [default: derived from the pid].
+    #[arg(long)]
+    name: Option<String>,
+    /// Rate limit of every node's link, in Mbit/s [default: none].
+    #[arg(long, value_name = "R")]
+    rate_mbit: Option<u32>,
+    /// Network address of the testbed's /24, A.B.C.0[/24] [default: a free 10.77.<k>.0].
+    #[arg(long, value_name = "A.B.C.0", value_parser = parse_subnet)]
+    subnet: Option<Ipv4Addr>,
+    /// Plugin started in each node's netns once its containerd answers:
+    /// 'PROG ARGS…' as one argument, split at whitespace; {node}, {ip}, {dir}
+    /// and {containerd_sock} are replaced per node.
+    #[arg(long, value_name = "'PROG ARGS'", value_parser = parse_plugin)]
+    plugin: Option<PluginCommand>,
+}
+
+/// `A.B.C.0` or `A.B.C.0/24`.
+fn parse_subnet(s: &str) -> Result<Ipv4Addr, String> {
+    s.trim_end_matches("/24")
+        .parse()
+        .map_err(|_| format!("{s:?} is not A.B.C.0[/24]"))
+}
+
+fn parse_plugin(s: &str) -> Result<PluginCommand, String> {
+    PluginCommand::parse(s).map_err(|e| format!("{e:#}"))
+}
+
+fn up(a: UpArgs) -> Result<()> {
     let mut opts = TestbedOptions::default();
-    if let Some(n) = a.value("--nodes")? {
-        opts.nodes = n.parse().with_context(|| format!("--nodes {n}"))?;
+    if let Some(n) = a.nodes {
+        opts.nodes = n;
     }
-    opts.name = a.value("--name")?;
-    if let Some(r) = a.value("--rate-mbit")? {
-        opts.rate_mbit = Some(r.parse().with_context(|| format!("--rate-mbit {r}"))?);
-    }
-    if let Some(s) = a.value("--subnet")? {
-        let addr = s.trim_end_matches("/24");
-        opts.subnet = Some(
-            addr.parse::<Ipv4Addr>()
-                .with_context(|| format!("--subnet {s} (want A.B.C.0[/24])"))?,
-        );
-    }
-    if let Some(p) = a.value("--plugin")? {
-        opts.plugin = Some(mose_integration::testbed::Plugin::Template(
-            PluginCommand::parse(&p)?,
-        ));
-    }
-    a.done()?;
+    opts.name = a.name;
+    opts.rate_mbit = a.rate_mbit;
+    opts.subnet = a.subnet;
+    opts.plugin = a.plugin.map(mose_integration::testbed::Plugin::Template);
     let tb = Testbed::up(opts)?;
     let info = tb.detach()?;
     println!("{}", serde_json::to_string_pretty(&info)?);
@@ -86,12 +103,11 @@ fn up(mut a: Args) -> Result<()> {
     Ok(())
 }
 
-fn status(mut a: Args) -> Result<()> {
-    let names = match a.value("--name")? {
+fn status(name: Option<String>) -> Result<()> {
+    let names = match name {
         Some(n) => vec![n],
         None => Testbed::list()?,
     };
-    a.done()?;
     if names.is_empty() {
         println!("no testbeds");
     }
@@ -131,10 +147,7 @@ fn status(mut a: Args) -> Result<()> {
     Ok(())
 }
 
-fn down(mut a: Args) -> Result<()> {
-    let all = a.flag("--all");
-    let name = a.value("--name")?;
-    a.done()?;
+fn down(name: Option<String>, all: bool) -> Result<()> {
     let names = match (all, name) {
         (true, None) => {
             let mut v = Testbed::list()?;
@@ -142,7 +155,7 @@ fn down(mut a: Args) -> Result<()> {
             v
         }
         (false, Some(n)) => vec![n],
-        _ => bail!("give either --name NAME or --all\n{USAGE}"),
+        _ => bail!("give either --name NAME or --all"),
     };
     let mut failed = Vec::new();
     for name in names {
@@ -164,20 +177,76 @@ fn down(mut a: Args) -> Result<()> {
 }
 
 fn main() -> Result<()> {
-    let mut argv: Vec<String> = std::env::args().skip(1).collect();
-    if argv.is_empty() {
-        bail!("{USAGE}");
+    match Cli::parse().cmd {
+        Cmd::Up(a) => up(a),
+        Cmd::Status { name } => status(name),
+        Cmd::Down { name, all } => down(name, all),
     }
-    let cmd = argv.remove(0);
-    let a = Args { rest: argv };
-    match cmd.as_str() {
-        "up" => up(a),
-        "status" => status(a),
-        "down" => down(a),
-        "-h" | "--help" | "help" => {
-            println!("{USAGE}");
-            Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use clap::CommandFactory;
+
+    use super::*;
+
+    fn parse(args: &[&str]) -> Result<Cli, clap::Error> {
+        Cli::try_parse_from(std::iter::once("mose-testbed").chain(args.iter().copied()))
+    }
+
+    #[test]
+    fn command_is_consistent() {
+        Cli::command().debug_assert();
+    }
+
+    #[test]
+    fn commands_parse() {
+        let c = parse(&[
+            "up",
+            "--nodes",
+            "3",
+            "--subnet",
+            "10.9.8.0/24",
+            "--rate-mbit",
+            "100",
+            "--plugin",
+            "mose-plugin --node={node} {ip}:7000",
+        ])
+        .expect("up");
+        let Cmd::Up(a) = c.cmd else {
+            panic!("not up: {c:?}");
+        };
+        assert_eq!(a.nodes, Some(3));
+        assert_eq!(a.subnet, Some(Ipv4Addr::new(10, 9, 8, 0)));
+        assert_eq!(a.rate_mbit, Some(100));
+        let p = a.plugin.expect("plugin");
+        assert_eq!((p.program.as_str(), p.args.len()), ("mose-plugin", 2));
+        assert!(matches!(
+            parse(&["status"]).expect("status").cmd,
+            Cmd::Status { name: None }
+        ));
+        assert!(matches!(
+            parse(&["down", "--all"]).expect("down").cmd,
+            Cmd::Down {
+                name: None,
+                all: true
+            }
+        ));
+        for bad in [
+            &[][..],
+            &["start"],
+            &["up", "--bogus"],
+            &["up", "--nodes", "two"],
+            &["up", "--subnet", "10.9.8"],
+            &["up", "--plugin", " "],
+            &["status", "extra"],
+            &["down"],
+            &["down", "--name", "a", "--all"],
+        ] {
+            let e = parse(bad)
+                .err()
+                .unwrap_or_else(|| panic!("{bad:?} accepted"));
+            assert_eq!(e.exit_code(), 2, "{bad:?}: {e}");
         }
-        other => bail!("unknown command {other:?}\n{USAGE}"),
     }
 }

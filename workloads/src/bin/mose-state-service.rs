@@ -3,7 +3,8 @@
 
 use std::process::ExitCode;
 
-use mose_workloads::service::{usage, Config, Service};
+use clap::Parser;
+use mose_workloads::service::{Config, Flags, Service};
 
 /// Exits at once: as PID 1 of a container the default action of SIGTERM
 /// would be to ignore it, so `ctr task kill` would not stop the service.
@@ -18,12 +19,7 @@ fn main() -> ExitCode {
         libc::signal(libc::SIGTERM, on_term as *const () as libc::sighandler_t);
         libc::signal(libc::SIGINT, on_term as *const () as libc::sighandler_t);
     }
-    let args: Vec<String> = std::env::args().skip(1).collect();
-    if args.iter().any(|a| a == "-h" || a == "--help") {
-        println!("{}", usage());
-        return ExitCode::SUCCESS;
-    }
-    let config = match Config::from_env_and_args(&args) {
+    let config = match Config::from_env_and_flags(&Flags::parse()) {
         Ok(c) => c,
         Err(e) => {
             eprintln!("mose-state-service: {e:#}");
