@@ -211,12 +211,12 @@ fn parse_containerd_major(text: &str) -> Option<u32> {
 
 /// The group (sandbox) of the container whose bundle holds `spec`.
 fn group_of(spec: &Path) -> Option<String> {
-    let text = std::fs::read_to_string(spec).ok()?;
-    let v: serde_json::Value = serde_json::from_str(&text).ok()?;
-    let ann = v.get("annotations")?;
+    let bytes = std::fs::read(spec).ok()?;
+    let spec = crate::oci::BundleSpec::parse(&bytes).ok()?;
+    let ann = spec.annotations().as_ref()?;
     SANDBOX_ANNOTATIONS
         .iter()
-        .find_map(|k| ann.get(*k).and_then(|s| s.as_str()).map(str::to_string))
+        .find_map(|k| ann.get(*k).cloned())
         .filter(|s| !s.is_empty())
 }
 

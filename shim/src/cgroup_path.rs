@@ -12,7 +12,10 @@ use std::path::{Path, PathBuf};
 
 use tracing::info;
 
-use crate::error::{Error, Result};
+use crate::{
+    error::{Error, Result},
+    oci::BundleSpec,
+};
 
 /// Where cgroup hierarchies are mounted; the v1 controllers that every
 /// container is placed in, and the v2 (or hybrid `unified`) tree.
@@ -23,15 +26,16 @@ const HIERARCHIES: [&str; 6] = ["memory", "pids", "freezer", "cpu", "unified", "
 /// names is occupied by live processes (another container's); returns
 /// whether the spec changed. A systemd-style path (`slice:prefix:name`) is
 /// left to the runtime. Errors when the replacement is occupied as well.
-pub fn own_cgroup(spec: &mut serde_json::Value, id: &str) -> Result<bool> {
+pub fn own_cgroup(spec: &mut BundleSpec, id: &str) -> Result<bool> {
     own_cgroup_in(spec, id, Path::new(CGROUP_ROOT))
 }
 
-fn own_cgroup_in(spec: &mut serde_json::Value, id: &str, root: &Path) -> Result<bool> {
+fn own_cgroup_in(spec: &mut BundleSpec, id: &str, root: &Path) -> Result<bool> {
     let Some(path) = spec
-        .pointer("/linux/cgroupsPath")
-        .and_then(|p| p.as_str())
-        .map(str::to_string)
+        .linux()
+        .as_ref()
+        .and_then(|l| l.cgroups_path().as_ref())
+        .map(|p| p.to_string_lossy().into_owned())
     else {
         return Ok(false);
     };
@@ -48,9 +52,8 @@ fn own_cgroup_in(spec: &mut serde_json::Value, id: &str, root: &Path) -> Result<
         )));
     }
     info!(container = id, from = %path, to = %mine, "restored container gets its own cgroup");
-    if let Some(linux) = spec.get_mut("linux").and_then(|l| l.as_object_mut()) {
-        linux.insert("cgroupsPath".into(), mine.into());
-    }
+    spec.set_cgroups_path(&mine)
+        .map_err(|e| Error::Internal(format!("set the restored container's cgroup: {e}")))?;
     Ok(true)
 }
 
@@ -67,8 +70,17 @@ fn occupied(root: &Path, path: &str) -> bool {
 mod tests {
     use super::*;
 
-    fn spec(path: &str) -> serde_json::Value {
-        serde_json::json!({"linux": {"cgroupsPath": path}})
+    fn spec(path: &str) -> BundleSpec {
+        parse(serde_json::json!({"ociVersion": "1.0.2", "linux": {"cgroupsPath": path}}))
+    }
+
+    fn parse(v: serde_json::Value) -> BundleSpec {
+        BundleSpec::parse(v.to_string().as_bytes()).unwrap()
+    }
+
+    /// The spec as written.
+    fn json(s: &BundleSpec) -> serde_json::Value {
+        serde_json::from_slice(&s.to_vec().unwrap()).unwrap()
     }
 
     fn cgroup(root: &Path, h: &str, path: &str, procs: &str) {
@@ -83,7 +95,7 @@ mod tests {
         cgroup(root.path(), "memory", "/default/c1", "");
         let mut s = spec("/default/c1");
         assert!(!own_cgroup_in(&mut s, "c2", root.path()).unwrap());
-        assert_eq!(s, spec("/default/c1"));
+        assert_eq!(json(&s), json(&spec("/default/c1")));
     }
 
     #[test]
@@ -92,7 +104,8 @@ mod tests {
         cgroup(root.path(), "pids", "/default/c1", "123\n");
         let mut s = spec("/default/c1");
         assert!(own_cgroup_in(&mut s, "c2", root.path()).unwrap());
-        assert_eq!(s, spec("/default/c2"));
+        assert_eq!(json(&s), json(&spec("/default/c2")));
+        assert_eq!(*s, *spec("/default/c2"));
         cgroup(root.path(), "memory", "/default/c2", "456\n");
         let mut s = spec("/default/c1");
         let e = own_cgroup_in(&mut s, "c2", root.path()).unwrap_err();
@@ -104,7 +117,29 @@ mod tests {
         let root = tempfile::tempdir().unwrap();
         let mut s = spec("system.slice:mose:c1");
         assert!(!own_cgroup_in(&mut s, "c2", root.path()).unwrap());
-        let mut s = serde_json::json!({"linux": {}});
+        let mut s = parse(serde_json::json!({"ociVersion": "1.0.2", "linux": {}}));
         assert!(!own_cgroup_in(&mut s, "c2", root.path()).unwrap());
+    }
+
+    #[test]
+    fn the_rewrite_changes_the_cgroups_path_only() {
+        let root = tempfile::tempdir().unwrap();
+        cgroup(root.path(), "", "/k8s.io/c1", "7\n");
+        let input = serde_json::json!({"ociVersion": "1.1.0",
+            "process": {"args": ["sh"], "cwd": "/", "user": {"uid": 0, "gid": 0},
+                "capabilities": {"bounding": ["CAP_KILL", "CAP_CHOWN"]}},
+            "linux": {"cgroupsPath": "/k8s.io/c1", "x-future": [1],
+                "resources": {"memory": {"limit": 1048576}},
+                "namespaces": [{"type": "pid"}, {"type": "network"}]}});
+        let mut s = parse(input.clone());
+        assert!(own_cgroup_in(&mut s, "c2", root.path()).unwrap());
+        let mut expected = input;
+        expected["linux"]["cgroupsPath"] = "/k8s.io/c2".into();
+        assert_eq!(json(&s), expected);
+        let linux = s.linux().as_ref().unwrap();
+        assert_eq!(
+            linux.cgroups_path().as_deref(),
+            Some(Path::new("/k8s.io/c2"))
+        );
     }
 }

@@ -11,11 +11,13 @@ use containerd_shim::{
     mount::{mount_rootfs, umount_recursive},
     protos::{api::Mount, protobuf::well_known_types::any::Any},
 };
+use oci_spec::runtime::{LinuxNamespaceType, Spec};
 use serde::{Deserialize, Serialize};
 use tracing::{info, warn};
 
 use crate::{
     error::{Error, Result},
+    oci::{BundleSpec, ExecSpec},
     options::{CheckpointOptions, RuntimeOptions},
     process::{Process, State},
     runtime::{read_pid_file, InitArgs, OciRuntime},
@@ -446,12 +448,17 @@ impl Container {
                     "exec {exec_id} was already started"
                 )));
             }
-            (p.stdio.clone(), p.spec.clone().unwrap_or_default())
+            let spec = p
+                .spec
+                .as_ref()
+                .ok_or_else(|| Error::Internal(format!("exec {exec_id} has no process spec")))?;
+            let bytes = spec
+                .to_vec()
+                .map_err(|e| Error::Internal(format!("exec {exec_id}: {e}")))?;
+            (p.stdio.clone(), bytes)
         };
         let spec_path = self.bundle.join(format!(".exec-{exec_id}.json"));
-        let spec_bytes = serde_json::to_vec(&spec)
-            .map_err(|e| Error::Internal(format!("serialize exec spec: {e}")))?;
-        std::fs::write(&spec_path, spec_bytes).map_err(Error::io(format!(
+        std::fs::write(&spec_path, spec).map_err(Error::io(format!(
             "write exec spec {}",
             spec_path.display()
         )))?;
@@ -588,13 +595,15 @@ async fn with_console(
     }
 }
 
-fn read_spec(bundle: &Path) -> Result<serde_json::Value> {
+/// Reads and checks the bundle's `config.json` (see `crate::oci`).
+fn read_spec(bundle: &Path) -> Result<BundleSpec> {
     let path = bundle.join("config.json");
-    let text = std::fs::read_to_string(&path)
-        .map_err(Error::io(format!("read OCI spec {}", path.display())))?;
-    let spec: serde_json::Value = serde_json::from_str(&text)
-        .map_err(|e| Error::InvalidArgument(format!("invalid OCI spec {}: {e}", path.display())))?;
-    validate_spec(&spec).map_err(|m| Error::InvalidArgument(format!("invalid OCI spec: {m}")))?;
+    let bytes =
+        std::fs::read(&path).map_err(Error::io(format!("read OCI spec {}", path.display())))?;
+    let invalid =
+        |m: String| Error::InvalidArgument(format!("invalid OCI spec {}: {m}", path.display()));
+    let spec = BundleSpec::parse(&bytes).map_err(invalid)?;
+    validate_spec(&spec).map_err(invalid)?;
     validate_annotations(&spec)?;
     Ok(spec)
 }
@@ -602,47 +611,42 @@ fn read_spec(bundle: &Path) -> Result<serde_json::Value> {
 /// Refuses a spec whose `mose.io/*` annotations (the user's migration
 /// targets) are malformed, so a typo fails `ctr run` at once rather than
 /// surprising the user at migration time. The message is mose-policy's own,
-/// naming the annotation, quoting the value and stating the accepted form.
+/// naming the annotation, quoting the value and stating the accepted form
+/// (one that is not a string at all is refused by reading the spec).
 /// Reading only: runs before anything is written or the runtime is invoked.
-pub fn validate_annotations(spec: &serde_json::Value) -> Result<()> {
-    let Some(annotations) = spec.get("annotations").and_then(|a| a.as_object()) else {
+pub fn validate_annotations(spec: &Spec) -> Result<()> {
+    let Some(annotations) = spec.annotations() else {
         return Ok(());
     };
-    let mut pairs = Vec::with_capacity(annotations.len());
-    for (key, value) in annotations {
-        match value.as_str() {
-            Some(v) => pairs.push((key.as_str(), v)),
-            None if key.starts_with(mose_policy::annotations::PREFIX) => {
-                return Err(Error::InvalidArgument(format!(
-                    "annotation {key}={value}: expected a string value"
-                )))
-            }
-            // not ours; the OCI runtime judges it
-            None => {}
-        }
-    }
+    // in key order, so that of several malformed ones the same is named
+    let mut pairs: Vec<(&str, &str)> = annotations
+        .iter()
+        .map(|(k, v)| (k.as_str(), v.as_str()))
+        .collect();
+    pairs.sort_unstable();
     mose_policy::annotations::parse_pairs(pairs)
         .map(|_| ())
         .map_err(|e| Error::InvalidArgument(e.to_string()))
 }
 
-/// Checks what the runtime would otherwise reject with a less clear message.
-pub fn validate_spec(spec: &serde_json::Value) -> std::result::Result<(), String> {
-    if !spec.is_object() {
-        return Err("config.json is not a JSON object".into());
+/// What to do about a spec without `ociVersion`.
+const MISSING_VERSION: &str =
+    "config.json must name the OCI runtime spec version it follows, e.g. \"ociVersion\": \"1.0.2\"";
+
+/// Checks what the runtime would otherwise reject with a less clear message
+/// (reading the spec already named any field of the wrong form).
+pub fn validate_spec(spec: &Spec) -> std::result::Result<(), String> {
+    if spec.version().is_empty() {
+        return Err(format!("ociVersion is missing: {MISSING_VERSION}"));
     }
-    if spec.get("ociVersion").and_then(|v| v.as_str()).is_none() {
-        return Err("ociVersion is missing".into());
-    }
-    if let Some(p) = spec.get("process") {
-        let args = p.get("args").and_then(|a| a.as_array());
-        if args.is_none_or(|a| a.is_empty()) {
+    if let Some(p) = spec.process() {
+        if p.args().as_ref().is_none_or(|a| a.is_empty()) {
             return Err("process.args is empty: nothing to run".into());
         }
-        if let Some(cwd) = p.get("cwd").and_then(|c| c.as_str()) {
-            if !cwd.starts_with('/') {
-                return Err(format!("process.cwd {cwd:?} is not an absolute path"));
-            }
+        // an absent cwd reads as "" and is the runtime's to judge, as before
+        let cwd = p.cwd();
+        if !cwd.as_os_str().is_empty() && !cwd.is_absolute() {
+            return Err(format!("process.cwd {cwd:?} is not an absolute path"));
         }
     }
     Ok(())
@@ -659,26 +663,29 @@ const IMAGE_CRIU_CONFIG: &str = "mose-criu.conf";
 
 /// Points the spec's `org.criu.config` at the shim's per-container CRIU
 /// configuration file (creating it); false when the user named their own.
-fn attach_criu_config(bundle: &Path, spec: &mut serde_json::Value) -> Result<bool> {
-    if spec.pointer("/annotations/org.criu.config").is_some() {
+fn attach_criu_config(bundle: &Path, spec: &mut BundleSpec) -> Result<bool> {
+    if spec
+        .annotations()
+        .as_ref()
+        .is_some_and(|a| a.contains_key(CRIU_CONFIG_ANNOTATION))
+    {
         return Ok(false); // the user's own CRIU configuration wins
     }
     let conf = bundle.join(CRIU_CONFIG);
     std::fs::write(&conf, "").map_err(Error::io(format!("create {}", conf.display())))?;
-    if let Some(obj) = spec.as_object_mut() {
-        let ann = obj
-            .entry("annotations")
-            .or_insert_with(|| serde_json::Value::Object(Default::default()));
-        if let Some(a) = ann.as_object_mut() {
-            a.insert("org.criu.config".into(), conf.display().to_string().into());
-        }
-    }
+    spec.set_annotation(CRIU_CONFIG_ANNOTATION, &conf.display().to_string())
+        .map_err(|e| Error::Internal(format!("annotate the OCI spec: {e}")))?;
     Ok(true)
 }
 
-fn write_spec(bundle: &Path, spec: &serde_json::Value) -> Result<()> {
+/// The annotation runc reads the CRIU configuration file's path from.
+const CRIU_CONFIG_ANNOTATION: &str = "org.criu.config";
+
+/// Writes the spec back: the `config.json` read, with the shim's edits only
+/// (see `crate::oci`).
+fn write_spec(bundle: &Path, spec: &BundleSpec) -> Result<()> {
     let path = bundle.join("config.json");
-    let bytes = serde_json::to_vec(spec).map_err(|e| Error::Internal(e.to_string()))?;
+    let bytes = spec.to_vec().map_err(Error::Internal)?;
     std::fs::write(&path, bytes).map_err(Error::io(format!("write {}", path.display())))
 }
 
@@ -701,26 +708,20 @@ fn criu_config_lines(opts: &CheckpointOptions) -> String {
     s
 }
 
-fn has_pid_namespace(spec: &serde_json::Value) -> bool {
-    spec.pointer("/linux/namespaces")
-        .and_then(|n| n.as_array())
-        .is_some_and(|ns| {
-            ns.iter().any(|n| {
-                n.get("type").and_then(|t| t.as_str()) == Some("pid")
-                    && n.get("path")
-                        .and_then(|p| p.as_str())
-                        .is_none_or(|p| p.is_empty())
-            })
-        })
+/// The container gets a pid namespace of its own.
+fn has_pid_namespace(spec: &Spec) -> bool {
+    crate::oci::creates_namespace(spec, LinuxNamespaceType::Pid)
 }
 
-fn spec_root(spec: &serde_json::Value, bundle: &Path) -> PathBuf {
+/// The container's root directory: `root.path`, relative to the bundle
+/// (`rootfs` when the spec names none).
+fn spec_root(spec: &Spec, bundle: &Path) -> PathBuf {
     let p = spec
-        .get("root")
-        .and_then(|r| r.get("path"))
-        .and_then(|p| p.as_str())
-        .unwrap_or("rootfs");
-    let p = Path::new(p);
+        .root()
+        .as_ref()
+        .map(|r| r.path().as_path())
+        .filter(|p| !p.as_os_str().is_empty())
+        .unwrap_or(Path::new("rootfs"));
     if p.is_absolute() {
         p.to_path_buf()
     } else {
@@ -742,56 +743,61 @@ fn persist_runtime(bundle: &Path, rt: &OciRuntime) -> Result<()> {
 }
 
 /// Parses the JSON OCI process spec of an Exec request.
-pub fn parse_exec_spec(any: Option<&Any>) -> Result<serde_json::Value> {
+pub fn parse_exec_spec(any: Option<&Any>) -> Result<ExecSpec> {
     let any =
         any.ok_or_else(|| Error::InvalidArgument("exec request carries no process spec".into()))?;
-    let v: serde_json::Value = serde_json::from_slice(&any.value).map_err(|e| {
-        Error::InvalidArgument(format!(
-            "exec process spec ({}) is not valid JSON: {e}",
-            any.type_url
-        ))
+    let spec = ExecSpec::parse(&any.value).map_err(|e| {
+        Error::InvalidArgument(format!("exec process spec ({}): {e}", any.type_url))
     })?;
-    let args = v.get("args").and_then(|a| a.as_array());
-    if args.is_none_or(|a| a.is_empty()) {
+    if spec.args().as_ref().is_none_or(|a| a.is_empty()) {
         return Err(Error::InvalidArgument(
             "exec process spec has empty args".into(),
         ));
     }
-    Ok(v)
+    Ok(spec)
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
 
+    fn check(v: serde_json::Value) -> std::result::Result<(), String> {
+        validate_spec(&*BundleSpec::parse(v.to_string().as_bytes())?)
+    }
+
+    fn annotations(v: serde_json::Value) -> Result<()> {
+        let spec = BundleSpec::parse(v.to_string().as_bytes()).map_err(Error::InvalidArgument)?;
+        validate_annotations(&spec)
+    }
+
     #[test]
     fn spec_validation() {
         let ok = serde_json::json!({"ociVersion":"1.0.2","process":{"args":["sh"],"cwd":"/"}});
-        assert!(validate_spec(&ok).is_ok());
-        let e = validate_spec(&serde_json::json!({"ociVersion":"1.0.2","process":{"args":[]}}))
-            .unwrap_err();
+        assert!(check(ok).is_ok());
+        let e = check(serde_json::json!({"ociVersion":"1.0.2","process":{"args":[]}})).unwrap_err();
         assert!(e.contains("process.args"));
-        let e = validate_spec(
-            &serde_json::json!({"ociVersion":"1","process":{"args":["a"],"cwd":"rel"}}),
-        )
-        .unwrap_err();
+        let e = check(serde_json::json!({"ociVersion":"1.0.2","process":{"cwd":"/"}})).unwrap_err();
+        assert!(e.contains("process.args is empty"), "{e}");
+        let e = check(serde_json::json!({"ociVersion":"1","process":{"args":["a"],"cwd":"rel"}}))
+            .unwrap_err();
         assert!(e.contains("not an absolute path"));
-        assert!(validate_spec(&serde_json::json!([1])).is_err());
+        assert!(check(serde_json::json!([1])).is_err());
+        let e = check(serde_json::json!({"process":{"args":["sh"]}})).unwrap_err();
+        assert!(e.starts_with("ociVersion is missing"), "{e}");
     }
 
     #[test]
     fn mose_annotations_are_validated() {
         let spec = |ann: serde_json::Value| serde_json::json!({"ociVersion":"1.0.2","process":{"args":["sh"]},"annotations":ann});
-        assert!(validate_annotations(&serde_json::json!({"ociVersion":"1.0.2"})).is_ok());
+        assert!(annotations(serde_json::json!({"ociVersion":"1.0.2"})).is_ok());
         let ok = spec(serde_json::json!({
             "mose.io/max-downtime": "200ms",
             "mose.io/technique": "precopy",
             "org.criu.config": "/x",
             "example.com/number": 3
         }));
-        assert!(validate_annotations(&ok).is_ok());
-        let e = validate_annotations(&spec(serde_json::json!({"mose.io/max-downtime": "abc"})))
-            .unwrap_err();
+        assert!(annotations(ok).is_ok());
+        let e = annotations(spec(serde_json::json!({"mose.io/max-downtime": "abc"}))).unwrap_err();
         assert!(matches!(e, Error::InvalidArgument(_)));
         assert_eq!(
             e.to_string(),
@@ -800,12 +806,15 @@ mod tests {
                 .to_string()
         );
         assert!(e.to_string().contains("200ms"));
-        let e = validate_annotations(&spec(serde_json::json!({"mose.io/max-downtme": "1s"})))
-            .unwrap_err();
+        let e = annotations(spec(serde_json::json!({"mose.io/max-downtme": "1s"}))).unwrap_err();
         assert!(e.to_string().contains("did you mean mose.io/max-downtime"));
-        let e =
-            validate_annotations(&spec(serde_json::json!({"mose.io/strict": true}))).unwrap_err();
+        let e = annotations(spec(serde_json::json!({"mose.io/strict": true}))).unwrap_err();
         assert!(e.to_string().contains("expected a string"));
+        // of several malformed ones, the first in key order is named
+        let e = annotations(spec(serde_json::json!({
+            "mose.io/max-downtime": "abc", "mose.io/max-bandwidth": "fast"})))
+        .unwrap_err();
+        assert!(e.to_string().contains("mose.io/max-bandwidth"), "{e}");
     }
 
     #[test]
@@ -825,6 +834,76 @@ mod tests {
             std::fs::read_to_string(dir.path().join("config.json")).unwrap(),
             text
         );
+    }
+
+    #[test]
+    fn criu_config_annotation_is_the_only_change_written() {
+        let dir = tempfile::tempdir().unwrap();
+        let text = include_str!("testdata/containerd-cri-config.json");
+        std::fs::write(dir.path().join("config.json"), text).unwrap();
+        let mut spec = read_spec(dir.path()).unwrap();
+        assert!(attach_criu_config(dir.path(), &mut spec).unwrap());
+        write_spec(dir.path(), &spec).unwrap();
+        let conf = dir.path().join(CRIU_CONFIG);
+        assert_eq!(std::fs::read_to_string(&conf).unwrap(), "");
+        let written: serde_json::Value =
+            serde_json::from_slice(&std::fs::read(dir.path().join("config.json")).unwrap())
+                .unwrap();
+        let mut expected: serde_json::Value = serde_json::from_str(text).unwrap();
+        expected["annotations"][CRIU_CONFIG_ANNOTATION] = conf.display().to_string().into();
+        assert_eq!(written, expected);
+        // the next create (a restore of this bundle) keeps the configured one
+        let mut spec = read_spec(dir.path()).unwrap();
+        assert!(!attach_criu_config(dir.path(), &mut spec).unwrap());
+        assert!(has_pid_namespace(&spec));
+        assert!(!crate::loopback::has_own_netns(&spec));
+        assert_eq!(spec_root(&spec, dir.path()), dir.path().join("rootfs"));
+    }
+
+    #[test]
+    fn spec_root_defaults_to_the_bundles_rootfs() {
+        let b = Path::new("/b");
+        let root = |v: serde_json::Value| {
+            spec_root(&BundleSpec::parse(v.to_string().as_bytes()).unwrap(), b)
+        };
+        assert_eq!(
+            root(serde_json::json!({"ociVersion":"1"})),
+            b.join("rootfs")
+        );
+        assert_eq!(
+            root(serde_json::json!({"ociVersion":"1","root":{"readonly":true}})),
+            b.join("rootfs")
+        );
+        assert_eq!(
+            root(serde_json::json!({"ociVersion":"1","root":{"path":"r"}})),
+            b.join("r")
+        );
+        assert_eq!(
+            root(serde_json::json!({"ociVersion":"1","root":{"path":"/abs/r"}})),
+            PathBuf::from("/abs/r")
+        );
+    }
+
+    #[test]
+    fn exec_specs_are_parsed_typed() {
+        let any = |v: &str| Any {
+            type_url: "types.containerd.io/opencontainers/runtime-spec/1/Process".into(),
+            value: v.as_bytes().to_vec(),
+            ..Default::default()
+        };
+        let p = parse_exec_spec(Some(&any(
+            r#"{"args":["sh"],"cwd":"/","user":{"uid":1,"gid":2},"terminal":true}"#,
+        )))
+        .unwrap();
+        assert_eq!(p.terminal(), Some(true));
+        assert_eq!(p.user().uid(), 1);
+        let e = parse_exec_spec(Some(&any(r#"{"args":[],"cwd":"/"}"#))).unwrap_err();
+        assert_eq!(e.to_string(), "exec process spec has empty args");
+        let e = parse_exec_spec(Some(&any("{"))).unwrap_err();
+        assert!(e.to_string().contains("Process): not valid JSON"), "{e}");
+        let e = parse_exec_spec(Some(&any(r#"{"args":["sh"],"user":{"uid":-1}}"#))).unwrap_err();
+        assert!(e.to_string().contains("): user.uid: invalid value"), "{e}");
+        assert!(parse_exec_spec(None).is_err());
     }
 
     #[test]

@@ -12,6 +12,7 @@
 use std::os::fd::{AsFd, AsRawFd};
 
 use nix::sched::{setns, CloneFlags};
+use oci_spec::runtime::{LinuxNamespaceType, Spec};
 
 use crate::error::{Error, Result};
 
@@ -70,17 +71,8 @@ fn bring_up_here(pid: i32) -> Result<()> {
 /// (no path): the one runc creates, whose loopback needs bringing up after a
 /// restore. A namespace given by path (CNI, CRI, a migration's prepared
 /// namespace) is its owner's to configure.
-pub fn has_own_netns(spec: &serde_json::Value) -> bool {
-    spec.pointer("/linux/namespaces")
-        .and_then(|n| n.as_array())
-        .is_some_and(|ns| {
-            ns.iter().any(|n| {
-                n.get("type").and_then(|t| t.as_str()) == Some("network")
-                    && n.get("path")
-                        .and_then(|p| p.as_str())
-                        .is_none_or(|p| p.is_empty())
-            })
-        })
+pub fn has_own_netns(spec: &Spec) -> bool {
+    crate::oci::creates_namespace(spec, LinuxNamespaceType::Network)
 }
 
 #[cfg(test)]
@@ -89,12 +81,13 @@ mod tests {
 
     #[test]
     fn own_netns_only_without_a_path() {
-        let own = serde_json::json!({"linux": {"namespaces": [{"type": "network"}]}});
+        let spec = |v: serde_json::Value| -> Spec { serde_json::from_value(v).unwrap() };
+        let own = spec(serde_json::json!({"linux": {"namespaces": [{"type": "network"}]}}));
         assert!(has_own_netns(&own));
-        let given = serde_json::json!({"linux": {"namespaces": [
-            {"type": "network", "path": "/run/netns/x"}]}});
+        let given = spec(serde_json::json!({"linux": {"namespaces": [
+            {"type": "network", "path": "/run/netns/x"}]}}));
         assert!(!has_own_netns(&given));
-        let host = serde_json::json!({"linux": {"namespaces": [{"type": "pid"}]}});
+        let host = spec(serde_json::json!({"linux": {"namespaces": [{"type": "pid"}]}}));
         assert!(!has_own_netns(&host));
     }
 }

@@ -4,7 +4,7 @@ use containerd_shim::{io::Stdio, protos::protobuf::well_known_types::timestamp::
 use containerd_shim_protos::api::Status;
 use tokio::sync::watch;
 
-use crate::stdio::ProcessStdio;
+use crate::{oci::ExecSpec, stdio::ProcessStdio};
 
 /// How a process ended.
 #[derive(Debug, Clone, Default)]
@@ -40,8 +40,8 @@ pub struct Process {
     pub state: State,
     pub exit: Option<Exit>,
     pub io: Option<ProcessStdio>,
-    /// For execs: the OCI process spec (JSON) to run.
-    pub spec: Option<serde_json::Value>,
+    /// For execs: the OCI process spec to run.
+    pub spec: Option<ExecSpec>,
     exited: watch::Sender<Option<Exit>>,
 }
 

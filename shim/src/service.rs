@@ -626,7 +626,8 @@ impl Task for TaskService {
         // the request decides whether the process gets a terminal, as with
         // containerd's runc shim: the runtime must allocate the pty the shim
         // waits for on its console socket
-        spec["terminal"] = req.terminal.into();
+        spec.set_terminal(req.terminal)
+            .map_err(|e| Error::Internal(format!("exec {}: {e}", req.exec_id)))?;
         let cref = self.inner.container(&req.id).await?;
         let mut c = cref.lock().await;
         if c.execs.contains_key(&req.exec_id) {

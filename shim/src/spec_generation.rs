@@ -25,9 +25,13 @@ use containerd_client::{
     tonic::Request,
     with_namespace,
 };
+use oci_spec::runtime::Spec;
 use tracing::debug;
 
-use crate::error::{Error, Result};
+use crate::{
+    error::{Error, Result},
+    oci::BundleSpec,
+};
 
 /// The annotation counting a container's checkpoints and restores.
 pub const GENERATION_ANNOTATION: &str = "io.mose.checkpoint.generation";
@@ -59,18 +63,15 @@ async fn bump_inner(address: &str, namespace: &str, id: &str) -> Result<()> {
     let Some(spec) = container.spec.as_mut() else {
         return Ok(());
     };
-    let mut json: serde_json::Value = serde_json::from_slice(&spec.value)
-        .map_err(|e| Error::Internal(format!("container {id} spec is not JSON: {e}")))?;
-    let next = next_generation(&json);
-    if let Some(obj) = json.as_object_mut() {
-        let ann = obj
-            .entry("annotations")
-            .or_insert_with(|| serde_json::Value::Object(Default::default()));
-        if let Some(a) = ann.as_object_mut() {
-            a.insert(GENERATION_ANNOTATION.into(), next.to_string().into());
-        }
-    }
-    spec.value = serde_json::to_vec(&json).map_err(|e| Error::Internal(e.to_string()))?;
+    // the spec goes back with the annotation as its only change (see
+    // `crate::oci`): containerd stores it as the container's, and a later
+    // checkpoint records it
+    let mut doc = BundleSpec::parse(&spec.value)
+        .map_err(|e| Error::Internal(format!("container {id} spec: {e}")))?;
+    let next = next_generation(&doc);
+    doc.set_annotation(GENERATION_ANNOTATION, &next.to_string())
+        .map_err(|e| Error::Internal(format!("container {id} spec: {e}")))?;
+    spec.value = doc.to_vec().map_err(Error::Internal)?;
     let update = UpdateContainerRequest {
         container: Some(container),
         update_mask: Some(prost_types::FieldMask {
@@ -85,10 +86,10 @@ async fn bump_inner(address: &str, namespace: &str, id: &str) -> Result<()> {
     Ok(())
 }
 
-fn next_generation(spec: &serde_json::Value) -> u64 {
-    spec.pointer("/annotations")
+fn next_generation(spec: &Spec) -> u64 {
+    spec.annotations()
+        .as_ref()
         .and_then(|a| a.get(GENERATION_ANNOTATION))
-        .and_then(|v| v.as_str())
         .and_then(|s| s.parse::<u64>().ok())
         .unwrap_or(0)
         + 1
@@ -98,12 +99,34 @@ fn next_generation(spec: &serde_json::Value) -> u64 {
 mod tests {
     use super::*;
 
+    fn spec(v: serde_json::Value) -> BundleSpec {
+        BundleSpec::parse(v.to_string().as_bytes()).unwrap()
+    }
+
     #[test]
     fn generations_count_up() {
-        assert_eq!(next_generation(&serde_json::json!({})), 1);
-        let s = serde_json::json!({"annotations": {GENERATION_ANNOTATION: "41"}});
+        assert_eq!(next_generation(&spec(serde_json::json!({}))), 1);
+        let s = spec(serde_json::json!({"annotations": {GENERATION_ANNOTATION: "41"}}));
         assert_eq!(next_generation(&s), 42);
-        let s = serde_json::json!({"annotations": {GENERATION_ANNOTATION: "x"}});
+        let s = spec(serde_json::json!({"annotations": {GENERATION_ANNOTATION: "x"}}));
         assert_eq!(next_generation(&s), 1);
+    }
+
+    #[test]
+    fn the_generation_is_the_only_change_to_the_spec() {
+        let text = include_str!("testdata/containerd-cri-config.json");
+        let mut doc = BundleSpec::parse(text.as_bytes()).unwrap();
+        for n in 1..=2 {
+            let next = next_generation(&doc);
+            assert_eq!(next, n);
+            doc.set_annotation(GENERATION_ANNOTATION, &next.to_string())
+                .unwrap();
+            let bytes = doc.to_vec().unwrap();
+            doc = BundleSpec::parse(&bytes).unwrap();
+        }
+        let mut expected: serde_json::Value = serde_json::from_str(text).unwrap();
+        expected["annotations"][GENERATION_ANNOTATION] = "2".into();
+        let written: serde_json::Value = serde_json::from_slice(&doc.to_vec().unwrap()).unwrap();
+        assert_eq!(written, expected);
     }
 }
