@@ -298,7 +298,8 @@ impl Store {
             // a live scan of this process reads the same buffer through /proc
             let t = std::time::Instant::now();
             let mut known = std::collections::HashSet::new();
-            let stats = mose_migrate::memory::scan(&[std::process::id()], &mut known, None, |_| Ok(()))?;
+            let stats =
+                mose_migrate::memory::scan(&[std::process::id()], &mut known, None, |_| Ok(()))?;
             let scan_ms = t.elapsed().as_secs_f64() * 1000.0;
             let scanned = (stats.pages_present * mose_wire::BLOCK_SIZE as u64) as f64;
             drop(data);

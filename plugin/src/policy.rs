@@ -139,7 +139,8 @@ pub async fn serve_policy(cfg: PolicyConfig) -> Result<()> {
     let mut store = Store::open(&cfg.state_dir);
     let scratch = cfg.scratch.clone();
     let calibrated = tokio::task::spawn_blocking(move || {
-        let r = mose_migrate::ensure_tmpfs(&scratch).and_then(|_| store.calibrate_startup(&scratch, 64));
+        let r = mose_migrate::ensure_tmpfs(&scratch)
+            .and_then(|_| store.calibrate_startup(&scratch, 64));
         let c = std::env::current_exe()
             .map_err(anyhow::Error::from)
             .and_then(|exe| store.calibrate_criu(&exe, &scratch));

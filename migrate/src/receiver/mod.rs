@@ -459,8 +459,7 @@ where
         }
     }
     if technique.is_lazy() {
-        return lazy::run(cfg, r, w, cd, container, inc, technique, migration)
-            .await;
+        return lazy::run(cfg, r, w, cd, container, inc, technique, migration).await;
     }
     // all data is here: restore
     let t = Instant::now();
