@@ -16,7 +16,7 @@ use mose_wire::{
 use serde::{Deserialize, Serialize};
 
 use mose_migrate::{
-    memory::{parse_maps, present_or_swapped, ProcMemory},
+    memory::{ProcMemory, PAGEMAP_CHUNK},
     sender::connect_to,
     tls::Identity,
 };
@@ -47,25 +47,25 @@ fn snapshot(pids: &[u32], stride: u64) -> (HashMap<(u32, u64), BlockHash>, u64) 
             continue;
         };
         let mut buf = vec![0u8; BLOCK_SIZE];
-        for r in parse_maps(&proc_mem.maps) {
+        for r in proc_mem.private_writable() {
             let (first, last) = (r.start / page, r.end / page);
             let mut at = first;
             while at < last {
-                let n = (last - at).min(4096);
+                let n = (last - at).min(PAGEMAP_CHUNK);
                 let Some(pm) = proc_mem.entries(at, n as usize) else {
                     break;
                 };
-                for (i, &e) in pm.iter().enumerate() {
-                    if !present_or_swapped(e) {
+                for (i, e) in pm.iter().enumerate() {
+                    if !e.present_or_swapped() {
                         continue;
                     }
                     present_total += 1;
-                    let pfn = at + i as u64;
-                    if !pfn.is_multiple_of(stride) {
+                    let page_no = at + i as u64;
+                    if !page_no.is_multiple_of(stride) {
                         continue;
                     }
-                    if proc_mem.mem.read_exact_at(&mut buf, pfn * page).is_ok() {
-                        out.insert((pid, pfn * page), hash_block(&buf));
+                    if proc_mem.mem.read_exact_at(&mut buf, page_no * page).is_ok() {
+                        out.insert((pid, page_no * page), hash_block(&buf));
                     }
                 }
                 at += n;
