@@ -228,17 +228,18 @@ impl Containerd {
             .map_err(|e| anyhow!("connecting to the shim of {id} at {address}: {e}"))?;
         // established connections cannot follow the service to another
         // address: dump them closed, and ignore ones not yet accepted
-        let opts = serde_json::json!({
-            "image_path": image.display().to_string(),
-            "work_path": work.display().to_string(),
-            "tcp_close": true,
-            "skip_in_flight": true,
-        });
+        let opts = mose_contract::CheckpointOptions {
+            image_path: image.display().to_string(),
+            work_path: work.display().to_string(),
+            tcp_close: true,
+            skip_in_flight: true,
+            ..Default::default()
+        };
         let req = ShimCheckpoint {
             id: id.into(),
             path: image.display().to_string(),
             options: Some(PbAny {
-                type_url: "mose.v1.CheckpointOptions".into(),
+                type_url: mose_contract::CHECKPOINT_OPTIONS_TYPE.into(),
                 value: serde_json::to_vec(&opts)?,
                 ..Default::default()
             })

@@ -55,11 +55,11 @@ fn options_binary(any: &prost_types::Any) -> Option<String> {
     let name = any.type_url.rsplit('/').next().unwrap_or_default();
     let b = match name {
         "containerd.runc.v1.Options" => Options::parse_from_bytes(&any.value).ok()?.binary_name,
-        "mose.v1.Options" => serde_json::from_slice::<serde_json::Value>(&any.value)
-            .ok()?
-            .get("binary_name")?
-            .as_str()?
-            .to_string(),
+        mose_contract::OPTIONS_TYPE => {
+            serde_json::from_slice::<mose_contract::RuntimeOptions>(&any.value)
+                .ok()?
+                .binary_name
+        }
         _ => return None,
     };
     (!b.is_empty()).then_some(b)

@@ -88,76 +88,7 @@ fn suggestion_suffix(s: &Option<&'static str>) -> String {
         .unwrap_or_default()
 }
 
-/// A migration technique MOSE implements.
-///
-/// Cold and precopy are *eager* (the destination has all memory when the
-/// container resumes); postcopy and hybrid are *lazy* (memory keeps arriving
-/// after it resumes), which selection uses only when needed or asked for.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum Technique {
-    /// Freeze, dump, transfer everything, restore.
-    Cold,
-    /// Copy memory in live rounds, then freeze and send what changed.
-    Precopy,
-    /// Freeze and dump, restore without memory, then move it all on demand
-    /// and in the background while the container runs.
-    Postcopy,
-    /// Pre-copy rounds, then a freeze that sends no memory; what changed
-    /// since the last round moves as in post-copy.
-    Hybrid,
-}
-
-impl Technique {
-    /// All techniques, in a stable order.
-    pub const ALL: [Technique; 4] = [
-        Technique::Cold,
-        Technique::Precopy,
-        Technique::Postcopy,
-        Technique::Hybrid,
-    ];
-
-    /// The lowercase name used in annotations, JSON and messages.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Technique::Cold => "cold",
-            Technique::Precopy => "precopy",
-            Technique::Postcopy => "postcopy",
-            Technique::Hybrid => "hybrid",
-        }
-    }
-
-    /// Whether MOSE can run this technique: all four since post-copy and
-    /// hybrid landed (kept for callers that check).
-    pub fn is_implemented(self) -> bool {
-        true
-    }
-
-    /// Whether the container resumes before all its memory has arrived: the
-    /// destination then depends on the source until the last page is in.
-    pub fn is_lazy(self) -> bool {
-        matches!(self, Technique::Postcopy | Technique::Hybrid)
-    }
-}
-
-impl fmt::Display for Technique {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(self.as_str())
-    }
-}
-
-impl FromStr for Technique {
-    type Err = String;
-
-    fn from_str(s: &str) -> Result<Self, Self::Err> {
-        Technique::ALL
-            .into_iter()
-            .find(|t| t.as_str() == s)
-            .ok_or_else(|| {
-                format!("unknown technique {s:?}: expected cold, precopy, postcopy or hybrid")
-            })
-    }
-}
+pub use mose_contract::Technique;
 
 /// `mose.io/technique`: let MOSE choose, or force one technique.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]

@@ -54,7 +54,7 @@ use crate::{
 };
 
 /// The runtime type containerd knows this shim by.
-pub const RUNTIME_TYPE: &str = "io.containerd.mose.v2";
+pub const RUNTIME_TYPE: &str = mose_contract::RUNTIME_TYPE;
 /// Containers carrying this annotation share one shim per sandbox (pod).
 const SANDBOX_ANNOTATIONS: [&str; 2] = [
     "io.kubernetes.cri.sandbox-id",

@@ -28,7 +28,7 @@ pub const GENERIC_OPTIONS_TYPE: &str = "runtimeoptions.v1.Options";
 /// MOSE's own task options (JSON): runtime options plus the CRIU image a
 /// migration destination restores from, without a detour through
 /// containerd's content store (disk).
-pub const MOSE_OPTIONS_TYPE: &str = "mose.v1.Options";
+pub const MOSE_OPTIONS_TYPE: &str = mose_contract::OPTIONS_TYPE;
 pub const RUNC_CHECKPOINT_TYPE: &str = "containerd.runc.v1.CheckpointOptions";
 pub const LINUX_CHECKPOINT_TYPE: &str = "containerd.linux.runc.CheckpointOptions";
 pub const LINUX_CREATE_TYPE: &str = "containerd.linux.runc.CreateOptions";
@@ -115,22 +115,6 @@ pub struct RuntimeOptions {
     /// process's userfaultfd to the MOSE lazy-page handler listening here
     /// (post-copy and hybrid migration).
     pub lazy_pages_socket: String,
-}
-
-/// JSON form of `mose.v1.Options`.
-#[derive(Debug, Deserialize, Default)]
-#[serde(deny_unknown_fields)]
-struct MoseOptions {
-    #[serde(default)]
-    binary_name: String,
-    #[serde(default)]
-    root: String,
-    #[serde(default)]
-    systemd_cgroup: bool,
-    #[serde(default)]
-    restore_image: String,
-    #[serde(default)]
-    lazy_pages_socket: String,
 }
 
 impl RuntimeOptions {
@@ -230,12 +214,13 @@ pub fn decode_runtime_options(any: Option<&Any>) -> Result<RuntimeOptions> {
             load_options_file(&PathBuf::from(config_path))
         }
         MOSE_OPTIONS_TYPE => {
-            let o: MoseOptions = serde_json::from_slice(&any.value).map_err(|e| {
-                Error::InvalidArgument(format!(
-                    "malformed {MOSE_OPTIONS_TYPE} (JSON with binary_name, root, \
+            let o: mose_contract::RuntimeOptions =
+                serde_json::from_slice(&any.value).map_err(|e| {
+                    Error::InvalidArgument(format!(
+                        "malformed {MOSE_OPTIONS_TYPE} (JSON with binary_name, root, \
                      systemd_cgroup, restore_image, lazy_pages_socket): {e}"
-                ))
-            })?;
+                    ))
+                })?;
             if !o.lazy_pages_socket.is_empty()
                 && (o.restore_image.is_empty() || !o.lazy_pages_socket.starts_with('/'))
             {
@@ -368,24 +353,7 @@ pub struct CheckpointOptions {
 
 /// MOSE's checkpoint options (JSON): containerd's runc checkpoint options
 /// plus the CRIU settings a migration needs that runc has no flag for.
-pub const MOSE_CHECKPOINT_TYPE: &str = "mose.v1.CheckpointOptions";
-
-#[derive(Debug, Deserialize, Default)]
-#[serde(deny_unknown_fields)]
-struct MoseCheckpointOptions {
-    #[serde(default)]
-    exit: bool,
-    #[serde(default)]
-    image_path: String,
-    #[serde(default)]
-    work_path: String,
-    #[serde(default)]
-    tcp_close: bool,
-    #[serde(default)]
-    skip_in_flight: bool,
-    #[serde(default)]
-    file_locks: bool,
-}
+pub const MOSE_CHECKPOINT_TYPE: &str = mose_contract::CHECKPOINT_OPTIONS_TYPE;
 
 /// The checkpoint options of containerd's runc types: the runc.v1 and the
 /// legacy message share their field names (not their numbers).
@@ -418,12 +386,13 @@ pub fn decode_checkpoint_options(any: Option<&Any>) -> Result<CheckpointOptions>
     };
     let name = type_name(any);
     if name == MOSE_CHECKPOINT_TYPE {
-        let o: MoseCheckpointOptions = serde_json::from_slice(&any.value).map_err(|e| {
-            Error::InvalidArgument(format!(
-                "malformed {MOSE_CHECKPOINT_TYPE} (JSON with exit, image_path, work_path, \
+        let o: mose_contract::CheckpointOptions =
+            serde_json::from_slice(&any.value).map_err(|e| {
+                Error::InvalidArgument(format!(
+                    "malformed {MOSE_CHECKPOINT_TYPE} (JSON with exit, image_path, work_path, \
                  tcp_close, skip_in_flight, file_locks): {e}"
-            ))
-        })?;
+                ))
+            })?;
         return Ok(CheckpointOptions {
             exit: o.exit,
             image_path: o.image_path,

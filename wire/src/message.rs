@@ -40,59 +40,7 @@
 
 use serde::{Deserialize, Serialize};
 
-/// How a container is migrated.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum Technique {
-    /// Freeze, dump, transfer, restore.
-    Cold,
-    /// Copy memory while running, in rounds; then freeze and send what changed.
-    Precopy,
-    /// Freeze, send everything but anonymous memory, restore, then move that
-    /// memory on demand (page faults) and in the background.
-    Postcopy,
-    /// Pre-copy rounds fill the destination's cache, then post-copy moves only
-    /// the pages whose content changed since.
-    Hybrid,
-}
-
-impl Technique {
-    /// Whether anonymous memory moves after the restore.
-    pub fn is_lazy(self) -> bool {
-        matches!(self, Self::Postcopy | Self::Hybrid)
-    }
-
-    /// Whether memory is copied in rounds while the container runs.
-    pub fn has_rounds(self) -> bool {
-        matches!(self, Self::Precopy | Self::Hybrid)
-    }
-}
-
-impl std::fmt::Display for Technique {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(match self {
-            Technique::Cold => "cold",
-            Technique::Precopy => "precopy",
-            Technique::Postcopy => "postcopy",
-            Technique::Hybrid => "hybrid",
-        })
-    }
-}
-
-impl std::str::FromStr for Technique {
-    type Err = String;
-    fn from_str(s: &str) -> Result<Self, String> {
-        match s {
-            "cold" => Ok(Self::Cold),
-            "precopy" | "pre-copy" => Ok(Self::Precopy),
-            "postcopy" | "post-copy" => Ok(Self::Postcopy),
-            "hybrid" => Ok(Self::Hybrid),
-            other => Err(format!(
-                "unknown technique {other:?}: expected cold, precopy, postcopy or hybrid"
-            )),
-        }
-    }
-}
+pub use mose_contract::Technique;
 
 /// Everything that makes a container itself, apart from its memory and files.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -250,15 +198,7 @@ mod tests {
     use super::*;
 
     #[test]
-    fn technique_parses() {
-        assert_eq!("cold".parse::<Technique>(), Ok(Technique::Cold));
-        assert!("warm"
-            .parse::<Technique>()
-            .unwrap_err()
-            .contains("cold, precopy, postcopy or hybrid"));
-        assert_eq!("post-copy".parse::<Technique>(), Ok(Technique::Postcopy));
-        assert!(Technique::Hybrid.is_lazy() && Technique::Hybrid.has_rounds());
-        assert!(!Technique::Postcopy.has_rounds() && !Technique::Precopy.is_lazy());
+    fn messages_carry_their_wire_name() {
         let m = Message::Failed {
             step: "restore".into(),
             error: "x".into(),

@@ -298,16 +298,27 @@ mod tests {
     }
 
     fn hello() -> Message {
-        Message::Hello { version: PROTOCOL_VERSION, node: "a".into() }
+        Message::Hello {
+            version: PROTOCOL_VERSION,
+            node: "a".into(),
+        }
     }
 
     fn begin(technique: Technique) -> Message {
-        Message::Begin { migration: "m".into(), technique, container: identity() }
+        Message::Begin {
+            migration: "m".into(),
+            technique,
+            container: identity(),
+        }
     }
 
     fn file(name: &str, size: u64) -> [Message; 2] {
         [
-            Message::FileBegin { name: name.into(), size, hash: String::new() },
+            Message::FileBegin {
+                name: name.into(),
+                size,
+                hash: String::new(),
+            },
             Message::FileEnd { name: name.into() },
         ]
     }
@@ -349,10 +360,22 @@ mod tests {
         vec![
             fb,
             fe,
-            Message::RoundStart { round: 1, final_round: false },
-            Message::RoundEnd { round: 1, blocks: 1 },
-            Message::RoundStart { round: 2, final_round: true },
-            Message::RoundEnd { round: 2, blocks: 1 },
+            Message::RoundStart {
+                round: 1,
+                final_round: false,
+            },
+            Message::RoundEnd {
+                round: 1,
+                blocks: 1,
+            },
+            Message::RoundStart {
+                round: 2,
+                final_round: true,
+            },
+            Message::RoundEnd {
+                round: 2,
+                blocks: 1,
+            },
             Message::Commit,
         ]
     }
@@ -365,7 +388,13 @@ mod tests {
             let released = Message::Released;
             ev.extend([E::Restored, E::Message(&released)]);
             let states = drive(&ev).unwrap();
-            assert_eq!(states[1], ReceiverState::Transfer { technique: t, file: None });
+            assert_eq!(
+                states[1],
+                ReceiverState::Transfer {
+                    technique: t,
+                    file: None
+                }
+            );
             assert_eq!(states[ev.len() - 3], ReceiverState::Restoring);
             assert_eq!(states[ev.len() - 2], ReceiverState::AwaitRelease);
             assert_eq!(states.last(), Some(&ReceiverState::Done));
@@ -379,7 +408,15 @@ mod tests {
             let sent = Message::LazySent { pages: 9 };
             let released = Message::Released;
             let mut ev = transfer(&b, &h, &m);
-            ev.extend([E::Pages, E::Restored, E::Pages, E::Message(&sent), E::AllPlaced, E::Pages, E::Message(&released)]);
+            ev.extend([
+                E::Pages,
+                E::Restored,
+                E::Pages,
+                E::Message(&sent),
+                E::AllPlaced,
+                E::Pages,
+                E::Message(&released),
+            ]);
             let states = drive(&ev).unwrap();
             assert!(states[ev.len() - 8].is_lazy());
             assert_eq!(states.last(), Some(&ReceiverState::Done));
@@ -393,12 +430,21 @@ mod tests {
     #[test]
     fn a_probe_absorbs_its_filler_and_refuses_absurd_sizes() {
         let (h, m) = (hello(), Message::Measure { bytes: 10 });
-        let states = drive(&[E::Message(&h), E::Message(&m), E::FileData { len: 4 }, E::FileData { len: 6 }]).unwrap();
+        let states = drive(&[
+            E::Message(&h),
+            E::Message(&m),
+            E::FileData { len: 4 },
+            E::FileData { len: 6 },
+        ])
+        .unwrap();
         assert_eq!(states[2], ReceiverState::Probe { remaining: 6 });
         assert_eq!(states[3], ReceiverState::Done);
         for bytes in [0, MAX_PROBE_BYTES + 1] {
             let m = Message::Measure { bytes };
-            assert!(matches!(drive(&[E::Message(&h), E::Message(&m)]), Err(ProtocolError::ProbeSize { .. })));
+            assert!(matches!(
+                drive(&[E::Message(&h), E::Message(&m)]),
+                Err(ProtocolError::ProbeSize { .. })
+            ));
         }
         assert!(drive(&[E::Message(&h), E::Message(&m), E::Blocks]).is_err());
     }
@@ -406,11 +452,23 @@ mod tests {
     #[test]
     fn every_failure_of_the_chart_is_one_precise_error() {
         let h = hello();
-        let old = Message::Hello { version: PROTOCOL_VERSION + 1, node: "a".into() };
-        assert_eq!(drive(&[E::Message(&old)]), Err(ProtocolError::Version { got: PROTOCOL_VERSION + 1, ours: PROTOCOL_VERSION }));
+        let old = Message::Hello {
+            version: PROTOCOL_VERSION + 1,
+            node: "a".into(),
+        };
+        assert_eq!(
+            drive(&[E::Message(&old)]),
+            Err(ProtocolError::Version {
+                got: PROTOCOL_VERSION + 1,
+                ours: PROTOCOL_VERSION
+            })
+        );
         let commit = Message::Commit;
         let err = drive(&[E::Message(&commit)]).unwrap_err();
-        assert_eq!(err.to_string(), "unexpected commit message while waiting for Hello");
+        assert_eq!(
+            err.to_string(),
+            "unexpected commit message while waiting for Hello"
+        );
         let b = begin(Technique::Cold);
         let [fb, fe] = file("x", 4);
         let start = [E::Message(&h), E::Message(&b)];
@@ -419,23 +477,67 @@ mod tests {
             v.extend_from_slice(more);
             drive(&v)
         };
-        assert_eq!(with(&[E::FileData { len: 1 }]), Err(ProtocolError::DataOutsideFile));
-        assert!(matches!(with(&[E::Message(&fb), E::FileData { len: 5 }]), Err(ProtocolError::FileTooLong { .. })));
-        assert!(matches!(with(&[E::Message(&fb), E::FileData { len: 3 }, E::Message(&fe)]), Err(ProtocolError::FileTruncated { written: 3, size: 4, .. })));
-        assert!(matches!(with(&[E::Message(&fb), E::Message(&fb)]), Err(ProtocolError::FileInsideFile { .. })));
+        assert_eq!(
+            with(&[E::FileData { len: 1 }]),
+            Err(ProtocolError::DataOutsideFile)
+        );
+        assert!(matches!(
+            with(&[E::Message(&fb), E::FileData { len: 5 }]),
+            Err(ProtocolError::FileTooLong { .. })
+        ));
+        assert!(matches!(
+            with(&[E::Message(&fb), E::FileData { len: 3 }, E::Message(&fe)]),
+            Err(ProtocolError::FileTruncated {
+                written: 3,
+                size: 4,
+                ..
+            })
+        ));
+        assert!(matches!(
+            with(&[E::Message(&fb), E::Message(&fb)]),
+            Err(ProtocolError::FileInsideFile { .. })
+        ));
         let other_end = Message::FileEnd { name: "y".into() };
-        assert!(matches!(with(&[E::Message(&fb), E::FileData { len: 4 }, E::Message(&other_end)]), Err(ProtocolError::FileEndMismatch { .. })));
-        assert!(matches!(with(&[E::Message(&fb), E::Message(&commit)]), Err(ProtocolError::CommitInsideFile { .. })));
-        assert!(matches!(with(&[E::Pages]), Err(ProtocolError::Unexpected { .. })));
-        assert!(matches!(with(&[E::Message(&commit), E::Message(&Message::Released)]), Err(ProtocolError::Unexpected { .. })));
-        let abort = Message::Abort { reason: "operator".into() };
+        assert!(matches!(
+            with(&[
+                E::Message(&fb),
+                E::FileData { len: 4 },
+                E::Message(&other_end)
+            ]),
+            Err(ProtocolError::FileEndMismatch { .. })
+        ));
+        assert!(matches!(
+            with(&[E::Message(&fb), E::Message(&commit)]),
+            Err(ProtocolError::CommitInsideFile { .. })
+        ));
+        assert!(matches!(
+            with(&[E::Pages]),
+            Err(ProtocolError::Unexpected { .. })
+        ));
+        assert!(matches!(
+            with(&[E::Message(&commit), E::Message(&Message::Released)]),
+            Err(ProtocolError::Unexpected { .. })
+        ));
+        let abort = Message::Abort {
+            reason: "operator".into(),
+        };
         for n in 0..start.len() {
             let mut v = start[..n].to_vec();
             v.push(E::Message(&abort));
-            assert_eq!(drive(&v), Err(ProtocolError::Aborted { reason: "operator".into() }));
+            assert_eq!(
+                drive(&v),
+                Err(ProtocolError::Aborted {
+                    reason: "operator".into()
+                })
+            );
         }
-        let done = Message::LazyDone { stats: LazyStats::default() };
-        assert!(matches!(with(&[E::Message(&done)]), Err(ProtocolError::Unexpected { .. })));
+        let done = Message::LazyDone {
+            stats: LazyStats::default(),
+        };
+        assert!(matches!(
+            with(&[E::Message(&done)]),
+            Err(ProtocolError::Unexpected { .. })
+        ));
     }
 
     fn any_event() -> impl Strategy<Value = u8> {
@@ -466,17 +568,37 @@ mod tests {
             Message::Measure { bytes: 5 },
             fb,
             fe,
-            Message::RoundStart { round: 1, final_round: false },
+            Message::RoundStart {
+                round: 1,
+                final_round: false,
+            },
             Message::Commit,
             Message::Released,
             Message::LazySent { pages: 1 },
             Message::Abort { reason: "x".into() },
             Message::Ack,
-            Message::PageRequest { pid: 1, vaddr: 0, pages: 1 },
-            Message::LazyDone { stats: LazyStats::default() },
-            Message::Failed { step: "s".into(), error: "e".into() },
-            Message::Restored { pid: 1, restore_ms: 0.0, prepare_ms: 0.0, steps: vec![] },
-            Message::HelloOk { version: PROTOCOL_VERSION, node: "b".into() },
+            Message::PageRequest {
+                pid: 1,
+                vaddr: 0,
+                pages: 1,
+            },
+            Message::LazyDone {
+                stats: LazyStats::default(),
+            },
+            Message::Failed {
+                step: "s".into(),
+                error: "e".into(),
+            },
+            Message::Restored {
+                pid: 1,
+                restore_ms: 0.0,
+                prepare_ms: 0.0,
+                steps: vec![],
+            },
+            Message::HelloOk {
+                version: PROTOCOL_VERSION,
+                node: "b".into(),
+            },
         ]
     }
 

@@ -9,6 +9,7 @@ use std::{
 };
 
 use containerd_client::services::v1::Container;
+use mose_contract::RuntimeOptions;
 use mose_wire::ContainerIdentity;
 use prost_types::Any;
 
@@ -18,9 +19,6 @@ use crate::{
     error::{InPhase, MigrateError, Phase, Result},
     rootfs,
 };
-
-/// The runtime a restored container runs under (it restores from MOSE options).
-pub const MOSE_RUNTIME: &str = "io.containerd.mose.v2";
 
 /// The container's spec as this node runs it: its cgroup must not collide
 /// with the (frozen) source's when both nodes share a host.
@@ -69,7 +67,7 @@ pub async fn recreate(
         id: container.id.clone(),
         labels: container.labels.clone().into_iter().collect(),
         image: container.image.clone(),
-        runtime: Some(runtime(MOSE_RUNTIME, None)),
+        runtime: Some(runtime(mose_contract::RUNTIME_TYPE, None)),
         spec: Some(Any {
             type_url: SPEC_TYPE_URL.into(),
             value: serde_json::to_vec(&destination_spec(cfg, container))
@@ -123,12 +121,15 @@ async fn prepare_rootfs(
 /// `mose.v1.Options` for the shim: restore from `images`, lazily through
 /// `lazy_socket` when given.
 fn restore_options(images: &Path, lazy_socket: Option<&Path>) -> Result<Any> {
-    let mut o = serde_json::json!({ "restore_image": images.display().to_string() });
-    if let Some(sock) = lazy_socket {
-        o["lazy_pages_socket"] = sock.display().to_string().into();
-    }
+    let o = RuntimeOptions {
+        restore_image: images.display().to_string(),
+        lazy_pages_socket: lazy_socket
+            .map(|s| s.display().to_string())
+            .unwrap_or_default(),
+        ..Default::default()
+    };
     Ok(Any {
-        type_url: "mose.v1.Options".into(),
+        type_url: mose_contract::OPTIONS_TYPE.into(),
         value: serde_json::to_vec(&o).in_phase(Phase::Restore, "encoding the options")?,
     })
 }

@@ -232,11 +232,19 @@ mod tests {
     use SenderEvent as E;
 
     fn hello_ok() -> Message {
-        Message::HelloOk { version: PROTOCOL_VERSION, node: "b".into() }
+        Message::HelloOk {
+            version: PROTOCOL_VERSION,
+            node: "b".into(),
+        }
     }
 
     fn restored() -> Message {
-        Message::Restored { pid: 7, restore_ms: 1.0, prepare_ms: 0.0, steps: vec![] }
+        Message::Restored {
+            pid: 7,
+            restore_ms: 1.0,
+            prepare_ms: 0.0,
+            steps: vec![],
+        }
     }
 
     fn drive(t: Technique, events: &[E<'_>]) -> Result<Vec<SenderState>, ProtocolError> {
@@ -251,66 +259,192 @@ mod tests {
 
     #[test]
     fn cold_and_precopy_walk_the_chart_and_resume_only_while_frozen() {
-        let (ok, has, ack, r) = (hello_ok(), Message::BeginOk { has_image: true }, Message::Ack, restored());
+        let (ok, has, ack, r) = (
+            hello_ok(),
+            Message::BeginOk { has_image: true },
+            Message::Ack,
+            restored(),
+        );
         for t in [Technique::Cold, Technique::Precopy] {
             let mut ev = vec![E::SentHello, E::Received(&ok), E::Received(&has)];
             if t.has_rounds() {
                 ev.extend([E::SentRound, E::SentRound]);
             }
-            ev.extend([E::Froze, E::Dumped, E::SentCommit, E::Received(&r), E::SentReleased, E::Received(&ack)]);
+            ev.extend([
+                E::Froze,
+                E::Dumped,
+                E::SentCommit,
+                E::Received(&r),
+                E::SentReleased,
+                E::Received(&ack),
+            ]);
             let states = drive(t, &ev).unwrap();
             let resume: Vec<bool> = states.iter().map(|s| s.must_resume()).collect();
-            let frozen = states.iter().position(|s| *s == SenderState::Frozen).unwrap();
+            let frozen = states
+                .iter()
+                .position(|s| *s == SenderState::Frozen)
+                .unwrap();
             assert!(resume[..frozen].iter().all(|r| !r), "{t}: {states:?}");
-            assert!(resume[frozen..states.len() - 1].iter().all(|r| *r), "{t}: {states:?}");
+            assert!(
+                resume[frozen..states.len() - 1].iter().all(|r| *r),
+                "{t}: {states:?}"
+            );
             assert_eq!(states.last(), Some(&SenderState::Done));
             assert!(!states.iter().any(|s| s.destination_may_run(t)));
         }
         // cold has no rounds
-        assert!(drive(Technique::Cold, &[E::SentHello, E::Received(&ok), E::Received(&has), E::SentRound]).is_err());
+        assert!(drive(
+            Technique::Cold,
+            &[
+                E::SentHello,
+                E::Received(&ok),
+                E::Received(&has),
+                E::SentRound
+            ]
+        )
+        .is_err());
     }
 
     #[test]
     fn the_image_is_sent_and_acknowledged_when_the_destination_lacks_it() {
-        let (ok, lacks, ack) = (hello_ok(), Message::BeginOk { has_image: false }, Message::Ack);
-        let states = drive(Technique::Cold, &[E::SentHello, E::Received(&ok), E::Received(&lacks), E::SentImage, E::Received(&ack)]).unwrap();
+        let (ok, lacks, ack) = (
+            hello_ok(),
+            Message::BeginOk { has_image: false },
+            Message::Ack,
+        );
+        let states = drive(
+            Technique::Cold,
+            &[
+                E::SentHello,
+                E::Received(&ok),
+                E::Received(&lacks),
+                E::SentImage,
+                E::Received(&ack),
+            ],
+        )
+        .unwrap();
         assert_eq!(states[2], SenderState::SendingImage);
         assert_eq!(states[4], SenderState::Live { round: 0 });
         // freezing before the import is acknowledged is refused
-        assert!(drive(Technique::Cold, &[E::SentHello, E::Received(&ok), E::Received(&lacks), E::SentImage, E::Froze]).is_err());
+        assert!(drive(
+            Technique::Cold,
+            &[
+                E::SentHello,
+                E::Received(&ok),
+                E::Received(&lacks),
+                E::SentImage,
+                E::Froze
+            ]
+        )
+        .is_err());
     }
 
     #[test]
     fn postcopy_and_hybrid_release_once_restored_and_placed() {
-        let (ok, has, ack, r) = (hello_ok(), Message::BeginOk { has_image: true }, Message::Ack, restored());
-        let (req, prog) = (Message::PageRequest { pid: 7, vaddr: 0x1000, pages: 16 }, Message::LazyProgress { pages: 64 });
-        let done = Message::LazyDone { stats: LazyStats::default() };
+        let (ok, has, ack, r) = (
+            hello_ok(),
+            Message::BeginOk { has_image: true },
+            Message::Ack,
+            restored(),
+        );
+        let (req, prog) = (
+            Message::PageRequest {
+                pid: 7,
+                vaddr: 0x1000,
+                pages: 16,
+            },
+            Message::LazyProgress { pages: 64 },
+        );
+        let done = Message::LazyDone {
+            stats: LazyStats::default(),
+        };
         for t in [Technique::Postcopy, Technique::Hybrid] {
             let mut ev = vec![E::SentHello, E::Received(&ok), E::Received(&has)];
             if t.has_rounds() {
                 ev.push(E::SentRound);
             }
-            ev.extend([E::Froze, E::Dumped, E::SentCommit, E::Received(&req), E::Received(&r), E::Received(&prog), E::SentLazy, E::Received(&done), E::SentReleased, E::Received(&ack)]);
+            ev.extend([
+                E::Froze,
+                E::Dumped,
+                E::SentCommit,
+                E::Received(&req),
+                E::Received(&r),
+                E::Received(&prog),
+                E::SentLazy,
+                E::Received(&done),
+                E::SentReleased,
+                E::Received(&ack),
+            ]);
             let states = drive(t, &ev).unwrap();
-            let lazy = states.iter().position(|s| s.destination_may_run(t)).unwrap();
-            assert!(matches!(states[lazy], SenderState::Lazy { restored: false, .. }));
+            let lazy = states
+                .iter()
+                .position(|s| s.destination_may_run(t))
+                .unwrap();
+            assert!(matches!(
+                states[lazy],
+                SenderState::Lazy {
+                    restored: false,
+                    ..
+                }
+            ));
             assert_eq!(states.last(), Some(&SenderState::Done));
             // releasing before every page is placed is refused
-            let early = [E::SentHello, E::Received(&ok), E::Received(&has), E::Froze, E::Dumped, E::SentCommit, E::Received(&r), E::SentReleased];
-            assert!(matches!(drive(t, &early), Err(ProtocolError::Unexpected { .. })));
+            let early = [
+                E::SentHello,
+                E::Received(&ok),
+                E::Received(&has),
+                E::Froze,
+                E::Dumped,
+                E::SentCommit,
+                E::Received(&r),
+                E::SentReleased,
+            ];
+            assert!(matches!(
+                drive(t, &early),
+                Err(ProtocolError::Unexpected { .. })
+            ));
         }
     }
 
     #[test]
     fn unexpected_answers_are_one_precise_error() {
         let (ok, r) = (hello_ok(), restored());
-        let old = Message::HelloOk { version: PROTOCOL_VERSION + 1, node: "b".into() };
-        assert!(matches!(drive(Technique::Cold, &[E::SentHello, E::Received(&old)]), Err(ProtocolError::Version { .. })));
-        let err = drive(Technique::Cold, &[E::SentHello, E::Received(&ok), E::Received(&r)]).unwrap_err();
-        assert_eq!(err.to_string(), "unexpected restored message while waiting for BeginOk");
-        let req = Message::PageRequest { pid: 1, vaddr: 0, pages: 1 };
+        let old = Message::HelloOk {
+            version: PROTOCOL_VERSION + 1,
+            node: "b".into(),
+        };
+        assert!(matches!(
+            drive(Technique::Cold, &[E::SentHello, E::Received(&old)]),
+            Err(ProtocolError::Version { .. })
+        ));
+        let err = drive(
+            Technique::Cold,
+            &[E::SentHello, E::Received(&ok), E::Received(&r)],
+        )
+        .unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            "unexpected restored message while waiting for BeginOk"
+        );
+        let req = Message::PageRequest {
+            pid: 1,
+            vaddr: 0,
+            pages: 1,
+        };
         let has = Message::BeginOk { has_image: true };
-        assert!(drive(Technique::Cold, &[E::SentHello, E::Received(&ok), E::Received(&has), E::Froze, E::Dumped, E::SentCommit, E::Received(&req)]).is_err());
+        assert!(drive(
+            Technique::Cold,
+            &[
+                E::SentHello,
+                E::Received(&ok),
+                E::Received(&has),
+                E::Froze,
+                E::Dumped,
+                E::SentCommit,
+                E::Received(&req)
+            ]
+        )
+        .is_err());
     }
 
     proptest! {

@@ -204,7 +204,7 @@ struct PlanArgs {
     to: String,
     /// Plan for this technique only (as `migrate --technique` would).
     #[arg(long)]
-    technique: Option<mose_policy::Technique>,
+    technique: Option<Technique>,
     /// Measure now instead of using recent measurements.
     #[arg(long)]
     fresh: bool,
@@ -356,12 +356,7 @@ async fn migrate_cmd(a: MigrateArgs) -> Result<i32> {
         namespace: a.namespace.clone(),
         container: a.container.clone(),
         destination: a.to.clone(),
-        technique: a.technique.map(|t| match t {
-            Technique::Cold => mose_policy::Technique::Cold,
-            Technique::Precopy => mose_policy::Technique::Precopy,
-            Technique::Postcopy => mose_policy::Technique::Postcopy,
-            Technique::Hybrid => mose_policy::Technique::Hybrid,
-        }),
+        technique: a.technique,
         fresh: false,
     };
     let plan = match request_plan(&a.policy_socket, &query).await {
@@ -409,12 +404,7 @@ async fn migrate_cmd(a: MigrateArgs) -> Result<i32> {
     let planned = plan.as_ref().and_then(|p| p.decision.plan);
     let technique = match (a.technique, &planned) {
         (Some(t), _) => t,
-        (None, Some(p)) => match p.technique {
-            mose_policy::Technique::Cold => Technique::Cold,
-            mose_policy::Technique::Precopy => Technique::Precopy,
-            mose_policy::Technique::Postcopy => Technique::Postcopy,
-            mose_policy::Technique::Hybrid => Technique::Hybrid,
-        },
+        (None, Some(p)) => p.technique,
         (None, None) => anyhow::bail!("no technique given and no plan"),
     };
     let max_rounds = a

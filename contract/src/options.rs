@@ -1,0 +1,89 @@
+//! The `mose.v1.*` option types: JSON in a containerd `Any` whose type URL
+//! is the type's name. Unknown fields are refused (a misspelt option must
+//! not be silently ignored).
+
+use serde::{Deserialize, Serialize};
+
+/// Type URL of [`RuntimeOptions`] (a container's runtime options, or a
+/// task's create options).
+pub const OPTIONS_TYPE: &str = "mose.v1.Options";
+/// Type URL of [`CheckpointOptions`].
+pub const CHECKPOINT_OPTIONS_TYPE: &str = "mose.v1.CheckpointOptions";
+
+fn is_false(b: &bool) -> bool {
+    !b
+}
+
+/// `mose.v1.Options`: the OCI runtime to use, and for a migration's
+/// destination the CRIU image to restore from.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RuntimeOptions {
+    /// OCI runtime binary (runc, crun, youki); empty: runc.
+    #[serde(skip_serializing_if = "String::is_empty")]
+    pub binary_name: String,
+    /// `--root` of the runtime's state; empty: the shim's default.
+    #[serde(skip_serializing_if = "String::is_empty")]
+    pub root: String,
+    /// Use the systemd cgroup driver.
+    #[serde(skip_serializing_if = "is_false")]
+    pub systemd_cgroup: bool,
+    /// Restore the task from this CRIU image directory (absolute path).
+    #[serde(skip_serializing_if = "String::is_empty")]
+    pub restore_image: String,
+    /// Restore lazily: anonymous memory is left out and CRIU hands each
+    /// process's userfaultfd to the lazy-page handler listening on this unix
+    /// socket (absolute path; needs `restore_image`).
+    #[serde(skip_serializing_if = "String::is_empty")]
+    pub lazy_pages_socket: String,
+}
+
+/// `mose.v1.CheckpointOptions`: containerd's runc checkpoint options plus
+/// the CRIU settings a migration needs that runc has no flag for.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct CheckpointOptions {
+    /// Stop the task after the dump.
+    #[serde(skip_serializing_if = "is_false")]
+    pub exit: bool,
+    /// Directory receiving the CRIU image (absolute path).
+    #[serde(skip_serializing_if = "String::is_empty")]
+    pub image_path: String,
+    /// CRIU's work directory (logs).
+    #[serde(skip_serializing_if = "String::is_empty")]
+    pub work_path: String,
+    /// Dump established TCP connections closed (CRIU `tcp-close`).
+    #[serde(skip_serializing_if = "is_false")]
+    pub tcp_close: bool,
+    /// Ignore connections not yet accepted (CRIU `skip-in-flight`).
+    #[serde(skip_serializing_if = "is_false")]
+    pub skip_in_flight: bool,
+    /// Dump file locks (CRIU `--file-locks`).
+    #[serde(skip_serializing_if = "is_false")]
+    pub file_locks: bool,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn options_round_trip_and_refuse_unknown_fields() {
+        let o = RuntimeOptions {
+            restore_image: "/run/mose/in/x/images".into(),
+            lazy_pages_socket: "/run/mose/in/.s".into(),
+            ..Default::default()
+        };
+        let json = serde_json::to_string(&o).unwrap();
+        assert_eq!(
+            json,
+            r#"{"restore_image":"/run/mose/in/x/images","lazy_pages_socket":"/run/mose/in/.s"}"#
+        );
+        assert_eq!(serde_json::from_str::<RuntimeOptions>(&json).unwrap(), o);
+        let e = serde_json::from_str::<RuntimeOptions>(r#"{"restore_imag":"/x"}"#).unwrap_err();
+        assert!(e.to_string().contains("restore_imag"));
+        let c: CheckpointOptions = serde_json::from_str(r#"{"tcp_close":true}"#).unwrap();
+        assert!(c.tcp_close && !c.exit);
+        assert!(serde_json::from_str::<CheckpointOptions>(r#"{"tcp":true}"#).is_err());
+    }
+}
