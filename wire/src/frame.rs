@@ -224,6 +224,14 @@ impl<R: AsyncRead + Unpin> FrameReader<R> {
         let kind = FrameKind::from_u8(h[0])
             .ok_or_else(|| WireError::Malformed(format!("unknown frame kind {}", h[0])))?;
         let flags = h[1];
+        // the header is not under the checksum: what a sender never sets is
+        // refused, so a damaged header cannot pass as a different frame
+        if flags & !FLAG_LZ4 != 0 || h[2] != 0 || h[3] != 0 {
+            return Err(WireError::Malformed(format!(
+                "frame header with unknown flags {flags:#04x} or reserved bytes {:#04x}{:02x}",
+                h[3], h[2]
+            )));
+        }
         let len = u32::from_le_bytes([h[4], h[5], h[6], h[7]]) as usize;
         let expected = u64::from_le_bytes([h[8], h[9], h[10], h[11], h[12], h[13], h[14], h[15]]);
         if len > MAX_PAYLOAD {
