@@ -17,6 +17,7 @@ pub mod model;
 pub mod oci_runtime;
 pub mod schema;
 pub mod select;
+pub mod units;
 
 pub use annotations::{parse, AnnotationError, KpiTargets, Objective, Technique, TechniqueChoice};
 pub use model::{predict, Calibration, Measurements, ModelError, PlanParams, Prediction};

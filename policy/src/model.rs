@@ -201,7 +201,7 @@ impl PlanParams {
         if let Some(cap) = self.bandwidth_cap_bps {
             s.push_str(&format!(
                 ", capped at {}",
-                crate::select::fmt_rate(cap as f64)
+                crate::units::fmt_rate(cap as f64)
             ));
         }
         s

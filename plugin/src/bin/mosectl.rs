@@ -220,7 +220,7 @@ fn mib(b: f64) -> String {
 }
 
 fn print_plan(a: &PlanAnswer) {
-    use mose_policy::select::{fmt_duration_ms, fmt_rate};
+    use mose_policy::units::{fmt_duration_ms, fmt_rate};
     let r = &a.request;
     let m = &r.measurements;
     let d = &a.decision;
