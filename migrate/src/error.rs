@@ -50,7 +50,7 @@ impl std::fmt::Display for Phase {
 
 /// A message or frame the protocol does not allow where it arrived, or data
 /// that contradicts what was announced. Raised by the two state machines
-/// ([`crate::sender::machine`], [`crate::receiver::machine`]).
+/// (the sender's and the receiver's `machine.rs`).
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum ProtocolError {
     #[error("unexpected {got} while {state}")]

@@ -18,7 +18,8 @@ use std::time::{Duration, Instant};
 use anyhow::{bail, Context, Result};
 
 use crate::client::Client;
-use crate::ctr::{wait_timeout, Ctr};
+pub use crate::ctr::ctr_binary;
+use crate::ctr::{env_binary, wait_timeout, Ctr};
 use crate::{cleanup, image};
 
 /// Name of the shim binary looked up for the MOSE runtime.
@@ -31,18 +32,6 @@ const START_TIMEOUT: Duration = Duration::from_secs(30);
 /// `containerd` (from PATH).
 pub fn containerd_binary() -> PathBuf {
     env_binary("MOSE_TEST_CONTAINERD", "containerd")
-}
-
-/// The ctr binary the tests run: `$MOSE_TEST_CTR`, else `ctr` (from PATH).
-pub fn ctr_binary() -> PathBuf {
-    env_binary("MOSE_TEST_CTR", "ctr")
-}
-
-fn env_binary(var: &str, default: &str) -> PathBuf {
-    std::env::var_os(var)
-        .filter(|v| !v.is_empty())
-        .map(PathBuf::from)
-        .unwrap_or_else(|| PathBuf::from(default))
 }
 
 /// `(major, minor)` of [`containerd_binary`], from `containerd --version`

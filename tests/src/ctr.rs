@@ -160,7 +160,7 @@ impl Ctr {
         I: IntoIterator<Item = S>,
         S: AsRef<OsStr>,
     {
-        let mut cmd = Command::new(crate::containerd::ctr_binary());
+        let mut cmd = Command::new(ctr_binary());
         quiet_ctr(&mut cmd);
         cmd.arg("-a")
             .arg(&self.address)
@@ -202,7 +202,7 @@ impl Ctr {
     pub fn run_in_pty(&self, args: &[&str]) -> Result<Output> {
         let mut line = format!(
             "{} -a {} -n {}",
-            shell_quote(&crate::containerd::ctr_binary().display().to_string()),
+            shell_quote(&ctr_binary().display().to_string()),
             self.address.display(),
             shell_quote(&self.namespace)
         );
@@ -293,6 +293,18 @@ pub fn shell_quote(s: &str) -> String {
     } else {
         format!("'{}'", s.replace('\'', r"'\''"))
     }
+}
+
+/// The ctr binary the tests run: `$MOSE_TEST_CTR`, else `ctr` (from PATH).
+pub fn ctr_binary() -> PathBuf {
+    env_binary("MOSE_TEST_CTR", "ctr")
+}
+
+pub(crate) fn env_binary(var: &str, default: &str) -> PathBuf {
+    std::env::var_os(var)
+        .filter(|v| !v.is_empty())
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from(default))
 }
 
 #[cfg(test)]
