@@ -469,6 +469,11 @@ mod tests {
             err.to_string(),
             "unexpected commit message while waiting for Hello"
         );
+    }
+
+    #[test]
+    fn files_aborts_and_misplaced_messages_are_one_precise_error() {
+        let (h, commit) = (hello(), Message::Commit);
         let b = begin(Technique::Cold);
         let [fb, fe] = file("x", 4);
         let start = [E::Message(&h), E::Message(&b)];
