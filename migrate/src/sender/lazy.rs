@@ -351,6 +351,10 @@ impl Feeder<'_> {
             }
             if restored && !sent && !self.window_full() {
                 self.push_one().await?;
+                // the frame reader runs beside this future in one task: let
+                // it read what the destination sent (a fault's request)
+                // before the next push frame
+                tokio::task::yield_now().await;
             }
         }
         self.out.bytes = self.w.bytes() - start_bytes;
@@ -381,7 +385,8 @@ impl Feeder<'_> {
             }
         }
         let (restored, placed, sent) = self.lazy_flags();
-        if frames.is_empty() && (!restored || sent || self.window_full()) && !placed {
+        let can_push = restored && !placed && !sent && !self.window_full();
+        if frames.is_empty() && !can_push {
             // a restore takes as long as it takes (as for cold); otherwise the
             // destination is busy placing pages and reports within `io`
             let wait = if restored {
