@@ -451,7 +451,6 @@ mod tests {
 
     #[test]
     fn every_failure_of_the_chart_is_one_precise_error() {
-        let h = hello();
         let old = Message::Hello {
             version: PROTOCOL_VERSION + 1,
             node: "a".into(),
