@@ -404,6 +404,8 @@ impl<W: AsyncWrite + Unpin> LazyPhase<'_, W> {
                 }
                 _ = std::future::ready(()), if !self.prefill.is_empty() && self.handler.is_some() => {
                     self.prefill_batch()?;
+                    // the frame reader runs beside this future in one task
+                    tokio::task::yield_now().await;
                 }
                 _ = tokio::time::sleep(silent) => return Err(self.silence(io)),
             }
