@@ -26,7 +26,6 @@ use std::{
     time::{Duration, Instant},
 };
 
-use anyhow::{anyhow, Context, Result};
 use mose_wire::LazyStats;
 use nix::sys::socket::{recvmsg, ControlMessageOwned, MsgFlags};
 use tracing::{debug, info, warn};
@@ -36,6 +35,80 @@ use super::{
     pagemap::LazyProcess,
     uffd::{Event, Placed, Uffd},
 };
+
+/// Why MOSE's lazy-page handler could not start, take a delivery, or go on
+/// serving CRIU's restored processes.
+#[derive(Debug, thiserror::Error)]
+pub enum HandlerError {
+    #[error("listening for CRIU on {}", .socket.display())]
+    Listen {
+        socket: PathBuf,
+        #[source]
+        source: io::Error,
+    },
+    #[error("creating the handler's eventfd")]
+    Eventfd {
+        #[source]
+        source: io::Error,
+    },
+    #[error("starting the lazy-page handler thread")]
+    Thread {
+        #[source]
+        source: io::Error,
+    },
+    #[error("the lazy-page handler has stopped")]
+    Stopped,
+    #[error("poll")]
+    Poll {
+        #[source]
+        source: io::Error,
+    },
+    #[error("accepting CRIU's lazy-pages connection")]
+    Accept {
+        #[source]
+        source: io::Error,
+    },
+    #[error("CRIU's message")]
+    CriuMessage {
+        #[source]
+        source: nix::Error,
+    },
+    #[error("reading CRIU's lazy-pages socket")]
+    ReadSocket {
+        #[source]
+        source: nix::Error,
+    },
+    #[error("CRIU closed the lazy-pages socket before the restore finished (see the restore log)")]
+    SocketClosed,
+    #[error("no descriptor")]
+    NoDescriptor,
+    #[error("answering pid {pid}'s fault at {page:#x} with the zero page")]
+    ZeroPage {
+        pid: u32,
+        page: u64,
+        #[source]
+        source: io::Error,
+    },
+    #[error("unregistering {start:#x}..{end:#x} of pid {pid}, discarded by madvise")]
+    Unregister {
+        pid: u32,
+        start: u64,
+        end: u64,
+        #[source]
+        source: io::Error,
+    },
+    #[error("pages for pid {pid} which the checkpoint has no lazy memory for")]
+    UnknownPid { pid: u32 },
+    #[error("placing pages at {addr:#x} in pid {pid}")]
+    Place {
+        pid: u32,
+        addr: u64,
+        #[source]
+        source: io::Error,
+    },
+}
+
+type Result<T, E = HandlerError> = std::result::Result<T, E>;
 
 const PAGE: u64 = 4096;
 /// Bulk deliveries placed between two looks at the userfaultfds.
@@ -93,12 +166,17 @@ impl Handler {
     ) -> Result<Self> {
         let _ = std::fs::remove_file(socket);
         let listener = UnixListener::bind(socket)
-            .with_context(|| format!("listening for CRIU on {}", socket.display()))?;
-        listener.set_nonblocking(true)?;
+            .and_then(|l| l.set_nonblocking(true).map(|()| l))
+            .map_err(|source| HandlerError::Listen {
+                socket: socket.to_path_buf(),
+                source,
+            })?;
         // SAFETY: eventfd returns a fresh descriptor or -1.
         let raw = unsafe { libc::eventfd(0, libc::EFD_NONBLOCK | libc::EFD_CLOEXEC) };
         if raw < 0 {
-            return Err(io::Error::last_os_error()).context("creating the handler's eventfd");
+            return Err(HandlerError::Eventfd {
+                source: io::Error::last_os_error(),
+            });
         }
         // SAFETY: `raw` is a descriptor we just created and own.
         let wake = Arc::new(unsafe { OwnedFd::from_raw_fd(raw) });
@@ -128,7 +206,7 @@ impl Handler {
         let thread = std::thread::Builder::new()
             .name("mose-lazy-pages".into())
             .spawn(move || lp.run())
-            .context("starting the lazy-page handler thread")?;
+            .map_err(|source| HandlerError::Thread { source })?;
         Ok(Self {
             tx,
             urgent,
@@ -141,9 +219,7 @@ impl Handler {
 
     /// Hands pages to the handler thread, behind those already queued.
     pub fn deliver(&self, d: Delivery) -> Result<()> {
-        self.tx
-            .send(d)
-            .map_err(|_| anyhow!("the lazy-page handler has stopped"))?;
+        self.tx.send(d).map_err(|_| HandlerError::Stopped)?;
         poke(&self.wake);
         Ok(())
     }
@@ -151,9 +227,7 @@ impl Handler {
     /// Hands pages a process waits for to the handler thread, ahead of bulk
     /// deliveries (a fault must not queue behind a cache prefill).
     pub fn deliver_urgent(&self, d: Delivery) -> Result<()> {
-        self.urgent
-            .send(d)
-            .map_err(|_| anyhow!("the lazy-page handler has stopped"))?;
+        self.urgent.send(d).map_err(|_| HandlerError::Stopped)?;
         poke(&self.wake);
         Ok(())
     }
@@ -226,7 +300,7 @@ impl Loop {
             Ok(true) => {}
             Ok(false) => return, // stopped by the session
             Err(e) => {
-                let msg = format!("{e:#}");
+                let msg = crate::error::error_chain(&e);
                 warn!(error = %msg, "lazy-page handler failed");
                 let _ = self.reports.send(Report::Failed(msg));
             }
@@ -268,7 +342,7 @@ impl Loop {
                 if e.kind() == io::ErrorKind::Interrupted {
                     continue;
                 }
-                return Err(e).context("poll");
+                return Err(HandlerError::Poll { source: e });
             }
             if pfds[1].revents != 0 {
                 self.on_socket()?;
@@ -326,11 +400,12 @@ impl Loop {
         if self.conn.is_none() {
             match self.listener.accept() {
                 Ok((c, _)) => {
-                    c.set_nonblocking(true)?;
+                    c.set_nonblocking(true)
+                        .map_err(|source| HandlerError::Accept { source })?;
                     self.conn = Some(c);
                 }
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
-                Err(e) => return Err(e).context("accepting CRIU's lazy-pages connection"),
+                Err(source) => return Err(HandlerError::Accept { source }),
             }
             return Ok(());
         }
@@ -348,7 +423,10 @@ impl Loop {
                 MsgFlags::MSG_CMSG_CLOEXEC,
             ) {
                 Ok(m) => {
-                    for c in m.cmsgs().map_err(|e| anyhow!("CRIU's message: {e}"))? {
+                    for c in m
+                        .cmsgs()
+                        .map_err(|source| HandlerError::CriuMessage { source })?
+                    {
                         if let ControlMessageOwned::ScmRights(fds) = c {
                             for fd in fds {
                                 // SAFETY: the kernel installed these descriptors for us.
@@ -359,15 +437,13 @@ impl Loop {
                     m.bytes
                 }
                 Err(nix::errno::Errno::EAGAIN) => return Ok(()),
-                Err(e) => return Err(anyhow!("reading CRIU's lazy-pages socket: {e}")),
+                Err(source) => return Err(HandlerError::ReadSocket { source }),
             }
         };
         if got == 0 {
             self.conn = None;
             if self.finished_at.is_none() {
-                return Err(anyhow!(
-                    "CRIU closed the lazy-pages socket before the restore finished (see the restore log)"
-                ));
+                return Err(HandlerError::SocketClosed);
             }
             return Ok(());
         }
@@ -397,10 +473,7 @@ impl Loop {
                 return Ok(());
             }
             self.buf.drain(..5);
-            let fd = self
-                .fds
-                .pop_front()
-                .ok_or_else(|| anyhow!("no descriptor"))?;
+            let fd = self.fds.pop_front().ok_or(HandlerError::NoDescriptor)?;
             let pid = pid as u32;
             let iovs = self
                 .layout
@@ -446,11 +519,10 @@ impl Loop {
                     match self.procs[i].iovs.lookup(page) {
                         // not a page of the checkpoint: it was never touched
                         None => {
-                            let placed = self.procs[i].uffd.zero(page).with_context(|| {
-                                format!(
-                                    "answering pid {pid}'s fault at {page:#x} with the zero page"
-                                )
-                            })?;
+                            let placed = self.procs[i]
+                                .uffd
+                                .zero(page)
+                                .map_err(|source| HandlerError::ZeroPage { pid, page, source })?;
                             if placed == Placed::Exited {
                                 self.procs[i].exited = true;
                             }
@@ -482,11 +554,15 @@ impl Loop {
                 }
                 Event::Remap { from, to, len } => self.procs[i].iovs.remap(from, to, len),
                 Event::Remove { start, end } => {
-                    self.procs[i].uffd.unregister(start, end).with_context(|| {
-                        format!(
-                            "unregistering {start:#x}..{end:#x} of pid {pid}, discarded by madvise"
-                        )
-                    })?;
+                    self.procs[i]
+                        .uffd
+                        .unregister(start, end)
+                        .map_err(|source| HandlerError::Unregister {
+                            pid,
+                            start,
+                            end,
+                            source,
+                        })?;
                     self.procs[i].iovs.remove(start, end - start);
                 }
                 Event::Unmap { start, end } => self.procs[i].iovs.remove(start, end - start),
@@ -498,10 +574,7 @@ impl Loop {
         let pages = d.data.len() as u64 / PAGE;
         if !self.procs.iter().any(|p| p.pid == d.pid) {
             if self.finished_at.is_some() && !self.layout.contains_key(&d.pid) {
-                return Err(anyhow!(
-                    "pages for pid {} which the checkpoint has no lazy memory for",
-                    d.pid
-                ));
+                return Err(HandlerError::UnknownPid { pid: d.pid });
             }
             self.parked.push(d);
             return Ok(());
@@ -517,8 +590,11 @@ impl Loop {
                 match p
                     .uffd
                     .copy(rt, chunk)
-                    .with_context(|| format!("placing pages at {rt:#x} in pid {}", p.pid))?
-                {
+                    .map_err(|source| HandlerError::Place {
+                        pid: p.pid,
+                        addr: rt,
+                        source,
+                    })? {
                     Placed::Done | Placed::Gone => p.iovs.remove(rt, len),
                     Placed::Exited => p.exited = true,
                     Placed::Retry => retry = true,
