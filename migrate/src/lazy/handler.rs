@@ -317,33 +317,9 @@ impl Loop {
             if self.stop.load(Ordering::SeqCst) {
                 return Ok(false);
             }
-            let mut pfds: Vec<libc::pollfd> = Vec::new();
-            let mut push = |fd: RawFd| {
-                pfds.push(libc::pollfd {
-                    fd,
-                    events: libc::POLLIN,
-                    revents: 0,
-                })
+            let Some(pfds) = self.poll()? else {
+                continue;
             };
-            push(self.wake.as_raw_fd());
-            match &self.conn {
-                None => push(self.listener.as_raw_fd()),
-                Some(c) if self.finished_at.is_none() => push(c.as_raw_fd()),
-                Some(_) => push(-1),
-            }
-            for p in &self.procs {
-                push(if p.exited { -1 } else { p.uffd.as_raw_fd() });
-            }
-            let timeout = if self.backlog { 0 } else { 200 };
-            // SAFETY: `pfds` is a valid array of pollfd for its length.
-            let n = unsafe { libc::poll(pfds.as_mut_ptr(), pfds.len() as libc::nfds_t, timeout) };
-            if n < 0 {
-                let e = io::Error::last_os_error();
-                if e.kind() == io::ErrorKind::Interrupted {
-                    continue;
-                }
-                return Err(HandlerError::Poll { source: e });
-            }
             if pfds[1].revents != 0 {
                 self.on_socket()?;
             }
@@ -357,88 +333,100 @@ impl Loop {
                 // SAFETY: reading the eventfd counter into 8 bytes.
                 unsafe { libc::read(self.wake.as_raw_fd(), b.as_mut_ptr().cast(), 8) };
             }
-            // what processes wait for first, then a bounded batch of bulk
-            let mut batch: Vec<Delivery> = self.urgent_rx.try_iter().collect();
-            batch.append(&mut self.parked);
-            for d in batch {
-                self.place(d)?;
-            }
-            let bulk: Vec<Delivery> = self.rx.try_iter().take(BULK_BATCH).collect();
-            self.backlog = bulk.len() == BULK_BATCH;
-            for d in bulk {
-                self.place(d)?;
-            }
-            if let Some(t) = self.finished_at {
-                if self.procs.iter().all(|p| p.exited || p.iovs.is_empty()) {
-                    self.stats.lazy_ms = t.elapsed().as_secs_f64() * 1000.0;
-                    self.latencies.sort_unstable();
-                    let pct = |q: f64| -> f64 {
-                        if self.latencies.is_empty() {
-                            return 0.0;
-                        }
-                        let i = ((self.latencies.len() as f64 - 1.0) * q).round() as usize;
-                        self.latencies[i.min(self.latencies.len() - 1)] as f64
-                    };
-                    self.stats.faults = self.latencies.len() as u64;
-                    self.stats.fault_p50_us = pct(0.5);
-                    self.stats.fault_p99_us = pct(0.99);
-                    info!(
-                        lazy_ms = self.stats.lazy_ms,
-                        faults = self.stats.faults,
-                        p99_us = self.stats.fault_p99_us,
-                        "every lazy page is in place"
-                    );
-                    let _ = self.reports.send(Report::Done(self.stats.clone()));
-                    return Ok(true);
-                }
+            self.place_queued()?;
+            if self.all_placed() {
+                return Ok(true);
             }
         }
+    }
+
+    /// Waits for the wake-up eventfd, CRIU's socket and every live
+    /// userfaultfd (in that order). None: interrupted, poll again.
+    fn poll(&self) -> Result<Option<Vec<libc::pollfd>>> {
+        let mut pfds: Vec<libc::pollfd> = Vec::new();
+        let mut push = |fd: RawFd| {
+            pfds.push(libc::pollfd {
+                fd,
+                events: libc::POLLIN,
+                revents: 0,
+            })
+        };
+        push(self.wake.as_raw_fd());
+        match &self.conn {
+            None => push(self.listener.as_raw_fd()),
+            Some(c) if self.finished_at.is_none() => push(c.as_raw_fd()),
+            Some(_) => push(-1),
+        }
+        for p in &self.procs {
+            push(if p.exited { -1 } else { p.uffd.as_raw_fd() });
+        }
+        let timeout = if self.backlog { 0 } else { 200 };
+        // SAFETY: `pfds` is a valid array of pollfd for its length.
+        let n = unsafe { libc::poll(pfds.as_mut_ptr(), pfds.len() as libc::nfds_t, timeout) };
+        if n < 0 {
+            let e = io::Error::last_os_error();
+            if e.kind() == io::ErrorKind::Interrupted {
+                return Ok(None);
+            }
+            return Err(HandlerError::Poll { source: e });
+        }
+        Ok(Some(pfds))
+    }
+
+    /// Places what processes wait for first, then a bounded batch of bulk.
+    fn place_queued(&mut self) -> Result<()> {
+        let mut batch: Vec<Delivery> = self.urgent_rx.try_iter().collect();
+        batch.append(&mut self.parked);
+        for d in batch {
+            self.place(d)?;
+        }
+        let bulk: Vec<Delivery> = self.rx.try_iter().take(BULK_BATCH).collect();
+        self.backlog = bulk.len() == BULK_BATCH;
+        for d in bulk {
+            self.place(d)?;
+        }
+        Ok(())
+    }
+
+    /// Once the restore has finished and every process has its pages (or
+    /// exited): the statistics are final and reported.
+    fn all_placed(&mut self) -> bool {
+        let Some(t) = self.finished_at else {
+            return false;
+        };
+        if !self.procs.iter().all(|p| p.exited || p.iovs.is_empty()) {
+            return false;
+        }
+        self.stats.lazy_ms = t.elapsed().as_secs_f64() * 1000.0;
+        self.latencies.sort_unstable();
+        let pct = |q: f64| -> f64 {
+            if self.latencies.is_empty() {
+                return 0.0;
+            }
+            let i = ((self.latencies.len() as f64 - 1.0) * q).round() as usize;
+            self.latencies[i.min(self.latencies.len() - 1)] as f64
+        };
+        self.stats.faults = self.latencies.len() as u64;
+        self.stats.fault_p50_us = pct(0.5);
+        self.stats.fault_p99_us = pct(0.99);
+        info!(
+            lazy_ms = self.stats.lazy_ms,
+            faults = self.stats.faults,
+            p99_us = self.stats.fault_p99_us,
+            "every lazy page is in place"
+        );
+        let _ = self.reports.send(Report::Done(self.stats.clone()));
+        true
     }
 
     /// CRIU's connection: per process a pid and a descriptor, then RSTF.
     fn on_socket(&mut self) -> Result<()> {
         if self.conn.is_none() {
-            match self.listener.accept() {
-                Ok((c, _)) => {
-                    c.set_nonblocking(true)
-                        .map_err(|source| HandlerError::Accept { source })?;
-                    self.conn = Some(c);
-                }
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
-                Err(source) => return Err(HandlerError::Accept { source }),
-            }
-            return Ok(());
+            return self.accept();
         }
-        let Some(conn) = &self.conn else {
-            return Ok(());
-        };
         let mut data = [0u8; 256];
-        let mut cmsg = nix::cmsg_space!([RawFd; 8]);
-        let got = {
-            let mut iov = [IoSliceMut::new(&mut data)];
-            match recvmsg::<()>(
-                conn.as_raw_fd(),
-                &mut iov,
-                Some(&mut cmsg),
-                MsgFlags::MSG_CMSG_CLOEXEC,
-            ) {
-                Ok(m) => {
-                    for c in m
-                        .cmsgs()
-                        .map_err(|source| HandlerError::CriuMessage { source })?
-                    {
-                        if let ControlMessageOwned::ScmRights(fds) = c {
-                            for fd in fds {
-                                // SAFETY: the kernel installed these descriptors for us.
-                                self.fds.push_back(unsafe { OwnedFd::from_raw_fd(fd) });
-                            }
-                        }
-                    }
-                    m.bytes
-                }
-                Err(nix::errno::Errno::EAGAIN) => return Ok(()),
-                Err(source) => return Err(HandlerError::ReadSocket { source }),
-            }
+        let Some(got) = self.receive(&mut data)? else {
+            return Ok(());
         };
         if got == 0 {
             self.conn = None;
@@ -448,6 +436,59 @@ impl Loop {
             return Ok(());
         }
         self.buf.extend_from_slice(&data[..got]);
+        self.take_handovers()
+    }
+
+    /// Accepts CRIU's connection, when it is there.
+    fn accept(&mut self) -> Result<()> {
+        match self.listener.accept() {
+            Ok((c, _)) => {
+                c.set_nonblocking(true)
+                    .map_err(|source| HandlerError::Accept { source })?;
+                self.conn = Some(c);
+            }
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
+            Err(source) => return Err(HandlerError::Accept { source }),
+        }
+        Ok(())
+    }
+
+    /// Reads what CRIU sent into `data`, keeping the descriptors it carries.
+    /// The bytes read (0: CRIU closed the connection); None: nothing yet.
+    fn receive(&mut self, data: &mut [u8]) -> Result<Option<usize>> {
+        let Some(conn) = &self.conn else {
+            return Ok(None);
+        };
+        let mut cmsg = nix::cmsg_space!([RawFd; 8]);
+        let mut iov = [IoSliceMut::new(data)];
+        match recvmsg::<()>(
+            conn.as_raw_fd(),
+            &mut iov,
+            Some(&mut cmsg),
+            MsgFlags::MSG_CMSG_CLOEXEC,
+        ) {
+            Ok(m) => {
+                for c in m
+                    .cmsgs()
+                    .map_err(|source| HandlerError::CriuMessage { source })?
+                {
+                    if let ControlMessageOwned::ScmRights(fds) = c {
+                        for fd in fds {
+                            // SAFETY: the kernel installed these descriptors for us.
+                            self.fds.push_back(unsafe { OwnedFd::from_raw_fd(fd) });
+                        }
+                    }
+                }
+                Ok(Some(m.bytes))
+            }
+            Err(nix::errno::Errno::EAGAIN) => Ok(None),
+            Err(source) => Err(HandlerError::ReadSocket { source }),
+        }
+    }
+
+    /// Takes the complete messages in the buffer: RSTF, zombies, and each
+    /// process's pid with the descriptor its dummy byte carried.
+    fn take_handovers(&mut self) -> Result<()> {
         loop {
             if self.buf.len() < 4 {
                 return Ok(());
