@@ -2,7 +2,6 @@
 
 use std::{collections::HashMap, path::Path, time::Duration};
 
-use anyhow::{anyhow, bail, Context, Result};
 use containerd_client::{
     services::v1::{
         container::Runtime,
@@ -23,7 +22,208 @@ use containerd_client::{
 };
 use prost_types::Any;
 use sha2::{Digest, Sha256};
-use tonic::{transport::Channel, Request};
+use tonic::{transport::Channel, Request, Status};
+
+/// Why a containerd operation of a migration failed: the operation, the
+/// object (container, task, snapshot, image, content), and containerd's
+/// status or the local error as the `source()`.
+#[derive(Debug, thiserror::Error)]
+pub enum ContainerdError {
+    #[error("timed out connecting to containerd at {socket}")]
+    ConnectTimeout { socket: String },
+    #[error("cannot connect to containerd at {socket} (is it running?)")]
+    Connect {
+        socket: String,
+        #[source]
+        source: tonic::transport::Error,
+    },
+    #[error("container {id} in namespace {namespace}: {}", .source.message())]
+    GetContainer {
+        id: String,
+        namespace: String,
+        #[source]
+        source: Status,
+    },
+    #[error("containerd returned no container {id}")]
+    NoContainer { id: String },
+    #[error("task of {id}: {} (is the container running?)", .source.message())]
+    GetTask {
+        id: String,
+        #[source]
+        source: Status,
+    },
+    #[error("no task for container {id}")]
+    NoTask { id: String },
+    #[error("container {id} is not running (task status {status})")]
+    NotRunning { id: String, status: i32 },
+    #[error("pids of {id}: {}", .source.message())]
+    Pids {
+        id: String,
+        #[source]
+        source: Status,
+    },
+    #[error("pause {id}: {}", .source.message())]
+    Pause {
+        id: String,
+        #[source]
+        source: Status,
+    },
+    #[error("resume {id}: {}", .source.message())]
+    Resume {
+        id: String,
+        #[source]
+        source: Status,
+    },
+    #[error("kill {id}: {}", .source.message())]
+    Kill {
+        id: String,
+        #[source]
+        source: Status,
+    },
+    #[error("wait {id}: {}", .source.message())]
+    Wait {
+        id: String,
+        #[source]
+        source: Status,
+    },
+    #[error("delete task {id}: {}", .source.message())]
+    DeleteTask {
+        id: String,
+        #[source]
+        source: Status,
+    },
+    #[error("reading /proc/{pid}/status")]
+    ProcStatus {
+        pid: u32,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("no parent of the task's pid {pid}")]
+    NoParent { pid: u32 },
+    #[error("finding the shim of {id} (pid {ppid})")]
+    ShimBundle {
+        id: String,
+        ppid: u32,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("no shim address in {} (is {id} run by a containerd shim?)", .bundle.display())]
+    ShimAddress {
+        id: String,
+        bundle: std::path::PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("connecting to the shim of {id} at {address}")]
+    ShimConnect {
+        id: String,
+        address: String,
+        #[source]
+        source: containerd_shim_protos::ttrpc::Error,
+    },
+    #[error("encoding the checkpoint options of {id}")]
+    CheckpointOptions {
+        id: String,
+        #[source]
+        source: BoxError,
+    },
+    #[error("checkpoint of {id}")]
+    ShimCheckpoint {
+        id: String,
+        #[source]
+        source: containerd_shim_protos::ttrpc::Error,
+    },
+    #[error("checkpoint of {id}: {}", .source.message())]
+    Checkpoint {
+        id: String,
+        #[source]
+        source: Status,
+    },
+    #[error("delete container {id}: {}", .source.message())]
+    DeleteContainer {
+        id: String,
+        #[source]
+        source: Status,
+    },
+    #[error("mounts of snapshot {key}: {}", .source.message())]
+    SnapshotMounts {
+        key: String,
+        #[source]
+        source: Status,
+    },
+    #[error("prepare snapshot {key}: {}", .source.message())]
+    PrepareSnapshot {
+        key: String,
+        #[source]
+        source: Status,
+    },
+    #[error("remove snapshot {key}: {}", .source.message())]
+    RemoveSnapshot {
+        key: String,
+        #[source]
+        source: Status,
+    },
+    #[error("read content {digest}: {}", .source.message())]
+    ReadContent {
+        digest: String,
+        #[source]
+        source: Status,
+    },
+    #[error("image {name}: {}", .source.message())]
+    GetImage {
+        name: String,
+        #[source]
+        source: Status,
+    },
+    #[error("no image {name}")]
+    NoImage { name: String },
+    #[error("image {name} has no target")]
+    NoImageTarget { name: String },
+    #[error("image {name}: {what} is not JSON")]
+    ImageJson {
+        name: String,
+        what: &'static str,
+        #[source]
+        source: serde_json::Error,
+    },
+    #[error("image {name}: no amd64 manifest")]
+    NoAmd64Manifest { name: String },
+    #[error("bad index in {name}")]
+    BadIndex { name: String },
+    #[error("image {name}: manifest has no config")]
+    NoImageConfig { name: String },
+    #[error("image {name}: config has no rootfs.diff_ids")]
+    NoDiffIds { name: String },
+    #[error("create container {id}: {}", .source.message())]
+    CreateContainer {
+        id: String,
+        #[source]
+        source: Status,
+    },
+    #[error("create task {id}: {}", .source.message())]
+    CreateTask {
+        id: String,
+        #[source]
+        source: Status,
+    },
+    #[error("start task {id}: {}", .source.message())]
+    StartTask {
+        id: String,
+        #[source]
+        source: Status,
+    },
+    #[error("container {id} has no spec")]
+    NoSpec { id: String },
+    #[error("spec of container {id} is not JSON")]
+    SpecJson {
+        id: String,
+        #[source]
+        source: serde_json::Error,
+    },
+}
+
+type BoxError = crate::error::BoxError;
+type Result<T, E = ContainerdError> = std::result::Result<T, E>;
 
 /// What `mosectl checkpoint` asks of a task's checkpoint.
 #[derive(Debug, Clone, Default)]
@@ -58,12 +258,12 @@ impl Containerd {
         let channel =
             tokio::time::timeout(Duration::from_secs(10), containerd_client::connect(socket))
                 .await
-                .map_err(|_| anyhow!("timed out connecting to containerd at {}", socket.display()))?
-                .with_context(|| {
-                    format!(
-                        "cannot connect to containerd at {} (is it running?)",
-                        socket.display()
-                    )
+                .map_err(|_| ContainerdError::ConnectTimeout {
+                    socket: socket.display().to_string(),
+                })?
+                .map_err(|source| ContainerdError::Connect {
+                    socket: socket.display().to_string(),
+                    source,
                 })?;
         Ok(Self {
             channel,
@@ -97,16 +297,14 @@ impl Containerd {
         let r = ContainersClient::new(self.channel.clone())
             .get(self.req(GetContainerRequest { id: id.into() }))
             .await
-            .map_err(|s| {
-                anyhow!(
-                    "container {id} in namespace {}: {}",
-                    self.namespace,
-                    s.message()
-                )
+            .map_err(|source| ContainerdError::GetContainer {
+                id: id.into(),
+                namespace: self.namespace.clone(),
+                source,
             })?;
         r.into_inner()
             .container
-            .ok_or_else(|| anyhow!("containerd returned no container {id}"))
+            .ok_or_else(|| ContainerdError::NoContainer { id: id.into() })
     }
 
     pub async fn task_pid(&self, id: &str) -> Result<u32> {
@@ -117,13 +315,19 @@ impl Containerd {
                 exec_id: String::new(),
             }))
             .await
-            .map_err(|s| anyhow!("task of {id}: {} (is the container running?)", s.message()))?;
+            .map_err(|source| ContainerdError::GetTask {
+                id: id.into(),
+                source,
+            })?;
         let p = r
             .into_inner()
             .process
-            .ok_or_else(|| anyhow!("no task for container {id}"))?;
+            .ok_or_else(|| ContainerdError::NoTask { id: id.into() })?;
         if p.status != 2 && p.status != 4 {
-            bail!("container {id} is not running (task status {})", p.status);
+            return Err(ContainerdError::NotRunning {
+                id: id.into(),
+                status: p.status,
+            });
         }
         Ok(p.pid)
     }
@@ -135,7 +339,10 @@ impl Containerd {
                 container_id: id.into(),
             }))
             .await
-            .map_err(|s| anyhow!("pids of {id}: {}", s.message()))?;
+            .map_err(|source| ContainerdError::Pids {
+                id: id.into(),
+                source,
+            })?;
         Ok(r.into_inner()
             .processes
             .into_iter()
@@ -149,7 +356,10 @@ impl Containerd {
                 container_id: id.into(),
             }))
             .await
-            .map_err(|s| anyhow!("pause {id}: {}", s.message()))?;
+            .map_err(|source| ContainerdError::Pause {
+                id: id.into(),
+                source,
+            })?;
         Ok(())
     }
 
@@ -159,7 +369,10 @@ impl Containerd {
                 container_id: id.into(),
             }))
             .await
-            .map_err(|s| anyhow!("resume {id}: {}", s.message()))?;
+            .map_err(|source| ContainerdError::Resume {
+                id: id.into(),
+                source,
+            })?;
         Ok(())
     }
 
@@ -172,7 +385,10 @@ impl Containerd {
                 all: true,
             }))
             .await
-            .map_err(|s| anyhow!("kill {id}: {}", s.message()))?;
+            .map_err(|source| ContainerdError::Kill {
+                id: id.into(),
+                source,
+            })?;
         Ok(())
     }
 
@@ -184,7 +400,10 @@ impl Containerd {
                 exec_id: String::new(),
             }))
             .await
-            .map_err(|s| anyhow!("wait {id}: {}", s.message()))?;
+            .map_err(|source| ContainerdError::Wait {
+                id: id.into(),
+                source,
+            })?;
         Ok(r.into_inner().exit_status)
     }
 
@@ -194,7 +413,10 @@ impl Containerd {
                 container_id: id.into(),
             }))
             .await
-            .map_err(|s| anyhow!("delete task {id}: {}", s.message()))?;
+            .map_err(|source| ContainerdError::DeleteTask {
+                id: id.into(),
+                source,
+            })?;
         Ok(())
     }
 
@@ -209,23 +431,36 @@ impl Containerd {
         };
         let pid = self.task_pid(id).await?;
         let status = std::fs::read_to_string(format!("/proc/{pid}/status"))
-            .with_context(|| format!("reading /proc/{pid}/status"))?;
+            .map_err(|source| ContainerdError::ProcStatus { pid, source })?;
         let ppid: u32 = status
             .lines()
             .find_map(|l| l.strip_prefix("PPid:"))
             .and_then(|v| v.trim().parse().ok())
-            .ok_or_else(|| anyhow!("no parent of the task's pid {pid}"))?;
-        let bundle = std::fs::read_link(format!("/proc/{ppid}/cwd"))
-            .with_context(|| format!("finding the shim of {id} (pid {ppid})"))?;
-        let address = std::fs::read_to_string(bundle.join("address")).with_context(|| {
-            format!(
-                "no shim address in {} (is {id} run by a containerd shim?)",
-                bundle.display()
-            )
+            .ok_or(ContainerdError::NoParent { pid })?;
+        let bundle = std::fs::read_link(format!("/proc/{ppid}/cwd")).map_err(|source| {
+            ContainerdError::ShimBundle {
+                id: id.into(),
+                ppid,
+                source,
+            }
         })?;
+        let address = match std::fs::read_to_string(bundle.join("address")) {
+            Ok(a) => a,
+            Err(source) => {
+                return Err(ContainerdError::ShimAddress {
+                    id: id.into(),
+                    bundle,
+                    source,
+                })
+            }
+        };
         let client = ttrpc::asynchronous::Client::connect(address.trim())
             .await
-            .map_err(|e| anyhow!("connecting to the shim of {id} at {address}: {e}"))?;
+            .map_err(|source| ContainerdError::ShimConnect {
+                id: id.into(),
+                address: address.clone(),
+                source,
+            })?;
         // established connections cannot follow the service to another
         // address: dump them closed, and ignore ones not yet accepted
         let opts = mose_contract::CheckpointOptions {
@@ -240,7 +475,12 @@ impl Containerd {
             path: image.display().to_string(),
             options: Some(PbAny {
                 type_url: mose_contract::CHECKPOINT_OPTIONS_TYPE.into(),
-                value: serde_json::to_vec(&opts)?,
+                value: serde_json::to_vec(&opts).map_err(|e| {
+                    ContainerdError::CheckpointOptions {
+                        id: id.into(),
+                        source: e.into(),
+                    }
+                })?,
                 ..Default::default()
             })
             .into(),
@@ -252,7 +492,10 @@ impl Containerd {
                 &req,
             )
             .await
-            .map_err(|e| anyhow!("checkpoint of {id}: {e}"))?;
+            .map_err(|source| ContainerdError::ShimCheckpoint {
+                id: id.into(),
+                source,
+            })?;
         Ok(())
     }
 
@@ -281,13 +524,21 @@ impl Containerd {
             parent_checkpoint: String::new(),
             options: Some(Any {
                 type_url: "containerd.runc.v1.CheckpointOptions".into(),
-                value: pb.write_to_bytes()?,
+                value: pb
+                    .write_to_bytes()
+                    .map_err(|e| ContainerdError::CheckpointOptions {
+                        id: id.into(),
+                        source: e.into(),
+                    })?,
             }),
         };
         self.tasks()
             .checkpoint(self.req(req))
             .await
-            .map_err(|e| anyhow!("checkpoint of {id}: {}", e.message()))?;
+            .map_err(|source| ContainerdError::Checkpoint {
+                id: id.into(),
+                source,
+            })?;
         Ok(())
     }
 
@@ -302,7 +553,10 @@ impl Containerd {
         ContainersClient::new(self.channel.clone())
             .delete(self.req(DeleteContainerRequest { id: id.into() }))
             .await
-            .map_err(|s| anyhow!("delete container {id}: {}", s.message()))?;
+            .map_err(|source| ContainerdError::DeleteContainer {
+                id: id.into(),
+                source,
+            })?;
         if let Some(c) = c.filter(|c| !c.snapshot_key.is_empty()) {
             let _ = self.remove_snapshot(&c.snapshotter, &c.snapshot_key).await;
         }
@@ -316,7 +570,10 @@ impl Containerd {
                 key: key.into(),
             }))
             .await
-            .map_err(|s| anyhow!("mounts of snapshot {key}: {}", s.message()))?;
+            .map_err(|source| ContainerdError::SnapshotMounts {
+                key: key.into(),
+                source,
+            })?;
         Ok(r.into_inner().mounts)
     }
 
@@ -334,7 +591,10 @@ impl Containerd {
                 labels: HashMap::new(),
             }))
             .await
-            .map_err(|s| anyhow!("prepare snapshot {key}: {}", s.message()))?;
+            .map_err(|source| ContainerdError::PrepareSnapshot {
+                key: key.into(),
+                source,
+            })?;
         Ok(r.into_inner().mounts)
     }
 
@@ -345,7 +605,10 @@ impl Containerd {
                 key: key.into(),
             }))
             .await
-            .map_err(|s| anyhow!("remove snapshot {key}: {}", s.message()))?;
+            .map_err(|source| ContainerdError::RemoveSnapshot {
+                key: key.into(),
+                source,
+            })?;
         Ok(())
     }
 
@@ -364,13 +627,20 @@ impl Containerd {
                 size: 0,
             }))
             .await
-            .map_err(|s| anyhow!("read content {digest}: {}", s.message()))?
+            .map_err(|source| ContainerdError::ReadContent {
+                digest: digest.into(),
+                source,
+            })?
             .into_inner();
         let mut out = Vec::new();
-        while let Some(chunk) = stream
-            .message()
-            .await
-            .map_err(|s| anyhow!("read content {digest}: {}", s.message()))?
+        while let Some(chunk) =
+            stream
+                .message()
+                .await
+                .map_err(|source| ContainerdError::ReadContent {
+                    digest: digest.into(),
+                    source,
+                })?
         {
             out.extend_from_slice(&chunk.data);
         }
@@ -382,15 +652,26 @@ impl Containerd {
         let img = ImagesClient::new(self.channel.clone())
             .get(self.req(GetImageRequest { name: name.into() }))
             .await
-            .map_err(|s| anyhow!("image {name}: {}", s.message()))?
+            .map_err(|source| ContainerdError::GetImage {
+                name: name.into(),
+                source,
+            })?
             .into_inner()
             .image
-            .ok_or_else(|| anyhow!("no image {name}"))?;
+            .ok_or_else(|| ContainerdError::NoImage { name: name.into() })?;
         let target = img
             .target
-            .ok_or_else(|| anyhow!("image {name} has no target"))?;
-        let mut doc: serde_json::Value =
-            serde_json::from_slice(&self.read_content(&target.digest).await?)?;
+            .ok_or_else(|| ContainerdError::NoImageTarget { name: name.into() })?;
+        let json = |what: &'static str, data: &[u8]| {
+            serde_json::from_slice::<serde_json::Value>(data).map_err(|source| {
+                ContainerdError::ImageJson {
+                    name: name.into(),
+                    what,
+                    source,
+                }
+            })
+        };
+        let mut doc = json("target", &self.read_content(&target.digest).await?)?;
         if let Some(ms) = doc.get("manifests").and_then(|m| m.as_array()).cloned() {
             let m = ms
                 .iter()
@@ -399,21 +680,21 @@ impl Containerd {
                         .and_then(|a| a.as_str())
                         .is_none_or(|a| a == "amd64")
                 })
-                .ok_or_else(|| anyhow!("image {name}: no amd64 manifest"))?;
+                .ok_or_else(|| ContainerdError::NoAmd64Manifest { name: name.into() })?;
             let d = m["digest"]
                 .as_str()
-                .ok_or_else(|| anyhow!("bad index in {name}"))?;
-            doc = serde_json::from_slice(&self.read_content(d).await?)?;
+                .ok_or_else(|| ContainerdError::BadIndex { name: name.into() })?;
+            doc = json("manifest", &self.read_content(d).await?)?;
         }
         let cfg = doc
             .pointer("/config/digest")
             .and_then(|d| d.as_str())
-            .ok_or_else(|| anyhow!("image {name}: manifest has no config"))?;
-        let config: serde_json::Value = serde_json::from_slice(&self.read_content(cfg).await?)?;
+            .ok_or_else(|| ContainerdError::NoImageConfig { name: name.into() })?;
+        let config = json("config", &self.read_content(cfg).await?)?;
         let diff_ids: Vec<String> = config
             .pointer("/rootfs/diff_ids")
             .and_then(|d| d.as_array())
-            .ok_or_else(|| anyhow!("image {name}: config has no rootfs.diff_ids"))?
+            .ok_or_else(|| ContainerdError::NoDiffIds { name: name.into() })?
             .iter()
             .filter_map(|v| v.as_str().map(str::to_string))
             .collect();
@@ -425,7 +706,7 @@ impl Containerd {
         ContainersClient::new(self.channel.clone())
             .create(self.req(CreateContainerRequest { container: Some(c) }))
             .await
-            .map_err(|s| anyhow!("create container {id}: {}", s.message()))?;
+            .map_err(|source| ContainerdError::CreateContainer { id, source })?;
         Ok(())
     }
 
@@ -450,7 +731,10 @@ impl Containerd {
                 runtime_path: String::new(),
             }))
             .await
-            .map_err(|s| anyhow!("create task {id}: {}", s.message()))?;
+            .map_err(|source| ContainerdError::CreateTask {
+                id: id.into(),
+                source,
+            })?;
         Ok(r.into_inner().pid)
     }
 
@@ -462,7 +746,10 @@ impl Containerd {
                 exec_id: String::new(),
             }))
             .await
-            .map_err(|s| anyhow!("start task {id}: {}", s.message()))?;
+            .map_err(|source| ContainerdError::StartTask {
+                id: id.into(),
+                source,
+            })?;
         Ok(r.into_inner().pid)
     }
 }
@@ -490,9 +777,11 @@ pub fn spec_of(c: &Container) -> Result<serde_json::Value> {
     let any = c
         .spec
         .as_ref()
-        .ok_or_else(|| anyhow!("container {} has no spec", c.id))?;
-    serde_json::from_slice(&any.value)
-        .with_context(|| format!("spec of container {} is not JSON", c.id))
+        .ok_or_else(|| ContainerdError::NoSpec { id: c.id.clone() })?;
+    serde_json::from_slice(&any.value).map_err(|source| ContainerdError::SpecJson {
+        id: c.id.clone(),
+        source,
+    })
 }
 
 pub fn runtime(name: &str, options: Option<Any>) -> Runtime {

@@ -25,13 +25,41 @@ pub mod rootfs;
 pub mod sender;
 pub mod tls;
 
+/// Why MOSE's work directory could not be made memory-backed.
+#[derive(Debug, thiserror::Error)]
+pub enum TmpfsError {
+    #[error("creating {}", .dir.display())]
+    Create {
+        dir: std::path::PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("statfs {}", .dir.display())]
+    Statfs {
+        dir: std::path::PathBuf,
+        #[source]
+        source: nix::Error,
+    },
+    #[error("mounting a tmpfs on {} (MOSE keeps checkpoint images in memory; run as root)", .dir.display())]
+    Mount {
+        dir: std::path::PathBuf,
+        #[source]
+        source: nix::Error,
+    },
+}
+
 /// Makes sure `dir` is memory-backed: checkpoint images must never touch the
 /// disk on the hot path. Mounts a tmpfs there when it is not one already
 /// (on some hosts `/run` itself is on disk).
-pub fn ensure_tmpfs(dir: &std::path::Path) -> anyhow::Result<()> {
-    use anyhow::Context;
-    std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
-    let st = nix::sys::statfs::statfs(dir).with_context(|| format!("statfs {}", dir.display()))?;
+pub fn ensure_tmpfs(dir: &std::path::Path) -> Result<(), TmpfsError> {
+    std::fs::create_dir_all(dir).map_err(|source| TmpfsError::Create {
+        dir: dir.to_path_buf(),
+        source,
+    })?;
+    let st = nix::sys::statfs::statfs(dir).map_err(|source| TmpfsError::Statfs {
+        dir: dir.to_path_buf(),
+        source,
+    })?;
     if st.filesystem_type() == nix::sys::statfs::TMPFS_MAGIC {
         return Ok(());
     }
@@ -42,10 +70,8 @@ pub fn ensure_tmpfs(dir: &std::path::Path) -> anyhow::Result<()> {
         nix::mount::MsFlags::MS_NOSUID | nix::mount::MsFlags::MS_NODEV,
         Some("mode=0700"),
     )
-    .with_context(|| {
-        format!(
-            "mounting a tmpfs on {} (MOSE keeps checkpoint images in memory; run as root)",
-            dir.display()
-        )
+    .map_err(|source| TmpfsError::Mount {
+        dir: dir.to_path_buf(),
+        source,
     })
 }

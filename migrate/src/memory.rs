@@ -14,7 +14,6 @@ use std::{
     os::unix::fs::FileExt,
 };
 
-use anyhow::{Context, Result};
 use mose_wire::{
     blocks::{hash_block, zero_hash},
     BlockHash, BLOCK_SIZE,
@@ -233,6 +232,23 @@ impl ProcMemory {
     }
 }
 
+/// What a consumer of [`scan`]'s batches returns when it takes no more
+/// (the round was aborted: the link failed, or the sender gave up).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+#[error("round aborted")]
+pub struct ConsumerStopped;
+
+/// Why a memory scan of a pre-copy round ended early.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub enum ScanError {
+    /// The consumer stopped taking batches mid-round.
+    #[error(transparent)]
+    Stopped(#[from] ConsumerStopped),
+    /// The consumer stopped before the round's last batch.
+    #[error("sending the last blocks of a round")]
+    LastBlocks(#[source] ConsumerStopped),
+}
+
 /// Scans the memory of `pids`, calling `emit` with batches of blocks not in
 /// `known` (which is updated), and recording every page's hash in `seen`.
 /// Processes that vanish mid-scan are skipped. Blocking: run it on a
@@ -242,9 +258,9 @@ pub fn scan<F>(
     known: &mut HashSet<BlockHash>,
     mut seen: Option<&mut Seen>,
     mut emit: F,
-) -> Result<ScanStats>
+) -> Result<ScanStats, ScanError>
 where
-    F: FnMut(Vec<(BlockHash, Vec<u8>)>) -> Result<()>,
+    F: FnMut(Vec<(BlockHash, Vec<u8>)>) -> Result<(), ConsumerStopped>,
 {
     const BATCH: usize = 256;
     let mut stats = ScanStats::default();
@@ -304,7 +320,7 @@ where
         }
     }
     if !batch.is_empty() {
-        emit(batch).context("sending the last blocks of a round")?;
+        emit(batch).map_err(ScanError::LastBlocks)?;
     }
     Ok(stats)
 }

@@ -8,9 +8,21 @@
 
 use std::path::{Path, PathBuf};
 
-use anyhow::{bail, Result};
 use containerd_client::services::v1::Container;
 use mose_policy::oci_runtime::{parse_version, OciRuntimeCaps, USE_INSTEAD};
+
+/// A container MOSE refuses to migrate because of its OCI runtime.
+#[derive(Debug, thiserror::Error)]
+pub enum OciRuntimeError {
+    #[error(
+        "cannot migrate container {id}: its OCI runtime {binary:?} cannot be migrated: {why}; {USE_INSTEAD}"
+    )]
+    NotMigratable {
+        id: String,
+        binary: String,
+        why: String,
+    },
+}
 
 /// The shim's record of the runtime a task runs under, in the task's bundle
 /// (`container::OPTIONS_FILE` in the shim, written at create).
@@ -81,11 +93,17 @@ pub async fn probe(binary: &str) -> OciRuntimeCaps {
 
 /// Refuses to migrate container `id` when its runtime cannot be dumped and
 /// restored.
-pub fn check_migratable(caps: &OciRuntimeCaps, binary: &str, id: &str) -> Result<()> {
+pub fn check_migratable(
+    caps: &OciRuntimeCaps,
+    binary: &str,
+    id: &str,
+) -> Result<(), OciRuntimeError> {
     if let Some(why) = caps.no_migration() {
-        bail!(
-            "cannot migrate container {id}: its OCI runtime {binary:?} cannot be migrated: {why}; {USE_INSTEAD}"
-        );
+        return Err(OciRuntimeError::NotMigratable {
+            id: id.to_string(),
+            binary: binary.to_string(),
+            why,
+        });
     }
     Ok(())
 }

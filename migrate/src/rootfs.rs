@@ -4,8 +4,36 @@
 
 use std::path::{Path, PathBuf};
 
-use anyhow::{anyhow, Context, Result};
 use containerd_client::types::Mount;
+
+/// Why the rootfs changes of a migrated container could not be found,
+/// packed or unpacked.
+#[derive(Debug, thiserror::Error)]
+pub enum RootfsError {
+    #[error(
+        "the container's snapshot has no overlay upper directory (mounts: {mounts:?}); MOSE migrates rootfs changes of overlayfs snapshots only"
+    )]
+    NoUpperdir { mounts: Vec<String> },
+    #[error("packing rootfs changes in {}", .dir.display())]
+    Pack {
+        dir: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("finishing rootfs archive")]
+    Finish {
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("unpacking rootfs changes into {}", .dir.display())]
+    Unpack {
+        dir: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+}
+
+type Result<T, E = RootfsError> = std::result::Result<T, E>;
 
 /// The overlay upper directory among a snapshot's mounts.
 pub fn upperdir(mounts: &[Mount]) -> Result<PathBuf> {
@@ -16,10 +44,9 @@ pub fn upperdir(mounts: &[Mount]) -> Result<PathBuf> {
             }
         }
     }
-    Err(anyhow!(
-        "the container's snapshot has no overlay upper directory (mounts: {:?}); MOSE migrates rootfs changes of overlayfs snapshots only",
-        mounts.iter().map(|m| m.r#type.as_str()).collect::<Vec<_>>()
-    ))
+    Err(RootfsError::NoUpperdir {
+        mounts: mounts.iter().map(|m| m.r#type.clone()).collect(),
+    })
 }
 
 /// Packs `dir` into a tar archive (symlinks kept as links, devices and whiteouts kept).
@@ -28,8 +55,12 @@ pub fn pack(dir: &Path) -> Result<Vec<u8>> {
     b.follow_symlinks(false);
     b.mode(tar::HeaderMode::Complete);
     b.append_dir_all(".", dir)
-        .with_context(|| format!("packing rootfs changes in {}", dir.display()))?;
-    b.into_inner().context("finishing rootfs archive")
+        .map_err(|source| RootfsError::Pack {
+            dir: dir.to_path_buf(),
+            source,
+        })?;
+    b.into_inner()
+        .map_err(|source| RootfsError::Finish { source })
 }
 
 /// Unpacks a rootfs-changes archive into `dir`.
@@ -39,8 +70,10 @@ pub fn unpack(data: &[u8], dir: &Path) -> Result<()> {
     a.set_preserve_ownerships(true);
     a.set_unpack_xattrs(true);
     a.set_overwrite(true);
-    a.unpack(dir)
-        .with_context(|| format!("unpacking rootfs changes into {}", dir.display()))
+    a.unpack(dir).map_err(|source| RootfsError::Unpack {
+        dir: dir.to_path_buf(),
+        source,
+    })
 }
 
 #[cfg(test)]

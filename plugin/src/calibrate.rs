@@ -344,48 +344,14 @@ pub fn calibration_target(mib: usize, ready: &std::path::Path) -> ! {
 /// very binary in [`calibration_target`] mode), in `dir` (tmpfs). Returns
 /// (dumped bytes, dump ms, restore ms).
 fn criu_round(exe: &std::path::Path, dir: &std::path::Path, mib: usize) -> Result<(f64, f64, f64)> {
-    use std::process::{Command, Stdio};
     let _ = std::fs::remove_dir_all(dir);
     let images = dir.join("images");
     std::fs::create_dir_all(&images)?;
-    let ready = dir.join("ready");
-    let mut child = Command::new(exe)
-        .arg("--calibration-target")
-        .arg(mib.to_string())
-        .arg(&ready)
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .with_context(|| format!("starting {}", exe.display()))?;
+    let mut child = start_calibration_target(exe, mib, &dir.join("ready"))?;
     let pid = child.id();
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
-    while !ready.exists() {
-        if std::time::Instant::now() > deadline {
-            let _ = child.kill();
-            let _ = child.wait();
-            anyhow::bail!("the calibration target did not get ready");
-        }
-        std::thread::sleep(std::time::Duration::from_millis(20));
-    }
-    let run = |args: &[&str], what: &str| -> Result<f64> {
-        let t = std::time::Instant::now();
-        let o = Command::new("criu")
-            .args(args)
-            .stdin(Stdio::null())
-            .output()
-            .with_context(|| format!("running criu {what} (is CRIU installed?)"))?;
-        if !o.status.success() {
-            anyhow::bail!(
-                "criu {what} failed ({}); see {}",
-                o.status,
-                dir.join(format!("{what}.log")).display()
-            );
-        }
-        Ok(t.elapsed().as_secs_f64() * 1000.0)
-    };
     let img = images.display().to_string();
-    let dumped = run(
+    let dumped = run_criu(
+        dir,
         &[
             "dump",
             "-t",
@@ -408,7 +374,8 @@ fn criu_round(exe: &std::path::Path, dir: &std::path::Path, mib: usize) -> Resul
         .map(|m| m.len() as f64)
         .sum();
     let pidfile = dir.join("restored.pid");
-    let restore_ms = run(
+    let restore_ms = run_criu(
+        dir,
         &[
             "restore",
             "-D",
@@ -421,15 +388,68 @@ fn criu_round(exe: &std::path::Path, dir: &std::path::Path, mib: usize) -> Resul
         ],
         "restore",
     );
-    if let Some(p) = std::fs::read_to_string(&pidfile)
+    kill_restored(&pidfile);
+    let restore_ms = restore_ms?;
+    let _ = std::fs::remove_dir_all(dir);
+    Ok((pages, dump_ms, restore_ms))
+}
+
+/// Starts this binary as a calibration target holding `mib` MiB and waits
+/// (up to 30 s) until it says it is ready by creating `ready`.
+fn start_calibration_target(
+    exe: &std::path::Path,
+    mib: usize,
+    ready: &std::path::Path,
+) -> Result<std::process::Child> {
+    use std::process::{Command, Stdio};
+    let mut child = Command::new(exe)
+        .arg("--calibration-target")
+        .arg(mib.to_string())
+        .arg(ready)
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .with_context(|| format!("starting {}", exe.display()))?;
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    while !ready.exists() {
+        if std::time::Instant::now() > deadline {
+            let _ = child.kill();
+            let _ = child.wait();
+            anyhow::bail!("the calibration target did not get ready");
+        }
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    Ok(child)
+}
+
+/// Runs `criu <args>` (its log in `dir`); returns how long it took, in ms.
+fn run_criu(dir: &std::path::Path, args: &[&str], what: &str) -> Result<f64> {
+    use std::process::{Command, Stdio};
+    let t = std::time::Instant::now();
+    let o = Command::new("criu")
+        .args(args)
+        .stdin(Stdio::null())
+        .output()
+        .with_context(|| format!("running criu {what} (is CRIU installed?)"))?;
+    if !o.status.success() {
+        anyhow::bail!(
+            "criu {what} failed ({}); see {}",
+            o.status,
+            dir.join(format!("{what}.log")).display()
+        );
+    }
+    Ok(t.elapsed().as_secs_f64() * 1000.0)
+}
+
+/// Kills the process CRIU restored (its pid in `pidfile`), if any.
+fn kill_restored(pidfile: &std::path::Path) {
+    if let Some(p) = std::fs::read_to_string(pidfile)
         .ok()
         .and_then(|s| s.trim().parse::<i32>().ok())
     {
         let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(p), nix::sys::signal::SIGKILL);
     }
-    let restore_ms = restore_ms?;
-    let _ = std::fs::remove_dir_all(dir);
-    Ok((pages, dump_ms, restore_ms))
 }
 
 impl Store {

@@ -140,6 +140,7 @@ pub async fn serve_policy(cfg: PolicyConfig) -> Result<()> {
     let scratch = cfg.scratch.clone();
     let calibrated = tokio::task::spawn_blocking(move || {
         let r = mose_migrate::ensure_tmpfs(&scratch)
+            .map_err(anyhow::Error::from)
             .and_then(|_| store.calibrate_startup(&scratch, 64));
         let c = std::env::current_exe()
             .map_err(anyhow::Error::from)
@@ -433,7 +434,7 @@ async fn refresh_loop(p: Arc<Policy>) {
         for (ns, id) in keys {
             let pids = match Containerd::connect(&p.cfg.containerd, &ns).await {
                 Ok(cd) => pids_of(&cd, &id).await,
-                Err(e) => Err(e),
+                Err(e) => Err(e.into()),
             };
             let sampled = match pids {
                 Ok(pids) => measure_memory(&p, &ns, &id, pids).await,

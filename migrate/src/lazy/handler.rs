@@ -26,7 +26,6 @@ use std::{
     time::{Duration, Instant},
 };
 
-use anyhow::{anyhow, Context, Result};
 use mose_wire::LazyStats;
 use nix::sys::socket::{recvmsg, ControlMessageOwned, MsgFlags};
 use tracing::{debug, info, warn};
@@ -36,6 +35,80 @@ use super::{
     pagemap::LazyProcess,
     uffd::{Event, Placed, Uffd},
 };
+
+/// Why MOSE's lazy-page handler could not start, take a delivery, or go on
+/// serving CRIU's restored processes.
+#[derive(Debug, thiserror::Error)]
+pub enum HandlerError {
+    #[error("listening for CRIU on {}", .socket.display())]
+    Listen {
+        socket: PathBuf,
+        #[source]
+        source: io::Error,
+    },
+    #[error("creating the handler's eventfd")]
+    Eventfd {
+        #[source]
+        source: io::Error,
+    },
+    #[error("starting the lazy-page handler thread")]
+    Thread {
+        #[source]
+        source: io::Error,
+    },
+    #[error("the lazy-page handler has stopped")]
+    Stopped,
+    #[error("poll")]
+    Poll {
+        #[source]
+        source: io::Error,
+    },
+    #[error("accepting CRIU's lazy-pages connection")]
+    Accept {
+        #[source]
+        source: io::Error,
+    },
+    #[error("CRIU's message")]
+    CriuMessage {
+        #[source]
+        source: nix::Error,
+    },
+    #[error("reading CRIU's lazy-pages socket")]
+    ReadSocket {
+        #[source]
+        source: nix::Error,
+    },
+    #[error("CRIU closed the lazy-pages socket before the restore finished (see the restore log)")]
+    SocketClosed,
+    #[error("no descriptor")]
+    NoDescriptor,
+    #[error("answering pid {pid}'s fault at {page:#x} with the zero page")]
+    ZeroPage {
+        pid: u32,
+        page: u64,
+        #[source]
+        source: io::Error,
+    },
+    #[error("unregistering {start:#x}..{end:#x} of pid {pid}, discarded by madvise")]
+    Unregister {
+        pid: u32,
+        start: u64,
+        end: u64,
+        #[source]
+        source: io::Error,
+    },
+    #[error("pages for pid {pid} which the checkpoint has no lazy memory for")]
+    UnknownPid { pid: u32 },
+    #[error("placing pages at {addr:#x} in pid {pid}")]
+    Place {
+        pid: u32,
+        addr: u64,
+        #[source]
+        source: io::Error,
+    },
+}
+
+type Result<T, E = HandlerError> = std::result::Result<T, E>;
 
 const PAGE: u64 = 4096;
 /// Bulk deliveries placed between two looks at the userfaultfds.
@@ -93,12 +166,17 @@ impl Handler {
     ) -> Result<Self> {
         let _ = std::fs::remove_file(socket);
         let listener = UnixListener::bind(socket)
-            .with_context(|| format!("listening for CRIU on {}", socket.display()))?;
-        listener.set_nonblocking(true)?;
+            .and_then(|l| l.set_nonblocking(true).map(|()| l))
+            .map_err(|source| HandlerError::Listen {
+                socket: socket.to_path_buf(),
+                source,
+            })?;
         // SAFETY: eventfd returns a fresh descriptor or -1.
         let raw = unsafe { libc::eventfd(0, libc::EFD_NONBLOCK | libc::EFD_CLOEXEC) };
         if raw < 0 {
-            return Err(io::Error::last_os_error()).context("creating the handler's eventfd");
+            return Err(HandlerError::Eventfd {
+                source: io::Error::last_os_error(),
+            });
         }
         // SAFETY: `raw` is a descriptor we just created and own.
         let wake = Arc::new(unsafe { OwnedFd::from_raw_fd(raw) });
@@ -128,7 +206,7 @@ impl Handler {
         let thread = std::thread::Builder::new()
             .name("mose-lazy-pages".into())
             .spawn(move || lp.run())
-            .context("starting the lazy-page handler thread")?;
+            .map_err(|source| HandlerError::Thread { source })?;
         Ok(Self {
             tx,
             urgent,
@@ -141,9 +219,7 @@ impl Handler {
 
     /// Hands pages to the handler thread, behind those already queued.
     pub fn deliver(&self, d: Delivery) -> Result<()> {
-        self.tx
-            .send(d)
-            .map_err(|_| anyhow!("the lazy-page handler has stopped"))?;
+        self.tx.send(d).map_err(|_| HandlerError::Stopped)?;
         poke(&self.wake);
         Ok(())
     }
@@ -151,9 +227,7 @@ impl Handler {
     /// Hands pages a process waits for to the handler thread, ahead of bulk
     /// deliveries (a fault must not queue behind a cache prefill).
     pub fn deliver_urgent(&self, d: Delivery) -> Result<()> {
-        self.urgent
-            .send(d)
-            .map_err(|_| anyhow!("the lazy-page handler has stopped"))?;
+        self.urgent.send(d).map_err(|_| HandlerError::Stopped)?;
         poke(&self.wake);
         Ok(())
     }
@@ -226,7 +300,7 @@ impl Loop {
             Ok(true) => {}
             Ok(false) => return, // stopped by the session
             Err(e) => {
-                let msg = format!("{e:#}");
+                let msg = crate::error::error_chain(&e);
                 warn!(error = %msg, "lazy-page handler failed");
                 let _ = self.reports.send(Report::Failed(msg));
             }
@@ -243,33 +317,9 @@ impl Loop {
             if self.stop.load(Ordering::SeqCst) {
                 return Ok(false);
             }
-            let mut pfds: Vec<libc::pollfd> = Vec::new();
-            let mut push = |fd: RawFd| {
-                pfds.push(libc::pollfd {
-                    fd,
-                    events: libc::POLLIN,
-                    revents: 0,
-                })
+            let Some(pfds) = self.poll()? else {
+                continue;
             };
-            push(self.wake.as_raw_fd());
-            match &self.conn {
-                None => push(self.listener.as_raw_fd()),
-                Some(c) if self.finished_at.is_none() => push(c.as_raw_fd()),
-                Some(_) => push(-1),
-            }
-            for p in &self.procs {
-                push(if p.exited { -1 } else { p.uffd.as_raw_fd() });
-            }
-            let timeout = if self.backlog { 0 } else { 200 };
-            // SAFETY: `pfds` is a valid array of pollfd for its length.
-            let n = unsafe { libc::poll(pfds.as_mut_ptr(), pfds.len() as libc::nfds_t, timeout) };
-            if n < 0 {
-                let e = io::Error::last_os_error();
-                if e.kind() == io::ErrorKind::Interrupted {
-                    continue;
-                }
-                return Err(e).context("poll");
-            }
             if pfds[1].revents != 0 {
                 self.on_socket()?;
             }
@@ -283,95 +333,162 @@ impl Loop {
                 // SAFETY: reading the eventfd counter into 8 bytes.
                 unsafe { libc::read(self.wake.as_raw_fd(), b.as_mut_ptr().cast(), 8) };
             }
-            // what processes wait for first, then a bounded batch of bulk
-            let mut batch: Vec<Delivery> = self.urgent_rx.try_iter().collect();
-            batch.append(&mut self.parked);
-            for d in batch {
-                self.place(d)?;
-            }
-            let bulk: Vec<Delivery> = self.rx.try_iter().take(BULK_BATCH).collect();
-            self.backlog = bulk.len() == BULK_BATCH;
-            for d in bulk {
-                self.place(d)?;
-            }
-            if let Some(t) = self.finished_at {
-                if self.procs.iter().all(|p| p.exited || p.iovs.is_empty()) {
-                    self.stats.lazy_ms = t.elapsed().as_secs_f64() * 1000.0;
-                    self.latencies.sort_unstable();
-                    let pct = |q: f64| -> f64 {
-                        if self.latencies.is_empty() {
-                            return 0.0;
-                        }
-                        let i = ((self.latencies.len() as f64 - 1.0) * q).round() as usize;
-                        self.latencies[i.min(self.latencies.len() - 1)] as f64
-                    };
-                    self.stats.faults = self.latencies.len() as u64;
-                    self.stats.fault_p50_us = pct(0.5);
-                    self.stats.fault_p99_us = pct(0.99);
-                    info!(
-                        lazy_ms = self.stats.lazy_ms,
-                        faults = self.stats.faults,
-                        p99_us = self.stats.fault_p99_us,
-                        "every lazy page is in place"
-                    );
-                    let _ = self.reports.send(Report::Done(self.stats.clone()));
-                    return Ok(true);
-                }
+            self.place_queued()?;
+            if self.all_placed() {
+                return Ok(true);
             }
         }
+    }
+
+    /// Waits for the wake-up eventfd, CRIU's socket and every live
+    /// userfaultfd (in that order). None: interrupted, poll again.
+    fn poll(&self) -> Result<Option<Vec<libc::pollfd>>> {
+        let mut pfds: Vec<libc::pollfd> = Vec::new();
+        let mut push = |fd: RawFd| {
+            pfds.push(libc::pollfd {
+                fd,
+                events: libc::POLLIN,
+                revents: 0,
+            })
+        };
+        push(self.wake.as_raw_fd());
+        match &self.conn {
+            None => push(self.listener.as_raw_fd()),
+            Some(c) if self.finished_at.is_none() => push(c.as_raw_fd()),
+            Some(_) => push(-1),
+        }
+        for p in &self.procs {
+            push(if p.exited { -1 } else { p.uffd.as_raw_fd() });
+        }
+        let timeout = if self.backlog { 0 } else { 200 };
+        // SAFETY: `pfds` is a valid array of pollfd for its length.
+        let n = unsafe { libc::poll(pfds.as_mut_ptr(), pfds.len() as libc::nfds_t, timeout) };
+        if n < 0 {
+            let e = io::Error::last_os_error();
+            if e.kind() == io::ErrorKind::Interrupted {
+                return Ok(None);
+            }
+            return Err(HandlerError::Poll { source: e });
+        }
+        Ok(Some(pfds))
+    }
+
+    /// Places what processes wait for first, then a bounded batch of bulk.
+    fn place_queued(&mut self) -> Result<()> {
+        let mut batch: Vec<Delivery> = self.urgent_rx.try_iter().collect();
+        batch.append(&mut self.parked);
+        for d in batch {
+            self.place(d)?;
+        }
+        let bulk: Vec<Delivery> = self.rx.try_iter().take(BULK_BATCH).collect();
+        self.backlog = bulk.len() == BULK_BATCH;
+        for d in bulk {
+            self.place(d)?;
+        }
+        Ok(())
+    }
+
+    /// Once the restore has finished and every process has its pages (or
+    /// exited): the statistics are final and reported.
+    fn all_placed(&mut self) -> bool {
+        let Some(t) = self.finished_at else {
+            return false;
+        };
+        if !self.procs.iter().all(|p| p.exited || p.iovs.is_empty()) {
+            return false;
+        }
+        self.stats.lazy_ms = t.elapsed().as_secs_f64() * 1000.0;
+        self.latencies.sort_unstable();
+        let pct = |q: f64| -> f64 {
+            if self.latencies.is_empty() {
+                return 0.0;
+            }
+            let i = ((self.latencies.len() as f64 - 1.0) * q).round() as usize;
+            self.latencies[i.min(self.latencies.len() - 1)] as f64
+        };
+        self.stats.faults = self.latencies.len() as u64;
+        self.stats.fault_p50_us = pct(0.5);
+        self.stats.fault_p99_us = pct(0.99);
+        info!(
+            lazy_ms = self.stats.lazy_ms,
+            faults = self.stats.faults,
+            p99_us = self.stats.fault_p99_us,
+            "every lazy page is in place"
+        );
+        let _ = self.reports.send(Report::Done(self.stats.clone()));
+        true
     }
 
     /// CRIU's connection: per process a pid and a descriptor, then RSTF.
     fn on_socket(&mut self) -> Result<()> {
         if self.conn.is_none() {
-            match self.listener.accept() {
-                Ok((c, _)) => {
-                    c.set_nonblocking(true)?;
-                    self.conn = Some(c);
-                }
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
-                Err(e) => return Err(e).context("accepting CRIU's lazy-pages connection"),
-            }
-            return Ok(());
+            return self.accept();
         }
-        let Some(conn) = &self.conn else {
-            return Ok(());
-        };
         let mut data = [0u8; 256];
-        let mut cmsg = nix::cmsg_space!([RawFd; 8]);
-        let got = {
-            let mut iov = [IoSliceMut::new(&mut data)];
-            match recvmsg::<()>(
-                conn.as_raw_fd(),
-                &mut iov,
-                Some(&mut cmsg),
-                MsgFlags::MSG_CMSG_CLOEXEC,
-            ) {
-                Ok(m) => {
-                    for c in m.cmsgs().map_err(|e| anyhow!("CRIU's message: {e}"))? {
-                        if let ControlMessageOwned::ScmRights(fds) = c {
-                            for fd in fds {
-                                // SAFETY: the kernel installed these descriptors for us.
-                                self.fds.push_back(unsafe { OwnedFd::from_raw_fd(fd) });
-                            }
-                        }
-                    }
-                    m.bytes
-                }
-                Err(nix::errno::Errno::EAGAIN) => return Ok(()),
-                Err(e) => return Err(anyhow!("reading CRIU's lazy-pages socket: {e}")),
-            }
+        let Some(got) = self.receive(&mut data)? else {
+            return Ok(());
         };
         if got == 0 {
             self.conn = None;
             if self.finished_at.is_none() {
-                return Err(anyhow!(
-                    "CRIU closed the lazy-pages socket before the restore finished (see the restore log)"
-                ));
+                return Err(HandlerError::SocketClosed);
             }
             return Ok(());
         }
         self.buf.extend_from_slice(&data[..got]);
+        self.take_handovers()
+    }
+
+    /// Accepts CRIU's connection, when it is there.
+    fn accept(&mut self) -> Result<()> {
+        match self.listener.accept() {
+            Ok((c, _)) => {
+                c.set_nonblocking(true)
+                    .map_err(|source| HandlerError::Accept { source })?;
+                self.conn = Some(c);
+            }
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
+            Err(source) => return Err(HandlerError::Accept { source }),
+        }
+        Ok(())
+    }
+
+    /// Reads what CRIU sent into `data`, keeping the descriptors it carries.
+    /// The bytes read (0: CRIU closed the connection); None: nothing yet.
+    fn receive(&mut self, data: &mut [u8]) -> Result<Option<usize>> {
+        let Some(conn) = &self.conn else {
+            return Ok(None);
+        };
+        let mut cmsg = nix::cmsg_space!([RawFd; 8]);
+        let mut iov = [IoSliceMut::new(data)];
+        match recvmsg::<()>(
+            conn.as_raw_fd(),
+            &mut iov,
+            Some(&mut cmsg),
+            MsgFlags::MSG_CMSG_CLOEXEC,
+        ) {
+            Ok(m) => {
+                for c in m
+                    .cmsgs()
+                    .map_err(|source| HandlerError::CriuMessage { source })?
+                {
+                    if let ControlMessageOwned::ScmRights(fds) = c {
+                        for fd in fds {
+                            // SAFETY: the kernel installed these descriptors for us.
+                            self.fds.push_back(unsafe { OwnedFd::from_raw_fd(fd) });
+                        }
+                    }
+                }
+                Ok(Some(m.bytes))
+            }
+            Err(nix::errno::Errno::EAGAIN) => Ok(None),
+            Err(source) => Err(HandlerError::ReadSocket { source }),
+        }
+    }
+
+    /// Takes the complete messages in the buffer: RSTF, zombies, and each
+    /// process's pid with the descriptor its dummy byte carried.
+    fn take_handovers(&mut self) -> Result<()> {
         loop {
             if self.buf.len() < 4 {
                 return Ok(());
@@ -397,10 +514,7 @@ impl Loop {
                 return Ok(());
             }
             self.buf.drain(..5);
-            let fd = self
-                .fds
-                .pop_front()
-                .ok_or_else(|| anyhow!("no descriptor"))?;
+            let fd = self.fds.pop_front().ok_or(HandlerError::NoDescriptor)?;
             let pid = pid as u32;
             let iovs = self
                 .layout
@@ -446,11 +560,10 @@ impl Loop {
                     match self.procs[i].iovs.lookup(page) {
                         // not a page of the checkpoint: it was never touched
                         None => {
-                            let placed = self.procs[i].uffd.zero(page).with_context(|| {
-                                format!(
-                                    "answering pid {pid}'s fault at {page:#x} with the zero page"
-                                )
-                            })?;
+                            let placed = self.procs[i]
+                                .uffd
+                                .zero(page)
+                                .map_err(|source| HandlerError::ZeroPage { pid, page, source })?;
                             if placed == Placed::Exited {
                                 self.procs[i].exited = true;
                             }
@@ -482,11 +595,15 @@ impl Loop {
                 }
                 Event::Remap { from, to, len } => self.procs[i].iovs.remap(from, to, len),
                 Event::Remove { start, end } => {
-                    self.procs[i].uffd.unregister(start, end).with_context(|| {
-                        format!(
-                            "unregistering {start:#x}..{end:#x} of pid {pid}, discarded by madvise"
-                        )
-                    })?;
+                    self.procs[i]
+                        .uffd
+                        .unregister(start, end)
+                        .map_err(|source| HandlerError::Unregister {
+                            pid,
+                            start,
+                            end,
+                            source,
+                        })?;
                     self.procs[i].iovs.remove(start, end - start);
                 }
                 Event::Unmap { start, end } => self.procs[i].iovs.remove(start, end - start),
@@ -498,10 +615,7 @@ impl Loop {
         let pages = d.data.len() as u64 / PAGE;
         if !self.procs.iter().any(|p| p.pid == d.pid) {
             if self.finished_at.is_some() && !self.layout.contains_key(&d.pid) {
-                return Err(anyhow!(
-                    "pages for pid {} which the checkpoint has no lazy memory for",
-                    d.pid
-                ));
+                return Err(HandlerError::UnknownPid { pid: d.pid });
             }
             self.parked.push(d);
             return Ok(());
@@ -517,8 +631,11 @@ impl Loop {
                 match p
                     .uffd
                     .copy(rt, chunk)
-                    .with_context(|| format!("placing pages at {rt:#x} in pid {}", p.pid))?
-                {
+                    .map_err(|source| HandlerError::Place {
+                        pid: p.pid,
+                        addr: rt,
+                        source,
+                    })? {
                     Placed::Done | Placed::Gone => p.iovs.remove(rt, len),
                     Placed::Exited => p.exited = true,
                     Placed::Retry => retry = true,

@@ -8,11 +8,115 @@
 //! `pages-<pages_id>.img` one after another. The framing is read here; the
 //! messages are decoded by prost from the declarations in [`proto`].
 
-use std::{collections::BTreeMap, path::Path};
+use std::{
+    collections::BTreeMap,
+    path::{Path, PathBuf},
+};
 
-use anyhow::{anyhow, bail, Context, Result};
 use mose_wire::BLOCK_SIZE;
 use prost::Message as _;
+
+/// Which record of a pagemap image an error is about.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct EntryAt {
+    /// The entry's index after the head.
+    pub index: usize,
+    /// The offset of the record's length prefix.
+    pub at: usize,
+}
+
+impl std::fmt::Display for EntryAt {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "pagemap entry #{} (record at byte {})",
+            self.index, self.at
+        )
+    }
+}
+
+/// Why a CRIU image (a pagemap, or the checkpoint directory holding them)
+/// could not be read: what is wrong, and at which byte or in which file.
+#[derive(Debug, thiserror::Error)]
+pub enum PagemapError {
+    #[error("{what} of {len} bytes has no {name} magic")]
+    NoMagic {
+        what: &'static str,
+        len: usize,
+        name: &'static str,
+    },
+    #[error("{what}: magic at byte {at} is {got:#010x}, not the {name} magic {want:#010x}")]
+    WrongMagic {
+        what: &'static str,
+        at: usize,
+        got: u32,
+        name: &'static str,
+        want: u32,
+    },
+    #[error(
+        "{what}: the length of the record at byte {at} is cut ({got} of {RECORD_LEN_LEN} bytes)"
+    )]
+    LengthCut {
+        what: &'static str,
+        at: usize,
+        got: usize,
+    },
+    #[error(
+        "{what}: the record at byte {at} is cut: its length says {len} bytes, {remain} remain"
+    )]
+    RecordCut {
+        what: &'static str,
+        at: usize,
+        len: usize,
+        remain: usize,
+    },
+    #[error("pagemap image has no head record")]
+    NoHead,
+    #[error("pagemap head (record at byte {at})")]
+    Head {
+        at: usize,
+        #[source]
+        source: prost::DecodeError,
+    },
+    #[error("pagemap head (record at byte {at}) has no pages_id")]
+    NoPagesId { at: usize },
+    #[error("{entry}")]
+    Entry {
+        entry: EntryAt,
+        #[source]
+        source: prost::DecodeError,
+    },
+    #[error("{entry}: it has no vaddr")]
+    NoVaddr { entry: EntryAt },
+    #[error("{entry}: it has neither nr_pages nor compat_nr_pages")]
+    NoNrPages { entry: EntryAt },
+    #[error("{entry}: its vaddr {vaddr:#x} is not on a page boundary")]
+    Unaligned { entry: EntryAt, vaddr: u64 },
+    #[error("{entry}: its {nr_pages} pages from {vaddr:#x} run past the end of the address space")]
+    PastEnd {
+        entry: EntryAt,
+        vaddr: u64,
+        nr_pages: u64,
+    },
+    #[error(
+        "{entry}: present pages add up past {MAX_PRESENT_PAGES} (1 TiB), more than MOSE takes from one checkpoint"
+    )]
+    TooManyPresent { entry: EntryAt },
+    #[error("reading {}", .path.display())]
+    Read {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("parsing {}", .path.display())]
+    Parse {
+        path: PathBuf,
+        #[source]
+        source: Box<PagemapError>,
+    },
+}
+
+type Result<T, E = PagemapError> = std::result::Result<T, E>;
 
 /// Pages live in a parent (pre-dump) image.
 pub const PE_PARENT: u32 = 1;
@@ -101,26 +205,30 @@ impl PagemapEntry {
     /// `nr_pages` count in `compat_nr_pages`. Refuses what no dump holds: a
     /// missing field, an address not on a page boundary, a run past the end
     /// of the address space.
-    fn from_record(rec: proto::PagemapEntry) -> Result<Self> {
-        let vaddr = rec.vaddr.ok_or_else(|| anyhow!("it has no vaddr"))?;
+    fn from_record(rec: proto::PagemapEntry, entry: EntryAt) -> Result<Self> {
+        let vaddr = rec.vaddr.ok_or(PagemapError::NoVaddr { entry })?;
         let nr_pages = rec
             .nr_pages
             .or(rec.compat_nr_pages.map(u64::from))
-            .ok_or_else(|| anyhow!("it has neither nr_pages nor compat_nr_pages"))?;
+            .ok_or(PagemapError::NoNrPages { entry })?;
         let flags = match (rec.in_parent == Some(true), rec.flags) {
             (true, flags) => flags.unwrap_or(0) | PE_PARENT,
             (false, Some(flags)) => flags,
             (false, None) => PE_PRESENT,
         };
         if !vaddr.is_multiple_of(PAGE) {
-            bail!("its vaddr {vaddr:#x} is not on a page boundary");
+            return Err(PagemapError::Unaligned { entry, vaddr });
         }
         if nr_pages
             .checked_mul(PAGE)
             .and_then(|len| vaddr.checked_add(len))
             .is_none()
         {
-            bail!("its {nr_pages} pages from {vaddr:#x} run past the end of the address space");
+            return Err(PagemapError::PastEnd {
+                entry,
+                vaddr,
+                nr_pages,
+            });
         }
         Ok(Self {
             vaddr,
@@ -179,12 +287,20 @@ impl<'a> Records<'a> {
             let got = data
                 .get(at..)
                 .and_then(<[u8]>::first_chunk::<MAGIC_LEN>)
-                .ok_or_else(|| anyhow!("{what} of {} bytes has no {name} magic", data.len()))?;
+                .ok_or(PagemapError::NoMagic {
+                    what,
+                    len: data.len(),
+                    name,
+                })?;
             let got = u32::from_le_bytes(*got);
             if got != want {
-                bail!(
-                    "{what}: magic at byte {at} is {got:#010x}, not the {name} magic {want:#010x}"
-                );
+                return Err(PagemapError::WrongMagic {
+                    what,
+                    at,
+                    got,
+                    name,
+                    want,
+                });
             }
             at += MAGIC_LEN;
         }
@@ -202,17 +318,20 @@ impl<'a> Iterator for Records<'a> {
         // an error ends the iteration: nothing after it can be framed
         self.at = self.data.len();
         let Some((len, body)) = rest.split_first_chunk::<RECORD_LEN_LEN>() else {
-            return Some(Err(anyhow!(
-                "{what}: the length of the record at byte {at} is cut ({} of {RECORD_LEN_LEN} bytes)",
-                rest.len()
-            )));
+            return Some(Err(PagemapError::LengthCut {
+                what,
+                at,
+                got: rest.len(),
+            }));
         };
         let len = u32::from_le_bytes(*len) as usize;
         let Some(rec) = body.get(..len) else {
-            return Some(Err(anyhow!(
-                "{what}: the record at byte {at} is cut: its length says {len} bytes, {} remain",
-                body.len()
-            )));
+            return Some(Err(PagemapError::RecordCut {
+                what,
+                at,
+                len,
+                remain: body.len(),
+            }));
         };
         self.at = at + RECORD_LEN_LEN + len;
         Some(Ok((at, rec)))
@@ -222,30 +341,23 @@ impl<'a> Iterator for Records<'a> {
 impl Pagemap {
     pub fn parse(data: &[u8]) -> Result<Self> {
         let mut records = Records::new("pagemap image", data, PAGEMAP_MAGIC)?;
-        let (at, head) = records
-            .next()
-            .ok_or_else(|| anyhow!("pagemap image has no head record"))??;
+        let (at, head) = records.next().ok_or(PagemapError::NoHead)??;
         let pages_id = proto::PagemapHead::decode(head)
-            .with_context(|| format!("pagemap head (record at byte {at})"))?
+            .map_err(|source| PagemapError::Head { at, source })?
             .pages_id
-            .ok_or_else(|| anyhow!("pagemap head (record at byte {at}) has no pages_id"))?;
+            .ok_or(PagemapError::NoPagesId { at })?;
         let mut entries = Vec::new();
         let mut present = 0u64;
         for (i, rec) in records.enumerate() {
             let (at, rec) = rec?;
-            let what = || format!("pagemap entry #{i} (record at byte {at})");
+            let entry = EntryAt { index: i, at };
             let e = proto::PagemapEntry::decode(rec)
-                .map_err(anyhow::Error::from)
-                .and_then(PagemapEntry::from_record)
-                .with_context(what)?;
+                .map_err(|source| PagemapError::Entry { entry, source })
+                .and_then(|rec| PagemapEntry::from_record(rec, entry))?;
             if e.is_present() {
                 present = present.saturating_add(e.nr_pages);
                 if present > MAX_PRESENT_PAGES {
-                    bail!(
-                        "{}: present pages add up past {MAX_PRESENT_PAGES} (1 TiB), \
-                         more than MOSE takes from one checkpoint",
-                        what()
-                    );
+                    return Err(PagemapError::TooManyPresent { entry });
                 }
             }
             entries.push(e);
@@ -254,8 +366,14 @@ impl Pagemap {
     }
 
     pub fn read(path: &Path) -> Result<Self> {
-        let data = std::fs::read(path).with_context(|| format!("reading {}", path.display()))?;
-        Self::parse(&data).with_context(|| format!("parsing {}", path.display()))
+        let data = std::fs::read(path).map_err(|source| PagemapError::Read {
+            path: path.to_path_buf(),
+            source,
+        })?;
+        Self::parse(&data).map_err(|e| PagemapError::Parse {
+            path: path.to_path_buf(),
+            source: Box::new(e),
+        })
     }
 
     /// Present entries with the index of their first page in the pages image.
@@ -283,8 +401,12 @@ impl LazyLayout {
     /// Reads every `pagemap-<pid>.img` in `dir`.
     pub fn read(dir: &Path) -> Result<Self> {
         let mut maps = Vec::new();
-        for e in std::fs::read_dir(dir).with_context(|| format!("reading {}", dir.display()))? {
-            let e = e.with_context(|| format!("reading {}", dir.display()))?;
+        let unreadable = |source| PagemapError::Read {
+            path: dir.to_path_buf(),
+            source,
+        };
+        for e in std::fs::read_dir(dir).map_err(unreadable)? {
+            let e = e.map_err(unreadable)?;
             let name = e.file_name().to_string_lossy().to_string();
             let Some(pid) = name
                 .strip_prefix("pagemap-")
@@ -486,7 +608,7 @@ pub(crate) mod tests {
     }
 
     fn err(img: &[u8]) -> String {
-        format!("{:#}", Pagemap::parse(img).unwrap_err())
+        crate::error::error_chain(&Pagemap::parse(img).unwrap_err())
     }
 
     #[test]
@@ -638,7 +760,7 @@ pub(crate) mod tests {
                         prop_assert_eq!(image(7, &es[..map.entries.len()]).len(), keep);
                     }
                     Err(e) => {
-                        let e = format!("{e:#}");
+                        let e = crate::error::error_chain(&e);
                         prop_assert!(
                             e.contains("cut") || e.contains("magic") || e.contains("no head"),
                             "{}", e

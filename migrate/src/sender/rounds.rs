@@ -92,8 +92,7 @@ impl Migration<'_> {
         let scanner = tokio::task::spawn_blocking(move || {
             let mut pages = memory::Seen::new();
             let r = memory::scan(&pids, &mut known, Some(&mut pages), |batch| {
-                tx.blocking_send(batch)
-                    .map_err(|_| anyhow::anyhow!("round aborted"))
+                tx.blocking_send(batch).map_err(|_| memory::ConsumerStopped)
             });
             (r, known, pages)
         });

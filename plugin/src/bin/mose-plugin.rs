@@ -115,7 +115,7 @@ async fn main() {
         io_timeout: cfg.io_timeout,
     };
     // both servers use the tmpfs work root: mount it once, before either starts
-    if let Err(e) = mose_migrate::ensure_tmpfs(&cfg.work_root) {
+    if let Err(e) = mose_migrate::ensure_tmpfs(&cfg.work_root).map_err(anyhow::Error::from) {
         eprintln!("mose-plugin: {e:#}");
         std::process::exit(1);
     }

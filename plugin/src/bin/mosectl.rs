@@ -352,6 +352,53 @@ fn print_table(r: &MigrationResult) {
 /// records the plan beside the result and lets the policy learn from it.
 async fn migrate_cmd(a: MigrateArgs) -> Result<i32> {
     let json = a.output == "json";
+    let plan = match plan_for(&a, json).await? {
+        Ok(plan) => plan,
+        Err(code) => return Ok(code),
+    };
+    if let Some(p) = &plan {
+        if p.decision.refused {
+            report_refusal(&a, p, json);
+            return Ok(1);
+        }
+        if !json {
+            print_plan(p);
+        }
+    }
+    let policy_socket = a.policy_socket.clone();
+    let state = a.state.clone();
+    let opts = source_options(a, plan.as_ref(), json)?;
+    let mut r = migrate(opts).await;
+    if let Some(p) = plan {
+        r.plan = Some(PlanRecord::compare(
+            p.policy,
+            p.policy_error,
+            p.decision,
+            &p.request,
+            &r,
+        ));
+        if r.status == "ok" {
+            if let Err(e) = report_result(&policy_socket, &r).await {
+                tracing::warn!(error = %format!("{e:#}"), "the policy could not learn from this migration");
+            }
+        }
+    }
+    let mut rec = serde_json::to_value(&r)?;
+    rec["direction"] = "out".into();
+    append_record(&state, &rec);
+    if json {
+        use std::io::Write;
+        let _ = writeln!(std::io::stdout(), "{}", serde_json::to_string(&r)?);
+    } else {
+        print_table(&r);
+    }
+    Ok(if r.status == "ok" { 0 } else { 1 })
+}
+
+/// Asks the policy for a plan. Without one, an explicit technique migrates
+/// as told; otherwise the migration ends here: `Err(exit code)` once the
+/// failure is printed as JSON, or an error.
+async fn plan_for(a: &MigrateArgs, json: bool) -> Result<Result<Option<PlanAnswer>, i32>> {
     let query = PlanQuery {
         namespace: a.namespace.clone(),
         container: a.container.clone(),
@@ -359,12 +406,12 @@ async fn migrate_cmd(a: MigrateArgs) -> Result<i32> {
         technique: a.technique,
         fresh: false,
     };
-    let plan = match request_plan(&a.policy_socket, &query).await {
-        Ok(p) => Some(p),
+    match request_plan(&a.policy_socket, &query).await {
+        Ok(p) => Ok(Ok(Some(p))),
         // an explicit technique does not need the policy
         Err(e) if a.technique.is_some() => {
             tracing::warn!(error = %format!("{e:#}"), "no plan (policy hook unavailable): migrating as told, without predictions");
-            None
+            Ok(Ok(None))
         }
         Err(e) => {
             let error = format!("{e:#}; pass --technique to migrate without a plan");
@@ -374,34 +421,34 @@ async fn migrate_cmd(a: MigrateArgs) -> Result<i32> {
                     "bytes_sent": 0, "error": error,
                 });
                 println!("{r}");
-                return Ok(1);
+                return Ok(Err(1));
             }
             anyhow::bail!(error);
         }
-    };
-    if let Some(p) = &plan {
-        if p.decision.refused {
-            let r = serde_json::json!({
-                "status": "failed", "container": a.container, "destination": a.to,
-                "error": format!("the policy refused to migrate: {}", p.decision.reason),
-                "plan": p,
-            });
-            if json {
-                println!("{r}");
-            } else {
-                print_plan(p);
-                eprintln!(
-                    "mosectl: the policy refused to migrate (mose.io/strict): {}",
-                    p.decision.reason
-                );
-            }
-            return Ok(1);
-        }
-        if !json {
-            print_plan(p);
-        }
     }
-    let planned = plan.as_ref().and_then(|p| p.decision.plan);
+}
+
+/// Tells the user the policy refused the migration (`mose.io/strict`).
+fn report_refusal(a: &MigrateArgs, p: &PlanAnswer, json: bool) {
+    let r = serde_json::json!({
+        "status": "failed", "container": a.container, "destination": a.to,
+        "error": format!("the policy refused to migrate: {}", p.decision.reason),
+        "plan": p,
+    });
+    if json {
+        println!("{r}");
+    } else {
+        print_plan(p);
+        eprintln!(
+            "mosectl: the policy refused to migrate (mose.io/strict): {}",
+            p.decision.reason
+        );
+    }
+}
+
+/// The sender's options: what the user asked, else what the plan says.
+fn source_options(a: MigrateArgs, plan: Option<&PlanAnswer>, json: bool) -> Result<SourceOptions> {
+    let planned = plan.and_then(|p| p.decision.plan);
     let technique = match (a.technique, &planned) {
         (Some(t), _) => t,
         (None, Some(p)) => p.technique,
@@ -416,7 +463,7 @@ async fn migrate_cmd(a: MigrateArgs) -> Result<i32> {
         .or(planned.as_ref().and_then(|p| p.bandwidth_cap_bps));
     let compress = a.compress || planned.as_ref().is_some_and(|p| p.compression);
     // the plan's downtime-target stop rule, judged with the same model
-    let stop_when: Option<mose_migrate::sender::StopFn> = match (&plan, &planned) {
+    let stop_when: Option<mose_migrate::sender::StopFn> = match (plan, &planned) {
         (Some(ans), Some(p)) if a.max_rounds.is_none() => p.stop_below_downtime_ms.map(|target| {
             let (m, c) = (
                 ans.request.measurements.clone(),
@@ -429,7 +476,7 @@ async fn migrate_cmd(a: MigrateArgs) -> Result<i32> {
         _ => None,
     };
     let progress = (!json && std::io::stderr().is_terminal()).then(progress_printer);
-    let mut r = migrate(SourceOptions {
+    Ok(SourceOptions {
         socket: a.address,
         namespace: a.namespace,
         container: a.container,
@@ -446,31 +493,6 @@ async fn migrate_cmd(a: MigrateArgs) -> Result<i32> {
         fault: a.inject_fault,
         progress,
     })
-    .await;
-    if let Some(p) = plan {
-        r.plan = Some(PlanRecord::compare(
-            p.policy,
-            p.policy_error,
-            p.decision,
-            &p.request,
-            &r,
-        ));
-        if r.status == "ok" {
-            if let Err(e) = report_result(&a.policy_socket, &r).await {
-                tracing::warn!(error = %format!("{e:#}"), "the policy could not learn from this migration");
-            }
-        }
-    }
-    let mut rec = serde_json::to_value(&r)?;
-    rec["direction"] = "out".into();
-    append_record(&a.state, &rec);
-    if json {
-        use std::io::Write;
-        let _ = writeln!(std::io::stdout(), "{}", serde_json::to_string(&r)?);
-    } else {
-        print_table(&r);
-    }
-    Ok(if r.status == "ok" { 0 } else { 1 })
 }
 
 async fn run() -> Result<i32> {
