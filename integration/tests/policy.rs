@@ -82,7 +82,9 @@ fn a_tight_downtime_target_gets_a_technique_that_meets_it() {
         "cold cannot meet 3.5 s here: {plan:#}"
     );
     assert_eq!(d["feasible"], true, "{plan:#}");
-    let predicted = d["plan"]["predicted"]["downtime_ms"].as_f64().unwrap();
+    let predicted = d["predicted"]["downtime_ms"]
+        .as_f64()
+        .expect("a predicted downtime");
     assert!(predicted <= 3500.0, "{plan:#}");
     assert_eq!(d["targets"][0]["annotation"], "mose.io/max-downtime");
     // the plan was made from what was measured: the service and its state

@@ -65,7 +65,9 @@ async fn kill_with_chosen_signals() {
             "sleep",
         ])
         .unwrap();
-    assert!(out.success(), "{out:?}");
+    // killall may itself be SIGKILLed (137) when the init it signalled
+    // dies first and takes its pid namespace down: either way it did its job
+    assert!(out.success() || out.code == Some(137), "{out:?}");
     assert_eq!(c.wait(id, "", WAIT).await.unwrap(), 138);
     c.delete_task(id).await.unwrap();
     c.delete_container(id).await.unwrap();
