@@ -18,6 +18,8 @@ use crate::error::{InPhase, MigrateError, Phase, Result};
 /// A file being received: where it goes and the running hash of its bytes.
 pub struct FileSink {
     pub name: String,
+    /// The announced size in bytes (the state machine holds the data to it).
+    pub size: u64,
     /// The announced xxh3-128, hex.
     pub hash: String,
     pub file: std::fs::File,

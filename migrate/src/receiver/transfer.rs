@@ -104,13 +104,14 @@ where
     W: AsyncWrite + Unpin,
 {
     match m {
-        Message::FileBegin { name, hash, .. } => {
+        Message::FileBegin { name, size, hash } => {
             let name = safe_name(&name)?.to_string();
             let path = inc.dir.join("files").join(&name);
             let file = std::fs::File::create(&path)
                 .in_phase(Phase::Transfer, &format!("creating {}", path.display()))?;
             inc.current = Some(FileSink {
                 name,
+                size,
                 hash,
                 file,
                 hasher: Xxh3::new(),
@@ -127,8 +128,7 @@ where
                     format!("file {name} arrived corrupt (hash {got} != {})", sink.hash),
                 ));
             }
-            let size = sink.file.metadata().map(|m| m.len()).unwrap_or(0);
-            inc.bytes += size;
+            inc.bytes += sink.size;
             let path = inc.dir.join("files").join(&name);
             if name == "image.tar" {
                 // import now, while the source still runs: not in the downtime;
