@@ -352,6 +352,23 @@ pub fn select(targets: &KpiTargets, m: &Measurements, c: &Calibration) -> Decisi
         return chosen(best, objective, considered, Some(why));
     }
 
+    infeasible(
+        targets,
+        closest_first,
+        closest(&lazy, objective),
+        considered,
+    )
+}
+
+/// The decision when no plan meets every target: refused under
+/// `mose.io/strict=true`, else the closest eager plan, with each missed
+/// target named and a closer lazy plan (`lazy_closest`) mentioned.
+fn infeasible(
+    targets: &KpiTargets,
+    closest_first: &Scored,
+    lazy_closest: Option<&Scored>,
+    considered: usize,
+) -> Decision {
     let misses: Vec<String> = closest_first
         .checks
         .iter()
@@ -370,7 +387,7 @@ pub fn select(targets: &KpiTargets, m: &Measurements, c: &Calibration) -> Decisi
     let mut misses = misses.join("; ");
     // a lazy plan that comes closer but still misses is not worth its risk
     // unasked; say so, so that the user can ask for it
-    if let Some(l) = closest(&lazy, objective) {
+    if let Some(l) = lazy_closest {
         if cmp_f64(l.violation(), closest_first.violation()) == Ordering::Less {
             misses.push_str(&format!(
                 "; a lazy plan ({}) would come closer but is also over {}, so it runs only with {TECHNIQUE}={}",
