@@ -5,7 +5,8 @@
 #    container's network with it), busybox-static (test images), protoc
 #    (gRPC client in the tests), iproute2, libclang-dev (the userfaultfd
 #    crate's bindings are generated from <linux/userfaultfd.h> by bindgen at
-#    build time, which loads libclang).
+#    build time, which loads libclang), containernetworking-plugins (CNI's
+#    bridge and static IPAM give containers their service address).
 #  - A working CRIU >= 4 (scripts/provision-criu.sh).
 #  - containerd 1.7 in a private prefix for the test matrix
 #    (scripts/provision-containerd.sh; the system keeps its containerd).
@@ -24,7 +25,7 @@ if [[ $(id -u) -ne 0 ]]; then
   exit 1
 fi
 
-PKGS=(containerd runc crun iptables busybox-static protobuf-compiler iproute2 ca-certificates pkg-config gcc libc6-dev redis-server util-linux libclang-dev)
+PKGS=(containerd runc crun iptables busybox-static protobuf-compiler iproute2 ca-certificates pkg-config gcc libc6-dev redis-server util-linux libclang-dev containernetworking-plugins)
 missing=()
 for p in "${PKGS[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
@@ -63,7 +64,15 @@ BIN="$ROOT/target/$PROFILE"
 install -D -m 0755 "$BIN/containerd-shim-mose-v2" "$PREFIX/bin/containerd-shim-mose-v2"
 install -D -m 0755 "$BIN/mose-plugin" "$PREFIX/bin/mose-plugin"
 install -D -m 0755 "$BIN/mosectl" "$PREFIX/bin/mosectl"
-log "installed containerd-shim-mose-v2 ($("$PREFIX/bin/containerd-shim-mose-v2" -v | tail -1 | xargs)), mose-plugin and mosectl in $PREFIX/bin"
+# the OCI hook the shim adds to containers with a service address; it must
+# sit next to the shim (or on its PATH)
+install -D -m 0755 "$BIN/mose-hook" "$PREFIX/bin/mose-hook"
+log "installed containerd-shim-mose-v2 ($("$PREFIX/bin/containerd-shim-mose-v2" -v | tail -1 | xargs)), mose-plugin, mosectl and mose-hook in $PREFIX/bin"
+# the service network's CNI configuration (kept when the operator changed it)
+if [[ ! -f /etc/mose/cni/svc.conflist ]]; then
+  install -D -m 0644 "$ROOT/config/cni/svc.conflist" /etc/mose/cni/svc.conflist
+  log "installed /etc/mose/cni/svc.conflist (CNI network \"svc\" on bridge mose-svc0)"
+fi
 
 # containerd configuration: the snippet registers runtime "mose"
 install -D -m 0644 "$ROOT/config/containerd-mose.toml" /etc/containerd/conf.d/mose.toml

@@ -6,9 +6,11 @@
 //! A small crate of its own so that both sides, and the pure `policy`, share
 //! one definition without pulling in the wire protocol or containerd.
 
+pub mod network;
 pub mod options;
 pub mod technique;
 
+pub use network::{NetworkIdentity, ServiceAddress};
 pub use options::{CheckpointOptions, RuntimeOptions, CHECKPOINT_OPTIONS_TYPE, OPTIONS_TYPE};
 pub use technique::Technique;
 

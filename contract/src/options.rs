@@ -55,6 +55,18 @@ pub struct CheckpointOptions {
     /// Dump established TCP connections closed (CRIU `tcp-close`).
     #[serde(skip_serializing_if = "is_false")]
     pub tcp_close: bool,
+    /// Dump established TCP connections to be restored open (CRIU
+    /// `tcp-established`, TCP repair): only where the restored container
+    /// keeps the address they were made to.
+    #[serde(skip_serializing_if = "is_false")]
+    pub tcp_established: bool,
+    /// The container's service address moves with it (see
+    /// `mose_contract::network`): its link goes down before the dump, so no
+    /// packet reaches or leaves the dumped connections, and stays down until
+    /// the container is resumed (back up, announced) or removed. Refused for
+    /// a container without a service address.
+    #[serde(skip_serializing_if = "is_false")]
+    pub hand_over_address: bool,
     /// Ignore connections not yet accepted (CRIU `skip-in-flight`).
     #[serde(skip_serializing_if = "is_false")]
     pub skip_in_flight: bool,

@@ -424,7 +424,13 @@ impl Containerd {
     /// Checkpoint, which also writes a checkpoint record into its content
     /// store: disk on the hot path, and refused when an identical record
     /// exists). The task keeps the state it had (running or paused).
-    pub async fn shim_checkpoint(&self, id: &str, image: &Path, work: &Path) -> Result<()> {
+    pub async fn shim_checkpoint(
+        &self,
+        id: &str,
+        image: &Path,
+        work: &Path,
+        hand_over_address: bool,
+    ) -> Result<()> {
         use containerd_shim_protos::{
             protobuf::well_known_types::any::Any as PbAny,
             shim::shim::CheckpointTaskRequest as ShimCheckpoint, shim_async::TaskClient, ttrpc,
@@ -461,12 +467,15 @@ impl Containerd {
                 address: address.clone(),
                 source,
             })?;
-        // established connections cannot follow the service to another
-        // address: dump them closed, and ignore ones not yet accepted
+        // established connections follow a service that keeps its address
+        // (TCP repair); otherwise they are dumped closed. Connections not yet
+        // accepted are ignored either way.
         let opts = mose_contract::CheckpointOptions {
             image_path: image.display().to_string(),
             work_path: work.display().to_string(),
-            tcp_close: true,
+            tcp_close: !hand_over_address,
+            tcp_established: hand_over_address,
+            hand_over_address,
             skip_in_flight: true,
             ..Default::default()
         };

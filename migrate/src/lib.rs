@@ -17,6 +17,7 @@ pub mod error;
 pub mod lazy;
 pub mod link;
 pub mod memory;
+pub mod network;
 pub mod oci_runtime;
 pub mod receiver;
 pub mod record;

@@ -62,6 +62,14 @@ pub struct MigrationResult {
     /// Post-copy and hybrid: the lazy phase in detail.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub lazy: Option<LazyResult>,
+    /// The service address that moved with the container (`A.B.C.D/len on
+    /// network N`), when it has one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub address: Option<String>,
+    /// Its established TCP connections: `kept` (restored open, the address
+    /// moved too) or `closed` (dumped closed: no service address).
+    #[serde(default)]
+    pub connections: String,
 }
 
 /// The lazy phase of a post-copy or hybrid migration.

@@ -32,13 +32,15 @@ pub const TECHNIQUE: &str = "mose.io/technique";
 pub const STRICT: &str = "mose.io/strict";
 
 /// Every annotation MOSE accepts, in the order the documentation lists them.
-pub const ACCEPTED: [&str; 6] = [
+pub const ACCEPTED: [&str; 8] = [
     MAX_DOWNTIME,
     MAX_MIGRATION_TIME,
     OBJECTIVE,
     MAX_BANDWIDTH,
     TECHNIQUE,
     STRICT,
+    mose_contract::network::NETWORK_ANNOTATION,
+    mose_contract::network::ADDRESS_ANNOTATION,
 ];
 
 const DURATION_FORM: &str =
@@ -297,6 +299,12 @@ where
                     "false" => false,
                     _ => return Err(invalid(BOOL_FORM, String::new())),
                 }
+            }
+            // the service address (not a KPI target; see mose_contract::network)
+            mose_contract::network::NETWORK_ANNOTATION
+            | mose_contract::network::ADDRESS_ANNOTATION => {
+                mose_contract::network::validate(key, v)
+                    .map_err(|d| invalid(mose_contract::network::form(key), d))?
             }
             _ => {
                 return Err(AnnotationError::Unknown {

@@ -73,6 +73,8 @@ pub struct Container {
     pub oom: Option<crate::oom::OomCounter>,
     /// The container has a network namespace runc creates (see `loopback`).
     own_netns: bool,
+    /// Its service address, when annotated (see `crate::network`).
+    pub network: Option<crate::network::ContainerNetwork>,
     rootfs_mounted: bool,
 }
 
@@ -93,13 +95,50 @@ impl Container {
     /// the OCI runtime (or prepares a restore). Any failure undoes what was done.
     pub async fn create(args: CreateArgs<'_>) -> Result<Container> {
         let mut spec = read_spec(args.bundle)?;
+        let identity = crate::network::identity(&spec)?;
+        let restore = !args.checkpoint.is_empty();
         let mut changed = attach_criu_config(args.bundle, &mut spec)?;
-        if !args.checkpoint.is_empty() {
+        if restore {
             changed |= crate::cgroup_path::own_cgroup(&mut spec, args.id)?;
         }
-        if changed {
-            write_spec(args.bundle, &spec)?;
+        let network = match identity {
+            Some(identity) => Some(
+                crate::network::prepare(&mut spec, identity, args.bundle, args.id, restore).await?,
+            ),
+            None => None,
+        };
+        if changed || network.is_some() {
+            if let Err(e) = write_spec(args.bundle, &spec) {
+                if let Some(n) = &network {
+                    n.release().await;
+                }
+                return Err(e);
+            }
         }
+        let (rootfs, checkpoint) = (args.rootfs, args.checkpoint);
+        let mut c = match Self::new(args, &spec) {
+            Ok(c) => c,
+            Err(e) => {
+                if let Some(n) = &network {
+                    n.release().await;
+                }
+                return Err(e);
+            }
+        };
+        c.network = network;
+        let res = c.prepare(rootfs, &spec, checkpoint).await;
+        if let Err(e) = res {
+            c.unmount_rootfs();
+            if let Some(n) = &c.network {
+                n.release().await;
+            }
+            return Err(e);
+        }
+        Ok(c)
+    }
+
+    /// The container's record (runtime settings persisted in the bundle).
+    fn new(args: CreateArgs<'_>, spec: &BundleSpec) -> Result<Container> {
         let runtime = OciRuntime {
             binary: args.options.binary().to_string(),
             root: runtime_root(&args.options, args.address, args.namespace),
@@ -111,8 +150,7 @@ impl Container {
             runtime.root.display()
         )))?;
         persist_runtime(args.bundle, &runtime)?;
-
-        let mut c = Container {
+        Ok(Container {
             id: args.id.to_string(),
             namespace: args.namespace.to_string(),
             bundle: args.bundle.to_path_buf(),
@@ -121,42 +159,47 @@ impl Container {
             init: Process::new(args.stdio),
             execs: HashMap::new(),
             restore_from: None,
-            shares_host_pids: !has_pid_namespace(&spec),
+            shares_host_pids: !has_pid_namespace(spec),
             oom: None,
-            own_netns: crate::loopback::has_own_netns(&spec),
+            own_netns: crate::loopback::has_own_netns(spec),
+            network: None,
             rootfs_mounted: false,
-        };
-        let root_path = spec_root(&spec, args.bundle);
-        if let Err(e) = c.mount_rootfs(args.rootfs, &root_path) {
-            c.unmount_rootfs();
-            return Err(e);
-        }
+        })
+    }
+
+    /// Mounts the rootfs, then creates the container with the runtime, or
+    /// checks the image a restore at Start will use.
+    async fn prepare(
+        &mut self,
+        rootfs: &[Mount],
+        spec: &BundleSpec,
+        checkpoint: &str,
+    ) -> Result<()> {
+        let root_path = spec_root(spec, &self.bundle);
+        self.mount_rootfs(rootfs, &root_path)?;
         if !root_path.is_dir() {
-            c.unmount_rootfs();
             return Err(Error::InvalidArgument(format!(
                 "container rootfs {} does not exist: the create request carried no rootfs \
                  mounts and the spec's root.path names no directory",
                 root_path.display()
             )));
         }
-        if !args.checkpoint.is_empty() {
-            let image = PathBuf::from(args.checkpoint);
+        if !checkpoint.is_empty() {
+            let image = PathBuf::from(checkpoint);
             if !image.join("inventory.img").exists() {
-                c.unmount_rootfs();
                 return Err(Error::InvalidArgument(format!(
                     "checkpoint {} holds no CRIU image (inventory.img missing)",
                     image.display()
                 )));
             }
-            c.restore_from = Some(image);
-            return Ok(c);
+            self.restore_from = Some(image);
+            return Ok(());
         }
-        if let Err(e) = c.create_init().await {
-            c.unmount_rootfs();
-            let _ = c.runtime.delete(&c.id, true).await;
+        if let Err(e) = self.create_init().await {
+            let _ = self.runtime.delete(&self.id, true).await;
             return Err(e);
         }
-        Ok(c)
+        Ok(())
     }
 
     fn mount_rootfs(&mut self, mounts: &[Mount], root_path: &Path) -> Result<()> {
@@ -320,6 +363,17 @@ impl Container {
                 warn!(id = %self.id, error = %e, "restored container's loopback stays down");
             }
         }
+        if let Some(n) = &mut self.network {
+            // runc runs no poststart hook after a restore: the hook's work
+            if let Err(e) = n.bring_up() {
+                let _ = self.runtime.delete(&self.id, true).await;
+                return Err(Error::Internal(format!(
+                    "container {} was restored, but its service address could not be brought \
+                     up and announced, so the restored copy was removed: {e}",
+                    self.id
+                )));
+            }
+        }
         info!(id = %self.id, pid, image = %image.display(), "container restored");
         Ok(())
     }
@@ -394,6 +448,7 @@ impl Container {
             std::fs::write(&conf, &extra)
                 .map_err(Error::io(format!("write {}", conf.display())))?;
         }
+        self.hold_down_for(&opts)?;
         let res = self
             .runtime
             .checkpoint(caps.checkpoint_command, &self.id, &opts, &image, &work.path)
@@ -403,6 +458,7 @@ impl Container {
         }
         if let Err(e) = res {
             work.keep = true;
+            self.bring_up_after_failed_dump(&opts);
             return Err(e);
         }
         if !extra.is_empty() {
@@ -410,6 +466,45 @@ impl Container {
         }
         info!(id = %self.id, image = %image.display(), exit = opts.exit, "container checkpointed");
         Ok(())
+    }
+
+    /// A dump whose address moves: the link goes down first (see
+    /// `mose_contract::CheckpointOptions::hand_over_address`).
+    fn hold_down_for(&mut self, opts: &CheckpointOptions) -> Result<()> {
+        if !opts.hand_over_address {
+            return Ok(());
+        }
+        match &mut self.network {
+            Some(n) => n.hold_down(),
+            None => Err(Error::InvalidArgument(format!(
+                "container {} has no service address to hand over (no mose.io/network and \
+                 mose.io/address annotations)",
+                self.id
+            ))),
+        }
+    }
+
+    /// The dump failed: the container keeps serving on its address.
+    fn bring_up_after_failed_dump(&mut self, opts: &CheckpointOptions) {
+        if let (true, Some(n)) = (opts.hand_over_address, &mut self.network) {
+            if let Err(e) = n.bring_up() {
+                warn!(id = %self.id, error = %e, "the service address stays down after the failed dump");
+            }
+        }
+    }
+
+    /// After a resume: a link held down for a migration's dump comes up
+    /// again and the address is announced (the migration rolled back).
+    pub fn bring_up_if_held(&mut self) -> Result<()> {
+        match &mut self.network {
+            Some(n) if n.held_down() => n.bring_up().map_err(|e| {
+                Error::Internal(format!(
+                    "container {} resumed, but its service address stays down: {e}",
+                    self.id
+                ))
+            }),
+            _ => Ok(()),
+        }
     }
 
     fn work_dir(&self, what: &str, base: &str) -> Result<WorkDir> {
@@ -535,6 +630,10 @@ impl Container {
     pub async fn destroy(&mut self) -> Result<()> {
         let res = self.runtime.delete(&self.id, true).await;
         self.unmount_rootfs();
+        if let Some(n) = &self.network {
+            // the poststop hook released it already when the runtime ran it
+            n.release().await;
+        }
         let _ = std::fs::remove_file(self.bundle.join("init.pid"));
         match res {
             Err(Error::Runtime(m)) if m.contains("does not exist") || m.contains("not exist") => {

@@ -11,6 +11,7 @@ mod info;
 mod log_uri;
 mod loopback;
 mod metrics;
+mod network;
 mod oci;
 mod oom;
 mod options;

@@ -175,7 +175,68 @@ impl<T: Kind> Document<T> {
     }
 }
 
+impl<T: Kind> Document<T> {
+    /// Applies `f` to a copy of the JSON and reads the typed view anew; on
+    /// an error nothing changes.
+    fn edit(
+        &mut self,
+        f: impl FnOnce(&mut Map<String, Value>) -> Result<(), String>,
+    ) -> Result<(), String> {
+        let mut json = self.json.clone();
+        f(&mut json)?;
+        let typed = typed_view(&json, false)?;
+        self.json = json;
+        self.typed = typed;
+        Ok(())
+    }
+}
+
 impl Document<Spec> {
+    /// Points the `linux.namespaces` entry of type `typ` (e.g. `network`) at
+    /// `path`, so the runtime joins that namespace; fails when the spec
+    /// lists no such namespace.
+    pub fn set_namespace_path(&mut self, typ: &str, path: &str) -> Result<(), String> {
+        self.edit(|json| {
+            let entry = json
+                .get_mut("linux")
+                .and_then(|l| l.get_mut("namespaces"))
+                .and_then(Value::as_array_mut)
+                .and_then(|ns| {
+                    ns.iter_mut()
+                        .find(|n| n.get("type").and_then(Value::as_str) == Some(typ))
+                })
+                .and_then(Value::as_object_mut)
+                .ok_or_else(|| format!("linux.namespaces lists no {typ} namespace"))?;
+            entry.insert("path".into(), path.into());
+            Ok(())
+        })
+    }
+
+    /// Appends `hook` (`{"path", "args", "env", "timeout"}`) to `hooks.<kind>`
+    /// (e.g. `poststart`), after the hooks already there.
+    pub fn add_hook(&mut self, kind: &str, hook: Value) -> Result<(), String> {
+        self.edit(|json| {
+            let hooks = json
+                .entry("hooks")
+                .or_insert_with(|| Value::Object(Map::new()));
+            if hooks.is_null() {
+                *hooks = Value::Object(Map::new());
+            }
+            let list = hooks
+                .as_object_mut()
+                .ok_or("hooks is not an object")?
+                .entry(kind)
+                .or_insert_with(|| Value::Array(Vec::new()));
+            if list.is_null() {
+                *list = Value::Array(Vec::new());
+            }
+            list.as_array_mut()
+                .ok_or_else(|| format!("hooks.{kind} is not a list"))?
+                .push(hook);
+            Ok(())
+        })
+    }
+
     /// Sets annotation `key` to `value`.
     pub fn set_annotation(&mut self, key: &str, value: &str) -> Result<(), String> {
         self.set(&["annotations", key], value.into())

@@ -349,6 +349,9 @@ pub struct CheckpointOptions {
     /// The request came from MOSE's node agent (a migration's freeze), not
     /// through containerd: nothing may wait for containerd's metadata.
     pub migration: bool,
+    /// The service address moves with the container: its link goes down
+    /// before the dump (see `mose_contract::CheckpointOptions`).
+    pub hand_over_address: bool,
 }
 
 /// MOSE's checkpoint options (JSON): containerd's runc checkpoint options
@@ -390,14 +393,22 @@ pub fn decode_checkpoint_options(any: Option<&Any>) -> Result<CheckpointOptions>
             serde_json::from_slice(&any.value).map_err(|e| {
                 Error::InvalidArgument(format!(
                     "malformed {MOSE_CHECKPOINT_TYPE} (JSON with exit, image_path, work_path, \
-                 tcp_close, skip_in_flight, file_locks): {e}"
+                 tcp_close, tcp_established, hand_over_address, skip_in_flight, file_locks): {e}"
                 ))
             })?;
+        if o.tcp_close && o.tcp_established {
+            return Err(Error::InvalidArgument(format!(
+                "{MOSE_CHECKPOINT_TYPE}: tcp_close and tcp_established contradict each other: \
+                 established connections are dumped either closed or open, choose one"
+            )));
+        }
         return Ok(CheckpointOptions {
             exit: o.exit,
             image_path: o.image_path,
             work_path: o.work_path,
             tcp_close: o.tcp_close,
+            open_tcp: o.tcp_established,
+            hand_over_address: o.hand_over_address,
             skip_in_flight: o.skip_in_flight,
             file_locks: o.file_locks,
             migration: true,

@@ -36,7 +36,30 @@ pub enum Capture {
 
 /// Spawns `cmd` and waits for it to exit, returning its exit code and
 /// captured output. `what` names the command in errors.
-pub async fn run(mut cmd: Command, capture: Capture, what: &str) -> Result<Output> {
+pub async fn run(cmd: Command, capture: Capture, what: &str) -> Result<Output> {
+    run_inner(cmd, capture, None, None, what).await
+}
+
+/// Like [`run`] with both outputs captured, `input` written to the command's
+/// stdin, and the command killed (SIGKILL) when it has not exited after
+/// `timeout` (its exit then reported as by signal 9).
+pub async fn run_with_input(
+    mut cmd: Command,
+    input: Vec<u8>,
+    timeout: std::time::Duration,
+    what: &str,
+) -> Result<Output> {
+    cmd.stdin(Stdio::piped());
+    run_inner(cmd, Capture::Both, Some(input), Some(timeout), what).await
+}
+
+async fn run_inner(
+    mut cmd: Command,
+    capture: Capture,
+    input: Option<Vec<u8>>,
+    timeout: Option<std::time::Duration>,
+    what: &str,
+) -> Result<Output> {
     if let Capture::Both = capture {
         cmd.stdout(Stdio::piped()).stderr(Stdio::piped());
     }
@@ -64,9 +87,30 @@ pub async fn run(mut cmd: Command, capture: Capture, what: &str) -> Result<Outpu
         .stderr
         .take()
         .map(|e| tokio::task::spawn_blocking(move || drain(e)));
-
+    if let (Some(mut stdin), Some(input)) = (child.stdin.take(), input) {
+        // a child that exits without reading gets EPIPE here: not an error
+        tokio::task::spawn_blocking(move || {
+            let _ = std::io::Write::write_all(&mut stdin, &input);
+        });
+    }
+    let mut deadline = timeout.map(|t| tokio::time::Instant::now() + t);
     let code = loop {
-        match sub.rx.recv().await {
+        let ev = match deadline {
+            Some(d) => match tokio::time::timeout_at(d, sub.rx.recv()).await {
+                Ok(ev) => ev,
+                Err(_) => {
+                    // the exit still arrives through the monitor
+                    deadline = None;
+                    let _ = nix::sys::signal::kill(
+                        nix::unistd::Pid::from_raw(pid),
+                        nix::sys::signal::Signal::SIGKILL,
+                    );
+                    continue;
+                }
+            },
+            None => sub.rx.recv().await,
+        };
+        match ev {
             Some(ev) => {
                 if let Subject::Pid(p) = ev.subject {
                     if p == pid {

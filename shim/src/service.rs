@@ -542,6 +542,7 @@ impl Task for TaskService {
         }
         c.runtime.resume(&req.id).await?;
         c.init.state = State::Running;
+        let address = c.bring_up_if_held();
         self.inner
             .publish(
                 TASK_RESUMED_EVENT_TOPIC,
@@ -551,6 +552,7 @@ impl Task for TaskService {
                 }),
             )
             .await;
+        address?;
         Ok(empty())
     }
 

@@ -76,6 +76,8 @@ pub struct Sample {
     pub sum: u64,
     /// Index into the address list of the address that answered.
     pub addr: usize,
+    /// Which connection carried it: 1 for the first opened, 2 for the next…
+    pub conn: u64,
 }
 
 /// A period without answers longer than the threshold.
@@ -104,6 +106,9 @@ pub struct ProbeResult {
     pub answers: u64,
     /// Failed requests (every address failed or timed out).
     pub errors: u64,
+    /// Connections opened after the first: 0 when one connection carried
+    /// the whole run (a migration that kept it).
+    pub reconnects: u64,
     /// Answers per second over the run.
     pub answer_rate: f64,
     /// Longest gap between consecutive answers, ms (the whole run when
@@ -137,6 +142,27 @@ pub struct ProbeResult {
 }
 
 impl ProbeResult {
+    /// The window `[from_ms, to_ms]` of the run (ms since the probe
+    /// started, e.g. one migration's): the longest gap between answers
+    /// overlapping it, in ms, and whether the answers around and inside it
+    /// came over one connection. `None` when no answer precedes the window
+    /// or none follows it.
+    pub fn window(&self, from_ms: f64, to_ms: f64) -> Option<(f64, bool)> {
+        let us = |ms: f64| (ms * 1e3) as u64;
+        let before = self.samples.iter().rposition(|s| s.t_us <= us(from_ms))?;
+        let after = before
+            + self.samples[before..]
+                .iter()
+                .position(|s| s.t_us >= us(to_ms))?;
+        let w = &self.samples[before..=after];
+        let gap = w
+            .windows(2)
+            .map(|p| p[1].t_us.saturating_sub(p[0].t_us))
+            .max()
+            .unwrap_or(0);
+        Some((gap as f64 / 1e3, w.iter().all(|s| s.conn == w[0].conn)))
+    }
+
     /// A one-paragraph human summary.
     pub fn summary(&self) -> String {
         let per_addr: Vec<String> = self
@@ -186,6 +212,8 @@ pub struct RawRun {
     pub requests: u64,
     /// Failed requests.
     pub errors: u64,
+    /// Connections opened (the first included).
+    pub connects: u64,
     /// Length of the run.
     pub duration: Duration,
 }
@@ -238,6 +266,7 @@ pub fn analyze(cfg: &ProbeConfig, run: RawRun) -> ProbeResult {
         requests: run.requests,
         answers,
         errors: run.errors,
+        reconnects: run.connects.saturating_sub(1),
         answer_rate: if duration_ms > 0.0 {
             answers as f64 * 1e3 / duration_ms
         } else {
@@ -416,6 +445,7 @@ fn run_probe(cfg: &ProbeConfig, stop: &AtomicBool) -> RawRun {
             let idx = (current + k) % cfg.addrs.len();
             if k > 0 || conn.is_none() {
                 conn = Conn::open(&cfg.addrs[idx], cfg.connect_timeout).ok();
+                run.connects += u64::from(conn.is_some());
             }
             let Some(c) = conn.as_mut() else { continue };
             let sent = Instant::now();
@@ -431,6 +461,7 @@ fn run_probe(cfg: &ProbeConfig, stop: &AtomicBool) -> RawRun {
                         seq: p.seq,
                         sum: p.sum,
                         addr: idx,
+                        conn: run.connects,
                     });
                     current = idx;
                     answered = true;
@@ -467,8 +498,24 @@ mod tests {
                 seq,
                 sum: 7,
                 addr,
+                conn: 1 + addr as u64,
             })
             .collect()
+    }
+
+    #[test]
+    fn a_window_reports_its_gap_and_whether_one_connection_carried_it() {
+        let pts = [(0, 1, 0), (10, 2, 0), (300, 3, 0), (310, 4, 0), (600, 5, 1)];
+        let r = analyze(
+            &cfg(),
+            RawRun {
+                samples: samples(&pts),
+                ..RawRun::default()
+            },
+        );
+        assert_eq!(r.window(20.0, 290.0), Some((290.0, true)));
+        assert_eq!(r.window(305.0, 590.0), Some((290.0, false)));
+        assert_eq!(r.window(700.0, 800.0), None);
     }
 
     #[test]
@@ -480,10 +527,12 @@ mod tests {
                 samples: samples(&pts),
                 requests: 200,
                 errors: 0,
+                connects: 1,
                 duration: Duration::from_secs(1),
             },
         );
         assert_eq!(r.answers, 200);
+        assert_eq!(r.reconnects, 0);
         assert!((r.downtime_ms - 5.0).abs() < 1e-9);
         assert!(r.gaps.is_empty());
         assert!(r.seq_ok);
@@ -503,9 +552,11 @@ mod tests {
                 samples: samples(&pts),
                 requests: 73,
                 errors: 50,
+                connects: 3,
                 duration: Duration::from_millis(400),
             },
         );
+        assert_eq!(r.reconnects, 2);
         assert_eq!(r.gaps.len(), 2);
         assert_eq!(r.gaps[1].duration_ms, 250.0);
         assert_eq!(r.gaps[1].start_ms, 100.0);
@@ -547,6 +598,7 @@ mod tests {
                 samples: vec![],
                 requests: 10,
                 errors: 10,
+                connects: 0,
                 duration: Duration::from_millis(50),
             },
         );

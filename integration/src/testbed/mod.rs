@@ -22,6 +22,7 @@
 
 pub mod net;
 mod node;
+pub mod segment;
 
 use std::collections::BTreeSet;
 use std::fmt;
@@ -216,6 +217,19 @@ pub struct TestbedInfo {
     pub shim_dir: Option<PathBuf>,
     /// Nodes, index 1 first.
     pub nodes: Vec<Node>,
+    /// The clients' netns on the service segment (see [`segment`]).
+    #[serde(default)]
+    pub user_netns: String,
+    /// The user netns's veth end in the root namespace (on the bridge).
+    #[serde(default)]
+    pub user_veth: String,
+    /// The user netns's address on the node subnet (its VXLAN underlay).
+    #[serde(default = "unspecified")]
+    pub user_ip: Ipv4Addr,
+}
+
+fn unspecified() -> Ipv4Addr {
+    Ipv4Addr::UNSPECIFIED
 }
 
 /// A running testbed. Dropping an owning `Testbed` tears it down; one from
@@ -434,6 +448,9 @@ impl Testbed {
                 dir,
                 shim_dir: None,
                 nodes,
+                user_netns: format!("{PREFIX}-{name}-user"),
+                user_veth: format!("mtb{name}u"),
+                user_ip: Ipv4Addr::UNSPECIFIED,
             },
             children: Vec::new(),
             owned: false,
@@ -496,6 +513,20 @@ impl Testbed {
             })
     }
     /// The root namespace's address on the testbed subnet.
+    pub fn user_netns(&self) -> &str {
+        &self.info.user_netns
+    }
+
+    /// Runs `f` on a thread in the user netns (a client on the service
+    /// segment, see [`segment`]).
+    pub fn spawn_in_user<T, F>(&self, f: F) -> Result<thread::JoinHandle<Result<T>>>
+    where
+        T: Send + 'static,
+        F: FnOnce() -> Result<T> + Send + 'static,
+    {
+        net::spawn_in_netns(&self.info.user_netns, f)
+    }
+
     pub fn bridge_ip(&self) -> Ipv4Addr {
         self.info.bridge_ip
     }
@@ -575,6 +606,59 @@ impl Testbed {
             net::run_ok("ip", &["-n", ns, "link", "set", NODE_IFACE, "up"])?;
             net::run_ok("ip", &["-n", ns, "link", "set", "lo", "up"])?;
         }
+        self.create_user_netns()?;
+        self.create_segment()
+    }
+
+    /// The user netns: a veth onto the bridge, like a node without containerd.
+    fn create_user_netns(&self) -> Result<()> {
+        let i = &self.info;
+        let ns = i.user_netns.as_str();
+        net::run_ok("ip", &["netns", "add", ns]).with_context(|| format!("creating netns {ns}"))?;
+        net::run_ok(
+            "ip",
+            &[
+                "link",
+                "add",
+                &i.user_veth,
+                "type",
+                "veth",
+                "peer",
+                "name",
+                NODE_IFACE,
+                "netns",
+                ns,
+            ],
+        )
+        .with_context(|| format!("creating veth {}", i.user_veth))?;
+        net::run_ok("ip", &["link", "set", &i.user_veth, "master", &i.bridge])?;
+        net::run_ok("ip", &["link", "set", &i.user_veth, "up"])?;
+        let addr = format!("{}/24", i.user_ip);
+        net::run_ok("ip", &["-n", ns, "addr", "add", &addr, "dev", NODE_IFACE])?;
+        net::run_ok("ip", &["-n", ns, "link", "set", NODE_IFACE, "up"])?;
+        net::run_ok("ip", &["-n", ns, "link", "set", "lo", "up"])?;
+        Ok(())
+    }
+
+    /// The service segment: a bridge + VXLAN per node, the user's VXLAN,
+    /// each flooding to all the others.
+    fn create_segment(&self) -> Result<()> {
+        let i = &self.info;
+        let mut endpoints: Vec<(&str, Ipv4Addr)> =
+            i.nodes.iter().map(|n| (n.netns.as_str(), n.ip)).collect();
+        endpoints.push((i.user_netns.as_str(), i.user_ip));
+        for n in &i.nodes {
+            segment::create_node(&n.netns, n.ip, &n.dir)?;
+        }
+        segment::create_user(&i.user_netns, i.user_ip)?;
+        for (ns, ip) in &endpoints {
+            let peers: Vec<Ipv4Addr> = endpoints
+                .iter()
+                .map(|(_, p)| *p)
+                .filter(|p| p != ip)
+                .collect();
+            segment::flood_to(ns, &peers)?;
+        }
         Ok(())
     }
 
@@ -603,6 +687,7 @@ impl Testbed {
             cmd.arg("--config")
                 .arg(n.config_path())
                 .env("PATH", &path)
+                .envs(segment::node_env(n.dir()))
                 .stdin(Stdio::null())
                 .stdout(log.try_clone().context("duplicating a log file handle")?)
                 .stderr(log);
@@ -639,6 +724,7 @@ impl Testbed {
                 .env("MOSE_NODE_IP", n.ip().to_string())
                 .env("MOSE_NODE_DIR", n.dir())
                 .env("CONTAINERD_ADDRESS", n.containerd_socket())
+                .envs(segment::node_env(n.dir()))
                 .envs(pc.env.iter().map(|(k, v)| (k, v)))
                 .current_dir(n.dir())
                 .stdin(Stdio::null())
@@ -707,6 +793,20 @@ impl Testbed {
                 &["Cannot find device"],
             ) {
                 errors.push(format!("deleting veth {}: {e:#}", n.host_veth));
+            }
+        }
+        if !self.info.user_netns.is_empty() {
+            for (what, args) in [
+                ("netns", vec!["netns", "del", self.info.user_netns.as_str()]),
+                ("veth", vec!["link", "del", self.info.user_veth.as_str()]),
+            ] {
+                if let Err(e) = net::run_tolerant(
+                    "ip",
+                    &args,
+                    &["No such file", "Cannot remove", "Cannot find device"],
+                ) {
+                    errors.push(format!("deleting the user {what}: {e:#}"));
+                }
             }
         }
         if let Err(e) = net::run_tolerant(
@@ -891,6 +991,12 @@ pub fn leftovers(info: &TestbedInfo) -> Vec<String> {
     if net::link_exists(&info.bridge) {
         left.push(format!("bridge {}", info.bridge));
     }
+    if !info.user_netns.is_empty() && net::netns_exists(&info.user_netns) {
+        left.push(format!("netns {}", info.user_netns));
+    }
+    if !info.user_veth.is_empty() && net::link_exists(&info.user_veth) {
+        left.push(format!("veth {}", info.user_veth));
+    }
     let procs = cleanup::processes_mentioning(&dir_needle(&info.dir));
     if !procs.is_empty() {
         left.push(format!(
@@ -1060,6 +1166,9 @@ fn reserve(
         dir: dir.to_path_buf(),
         shim_dir,
         nodes,
+        user_netns: format!("{PREFIX}-{name}-user"),
+        user_veth: format!("mtb{name}u"),
+        user_ip: ip(250),
     };
     write_state(&info)?;
     Ok(info)

@@ -102,6 +102,10 @@ where
         s.link.fail("begin", &err).await;
         return Err(MigrateError::local(Phase::Handshake, err));
     }
+    if let Err(err) = address_free(&container) {
+        s.link.fail("begin", &err).await;
+        return Err(MigrateError::local(Phase::Handshake, err));
+    }
     let has_image = cd.has_image(&container.image).await;
     s.link.send(&Message::BeginOk { has_image }).await?;
     Ok(Started::Migration {
@@ -110,4 +114,15 @@ where
         technique,
         containerd: cd,
     })
+}
+
+/// Refuses a container whose service address another container holds on
+/// this node (before anything is frozen at the source).
+fn address_free(container: &ContainerIdentity) -> std::result::Result<(), String> {
+    let Some(id) = crate::network::identity_of(&container.spec)? else {
+        return Ok(());
+    };
+    let cfg = mose_network::NodeConfig::from_env();
+    mose_network::Attachment::check_free(&cfg, &id, "")
+        .map_err(|e| format!("container {} cannot come here: {e}", container.id))
 }

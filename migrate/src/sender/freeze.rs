@@ -29,7 +29,12 @@ impl Migration<'_> {
                 .in_phase(Phase::FreezeDump, &format!("creating {}", d.display()))?;
         }
         self.cd
-            .shim_checkpoint(&self.opts.container, &images, &crwork)
+            .shim_checkpoint(
+                &self.opts.container,
+                &images,
+                &crwork,
+                self.address.is_some(),
+            )
             .await
             .in_phase(
                 Phase::FreezeDump,

@@ -72,6 +72,9 @@ pub async fn start<'a>(opts: &'a SourceOptions, id: String, tl: Timeline) -> Res
     let caps = oci_runtime::probe(&binary).await;
     oci_runtime::check_migratable(&caps, &binary, &opts.container)
         .in_phase(Phase::Handshake, "checking the container's OCI runtime")?;
+    let spec = spec_of(&container).in_phase(Phase::Handshake, "reading the container's spec")?;
+    let address =
+        crate::network::identity_of(&spec).map_err(|e| MigrateError::local(Phase::Handshake, e))?;
     let link = connect(opts).await?;
     let mut m = Migration {
         opts,
@@ -87,6 +90,7 @@ pub async fn start<'a>(opts: &'a SourceOptions, id: String, tl: Timeline) -> Res
         freeze_at: 0.0,
         downtime_ms: 0.0,
         lazy: None,
+        address,
     };
     m.hello().await?;
     m.begin().await?;

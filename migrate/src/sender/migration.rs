@@ -47,6 +47,9 @@ pub struct Migration<'a> {
     pub freeze_at: f64,
     pub downtime_ms: f64,
     pub lazy: Option<LazyResult>,
+    /// The container's service address, which moves with it (its
+    /// connections are then kept); `None`: connections are closed.
+    pub address: Option<mose_contract::NetworkIdentity>,
 }
 
 impl Migration<'_> {

@@ -114,14 +114,15 @@ fn result_of(
     status: &str,
     error: Option<String>,
 ) -> MigrationResult {
-    let (rounds, downtime_ms, bytes_sent, lazy) = match m {
+    let (rounds, downtime_ms, bytes_sent, lazy, address) = match m {
         Some(m) => (
             std::mem::take(&mut m.rounds),
             m.downtime_ms,
             m.link.w.bytes(),
             m.lazy.take(),
+            m.address.take(),
         ),
-        None => (Vec::new(), 0.0, 0, None),
+        None => (Vec::new(), 0.0, 0, None, None),
     };
     MigrationResult {
         status: status.into(),
@@ -141,5 +142,7 @@ fn result_of(
         faults: lazy.as_ref().map(|l| l.faults),
         fault_p99_us: lazy.as_ref().map(|l| l.fault_p99_us),
         lazy,
+        connections: crate::network::connections(address.as_ref()).into(),
+        address: address.map(|a| a.to_string()),
     }
 }

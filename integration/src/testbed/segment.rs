@@ -1,0 +1,193 @@
+//! The testbed's service segment: one L2 network for containers' service
+//! addresses spanning every node, as between real edge hosts.
+//!
+//! In each node's netns a bridge [`SERVICE_BRIDGE`] carries the containers'
+//! links (made by CNI's bridge plugin from the node's `svc.conflist`) and a
+//! VXLAN device [`VXLAN_DEV`] over the node link (`eth0`), with head-end
+//! replication to every other endpoint, so the segment crosses the
+//! (shaped) node links. A "user" netns joins the segment directly on its
+//! own VXLAN device with [`USER_ADDRESS`]: the clients of the services.
+
+use std::net::Ipv4Addr;
+use std::path::{Path, PathBuf};
+
+use anyhow::{Context, Result};
+
+use super::net::run_ok;
+
+/// The CNI network name of the segment (`mose.io/network=svc`).
+pub const SERVICE_NETWORK: &str = "svc";
+/// The segment's subnet; containers take addresses from `.2` to `.249`.
+pub const SERVICE_SUBNET: &str = "10.89.0.0/24";
+/// The user netns's address on the segment.
+pub const USER_ADDRESS: Ipv4Addr = Ipv4Addr::new(10, 89, 0, 254);
+/// The bridge in each node's netns.
+pub const SERVICE_BRIDGE: &str = "mose-svc0";
+/// The VXLAN device in each node's (and the user's) netns.
+pub const VXLAN_DEV: &str = "vxsvc";
+/// VXLAN network identifier and UDP port (IANA's 4789).
+const VNI: &str = "4242";
+const VXLAN_PORT: &str = "4789";
+/// 1500 on the node links minus VXLAN's 50 bytes of encapsulation.
+pub const SEGMENT_MTU: u32 = 1450;
+
+/// A container address on the segment: `10.89.0.<host>/24`.
+pub fn service_address(host: u8) -> String {
+    format!("10.89.0.{host}/24")
+}
+
+/// The node's CNI configuration directory (`MOSE_CNI_CONF_DIR`).
+pub fn conf_dir(node_dir: &Path) -> PathBuf {
+    node_dir.join("cni")
+}
+
+/// The node's attachment records (`MOSE_NETWORK_STATE_DIR`).
+pub fn state_dir(node_dir: &Path) -> PathBuf {
+    node_dir.join("network")
+}
+
+/// The environment that points a node's containerd (so its shims) and
+/// agent at the node's CNI configuration and records.
+pub fn node_env(node_dir: &Path) -> Vec<(String, String)> {
+    vec![
+        (
+            "MOSE_CNI_CONF_DIR".into(),
+            conf_dir(node_dir).display().to_string(),
+        ),
+        (
+            "MOSE_NETWORK_STATE_DIR".into(),
+            state_dir(node_dir).display().to_string(),
+        ),
+    ]
+}
+
+/// The segment's CNI network configuration list: the one set-up installs
+/// (`config/cni/svc.conflist`: CNI's bridge plugin on [`SERVICE_BRIDGE`]
+/// with static addresses and MACs from the runtime).
+pub const CONFLIST: &str = include_str!("../../../config/cni/svc.conflist");
+
+/// Creates the bridge and VXLAN device in node netns `ns` (underlay address
+/// `local`) and writes the node's CNI configuration.
+pub fn create_node(ns: &str, local: Ipv4Addr, node_dir: &Path) -> Result<()> {
+    let dir = conf_dir(node_dir);
+    std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
+    let file = dir.join(format!("{SERVICE_NETWORK}.conflist"));
+    std::fs::write(&file, CONFLIST).with_context(|| format!("writing {}", file.display()))?;
+    let ip = |args: &[&str]| {
+        let mut all = vec!["-n", ns];
+        all.extend_from_slice(args);
+        run_ok("ip", &all).with_context(|| format!("ip {} in {ns}", args.join(" ")))
+    };
+    ip(&["link", "add", SERVICE_BRIDGE, "type", "bridge"])?;
+    vxlan(ns, local)?;
+    let mtu = SEGMENT_MTU.to_string();
+    ip(&[
+        "link",
+        "set",
+        VXLAN_DEV,
+        "master",
+        SERVICE_BRIDGE,
+        "mtu",
+        &mtu,
+        "up",
+    ])?;
+    ip(&["link", "set", SERVICE_BRIDGE, "mtu", &mtu, "up"])?;
+    Ok(())
+}
+
+/// Creates the user netns's VXLAN device with [`USER_ADDRESS`].
+pub fn create_user(ns: &str, local: Ipv4Addr) -> Result<()> {
+    vxlan(ns, local)?;
+    let addr = format!("{USER_ADDRESS}/24");
+    run_ok("ip", &["-n", ns, "addr", "add", &addr, "dev", VXLAN_DEV])?;
+    run_ok(
+        "ip",
+        &[
+            "-n",
+            ns,
+            "link",
+            "set",
+            VXLAN_DEV,
+            "mtu",
+            &SEGMENT_MTU.to_string(),
+            "up",
+        ],
+    )?;
+    Ok(())
+}
+
+fn vxlan(ns: &str, local: Ipv4Addr) -> Result<()> {
+    run_ok(
+        "ip",
+        &[
+            "-n",
+            ns,
+            "link",
+            "add",
+            VXLAN_DEV,
+            "type",
+            "vxlan",
+            "id",
+            VNI,
+            "local",
+            &local.to_string(),
+            "dstport",
+            VXLAN_PORT,
+            "dev",
+            "eth0",
+        ],
+    )
+    .with_context(|| format!("creating VXLAN device {VXLAN_DEV} in {ns} (kernel vxlan module?)"))?;
+    Ok(())
+}
+
+/// Head-end replication: broadcast and unknown unicast from the endpoint in
+/// netns `ns` go to each of `peers` (underlay addresses).
+pub fn flood_to(ns: &str, peers: &[Ipv4Addr]) -> Result<()> {
+    for p in peers {
+        run_ok(
+            "bridge",
+            &[
+                "-n",
+                ns,
+                "fdb",
+                "append",
+                "00:00:00:00:00:00",
+                "dev",
+                VXLAN_DEV,
+                "dst",
+                &p.to_string(),
+            ],
+        )
+        .with_context(|| format!("flooding {VXLAN_DEV} in {ns} to {p}"))?;
+    }
+    Ok(())
+}
+
+/// Where the VXLAN device of netns `ns` sends frames for `mac`: the
+/// underlay address of the endpoint it learnt the MAC at, if any.
+pub fn learnt_location(ns: &str, mac: &str) -> Result<Option<Ipv4Addr>> {
+    let out = run_ok("bridge", &["-n", ns, "fdb", "show", "dev", VXLAN_DEV])?;
+    Ok(out.lines().filter(|l| l.starts_with(mac)).find_map(|l| {
+        let mut w = l.split_whitespace();
+        w.find(|x| *x == "dst").and_then(|_| w.next())?.parse().ok()
+    }))
+}
+
+/// The neighbour (ARP) entry of `ip` in netns `ns` (`ip neigh show`).
+pub fn neighbour(ns: &str, ip: &str) -> Result<String> {
+    run_ok("ip", &["-n", ns, "neigh", "show", ip])
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_installed_conflist_is_the_segment() {
+        let v: serde_json::Value = serde_json::from_str(CONFLIST).unwrap();
+        assert_eq!(v["name"], SERVICE_NETWORK);
+        assert_eq!(v["plugins"][0]["bridge"], SERVICE_BRIDGE);
+        assert_eq!(v["plugins"][0]["mtu"], SEGMENT_MTU);
+    }
+}
