@@ -6,7 +6,8 @@
 #    (gRPC client in the tests), iproute2, libclang-dev (the userfaultfd
 #    crate's bindings are generated from <linux/userfaultfd.h> by bindgen at
 #    build time, which loads libclang), containernetworking-plugins (CNI's
-#    bridge and static IPAM give containers their service address).
+#    bridge and static IPAM give containers their service address),
+#    sockperf and iperf3 (the network benchmark's workloads and clients).
 #  - A working CRIU >= 4 (scripts/provision-criu.sh).
 #  - containerd 1.7 in a private prefix for the test matrix
 #    (scripts/provision-containerd.sh; the system keeps its containerd).
@@ -25,7 +26,7 @@ if [[ $(id -u) -ne 0 ]]; then
   exit 1
 fi
 
-PKGS=(containerd runc crun iptables busybox-static protobuf-compiler iproute2 ca-certificates pkg-config gcc libc6-dev redis-server util-linux libclang-dev containernetworking-plugins)
+PKGS=(containerd runc crun iptables busybox-static protobuf-compiler iproute2 ca-certificates pkg-config gcc libc6-dev redis-server util-linux libclang-dev containernetworking-plugins sockperf iperf3)
 missing=()
 for p in "${PKGS[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")

@@ -430,6 +430,7 @@ impl Containerd {
         image: &Path,
         work: &Path,
         hand_over_address: bool,
+        keep_connections: bool,
     ) -> Result<()> {
         use containerd_shim_protos::{
             protobuf::well_known_types::any::Any as PbAny,
@@ -468,13 +469,13 @@ impl Containerd {
                 source,
             })?;
         // established connections follow a service that keeps its address
-        // (TCP repair); otherwise they are dumped closed. Connections not yet
-        // accepted are ignored either way.
+        // (TCP repair) unless asked not to; otherwise they are dumped closed.
+        // Connections not yet accepted are ignored either way.
         let opts = mose_contract::CheckpointOptions {
             image_path: image.display().to_string(),
             work_path: work.display().to_string(),
-            tcp_close: !hand_over_address,
-            tcp_established: hand_over_address,
+            tcp_close: !keep_connections,
+            tcp_established: keep_connections,
             hand_over_address,
             skip_in_flight: true,
             ..Default::default()

@@ -22,8 +22,8 @@ pub fn identity_of(spec: &serde_json::Value) -> Result<Option<NetworkIdentity>, 
 
 /// What became of the container's established TCP connections: `kept`
 /// (TCP repair, the address moved too) or `closed` (CRIU `tcp-close`).
-pub fn connections(address: Option<&NetworkIdentity>) -> &'static str {
-    if address.is_some() {
+pub fn connections(kept: bool) -> &'static str {
+    if kept {
         "kept"
     } else {
         "closed"
@@ -43,8 +43,8 @@ mod tests {
         .unwrap()
         .unwrap();
         assert_eq!(id.to_string(), "10.89.0.7/24 on network svc");
-        assert_eq!(connections(Some(&id)), "kept");
-        assert_eq!(connections(None), "closed");
+        assert_eq!(connections(true), "kept");
+        assert_eq!(connections(false), "closed");
         let e = identity_of(&json!({"annotations": {"mose.io/address": "10.89.0.7"}})).unwrap_err();
         assert!(e.contains("mose.io/network"), "{e}");
     }

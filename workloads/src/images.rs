@@ -1,4 +1,6 @@
-//! The images of MOSE's workloads: the state service and redis.
+//! The images of MOSE's workloads: the state service, redis, and the MOSE
+//! paper's network workloads SockPerf (UDP ping-pong latency) and iPerf3
+//! (TCP throughput), each built from Debian's binary and its libraries.
 
 use std::path::{Path, PathBuf};
 
@@ -117,6 +119,58 @@ pub fn redis_image() -> Result<ImageSpec> {
         busybox: true,
         ..Default::default()
     })
+}
+
+/// Image reference of SockPerf's server.
+pub const SOCKPERF_REF: &str = "localhost/mose/sockperf:latest";
+/// Image reference of iPerf3's server.
+pub const IPERF3_REF: &str = "localhost/mose/iperf3:latest";
+/// Host SockPerf (Debian package `sockperf`).
+pub const SOCKPERF: &str = "/usr/bin/sockperf";
+/// Host iPerf3 (Debian package `iperf3`).
+pub const IPERF3: &str = "/usr/bin/iperf3";
+/// UDP port SockPerf's server listens on (its default).
+pub const SOCKPERF_PORT: u16 = 11111;
+/// TCP port iPerf3's server listens on (its default).
+pub const IPERF3_PORT: u16 = 5201;
+
+/// An image running one Debian binary as its server (`args` after it).
+fn server_image(name: &str, binary: &str, package: &str, args: &[String]) -> Result<ImageSpec> {
+    let bin = Path::new(binary);
+    if !bin.exists() {
+        bail!("{binary} not found: install the Debian package {package}");
+    }
+    Ok(ImageSpec {
+        name: name.into(),
+        binaries: vec![bin.to_path_buf()],
+        dirs: vec![("/tmp".into(), 0o1777)],
+        entrypoint: vec![binary.into()],
+        cmd: args.to_vec(),
+        busybox: true,
+        ..Default::default()
+    })
+}
+
+/// SockPerf's server on UDP [`SOCKPERF_PORT`], all addresses.
+pub fn sockperf_image() -> Result<ImageSpec> {
+    let args = ["server", "-i", "0.0.0.0", "-p", &SOCKPERF_PORT.to_string()].map(String::from);
+    server_image(SOCKPERF_REF, SOCKPERF, "sockperf", &args)
+}
+
+/// iPerf3's server on TCP [`IPERF3_PORT`].
+pub fn iperf3_image() -> Result<ImageSpec> {
+    let args = ["-s", "-p", &IPERF3_PORT.to_string()].map(String::from);
+    server_image(IPERF3_REF, IPERF3, "iperf3", &args)
+}
+
+/// Builds (or reuses from `cache_dir`) the SockPerf archive.
+pub fn sockperf_archive(cache_dir: &Path) -> Result<PathBuf> {
+    cached_archive(&sockperf_image()?, cache_dir).context("sockperf image")
+}
+
+/// Builds (or reuses from `cache_dir`) the iPerf3 archive.
+pub fn iperf3_archive(cache_dir: &Path) -> Result<PathBuf> {
+    cached_archive(&iperf3_image()?, cache_dir).context("iperf3 image")
 }
 
 /// Builds (or reuses from `cache_dir`) the state-service archive; `binary`

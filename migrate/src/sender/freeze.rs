@@ -34,6 +34,7 @@ impl Migration<'_> {
                 &images,
                 &crwork,
                 self.address.is_some(),
+                self.keeps_connections(),
             )
             .await
             .in_phase(

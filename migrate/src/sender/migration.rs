@@ -63,6 +63,12 @@ impl Migration<'_> {
         Ok(())
     }
 
+    /// Whether established TCP connections are dumped to be restored open:
+    /// the address moves too and the caller did not ask to close them.
+    pub fn keeps_connections(&self) -> bool {
+        self.address.is_some() && !self.opts.close_connections
+    }
+
     /// Reports progress to the caller's callback, if any.
     pub fn report(&self, phase: &str, round: u32) {
         if let Some(p) = &self.opts.progress {

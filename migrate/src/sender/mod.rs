@@ -114,15 +114,16 @@ fn result_of(
     status: &str,
     error: Option<String>,
 ) -> MigrationResult {
-    let (rounds, downtime_ms, bytes_sent, lazy, address) = match m {
+    let (rounds, downtime_ms, bytes_sent, lazy, kept, address) = match m {
         Some(m) => (
             std::mem::take(&mut m.rounds),
             m.downtime_ms,
             m.link.w.bytes(),
             m.lazy.take(),
+            m.keeps_connections(),
             m.address.take(),
         ),
-        None => (Vec::new(), 0.0, 0, None, None),
+        None => (Vec::new(), 0.0, 0, None, false, None),
     };
     MigrationResult {
         status: status.into(),
@@ -142,7 +143,7 @@ fn result_of(
         faults: lazy.as_ref().map(|l| l.faults),
         fault_p99_us: lazy.as_ref().map(|l| l.fault_p99_us),
         lazy,
-        connections: crate::network::connections(address.as_ref()).into(),
+        connections: crate::network::connections(kept).into(),
         address: address.map(|a| a.to_string()),
     }
 }

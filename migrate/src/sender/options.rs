@@ -69,6 +69,10 @@ pub struct SourceOptions {
     /// Bound on any single network wait (a cut link fails the migration
     /// after this long instead of hanging).
     pub io_timeout: Duration,
+    /// Dump established TCP connections closed even when the service
+    /// address moves with the container (CRIU `tcp-close`): what keeping
+    /// them costs, measured against not keeping them.
+    pub close_connections: bool,
     pub fault: Option<Fault>,
     pub progress: Option<ProgressFn>,
 }

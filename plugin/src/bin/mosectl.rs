@@ -111,6 +111,11 @@ struct MigrateArgs {
     /// Seconds any network wait may take before the migration is rolled back.
     #[arg(long, default_value_t = 10)]
     io_timeout: u64,
+    /// Dump established TCP connections closed even when the container's
+    /// service address moves with it (clients must reconnect); by default
+    /// they are kept wherever the address is.
+    #[arg(long)]
+    close_connections: bool,
     /// `table` (with live progress on a terminal) or `json`.
     #[arg(long, default_value = "table")]
     output: String,
@@ -490,6 +495,7 @@ fn source_options(a: MigrateArgs, plan: Option<&PlanAnswer>, json: bool) -> Resu
         stop_when,
         work_root: a.work,
         io_timeout: Duration::from_secs(a.io_timeout.max(1)),
+        close_connections: a.close_connections,
         fault: a.inject_fault,
         progress,
     })
