@@ -28,11 +28,8 @@ fn as_user<T: Send + 'static>(
     f: impl FnOnce() -> anyhow::Result<T> + Send + 'static,
 ) -> T {
     c.bed
-        .spawn_in_user(f)
-        .expect("a thread in the user netns")
-        .join()
-        .expect("the user thread panicked")
-        .expect("the client's work")
+        .run_in_user(f)
+        .expect("the client's work in the user netns")
 }
 
 fn annotations(host: u8) -> Vec<String> {
@@ -66,18 +63,13 @@ fn state_service(c: &Cluster, ns: &str, id: &str, host: u8) -> String {
     args.extend(["--port".into(), PORT.to_string()]);
     c.node(1).unwrap().ctr(ns).ok(&args).unwrap();
     let addr = format!("10.89.0.{host}:{PORT}");
-    let a = addr.clone();
-    let c2 = c;
     wait_for(
         "the state service on its address",
         Duration::from_secs(30),
         || {
-            let a = a.clone();
-            c2.bed
-                .spawn_in_user(move || Ok(ping(&a).is_ok()))
-                .ok()
-                .and_then(|h| h.join().ok())
-                .and_then(|r| r.ok())
+            let a = addr.clone();
+            c.bed
+                .run_in_user(move || Ok(ping(&a).is_ok()))
                 .unwrap_or(false)
         },
     );

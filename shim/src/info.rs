@@ -189,7 +189,7 @@ async fn features(binary: &str) -> std::result::Result<(PathBuf, Vec<u8>), Strin
 
 /// Resolves `binary` as `exec.LookPath` does: a name with a slash is used as
 /// it is, a bare name is searched in `PATH`.
-fn look_path(binary: &str) -> Option<PathBuf> {
+pub(crate) fn look_path(binary: &str) -> Option<PathBuf> {
     if binary.contains('/') {
         let p = PathBuf::from(binary);
         return is_executable(&p).then_some(p);
@@ -200,7 +200,7 @@ fn look_path(binary: &str) -> Option<PathBuf> {
         .find(|p| is_executable(p))
 }
 
-fn is_executable(p: &Path) -> bool {
+pub(crate) fn is_executable(p: &Path) -> bool {
     use std::os::unix::fs::PermissionsExt;
     std::fs::metadata(p)
         .map(|m| m.is_file() && m.permissions().mode() & 0o111 != 0)

@@ -9,62 +9,21 @@
 //! at create too, so the shim also brings it up after every create (a no-op
 //! when the runtime did).
 
-use std::os::fd::{AsFd, AsRawFd};
-
-use nix::sched::{setns, CloneFlags};
 use oci_spec::runtime::{LinuxNamespaceType, Spec};
 
 use crate::error::{Error, Result};
 
-/// Sets `lo` up in the network namespace of process `pid`. Runs on a thread
-/// of its own, which enters the namespace and ends there, so no thread of the
-/// shim ever serves from another namespace.
+/// Sets `lo` up in the network namespace of process `pid`, on a thread of
+/// its own that enters the namespace and ends there (`mose_network`'s
+/// `netns::run_in`), so no thread of the shim ever serves from another
+/// namespace.
 pub fn bring_up(pid: i32) -> Result<()> {
-    std::thread::Builder::new()
-        .name("mose-loopback".into())
-        .spawn(move || bring_up_here(pid))
-        .map_err(Error::io("start the loopback thread"))?
-        .join()
-        .map_err(|_| Error::Internal("the loopback thread panicked".into()))?
-}
-
-fn bring_up_here(pid: i32) -> Result<()> {
-    let ns = std::fs::File::open(format!("/proc/{pid}/ns/net")).map_err(Error::io(format!(
-        "open the network namespace of pid {pid}"
-    )))?;
-    setns(ns.as_fd(), CloneFlags::CLONE_NEWNET)
-        .map_err(|e| Error::io(format!("enter the network namespace of pid {pid}"))(e.into()))?;
-    let sock = nix::sys::socket::socket(
-        nix::sys::socket::AddressFamily::Inet,
-        nix::sys::socket::SockType::Datagram,
-        nix::sys::socket::SockFlag::SOCK_CLOEXEC,
-        None,
-    )
-    .map_err(|e| Error::io("open a socket for the loopback")(e.into()))?;
-    // SAFETY: ifreq is plain old data; all-zero is a valid value.
-    let mut req: libc::ifreq = unsafe { std::mem::zeroed() };
-    for (dst, src) in req.ifr_name.iter_mut().zip(b"lo\0") {
-        *dst = *src as libc::c_char;
-    }
-    // SAFETY: SIOCGIFFLAGS fills the flags of the ifreq we own.
-    if unsafe { libc::ioctl(sock.as_raw_fd(), libc::SIOCGIFFLAGS, &mut req) } < 0 {
-        return Err(Error::io("read the loopback's flags")(
-            std::io::Error::last_os_error(),
-        ));
-    }
-    // SAFETY: the flags member of the union was just set by the kernel.
-    let flags = unsafe { req.ifr_ifru.ifru_flags };
-    if flags & libc::IFF_UP as libc::c_short != 0 {
-        return Ok(());
-    }
-    req.ifr_ifru.ifru_flags = flags | libc::IFF_UP as libc::c_short;
-    // SAFETY: SIOCSIFFLAGS reads the ifreq we own.
-    if unsafe { libc::ioctl(sock.as_raw_fd(), libc::SIOCSIFFLAGS, &req) } < 0 {
-        return Err(Error::io("set the loopback up")(
-            std::io::Error::last_os_error(),
-        ));
-    }
-    Ok(())
+    let ns = std::path::PathBuf::from(format!("/proc/{pid}/ns/net"));
+    mose_network::netns::run_in(&ns, || mose_network::link::set_up("lo", true)).map_err(|e| {
+        Error::Internal(format!(
+            "bringing up the loopback of pid {pid}'s network namespace: {e}"
+        ))
+    })
 }
 
 /// True when the spec asks for a network namespace of the container's own

@@ -184,20 +184,11 @@ impl ContainerNetwork {
 /// `mose-hook` next to the shim, else on `PATH`; refused when absent (the
 /// address would never be announced nor released).
 fn hook_binary() -> Result<PathBuf> {
-    let beside = std::env::current_exe()
+    std::env::current_exe()
         .ok()
-        .and_then(|e| e.parent().map(|d| d.join(HOOK_BINARY)));
-    let on_path = std::env::var_os("PATH")
-        .map(|p| {
-            std::env::split_paths(&p)
-                .map(|d| d.join(HOOK_BINARY))
-                .collect::<Vec<_>>()
-        })
-        .unwrap_or_default();
-    beside
-        .into_iter()
-        .chain(on_path)
-        .find(|p| p.is_file())
+        .and_then(|e| e.parent().map(|d| d.join(HOOK_BINARY)))
+        .filter(|p| crate::info::is_executable(p))
+        .or_else(|| crate::info::look_path(HOOK_BINARY))
         .ok_or_else(|| {
             Error::FailedPrecondition(format!(
                 "{HOOK_BINARY} is not installed next to the shim nor on its PATH: a container \

@@ -77,7 +77,7 @@ fn main() -> Result<()> {
     );
     let mut cfg = ProbeConfig::new(vec![addr.clone()], 200.0);
     cfg.read_timeout = Duration::from_secs(20);
-    let probe = in_user(&c, move || Probe::start_with(cfg))?;
+    let probe = c.bed.run_in_user(move || Probe::start_with(cfg))?;
     let started = Instant::now();
     let mut windows = Vec::new();
     let mut results = Vec::new();
@@ -109,21 +109,12 @@ fn main() -> Result<()> {
     std::thread::sleep(Duration::from_millis(700));
     let p = probe.stop();
     let a = addr.clone();
-    let verified = in_user(&c, move || verify(&a))
+    let verified = c
+        .bed
+        .run_in_user(move || verify(&a))
         .map(|v| v.is_ok())
         .unwrap_or(false);
     report(&args, &p, &windows, &mut results, verified)
-}
-
-/// Runs `f` in the testbed's user netns (a client on the service segment).
-fn in_user<T: Send + 'static>(
-    c: &Cluster,
-    f: impl FnOnce() -> Result<T> + Send + 'static,
-) -> Result<T> {
-    c.bed
-        .spawn_in_user(f)?
-        .join()
-        .map_err(|_| anyhow::anyhow!("the client thread panicked"))?
 }
 
 /// Starts the state service on node 1 with its service address; returns
@@ -157,7 +148,7 @@ fn start_service(c: &Cluster, args: &Args) -> Result<String> {
     ])?;
     let addr = format!("10.89.0.{SERVICE_HOST}:{PORT}");
     let a = addr.clone();
-    in_user(c, move || {
+    c.bed.run_in_user(move || {
         let deadline = Instant::now() + Duration::from_secs(30);
         while mose_workloads::probe::ping(&a).is_err() {
             if Instant::now() > deadline {

@@ -527,6 +527,15 @@ impl Testbed {
         net::spawn_in_netns(&self.info.user_netns, f)
     }
 
+    /// Like [`Self::spawn_in_user`] but waits for the result.
+    pub fn run_in_user<T, F>(&self, f: F) -> Result<T>
+    where
+        T: Send + 'static,
+        F: FnOnce() -> Result<T> + Send + 'static,
+    {
+        net::run_in_netns(&self.info.user_netns, f)
+    }
+
     pub fn bridge_ip(&self) -> Ipv4Addr {
         self.info.bridge_ip
     }
@@ -570,70 +579,31 @@ impl Testbed {
         )?;
         net::run_ok("ip", &["link", "set", &i.bridge, "up"])?;
         for n in &i.nodes {
-            net::run_ok("ip", &["netns", "add", &n.netns])
-                .with_context(|| format!("creating netns {}", n.netns))?;
-            net::run_ok(
-                "ip",
-                &[
-                    "link",
-                    "add",
-                    &n.host_veth,
-                    "type",
-                    "veth",
-                    "peer",
-                    "name",
-                    NODE_IFACE,
-                    "netns",
-                    &n.netns,
-                ],
-            )
-            .with_context(|| format!("creating veth {} for node {}", n.host_veth, n.name))?;
-            net::run_ok("ip", &["link", "set", &n.host_veth, "master", &i.bridge])?;
-            net::run_ok("ip", &["link", "set", &n.host_veth, "up"])?;
-            let ns = n.netns.as_str();
-            net::run_ok(
-                "ip",
-                &[
-                    "-n",
-                    ns,
-                    "addr",
-                    "add",
-                    &format!("{}/24", n.ip),
-                    "dev",
-                    NODE_IFACE,
-                ],
-            )?;
-            net::run_ok("ip", &["-n", ns, "link", "set", NODE_IFACE, "up"])?;
-            net::run_ok("ip", &["-n", ns, "link", "set", "lo", "up"])?;
+            self.create_endpoint(&n.netns, &n.host_veth, n.ip)
+                .with_context(|| format!("node {}", n.name))?;
         }
-        self.create_user_netns()?;
+        self.create_endpoint(&i.user_netns, &i.user_veth, i.user_ip)
+            .context("the user netns")?;
         self.create_segment()
     }
 
-    /// The user netns: a veth onto the bridge, like a node without containerd.
-    fn create_user_netns(&self) -> Result<()> {
-        let i = &self.info;
-        let ns = i.user_netns.as_str();
+    /// A netns joined to the bridge by veth `host_veth` (its end inside is
+    /// [`NODE_IFACE`] with address `ip`): a node, or the user netns.
+    fn create_endpoint(&self, ns: &str, host_veth: &str, ip: Ipv4Addr) -> Result<()> {
         net::run_ok("ip", &["netns", "add", ns]).with_context(|| format!("creating netns {ns}"))?;
         net::run_ok(
             "ip",
             &[
-                "link",
-                "add",
-                &i.user_veth,
-                "type",
-                "veth",
-                "peer",
-                "name",
-                NODE_IFACE,
-                "netns",
-                ns,
+                "link", "add", host_veth, "type", "veth", "peer", "name", NODE_IFACE, "netns", ns,
             ],
         )
-        .with_context(|| format!("creating veth {}", i.user_veth))?;
-        net::run_ok("ip", &["link", "set", &i.user_veth, "master", &i.bridge])?;
-        net::run_ok("ip", &["link", "set", &i.user_veth, "up"])?;
-        let addr = format!("{}/24", i.user_ip);
+        .with_context(|| format!("creating veth {host_veth}"))?;
+        net::run_ok(
+            "ip",
+            &["link", "set", host_veth, "master", &self.info.bridge],
+        )?;
+        net::run_ok("ip", &["link", "set", host_veth, "up"])?;
+        let addr = format!("{ip}/24");
         net::run_ok("ip", &["-n", ns, "addr", "add", &addr, "dev", NODE_IFACE])?;
         net::run_ok("ip", &["-n", ns, "link", "set", NODE_IFACE, "up"])?;
         net::run_ok("ip", &["-n", ns, "link", "set", "lo", "up"])?;
