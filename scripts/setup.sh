@@ -8,7 +8,8 @@
 #    build time, which loads libclang), containernetworking-plugins (CNI's
 #    bridge and static IPAM give containers their service address),
 #    sockperf and iperf3 (the network benchmark's workloads and clients).
-#  - A working CRIU >= 4 (scripts/provision-criu.sh).
+#  - A working CRIU >= 4 (scripts/provision-criu.sh), its kernel-feature
+#    cache made once per boot (scripts/criu-kdat.sh).
 #  - containerd 1.7 in a private prefix for the test matrix
 #    (scripts/provision-containerd.sh; the system keeps its containerd).
 #  - Builds the workspace and installs containerd-shim-mose-v2 where
@@ -41,6 +42,8 @@ else
 fi
 
 "$ROOT/scripts/provision-criu.sh"
+# CRIU's kernel probe cached where /run is not a tmpfs (~40 ms per CRIU run)
+"$ROOT/scripts/criu-kdat.sh"
 # only the test matrix needs it: a failure is reported, not fatal to set-up
 "$ROOT/scripts/provision-containerd.sh" || log "warning: containerd 1.7 not provisioned; scripts/test-containerd-matrix.sh will report it missing"
 "$ROOT/scripts/provision-youki.sh" || log "warning: youki not provisioned; the youki tests (tests/tests/youki.rs) will say they are skipped"

@@ -9,6 +9,7 @@ use anyhow::{Context, Result};
 
 pub mod cluster;
 pub mod plot;
+pub mod sockperf;
 pub mod testbed;
 
 /// Polls `f` every 100 ms until it holds; panics naming `what` after

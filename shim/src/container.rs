@@ -337,12 +337,14 @@ impl Container {
             let extra = std::fs::read_to_string(image.join(IMAGE_CRIU_CONFIG)).unwrap_or_default();
             let _ = std::fs::write(&conf, extra);
         }
+        let started = std::time::Instant::now();
         let res = with_console(
             &pending,
             self.runtime
                 .restore(&self.id, &init, &opts, image, &work.path, io),
         )
         .await;
+        let restore_ms = started.elapsed().as_secs_f64() * 1e3;
         if conf.exists() {
             let _ = std::fs::write(&conf, "");
         }
@@ -374,7 +376,7 @@ impl Container {
                 )));
             }
         }
-        info!(id = %self.id, pid, image = %image.display(), "container restored");
+        info!(id = %self.id, pid, image = %image.display(), restore_ms, "container restored");
         Ok(())
     }
 
@@ -449,10 +451,12 @@ impl Container {
                 .map_err(Error::io(format!("write {}", conf.display())))?;
         }
         self.hold_down_for(&opts)?;
+        let started = std::time::Instant::now();
         let res = self
             .runtime
             .checkpoint(caps.checkpoint_command, &self.id, &opts, &image, &work.path)
             .await;
+        let dump_ms = started.elapsed().as_secs_f64() * 1e3;
         if conf.exists() {
             let _ = std::fs::write(&conf, "");
         }
@@ -464,7 +468,7 @@ impl Container {
         if !extra.is_empty() {
             let _ = std::fs::write(image.join(IMAGE_CRIU_CONFIG), &extra);
         }
-        info!(id = %self.id, image = %image.display(), exit = opts.exit, "container checkpointed");
+        info!(id = %self.id, image = %image.display(), exit = opts.exit, dump_ms, "container checkpointed");
         Ok(())
     }
 

@@ -6,6 +6,7 @@
 mod bootstrap;
 mod cgroup_path;
 mod container;
+mod criu_kdat;
 mod error;
 mod info;
 mod log_uri;

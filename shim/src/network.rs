@@ -104,6 +104,7 @@ pub async fn prepare(
     let hook = hook_binary()?;
     let cfg = NodeConfig::from_env();
     let owner = bundle.display().to_string();
+    let started = std::time::Instant::now();
     let attachment = Attachment::attach(
         &cfg,
         &ReaperRunner,
@@ -114,6 +115,8 @@ pub async fn prepare(
     )
     .await
     .map_err(net_err)?;
+    let attach_ms = started.elapsed().as_secs_f64() * 1e3;
+    info!(address = %identity, attach_ms, restore, "service address attached (CNI ADD)");
     let net = ContainerNetwork {
         cfg,
         identity,
@@ -157,11 +160,14 @@ impl ContainerNetwork {
     /// Brings a held link up and announces the address (after a restore,
     /// or when a migration rolled back and the container resumes).
     pub fn bring_up(&mut self) -> Result<()> {
+        let started = std::time::Instant::now();
         if self.attachment.held_down {
             self.attachment.bring_up(&self.cfg).map_err(net_err)?;
         }
+        let up_ms = started.elapsed().as_secs_f64() * 1e3;
         self.attachment.announce().map_err(net_err)?;
-        info!(address = %self.identity, "service address up and announced");
+        let announce_ms = started.elapsed().as_secs_f64() * 1e3 - up_ms;
+        info!(address = %self.identity, up_ms, announce_ms, "service address up and announced");
         Ok(())
     }
 

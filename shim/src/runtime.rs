@@ -306,6 +306,7 @@ impl OciRuntime {
         image: &Path,
         work: &Path,
     ) -> Result<()> {
+        crate::criu_kdat::forget_if_stale();
         let r = self
             .exec(
                 command,
@@ -338,6 +339,7 @@ impl OciRuntime {
         work: &Path,
         io: ProcessIo,
     ) -> Result<()> {
+        crate::criu_kdat::forget_if_stale();
         let r = self
             .exec(
                 "restore",

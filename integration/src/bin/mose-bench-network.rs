@@ -16,7 +16,9 @@ use std::time::{Duration, Instant};
 use anyhow::{bail, Context, Result};
 use clap::Parser;
 use mose_integration::testbed::segment;
-use mose_integration::{cluster::Cluster, plot, print_table, results_dir, write_json};
+use mose_integration::{
+    cluster::Cluster, median, plot, print_table, results_dir, sockperf, write_json,
+};
 use mose_workloads::image::ctr_import;
 use mose_workloads::images::{
     cache_dir, iperf3_archive, sockperf_archive, IPERF3_PORT, IPERF3_REF, SOCKPERF_PORT,
@@ -44,6 +46,19 @@ struct Args {
     /// shares the links).
     #[arg(long = "iperf-mbit", value_name = "R", default_value_t = 200)]
     iperf_mbit: u32,
+    /// Techniques to run, comma-separated.
+    #[arg(long, value_delimiter = ',', default_value = "cold,precopy,postcopy,hybrid",
+          value_parser = ["cold", "precopy", "postcopy", "hybrid"])]
+    techniques: Vec<String>,
+    /// Cases to run, comma-separated: sockperf, iperf3 (connection kept),
+    /// iperf3-close (closed, the client reconnects).
+    #[arg(long, value_delimiter = ',', default_value = "sockperf,iperf3,iperf3-close",
+          value_parser = ["sockperf", "iperf3", "iperf3-close"])]
+    cases: Vec<String>,
+    /// Migrations per case and technique (the table gives each; ratios use medians).
+    #[arg(long, value_name = "N", default_value_t = 1,
+          value_parser = clap::value_parser!(u32).range(1..=10))]
+    runs: u32,
 }
 
 /// One measured migration.
@@ -73,20 +88,32 @@ fn main() -> Result<()> {
     }
     let mut runs = Vec::new();
     let mut host = 20u8;
-    for technique in TECHNIQUES {
-        for (workload, keep) in [("sockperf", true), ("iperf3", true), ("iperf3", false)] {
-            host += 1;
-            eprintln!(
-                "[bench] {workload} {technique} ({})",
-                if keep {
-                    "connection kept"
-                } else {
-                    "connection closed, client reconnects"
-                }
-            );
-            let run = measure(&c, &args, workload, technique, keep, host)?;
-            c.remove(2, NS, workload);
-            runs.push(run);
+    for technique in TECHNIQUES
+        .into_iter()
+        .filter(|t| args.techniques.iter().any(|a| a == t))
+    {
+        for (case, workload, keep) in [
+            ("sockperf", "sockperf", true),
+            ("iperf3", "iperf3", true),
+            ("iperf3-close", "iperf3", false),
+        ] {
+            if !args.cases.iter().any(|c| c == case) {
+                continue;
+            }
+            for _ in 0..args.runs {
+                host += 1;
+                eprintln!(
+                    "[bench] {workload} {technique} ({})",
+                    if keep {
+                        "connection kept"
+                    } else {
+                        "connection closed, client reconnects"
+                    }
+                );
+                let run = measure(&c, &args, workload, technique, keep, host)?;
+                c.remove(2, NS, workload);
+                runs.push(run);
+            }
         }
     }
     report(&args, &runs)
@@ -123,7 +150,7 @@ fn measure(
     std::thread::sleep(Duration::from_millis(500));
     let user = c.bed.user_netns().to_string();
     let client = std::thread::scope(|s| -> Result<Client> {
-        let h = s.spawn(|| run_client(&user, workload, &ip, args));
+        let h = s.spawn(|| run_client(c, &user, workload, &ip, args));
         std::thread::sleep(Duration::from_secs(2));
         let mut extra = vec!["--technique", technique];
         if !keep {
@@ -163,10 +190,10 @@ struct Client {
     migration: serde_json::Value,
 }
 
-fn run_client(user: &str, workload: &str, ip: &str, args: &Args) -> Result<Client> {
+fn run_client(c: &Cluster, user: &str, workload: &str, ip: &str, args: &Args) -> Result<Client> {
     let empty = serde_json::Value::Null;
     if workload == "sockperf" {
-        let gap_ms = sockperf(user, ip, args.seconds)?;
+        let gap_ms = sockperf(c, ip, args.seconds)?;
         return Ok(Client {
             gap_ms,
             survived: None,
@@ -191,43 +218,22 @@ fn in_user(user: &str, program: &str) -> Command {
     c
 }
 
-/// SockPerf ping-pong at [`SOCKPERF_MPS`] messages/s: the replies missing
-/// (each stands for 1/mps of silence: their sum is the time without
-/// replies) or the longest gap between logged replies, the larger. sockperf
-/// logs replies of its measurement window only, so the count of missing
-/// replies (its "dropped messages") is what sees the whole run.
-fn sockperf(user: &str, ip: &str, seconds: u64) -> Result<f64> {
-    let log = tempfile::NamedTempFile::new()?;
-    let out = in_user(user, "sockperf")
-        .args(["ping-pong", "-i", ip, "-p", &SOCKPERF_PORT.to_string()])
-        .args([
-            "--time",
-            &seconds.to_string(),
-            "--mps",
-            &SOCKPERF_MPS.to_string(),
-        ])
-        .arg("--full-log")
-        .arg(log.path())
-        .output()
-        .context("running sockperf (Debian package sockperf)")?;
-    let text = format!(
-        "{}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
+/// SockPerf ping-pong at [`SOCKPERF_MPS`] requests/s from the user netns
+/// with MOSE's client (see [`mose_integration::sockperf`] for why not
+/// sockperf's own): the longest time between two replies (ms).
+fn sockperf(c: &Cluster, ip: &str, seconds: u64) -> Result<f64> {
+    let socket = c
+        .bed
+        .run_in_user(|| std::net::UdpSocket::bind("0.0.0.0:0").context("binding the UDP client"))?;
+    let server = format!("{ip}:{SOCKPERF_PORT}")
+        .parse()
+        .context("the SockPerf server's address")?;
+    let r = sockperf::ping_pong(socket, server, SOCKPERF_MPS, Duration::from_secs(seconds))?;
+    eprintln!(
+        "[bench] sockperf: {} of {} answered, longest gap {:.0} ms at {:.0} ms, median RTT {:.2} ms",
+        r.answered, r.sent, r.longest_gap_ms, r.gap_start_ms, r.median_rtt_ms
     );
-    if !out.status.success() {
-        bail!("sockperf failed: {text}");
-    }
-    let dropped: f64 = text
-        .lines()
-        .filter_map(|l| l.split("dropped messages = ").nth(1))
-        .filter_map(|v| v.split(';').next()?.trim().parse::<f64>().ok())
-        .fold(0.0, f64::max);
-    let rx: Vec<f64> = std::fs::read_to_string(log.path())?
-        .lines()
-        .filter_map(|l| l.split(',').nth(2)?.trim().parse().ok())
-        .collect();
-    Ok((longest_gap(&rx) * 1e3).max(dropped * 1e3 / SOCKPERF_MPS as f64))
+    Ok(r.longest_gap_ms)
 }
 
 /// SockPerf's request rate (messages per second).
@@ -298,24 +304,27 @@ fn report(args: &Args, runs: &[Run]) -> Result<()> {
     let rows: Vec<Vec<String>> = runs.iter().map(row).collect();
     println!();
     print_table(&header, &rows);
-    println!(
-        "\nclient gap: SockPerf = time without replies at 1000 msg/s (missing replies x 1 ms,"
-    );
-    println!(
-        "or the longest logged gap if larger); iPerf3 = longest stretch without data in 100 ms"
-    );
-    println!("intervals. What keeping connections costs (total time, iPerf3, keep / close):");
+    println!("\nclient gap: SockPerf = longest time between two replies at 1000 requests/s;");
+    println!("iPerf3 = longest stretch without data in 100 ms intervals.");
+    println!("What keeping connections costs (iPerf3, median total time, keep / close):");
     let mut ratios = Vec::new();
     for t in TECHNIQUES {
         let total = |keep| {
-            runs.iter()
-                .find(|r| r.workload == "iperf3" && r.technique == t && r.keep == keep)
-                .and_then(|r| r.migration["total_ms"].as_f64())
+            let v: Vec<f64> = runs
+                .iter()
+                .filter(|r| r.workload == "iperf3" && r.technique == t && r.keep == keep)
+                .filter_map(|r| r.migration["total_ms"].as_f64())
+                .collect();
+            (!v.is_empty()).then(|| (median(&v), v.len()))
         };
-        if let (Some(k), Some(c)) = (total(true), total(false)) {
-            println!("  {t}: {:.0} ms / {:.0} ms = {:.2}x", k, c, k / c);
+        if let (Some((k, n)), Some((c, _))) = (total(true), total(false)) {
+            println!(
+                "  {t}: {k:.0} ms / {c:.0} ms = {:.2}x ({n} runs each)",
+                k / c
+            );
             ratios.push(
-                serde_json::json!({"technique": t, "keep_ms": k, "close_ms": c, "ratio": k / c}),
+                serde_json::json!({"technique": t, "keep_ms": k, "close_ms": c,
+                "ratio": k / c, "runs": n}),
             );
         }
     }
@@ -360,15 +369,22 @@ fn write_outputs(args: &Args, runs: &[Run], ratios: Vec<serde_json::Value>) -> R
         TECHNIQUES
             .iter()
             .map(|t| {
-                runs.iter()
-                    .find(|r| r.workload == w && r.technique == *t && r.keep == keep)
-                    .map_or(0.0, |r| r.client_gap_ms)
+                let v: Vec<f64> = runs
+                    .iter()
+                    .filter(|r| r.workload == w && r.technique == *t && r.keep == keep)
+                    .map(|r| r.client_gap_ms)
+                    .collect();
+                if v.is_empty() {
+                    0.0
+                } else {
+                    median(&v)
+                }
             })
             .collect()
     };
     plot::grouped_bars(
         &dir.join("bench-network.svg"),
-        &format!("client-observed downtime, {} Mbit/s", args.rate),
+        &format!("client-observed downtime (median), {} Mbit/s", args.rate),
         "ms",
         &TECHNIQUES,
         &[
