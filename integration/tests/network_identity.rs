@@ -44,6 +44,11 @@ fn annotations(host: u8) -> Vec<String> {
 /// Starts the state service as `id` on node 1 with service address
 /// `10.89.0.<host>`; returns its address as a client dials it.
 fn state_service(c: &Cluster, ns: &str, id: &str, host: u8) -> String {
+    state_service_of(c, ns, id, host, 16)
+}
+
+/// [`state_service`] holding `state_mib` MiB of state.
+fn state_service_of(c: &Cluster, ns: &str, id: &str, host: u8, state_mib: u32) -> String {
     let archive = state_service_archive(None, &cache_dir()).expect("state-service image");
     for i in 1..=2 {
         ctr_import(c.node(i).unwrap().containerd_socket(), ns, &archive).unwrap();
@@ -56,10 +61,10 @@ fn state_service(c: &Cluster, ns: &str, id: &str, host: u8) -> String {
             id,
             "/usr/local/bin/mose-state-service",
             "--state-mib",
-            "16",
         ]
         .map(String::from),
     );
+    args.push(state_mib.to_string());
     args.extend(["--port".into(), PORT.to_string()]);
     c.node(1).unwrap().ctr(ns).ok(&args).unwrap();
     let addr = format!("10.89.0.{host}:{PORT}");
@@ -122,12 +127,24 @@ fn assert_address_at(c: &Cluster, at: usize, other: usize, host: u8) {
     let netns = record(other).with_extension("netns");
     assert!(!netns.exists(), "no namespace left on node {other}");
     let mac = format!("02:6d:0a:59:00:{host:02x}");
+    let gone = c.node(other).unwrap().netns().to_string();
+    assert_eq!(
+        segment::local_ports(&gone, &mac).unwrap(),
+        Vec::<String>::new(),
+        "node {other}'s bridge has no port left for the address's MAC"
+    );
     let at_ip = c.node(at).unwrap().ip();
     let user = c.bed.user_netns().to_string();
     wait_for(
         "the overlay to learn the new location",
         Duration::from_secs(5),
         || segment::learnt_location(&user, &mac).ok().flatten() == Some(at_ip),
+    );
+    let here = c.node(at).unwrap().netns().to_string();
+    wait_for(
+        &format!("node {at}'s bridge to reach the MAC on a local port"),
+        Duration::from_secs(5),
+        || segment::local_ports(&here, &mac).is_ok_and(|p| p.len() == 1),
     );
 }
 
@@ -298,6 +315,56 @@ fn failures_roll_back_with_the_address_and_connection_on_the_source() {
     });
     c.bed.restore_link(2).unwrap();
     assert_rolled_back_in_place(&c, &ns, probe, &addr);
+}
+
+#[test]
+fn destination_agent_killed_mid_stream_rolls_back_with_the_address_and_connection() {
+    // cold: frozen, link held down, then 96 MiB over 80 Mbit/s (about ten
+    // seconds of transfer) interrupted by the destination's agent dying
+    let c = Cluster::up(2, Some(80)).expect("cluster up");
+    let ns = mose_tests::unique_id("netkill");
+    let addr = state_service_of(&c, &ns, "state", 13, 96);
+    let plugin = c
+        .node(2)
+        .unwrap()
+        .plugin_pid()
+        .expect("node 2 runs a plugin");
+    let probe = start_probe(&c, &addr);
+    let r = std::thread::scope(|s| {
+        s.spawn(|| {
+            let n1 = c.node(1).unwrap();
+            wait_for("the source to freeze", Duration::from_secs(60), || {
+                n1.ctr(&ns)
+                    .ok(["tasks", "ls"])
+                    .unwrap_or_default()
+                    .contains("PAUSED")
+            });
+            c.wait_receiving(2, Duration::from_secs(60)).unwrap();
+            std::thread::sleep(Duration::from_secs(1));
+            let _ = nix::sys::signal::kill(
+                nix::unistd::Pid::from_raw(plugin as i32),
+                nix::sys::signal::Signal::SIGKILL,
+            );
+        });
+        c.migrate(
+            1,
+            2,
+            &ns,
+            "state",
+            &["--technique", "cold", "--io-timeout", "5"],
+        )
+        .unwrap()
+    });
+    assert_ne!(r["status"], "ok", "{r}");
+    assert!(r["error"].as_str().is_some_and(|e| !e.is_empty()), "{r}");
+    assert_rolled_back_in_place(&c, &ns, probe, &addr);
+    let mac = "02:6d:0a:59:00:0d";
+    let n1 = c.node(1).unwrap().netns().to_string();
+    assert_eq!(
+        segment::local_ports(&n1, mac).unwrap().len(),
+        1,
+        "the source's port is the address's only owner"
+    );
 }
 
 #[test]

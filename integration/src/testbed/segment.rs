@@ -174,6 +174,23 @@ pub fn learnt_location(ns: &str, mac: &str) -> Result<Option<Ipv4Addr>> {
     }))
 }
 
+/// The node-local bridge ports (veths) on which node netns `ns`'s service
+/// bridge has learnt `mac`: non-empty while a container there owns the
+/// address (entries learnt over the VXLAN are remote, not listed).
+pub fn local_ports(ns: &str, mac: &str) -> Result<Vec<String>> {
+    let out = run_ok("bridge", &["-n", ns, "fdb", "show", "br", SERVICE_BRIDGE])?;
+    Ok(out
+        .lines()
+        .filter(|l| l.starts_with(mac) && !l.contains(" permanent"))
+        .filter_map(|l| {
+            let mut w = l.split_whitespace();
+            w.find(|x| *x == "dev").and_then(|_| w.next())
+        })
+        .filter(|dev| *dev != VXLAN_DEV)
+        .map(String::from)
+        .collect())
+}
+
 /// The neighbour (ARP) entry of `ip` in netns `ns` (`ip neigh show`).
 pub fn neighbour(ns: &str, ip: &str) -> Result<String> {
     run_ok("ip", &["-n", ns, "neigh", "show", ip])
