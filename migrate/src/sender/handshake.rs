@@ -79,6 +79,7 @@ pub async fn start<'a>(opts: &'a SourceOptions, id: String, tl: Timeline) -> Res
     let mut m = Migration {
         opts,
         work: opts.work_root.join(&id),
+        work_lock: None,
         id,
         cd,
         container,
@@ -95,6 +96,11 @@ pub async fn start<'a>(opts: &'a SourceOptions, id: String, tl: Timeline) -> Res
     m.hello().await?;
     m.begin().await?;
     crate::ensure_tmpfs(&opts.work_root).in_phase(Phase::Handshake, "preparing the work root")?;
+    super::workdir::sweep(&opts.work_root);
+    m.work_lock = Some(
+        super::workdir::lock(&opts.work_root, &m.id)
+            .in_phase(Phase::Handshake, "locking the migration's work directory")?,
+    );
     std::fs::create_dir_all(&m.work)
         .in_phase(Phase::Handshake, &format!("creating {}", m.work.display()))?;
     m.tl.end(p, None);

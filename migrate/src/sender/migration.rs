@@ -40,6 +40,8 @@ pub struct Migration<'a> {
     pub tl: Timeline,
     /// This migration's tmpfs directory (CRIU images).
     pub work: PathBuf,
+    /// Held while the migration runs (see [`super::workdir`]).
+    pub work_lock: Option<super::workdir::WorkLock>,
     /// Every block hash the destination holds.
     pub known: HashSet<BlockHash>,
     pub rounds: Vec<Round>,

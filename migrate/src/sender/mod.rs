@@ -16,6 +16,7 @@ pub mod migration;
 pub mod options;
 pub mod rounds;
 pub mod transfer;
+pub mod workdir;
 
 use tracing::warn;
 
