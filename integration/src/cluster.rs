@@ -31,6 +31,9 @@ pub fn bin_dir() -> Result<PathBuf> {
     Ok(d)
 }
 
+/// containerd's namespace of the CRI's pods and images.
+pub const CRI_NAMESPACE: &str = "k8s.io";
+
 pub struct Cluster {
     pub bed: Testbed,
     pub tls: PathBuf,
@@ -190,6 +193,27 @@ impl Cluster {
             .args(["--output", "json"])
             .args(extra);
         Ok(cmd)
+    }
+
+    /// Makes every node ready for Kubernetes pods: the sandbox image
+    /// (`mose-pause`) and `images` (OCI archives) in the CRI's `k8s.io`
+    /// namespace, visible to the CRI.
+    pub fn enable_pods(&self, images: &[PathBuf]) -> Result<()> {
+        let pause = mose_workloads::images::pause_archive(&mose_workloads::images::cache_dir())?;
+        for n in self.bed.nodes() {
+            for a in std::iter::once(&pause).chain(images) {
+                mose_workloads::image::ctr_import(n.containerd_socket(), CRI_NAMESPACE, a)?;
+            }
+            let mut cri = crate::cri::Cri::connect(n.containerd_socket())?;
+            if !cri.has_image(mose_workloads::images::PAUSE_REF)? {
+                bail!(
+                    "node {}: the CRI does not list the imported sandbox image {}",
+                    n.name(),
+                    mose_workloads::images::PAUSE_REF
+                );
+            }
+        }
+        Ok(())
     }
 
     /// Kills and deletes container `id` on node `node`, best effort (between

@@ -8,6 +8,7 @@ use std::{
 use anyhow::{Context, Result};
 
 pub mod cluster;
+pub mod cri;
 pub mod plot;
 pub mod sockperf;
 pub mod testbed;

@@ -367,6 +367,8 @@ imports = []
 
 [plugins."io.containerd.cri.v1.runtime".containerd.runtimes.mose]
   runtime_type = "io.containerd.mose.v2"
+  pod_annotations = ["mose.io/*"]
+  container_annotations = ["mose.io/*"]
 
 [plugins."io.containerd.nri.v1.nri"]
   disable = true
@@ -378,8 +380,56 @@ imports = []
 }
 
 /// The configuration of a private containerd 1.x for MOSE's tests and testbed:
-/// its own root, state and sockets, and the CRI runtimes `runc` and `mose`.
+/// its own root, state and sockets, and the CRI runtimes `runc` and `mose`
+/// (the latter passing `mose.io/*` pod and container annotations, as
+/// `config/containerd-mose.toml` does).
 pub fn containerd_config(root: &Path, state: &Path, socket: &Path) -> String {
+    containerd_config_with(root, state, socket, &CriSettings::default())
+}
+
+/// The CRI settings of a node whose pods run (the testbed's): the sandbox
+/// image and where CNI's plugins and network configuration are.
+#[derive(Debug, Clone, Default)]
+pub struct CriSettings {
+    /// `sandbox_image` (must be in the node's `k8s.io` namespace).
+    pub sandbox_image: Option<String>,
+    /// CNI `bin_dir` and `conf_dir`.
+    pub cni: Option<(PathBuf, PathBuf)>,
+    /// `restrict_oom_score_adj`: the CRI gives the sandbox an OOM score of
+    /// -998, which needs `CAP_SYS_RESOURCE`; where the daemon lacks it
+    /// (this sandboxed machine's root does), runc's init fails ("can't get
+    /// final child's PID from pipe") unless the score is restricted.
+    pub restrict_oom_score_adj: bool,
+}
+
+/// [`containerd_config`] with the CRI's `cri` settings.
+pub fn containerd_config_with(
+    root: &Path,
+    state: &Path,
+    socket: &Path,
+    cri: &CriSettings,
+) -> String {
+    let sandbox = cri
+        .sandbox_image
+        .as_ref()
+        .map(|i| format!("  sandbox_image = \"{i}\"\n"))
+        .unwrap_or_default()
+        + if cri.restrict_oom_score_adj {
+            "  restrict_oom_score_adj = true\n"
+        } else {
+            ""
+        };
+    let cni = cri
+        .cni
+        .as_ref()
+        .map(|(bin, conf)| {
+            format!(
+                "\n[plugins.\"io.containerd.grpc.v1.cri\".cni]\n  bin_dir = \"{}\"\n  conf_dir = \"{}\"\n",
+                bin.display(),
+                conf.display()
+            )
+        })
+        .unwrap_or_default();
     format!(
         r#"version = 2
 root = "{root}"
@@ -398,7 +448,7 @@ state = "{state}"
   disable_tcp_service = true
   stream_server_address = "127.0.0.1"
   stream_server_port = "0"
-
+{sandbox}
 [plugins."io.containerd.grpc.v1.cri".containerd]
   default_runtime_name = "runc"
 
@@ -407,7 +457,9 @@ state = "{state}"
 
 [plugins."io.containerd.grpc.v1.cri".containerd.runtimes.mose]
   runtime_type = "io.containerd.mose.v2"
-"#,
+  pod_annotations = ["mose.io/*"]
+  container_annotations = ["mose.io/*"]
+{cni}"#,
         root = root.display(),
         state = state.display(),
         sock = socket.display(),

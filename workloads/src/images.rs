@@ -10,6 +10,11 @@ use crate::image::{cached_archive, ImageSpec};
 
 /// Image reference of the state service.
 pub const STATE_SERVICE_REF: &str = "localhost/mose/state-service:latest";
+/// Image reference of the pod sandbox image (`mose-pause`), the
+/// `sandbox_image` of the testbed's CRI.
+pub const PAUSE_REF: &str = "localhost/mose/pause:1";
+/// Name of the pause binary.
+pub const PAUSE_BIN: &str = "mose-pause";
 /// Image reference of redis.
 pub const REDIS_REF: &str = "localhost/mose/redis:latest";
 /// Name of the state-service binary.
@@ -96,6 +101,24 @@ pub fn state_service_image(binary: &Path) -> ImageSpec {
         busybox: true,
         ..Default::default()
     }
+}
+
+/// The pod sandbox image: `mose-pause` (with its libraries) as `/pause`.
+pub fn pause_image(binary: &Path) -> ImageSpec {
+    ImageSpec {
+        name: PAUSE_REF.into(),
+        files: vec![(binary.to_path_buf(), "/pause".into())],
+        libs_of: vec![binary.to_path_buf()],
+        entrypoint: vec!["/pause".into()],
+        ..Default::default()
+    }
+}
+
+/// Builds (or reuses from `cache_dir`) the pause archive from the
+/// `mose-pause` binary found like the state service's.
+pub fn pause_archive(cache_dir: &Path) -> Result<PathBuf> {
+    let bin = find_binary(PAUSE_BIN)?;
+    cached_archive(&pause_image(&bin), cache_dir).context("pause image")
 }
 
 /// Image of Debian's redis server (`/usr/bin/redis-server` + libraries,

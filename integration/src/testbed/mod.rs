@@ -618,7 +618,7 @@ impl Testbed {
             i.nodes.iter().map(|n| (n.netns.as_str(), n.ip)).collect();
         endpoints.push((i.user_netns.as_str(), i.user_ip));
         for n in &i.nodes {
-            segment::create_node(&n.netns, n.ip, &n.dir)?;
+            segment::create_node(&n.netns, n.index, n.ip, &n.dir)?;
         }
         segment::create_user(&i.user_netns, i.user_ip)?;
         for (ns, ip) in &endpoints {
@@ -1176,10 +1176,21 @@ fn open_log(path: &Path) -> Result<fs::File> {
 }
 
 /// The same configuration as `mose_tests::containerd::TestContainerd`
-/// (private root/state/sockets, CRI runtimes `runc` and `mose`).
+/// (private root/state/sockets, CRI runtimes `runc` and `mose`), with the
+/// CRI's pods on the service segment: sandbox image
+/// [`mose_workloads::images::PAUSE_REF`] (imported by whoever runs pods,
+/// see `cluster::Cluster::enable_pods`) and the node's pod network.
 fn containerd_config(n: &Node) -> String {
-    mose_tests::containerd::containerd_config(&n.root(), &n.state(), &n.socket)
+    let cri = mose_tests::containerd::CriSettings {
+        sandbox_image: Some(mose_workloads::images::PAUSE_REF.into()),
+        cni: Some((PathBuf::from(CNI_BIN_DIR), segment::pod_conf_dir(&n.dir))),
+        restrict_oom_score_adj: true,
+    };
+    mose_tests::containerd::containerd_config_with(&n.root(), &n.state(), &n.socket, &cri)
 }
+
+/// Where Debian's `containernetworking-plugins` installs the CNI plugins.
+const CNI_BIN_DIR: &str = "/usr/lib/cni";
 
 /// Waits until `n`'s containerd answers `ctr version`.
 fn wait_containerd(n: &Node, children: &mut [Child]) -> Result<()> {

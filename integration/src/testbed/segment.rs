@@ -66,13 +66,72 @@ pub fn node_env(node_dir: &Path) -> Vec<(String, String)> {
 /// with static addresses and MACs from the runtime).
 pub const CONFLIST: &str = include_str!("../../../config/cni/svc.conflist");
 
+/// The CNI network of the node's Kubernetes pods (containerd's CRI).
+pub const POD_NETWORK: &str = "mose-pods";
+/// Pods per node: node `i` (1-based, up to [`POD_NODES`]) gives its pods
+/// the segment's addresses `.160 + 8 (i - 1)` to `+ 7`.
+pub const PODS_PER_NODE: u8 = 8;
+/// Nodes whose CRI has pod addresses (the rest of the /24 is the services').
+pub const POD_NODES: usize = 11;
+
+/// The CRI's CNI configuration directory of a node.
+pub fn pod_conf_dir(node_dir: &Path) -> PathBuf {
+    node_dir.join("cri-net.d")
+}
+
+/// The pod address range of node `index` (first, last), `None` past
+/// [`POD_NODES`].
+pub fn pod_range(index: usize) -> Option<(Ipv4Addr, Ipv4Addr)> {
+    if index == 0 || index > POD_NODES {
+        return None;
+    }
+    let first = 160 + PODS_PER_NODE * (index as u8 - 1);
+    Some((
+        Ipv4Addr::new(10, 89, 0, first),
+        Ipv4Addr::new(10, 89, 0, first + PODS_PER_NODE - 1),
+    ))
+}
+
+/// The pods' CNI network of node `index`: CNI's bridge plugin on the
+/// segment's bridge, host-local addresses from [`pod_range`] (kept in the
+/// node's directory), so pod IPs are reachable from every node and the
+/// user netns.
+pub fn pod_conflist(index: usize, node_dir: &Path) -> Option<String> {
+    let (first, last) = pod_range(index)?;
+    let v = serde_json::json!({
+        "cniVersion": "1.0.0",
+        "name": POD_NETWORK,
+        "plugins": [{
+            "type": "bridge",
+            "bridge": SERVICE_BRIDGE,
+            "mtu": SEGMENT_MTU,
+            "isGateway": false,
+            "ipMasq": false,
+            "ipam": {
+                "type": "host-local",
+                "ranges": [[{"subnet": SERVICE_SUBNET, "rangeStart": first.to_string(),
+                             "rangeEnd": last.to_string()}]],
+                "dataDir": node_dir.join("cri-ipam").display().to_string(),
+            },
+        }],
+    });
+    Some(v.to_string())
+}
+
 /// Creates the bridge and VXLAN device in node netns `ns` (underlay address
-/// `local`) and writes the node's CNI configuration.
-pub fn create_node(ns: &str, local: Ipv4Addr, node_dir: &Path) -> Result<()> {
+/// `local`) and writes the node's CNI configurations (MOSE's service
+/// network and, for node `index` ≤ [`POD_NODES`], the CRI's pod network).
+pub fn create_node(ns: &str, index: usize, local: Ipv4Addr, node_dir: &Path) -> Result<()> {
     let dir = conf_dir(node_dir);
     std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
     let file = dir.join(format!("{SERVICE_NETWORK}.conflist"));
     std::fs::write(&file, CONFLIST).with_context(|| format!("writing {}", file.display()))?;
+    let pods = pod_conf_dir(node_dir);
+    std::fs::create_dir_all(&pods).with_context(|| format!("creating {}", pods.display()))?;
+    if let Some(conf) = pod_conflist(index, node_dir) {
+        let file = pods.join(format!("10-{POD_NETWORK}.conflist"));
+        std::fs::write(&file, conf).with_context(|| format!("writing {}", file.display()))?;
+    }
     let ip = |args: &[&str]| {
         let mut all = vec!["-n", ns];
         all.extend_from_slice(args);
@@ -199,6 +258,22 @@ pub fn neighbour(ns: &str, ip: &str) -> Result<String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn pod_ranges_are_disjoint_and_off_the_user_address() {
+        assert_eq!(pod_range(0), None);
+        let (a, b) = pod_range(1).unwrap();
+        assert_eq!((a.octets()[3], b.octets()[3]), (160, 167));
+        let (_, last) = pod_range(POD_NODES).unwrap();
+        assert!(last < USER_ADDRESS, "{last}");
+        assert_eq!(pod_range(POD_NODES + 1), None);
+        let v: serde_json::Value =
+            serde_json::from_str(&pod_conflist(2, Path::new("/x")).unwrap()).unwrap();
+        assert_eq!(
+            v["plugins"][0]["ipam"]["ranges"][0][0]["rangeStart"],
+            "10.89.0.168"
+        );
+    }
 
     #[test]
     fn the_installed_conflist_is_the_segment() {
