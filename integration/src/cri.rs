@@ -196,6 +196,34 @@ impl Cri {
         Ok(())
     }
 
+    /// `Exec` of `cmd` with stdout and stderr (no stdin, no terminal):
+    /// the streaming URL to open (see [`crate::cri_stream`]).
+    pub fn exec_url(&mut self, id: &str, cmd: &[&str]) -> Result<String> {
+        let r = self.rt.block_on(self.runtime.exec(ExecRequest {
+            container_id: id.into(),
+            cmd: cmd.iter().map(|s| s.to_string()).collect(),
+            tty: false,
+            stdin: false,
+            stdout: true,
+            stderr: true,
+        }));
+        Ok(r.with_context(|| format!("Exec {cmd:?} in {id}"))?
+            .into_inner()
+            .url)
+    }
+
+    /// `Attach` to the container's stdout and stderr: the streaming URL.
+    pub fn attach_url(&mut self, id: &str) -> Result<String> {
+        let r = self.rt.block_on(self.runtime.attach(AttachRequest {
+            container_id: id.into(),
+            stdin: false,
+            tty: false,
+            stdout: true,
+            stderr: true,
+        }));
+        Ok(r.with_context(|| format!("Attach {id}"))?.into_inner().url)
+    }
+
     /// `StopPodSandbox` then `RemovePodSandbox` (its containers go with it).
     pub fn remove_pod(&mut self, id: &str) -> Result<()> {
         let stop = self

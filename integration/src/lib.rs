@@ -9,6 +9,7 @@ use anyhow::{Context, Result};
 
 pub mod cluster;
 pub mod cri;
+pub mod cri_stream;
 pub mod plot;
 pub mod sockperf;
 pub mod testbed;

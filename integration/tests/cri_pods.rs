@@ -2,8 +2,8 @@
 //! with the runtime handler `mose`, driven through the CRI (`runtime.v1`)
 //! by MOSE's kubelet-like client. A two-container pod (the state service
 //! and a sidecar reading it over localhost) gets a pod IP on the service
-//! segment; ExecSync, CRI logs, ContainerStats, UpdateContainerResources,
-//! stop and removal work; `mose.io/*` pod and container annotations reach
+//! segment; ExecSync, Exec and Attach streaming, CRI logs, ContainerStats,
+//! UpdateContainerResources, stop and removal work; `mose.io/*` pod and container annotations reach
 //! the shim, and a malformed one is refused with its name.
 
 use std::collections::HashMap;
@@ -12,6 +12,7 @@ use std::time::Duration;
 
 use mose_integration::cluster::Cluster;
 use mose_integration::cri::{ContainerSpec, Cri, PodSpec, MOSE_HANDLER};
+use mose_integration::cri_stream;
 use mose_integration::testbed::segment;
 use mose_integration::wait_for;
 use mose_workloads::images::{cache_dir, state_service_archive, STATE_SERVICE_REF};
@@ -186,6 +187,33 @@ fn a_two_container_pod_runs_under_mose_through_the_cri() {
         .exec_sync(&side, &["sh", "-c", "echo oops >&2; exit 3"], 10)
         .unwrap();
     assert_eq!((out.exit_code, out.stderr.as_str()), (3, "oops\n"));
+
+    // Exec streaming (kubectl exec's WebSocket protocol): both streams and
+    // the exit code
+    let url = cri
+        .exec_url(&side, &["sh", "-c", "echo out; echo err >&2; exit 7"])
+        .unwrap();
+    // the streaming server listens on the node's loopback, in its netns
+    let out = node
+        .run_in_netns(move || cri_stream::collect(&url, Duration::from_secs(30), |_| false))
+        .unwrap();
+    assert_eq!(
+        (out.stdout.as_str(), out.stderr.as_str()),
+        ("out\n", "err\n"),
+        "{out:?}"
+    );
+    assert_eq!(out.exit_code(), Some(7), "{out:?}");
+
+    // Attach streaming: the sidecar's output as it is written
+    let url = cri.attach_url(&side).unwrap();
+    let out = node
+        .run_in_netns(move || {
+            cri_stream::collect(&url, Duration::from_secs(30), |o| {
+                o.stdout.lines().any(|l| PingReply::parse(l).is_ok())
+            })
+        })
+        .unwrap();
+    assert!(out.stdout.contains('\n'), "{out:?}");
 
     // the pod's and the container's mose.io annotations reached the shim
     let spec = shim_spec(&node.state(), &state);
