@@ -266,6 +266,20 @@ fn malformed_mose_annotations_are_refused_with_their_name() {
         "no pod left Ready"
     );
 
+    // a service address on a pod: the CRI owns the pod's network
+    let addr_pod = pod(
+        &c,
+        "addr-pod",
+        &[
+            ("mose.io/network", "svc"),
+            ("mose.io/address", "10.89.0.77/24"),
+        ],
+    );
+    let e = cri.run_pod(&addr_pod, MOSE_HANDLER).unwrap_err();
+    let msg = format!("{e:#}");
+    assert!(msg.contains("mose.io/network"), "{msg}");
+    assert!(msg.contains("belongs to the CRI"), "{msg}");
+
     // on a container: refused when containerd's CRI creates its task (StartContainer)
     let pod = pod(&c, "good-pod", &[]);
     let pod_id = cri.run_pod(&pod, MOSE_HANDLER).expect("RunPodSandbox");

@@ -85,6 +85,15 @@ pub fn identity(spec: &BundleSpec) -> Result<Option<NetworkIdentity>> {
         .map_err(|e| Error::InvalidArgument(e.to_string()))
 }
 
+/// containerd's CRI marks the containers of pods (sandbox and container).
+const CRI_CONTAINER_TYPE: &str = "io.kubernetes.cri.container-type";
+
+fn is_kubernetes_pod(spec: &BundleSpec) -> bool {
+    spec.annotations()
+        .as_ref()
+        .is_some_and(|a| a.contains_key(CRI_CONTAINER_TYPE))
+}
+
 /// Attaches the container's namespace (held down when `restore`), points
 /// the spec at it and adds the hooks. Nothing is left behind on a failure.
 pub async fn prepare(
@@ -94,6 +103,13 @@ pub async fn prepare(
     container_id: &str,
     restore: bool,
 ) -> Result<ContainerNetwork> {
+    if is_kubernetes_pod(spec) {
+        return Err(Error::InvalidArgument(format!(
+            "{identity}: a Kubernetes pod's network belongs to the CRI (its pod IP, from the \
+             pod network's CNI); remove the mose.io/network and mose.io/address annotations \
+             from the pod and its containers"
+        )));
+    }
     if !crate::oci::creates_namespace(spec, LinuxNamespaceType::Network) {
         return Err(Error::InvalidArgument(format!(
             "{identity} needs the container in a network namespace of its own that MOSE \
