@@ -273,7 +273,8 @@ fn failures_roll_back_with_the_address_and_connection_on_the_source() {
     let c = Cluster::up(2, Some(200)).expect("cluster up");
     let ns = mose_tests::unique_id("netfail");
     let addr = state_service(&c, &ns, "state", 12);
-    // the destination cannot attach the address: its restore fails
+    // the destination has no configuration for the network: refused at
+    // begin, before the source is frozen
     let conf = segment::conf_dir(c.node(2).unwrap().dir()).join("svc.conflist");
     let saved = std::fs::read(&conf).unwrap();
     std::fs::remove_file(&conf).unwrap();
@@ -281,10 +282,29 @@ fn failures_roll_back_with_the_address_and_connection_on_the_source() {
     let r = c
         .migrate(1, 2, &ns, "state", &["--technique", "cold"])
         .unwrap();
-    assert_eq!(r["status"], "rolled-back", "{r}");
+    assert_eq!(r["status"], "failed", "refused before the freeze: {r}");
     assert!(
         r["error"].as_str().unwrap_or("").contains("svc.conflist"),
         "{r}"
+    );
+    assert_rolled_back_in_place(&c, &ns, probe, &addr);
+
+    // the destination's CNI ADD fails (a bridge name Linux refuses): its
+    // restore fails after the freeze and the migration rolls back
+    let broken = String::from_utf8(saved.clone())
+        .unwrap()
+        .replace("\"mose-svc0\"", "\"bridge-name-too-long-for-linux\"");
+    std::fs::write(&conf, broken).unwrap();
+    let probe = start_probe(&c, &addr);
+    let r = c
+        .migrate(1, 2, &ns, "state", &["--technique", "cold"])
+        .unwrap();
+    assert_eq!(r["status"], "rolled-back", "{r}");
+    assert!(r["error"].as_str().unwrap_or("").contains("CNI"), "{r}");
+    assert_eq!(r["connections"], "untouched", "the source kept them: {r}");
+    assert!(
+        r["downtime_ms"].as_f64().is_some_and(|d| d > 0.0),
+        "frozen until the rollback: {r}"
     );
     assert_rolled_back_in_place(&c, &ns, probe, &addr);
     std::fs::write(&conf, saved).unwrap();

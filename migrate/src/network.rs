@@ -21,9 +21,12 @@ pub fn identity_of(spec: &serde_json::Value) -> Result<Option<NetworkIdentity>, 
 }
 
 /// What became of the container's established TCP connections: `kept`
-/// (TCP repair, the address moved too) or `closed` (CRIU `tcp-close`).
-pub fn connections(kept: bool) -> &'static str {
-    if kept {
+/// (TCP repair, the address moved too), `closed` (CRIU `tcp-close`), or
+/// `untouched` when the migration did not complete (the source keeps them).
+pub fn connections(completed: bool, kept: bool) -> &'static str {
+    if !completed {
+        "untouched"
+    } else if kept {
         "kept"
     } else {
         "closed"
@@ -43,8 +46,9 @@ mod tests {
         .unwrap()
         .unwrap();
         assert_eq!(id.to_string(), "10.89.0.7/24 on network svc");
-        assert_eq!(connections(true), "kept");
-        assert_eq!(connections(false), "closed");
+        assert_eq!(connections(true, true), "kept");
+        assert_eq!(connections(true, false), "closed");
+        assert_eq!(connections(false, true), "untouched");
         let e = identity_of(&json!({"annotations": {"mose.io/address": "10.89.0.7"}})).unwrap_err();
         assert!(e.contains("mose.io/network"), "{e}");
     }

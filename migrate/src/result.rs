@@ -39,7 +39,8 @@ pub struct MigrationResult {
     pub rounds: u32,
     pub round_details: Vec<Round>,
     /// Source-side service gap: freeze to the destination reporting the
-    /// restored container running.
+    /// restored container running; after a rollback, freeze to the source
+    /// resumed; 0 when nothing was frozen.
     pub downtime_ms: f64,
     /// Request to source released.
     pub total_ms: f64,
@@ -67,7 +68,9 @@ pub struct MigrationResult {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub address: Option<String>,
     /// Its established TCP connections: `kept` (restored open, the address
-    /// moved too) or `closed` (dumped closed: no service address).
+    /// moved too), `closed` (dumped closed: no service address), or
+    /// `untouched` (the migration failed or rolled back: the source runs on
+    /// with them).
     #[serde(default)]
     pub connections: String,
 }

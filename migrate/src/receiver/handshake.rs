@@ -117,12 +117,15 @@ where
 }
 
 /// Refuses a container whose service address another container holds on
-/// this node (before anything is frozen at the source).
+/// this node, or whose network this node has no usable CNI configuration
+/// for (before anything is frozen at the source).
 fn address_free(container: &ContainerIdentity) -> std::result::Result<(), String> {
     let Some(id) = crate::network::identity_of(&container.spec)? else {
         return Ok(());
     };
     let cfg = mose_network::NodeConfig::from_env();
-    mose_network::Attachment::check_free(&cfg, &id, "")
-        .map_err(|e| format!("container {} cannot come here: {e}", container.id))
+    let refuse =
+        |e: mose_network::NetworkError| format!("container {} cannot come here: {e}", container.id);
+    mose_network::cni::load(&cfg, &id.network).map_err(refuse)?;
+    mose_network::Attachment::check_free(&cfg, &id, "").map_err(refuse)
 }

@@ -59,6 +59,10 @@ pub async fn migrate(opts: SourceOptions) -> MigrationResult {
         Ok(()) => ("ok", None),
         Err(e) => fail(&opts, m.state, &e).await,
     };
+    if status != "ok" && m.freeze_at > 0.0 && m.downtime_ms == 0.0 {
+        // frozen, then resumed by the rollback: the service was out till now
+        m.downtime_ms = m.tl.now_ms() - m.freeze_at;
+    }
     let _ = std::fs::remove_dir_all(&m.work);
     let tl = m.tl.clone();
     result_of(
@@ -144,7 +148,7 @@ fn result_of(
         faults: lazy.as_ref().map(|l| l.faults),
         fault_p99_us: lazy.as_ref().map(|l| l.fault_p99_us),
         lazy,
-        connections: crate::network::connections(kept).into(),
+        connections: crate::network::connections(status == "ok", kept).into(),
         address: address.map(|a| a.to_string()),
     }
 }
