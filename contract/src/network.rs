@@ -50,10 +50,16 @@ impl ServiceAddress {
             .ok_or("the prefix length is missing")?;
         let ip: Ipv4Addr = ip
             .parse()
-            .map_err(|_| format!("{ip:?} is not an IPv4 address"))?;
-        let prefix_len: u8 = len
-            .parse()
-            .map_err(|_| format!("{len:?} is not a prefix length"))?;
+            .map_err(|_| format!("{:?} is not an IPv4 address", shown(ip)))?;
+        let canonical = !len.is_empty()
+            && len.bytes().all(|b| b.is_ascii_digit())
+            && !(len.len() > 1 && len.starts_with('0'));
+        let prefix_len: u8 = len.parse().ok().filter(|_| canonical).ok_or_else(|| {
+            format!(
+                "{:?} is not a prefix length (8 to 30, no leading zeros)",
+                shown(len)
+            )
+        })?;
         if !(8..=30).contains(&prefix_len) {
             return Err(format!("prefix length {prefix_len} is outside 8..=30"));
         }
@@ -62,7 +68,10 @@ impl ServiceAddress {
         if host == 0 || host == !a.netmask() {
             return Err(format!("{ip} is the network's or its broadcast address"));
         }
-        if ip.is_loopback() || ip.is_multicast() || ip.is_unspecified() {
+        // 0/8 "this network" (RFC 1122), 240/4 reserved and the limited
+        // broadcast (RFC 1112, RFC 919): no host may use them
+        let first = ip.octets()[0];
+        if ip.is_loopback() || ip.is_multicast() || first == 0 || first >= 240 {
             return Err(format!("{ip} is not a unicast host address"));
         }
         Ok(a)
@@ -86,6 +95,15 @@ impl ServiceAddress {
             .map(|b| format!("{b:02x}"))
             .collect::<Vec<_>>()
             .join(":")
+    }
+}
+
+/// A user's value as quoted in an error: at most 64 characters.
+pub fn shown(v: &str) -> String {
+    const MAX: usize = 64;
+    match v.char_indices().nth(MAX) {
+        Some((cut, _)) => format!("{}… ({} characters)", &v[..cut], v.chars().count()),
+        None => v.to_string(),
     }
 }
 
@@ -182,10 +200,17 @@ impl NetworkIdentity {
             )),
             (Some(n), Some(a)) => {
                 if !valid_network(n) {
-                    return Err(err(NETWORK_ANNOTATION, format!("{n:?}: {NETWORK_FORM}")));
+                    return Err(err(
+                        NETWORK_ANNOTATION,
+                        format!("{:?}: {NETWORK_FORM}", shown(n)),
+                    ));
                 }
-                let address = ServiceAddress::parse(a)
-                    .map_err(|m| err(ADDRESS_ANNOTATION, format!("{a:?}: {m}; {ADDRESS_FORM}")))?;
+                let address = ServiceAddress::parse(a).map_err(|m| {
+                    err(
+                        ADDRESS_ANNOTATION,
+                        format!("{:?}: {m}; {ADDRESS_FORM}", shown(a)),
+                    )
+                })?;
                 Ok(Some(NetworkIdentity {
                     network: n.to_string(),
                     address,
@@ -234,6 +259,11 @@ mod tests {
             "127.0.0.5/8",
             "fe80::1/64",
             "10.89.0.10/x",
+            "10.89.0.30/024",
+            "10.89.0.30/+24",
+            "0.0.0.5/24",
+            "240.1.2.3/8",
+            "255.255.255.253/30",
         ] {
             let e = id(&[(NETWORK_ANNOTATION, "svc"), (ADDRESS_ANNOTATION, bad)]).unwrap_err();
             assert_eq!(e.key, ADDRESS_ANNOTATION, "{bad}");
@@ -247,6 +277,17 @@ mod tests {
             .unwrap_err();
             assert_eq!(e.key, NETWORK_ANNOTATION, "{bad:?}");
         }
+    }
+
+    #[test]
+    fn long_values_are_quoted_shortened() {
+        let long = format!("10.89.0.{}/24", "1".repeat(5000));
+        let e = id(&[(NETWORK_ANNOTATION, "svc"), (ADDRESS_ANNOTATION, &long)]).unwrap_err();
+        let text = e.to_string();
+        assert!(
+            text.len() < 400 && text.contains("(5011 characters)"),
+            "{text}"
+        );
     }
 
     #[test]

@@ -141,7 +141,7 @@ impl Attachment {
             if a.host_ifname.is_empty() {
                 return Err(NetworkError::Invalid(format!(
                     "CNI network {} attached {IFNAME} without a node-side interface MOSE can \
-                     hold down (use the bridge or ptp plugin)",
+                     hold down (use the bridge plugin)",
                     id.network
                 )));
             }

@@ -110,6 +110,11 @@ pub fn load(cfg: &NodeConfig, network: &str) -> Result<NetworkConfigList> {
     parse(&path, &bytes, network)
 }
 
+/// The capabilities a service network's plugins must declare between them
+/// (CNI's `ips` and `mac` runtime configuration: the address and the MAC
+/// derived from it, which keeps clients' neighbour entries valid).
+const REQUIRED_CAPABILITIES: [&str; 2] = ["ips", "mac"];
+
 fn parse(path: &Path, bytes: &[u8], network: &str) -> Result<NetworkConfigList> {
     let bad = |message: String| NetworkError::BadNetworkConfig {
         path: path.to_path_buf(),
@@ -142,6 +147,22 @@ fn parse(path: &Path, bytes: &[u8], network: &str) -> Result<NetworkConfigList> 
             "a plugin entry has no \"type\": {}",
             Value::Object(p.clone())
         )));
+    }
+    for cap in REQUIRED_CAPABILITIES {
+        let declared = plugins.iter().any(|p| {
+            p.get("capabilities")
+                .and_then(|c| c.get(cap))
+                .and_then(Value::as_bool)
+                == Some(true)
+        });
+        if !declared {
+            return Err(bad(format!(
+                "no plugin declares the {cap:?} capability: MOSE gives the container its address \
+                 and MAC through the \"ips\" and \"mac\" runtime configuration (add \
+                 \"capabilities\": {{\"ips\": true, \"mac\": true}} to the bridge plugin, whose \
+                 IPAM must be \"static\")"
+            )));
+        }
     }
     Ok(NetworkConfigList {
         path: path.to_path_buf(),
@@ -363,7 +384,7 @@ mod tests {
 
     #[test]
     fn conflists_are_checked() {
-        let ok = list(r#"{"cniVersion":"1.0.0","name":"svc","plugins":[{"type":"bridge","capabilities":{"mac":true}}]}"#)
+        let ok = list(r#"{"cniVersion":"1.0.0","name":"svc","plugins":[{"type":"bridge","capabilities":{"mac":true,"ips":true}}]}"#)
             .unwrap();
         assert_eq!(ok.plugins.len(), 1);
         for (bad, says) in [
@@ -385,6 +406,10 @@ mod tests {
             (
                 r#"{"cniVersion":"1.0.0","name":"svc","plugins":[1]}"#,
                 "object",
+            ),
+            (
+                r#"{"cniVersion":"1.0.0","name":"svc","plugins":[{"type":"bridge","capabilities":{"mac":true}}]}"#,
+                "\"ips\" capability",
             ),
         ] {
             let e = list(bad).unwrap_err().to_string();

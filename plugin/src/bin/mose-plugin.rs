@@ -34,8 +34,9 @@ struct Args {
     /// Where the node keeps its migration records.
     #[arg(long, default_value = "/var/lib/mose")]
     state: PathBuf,
-    /// Seconds a silent source may stall a transfer before it is discarded.
-    #[arg(long, default_value_t = 10)]
+    /// Seconds a silent source may stall a transfer before it is discarded
+    /// (1 to 3600).
+    #[arg(long, default_value_t = 10, value_parser = clap::value_parser!(u64).range(1..=3600))]
     io_timeout: u64,
     /// Unix socket of the policy hook (`mosectl plan`, `mosectl migrate`).
     #[arg(long, default_value = "/run/mose/policy.sock")]

@@ -108,8 +108,9 @@ struct MigrateArgs {
     work: PathBuf,
     #[arg(long, default_value = "/var/lib/mose")]
     state: PathBuf,
-    /// Seconds any network wait may take before the migration is rolled back.
-    #[arg(long, default_value_t = 10)]
+    /// Seconds any network wait may take before the migration is rolled back
+    /// (1 to 3600).
+    #[arg(long, default_value_t = 10, value_parser = clap::value_parser!(u64).range(1..=3600))]
     io_timeout: u64,
     /// Dump established TCP connections closed even when the container's
     /// service address moves with it (clients must reconnect); by default
@@ -494,7 +495,7 @@ fn source_options(a: MigrateArgs, plan: Option<&PlanAnswer>, json: bool) -> Resu
         bandwidth_cap_bps: cap,
         stop_when,
         work_root: a.work,
-        io_timeout: Duration::from_secs(a.io_timeout.max(1)),
+        io_timeout: Duration::from_secs(a.io_timeout),
         close_connections: a.close_connections,
         fault: a.inject_fault,
         progress,
