@@ -106,14 +106,12 @@ impl Cluster {
                         node.name().to_string(),
                         "--work".into(),
                         // tmpfs, one directory per testbed: endpoints clean theirs at start
-                        format!(
-                            "/run/mose/incoming/{}",
-                            node.dir()
-                                .parent()
-                                .and_then(|p| p.file_name())
-                                .map(|n| n.to_string_lossy().to_string())
-                                .unwrap_or_else(|| "testbed".into())
-                        ),
+                        node.dir()
+                            .parent()
+                            .map(crate::testbed::incoming_root)
+                            .unwrap_or_else(|| "/run/mose/incoming/testbed".into())
+                            .display()
+                            .to_string(),
                         "--state".into(),
                         node.dir().join("mose-state").display().to_string(),
                         "--policy-socket".into(),
@@ -231,15 +229,7 @@ impl Cluster {
     /// Node `i`'s plugin work directory (tmpfs): one subdirectory per
     /// migration it is receiving, created when the migration begins.
     pub fn incoming_dir(&self, i: usize) -> Result<PathBuf> {
-        let bed = self
-            .bed
-            .dir()
-            .file_name()
-            .map(|n| n.to_string_lossy().to_string())
-            .unwrap_or_default();
-        Ok(Path::new("/run/mose/incoming")
-            .join(bed)
-            .join(self.node(i)?.name()))
+        Ok(crate::testbed::incoming_root(self.bed.dir()).join(self.node(i)?.name()))
     }
 
     /// Waits until node `i` is receiving a migration (or `timeout` passes).
@@ -305,13 +295,7 @@ impl Drop for Cluster {
     fn drop(&mut self) {
         let _ = std::fs::remove_dir_all(&self.tls);
         // the plugins' tmpfs work dirs (see `up`)
-        let incoming = Path::new("/run/mose/incoming").join(
-            self.bed
-                .dir()
-                .file_name()
-                .map(|n| n.to_string_lossy().to_string())
-                .unwrap_or_default(),
-        );
+        let incoming = crate::testbed::incoming_root(self.bed.dir());
         mose_tests::cleanup::unmount_under(&incoming);
         let _ = std::fs::remove_dir_all(&incoming);
     }

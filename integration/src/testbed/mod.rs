@@ -43,6 +43,12 @@ use serde::{Deserialize, Serialize};
 
 pub use node::{Node, NODE_IFACE};
 
+/// `/run/mose/incoming/<testbed dir name>`: the node agents' work dirs
+/// (`<node>` under it, a tmpfs each) by the testbed's convention.
+pub fn incoming_root(testbed_dir: &Path) -> PathBuf {
+    Path::new("/run/mose/incoming").join(testbed_dir.file_name().unwrap_or_default())
+}
+
 /// Where running testbeds are described (`<name>.json`).
 pub const STATE_DIR: &str = "/run/mose-testbed";
 /// Longest run name: interface names (`mtb<name>v<i>`) must fit in 15 chars.
@@ -790,6 +796,11 @@ impl Testbed {
             cleanup::remove_empty_cgroup_dirs(ns);
         }
         cleanup::unmount_under(&self.info.dir);
+        // the node agents' tmpfs work dirs, where `Cluster` (and the README's
+        // `--plugin` example) put them
+        let incoming = incoming_root(&self.info.dir);
+        cleanup::unmount_under(&incoming);
+        let _ = fs::remove_dir_all(&incoming);
         match fs::remove_dir_all(&self.info.dir) {
             Ok(()) => {}
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
