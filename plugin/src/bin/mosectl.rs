@@ -416,7 +416,7 @@ async fn plan_for(a: &MigrateArgs, json: bool) -> Result<Result<Option<PlanAnswe
         Ok(p) => Ok(Ok(Some(p))),
         // an explicit technique does not need the policy
         Err(e) if a.technique.is_some() => {
-            tracing::warn!(error = %format!("{e:#}"), "no plan (policy hook unavailable): migrating as told, without predictions");
+            tracing::warn!(error = %format!("{e:#}"), "no plan from the node's policy hook (see error): migrating with the given technique, without predictions");
             Ok(Ok(None))
         }
         Err(e) => {
