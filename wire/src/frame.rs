@@ -387,8 +387,11 @@ impl<W: AsyncWrite + Unpin> FrameWriter<W> {
         }
         self.bytes += (HEADER + body.len()) as u64;
         if let Some(p) = self.pacer.as_mut() {
+            // every byte counts against the cap, but only bulk frames wait:
+            // a control message (hello, begin, commit) is never held back
+            // by a tiny cap, the next bulk frame makes up for it
             let wait = p.delay((HEADER + body.len()) as u64);
-            if !wait.is_zero() {
+            if bulk && !wait.is_zero() {
                 self.inner.flush().await?;
                 tokio::time::sleep(wait).await;
             }
@@ -574,6 +577,27 @@ mod tests {
             t.elapsed() >= std::time::Duration::from_millis(240),
             "{:?}",
             t.elapsed()
+        );
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn control_messages_are_not_held_back_by_the_cap() {
+        let mut buf = Vec::new();
+        let mut w = FrameWriter::new(&mut buf);
+        w.set_rate_limit(Some(1));
+        let t = tokio::time::Instant::now();
+        w.message(&Message::Abort {
+            reason: "x".repeat(100),
+        })
+        .await
+        .unwrap();
+        // the clock is paused: any sleep would have advanced it by ~100 s
+        assert_eq!(t.elapsed(), std::time::Duration::ZERO);
+        let b = vec![3u8; BLOCK_SIZE];
+        w.blocks(&[(hash_block(&b), &b[..])]).await.unwrap();
+        assert!(
+            t.elapsed() >= std::time::Duration::from_secs(4096),
+            "bulk frames wait"
         );
     }
 
