@@ -138,10 +138,16 @@ impl TestContainerd {
             path.push(':');
         }
         path.push_str("/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin");
+        // containerd's task Checkpoint stages the CRIU image in a temp dir
+        // under $XDG_RUNTIME_DIR (else /tmp) and does not always remove it:
+        // keep those inside this daemon's directory, removed with it
+        let xdg = self.dir.join("xdg");
+        fs::create_dir_all(&xdg).with_context(|| format!("creating {}", xdg.display()))?;
         let mut cmd = Command::new(&binary);
         cmd.arg("--config")
             .arg(self.dir.join("config.toml"))
             .env("PATH", path)
+            .env("XDG_RUNTIME_DIR", &xdg)
             .stdin(Stdio::null())
             .stdout(log.try_clone()?)
             .stderr(log);

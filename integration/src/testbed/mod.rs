@@ -659,10 +659,15 @@ impl Testbed {
             fs::write(n.config_path(), containerd_config(n))
                 .with_context(|| format!("writing {}", n.config_path().display()))?;
             let log = open_log(&n.containerd_log())?;
+            // containerd's checkpoint temp dirs stay in the node's directory
+            // (see mose_tests::containerd::TestContainerd::start)
+            let xdg = n.dir().join("xdg");
+            fs::create_dir_all(&xdg).with_context(|| format!("creating {}", xdg.display()))?;
             let mut cmd = n.command("containerd");
             cmd.arg("--config")
                 .arg(n.config_path())
                 .env("PATH", &path)
+                .env("XDG_RUNTIME_DIR", &xdg)
                 .envs(segment::node_env(n.dir()))
                 .stdin(Stdio::null())
                 .stdout(log.try_clone().context("duplicating a log file handle")?)
