@@ -232,6 +232,22 @@ impl Cluster {
         Ok(crate::testbed::incoming_root(self.bed.dir()).join(self.node(i)?.name()))
     }
 
+    /// Waits (up to 60 s, panicking after: for tests) until a task in
+    /// namespace `ns` on node `i` is paused, i.e. a migration froze it.
+    pub fn wait_frozen(&self, i: usize, ns: &str) {
+        let n = self.node(i).expect("the node exists");
+        crate::wait_for(
+            "the source to freeze",
+            std::time::Duration::from_secs(60),
+            || {
+                n.ctr(ns)
+                    .ok(["tasks", "ls"])
+                    .unwrap_or_default()
+                    .contains("PAUSED")
+            },
+        );
+    }
+
     /// Waits until node `i` is receiving a migration (or `timeout` passes).
     pub fn wait_receiving(&self, i: usize, timeout: std::time::Duration) -> Result<()> {
         let dir = self.incoming_dir(i)?;

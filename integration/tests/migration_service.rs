@@ -111,13 +111,7 @@ fn link_cut_mid_stream_rolls_back() {
     std::thread::scope(|s| {
         s.spawn(|| {
             // cut once the source is frozen and its memory on the wire
-            let n1 = c.node(1).unwrap();
-            wait_for("the source to freeze", Duration::from_secs(60), || {
-                n1.ctr(&ns)
-                    .ok(["tasks", "ls"])
-                    .unwrap_or_default()
-                    .contains("PAUSED")
-            });
+            c.wait_frozen(1, &ns);
             std::thread::sleep(Duration::from_secs(1));
             c.bed.cut_link(2).unwrap();
         });

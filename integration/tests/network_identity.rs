@@ -313,13 +313,7 @@ fn failures_roll_back_with_the_address_and_connection_on_the_source() {
     let probe = start_probe(&c, &addr);
     std::thread::scope(|s| {
         s.spawn(|| {
-            let n1 = c.node(1).unwrap();
-            wait_for("the source to freeze", Duration::from_secs(60), || {
-                n1.ctr(&ns)
-                    .ok(["tasks", "ls"])
-                    .unwrap_or_default()
-                    .contains("PAUSED")
-            });
+            c.wait_frozen(1, &ns);
             c.bed.cut_link(2).unwrap();
         });
         let r = c
@@ -352,13 +346,7 @@ fn destination_agent_killed_mid_stream_rolls_back_with_the_address_and_connectio
     let probe = start_probe(&c, &addr);
     let r = std::thread::scope(|s| {
         s.spawn(|| {
-            let n1 = c.node(1).unwrap();
-            wait_for("the source to freeze", Duration::from_secs(60), || {
-                n1.ctr(&ns)
-                    .ok(["tasks", "ls"])
-                    .unwrap_or_default()
-                    .contains("PAUSED")
-            });
+            c.wait_frozen(1, &ns);
             c.wait_receiving(2, Duration::from_secs(60)).unwrap();
             std::thread::sleep(Duration::from_secs(1));
             let _ = nix::sys::signal::kill(
