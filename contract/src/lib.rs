@@ -8,10 +8,12 @@
 
 pub mod network;
 pub mod options;
+pub mod pod;
 pub mod technique;
 
 pub use network::{NetworkIdentity, ServiceAddress};
 pub use options::{CheckpointOptions, RuntimeOptions, CHECKPOINT_OPTIONS_TYPE, OPTIONS_TYPE};
+pub use pod::PodOrigin;
 pub use technique::Technique;
 
 /// The runtime type containerd starts the MOSE shim by

@@ -19,7 +19,12 @@ pub fn bin_dir() -> Result<PathBuf> {
     }
     let d = mose_tests::containerd::shim_dir()
         .ok_or_else(|| anyhow!("MOSE binaries not built: run `cargo build --workspace --bins`"))?;
-    for b in ["mose-plugin", "mosectl", "containerd-shim-mose-v2"] {
+    for b in [
+        "mose-plugin",
+        "mosectl",
+        "containerd-shim-mose-v2",
+        "mose-pod-cni",
+    ] {
         if !d.join(b).exists() {
             bail!(
                 "{} is missing in {}: run `cargo build --workspace --bins`",
@@ -116,6 +121,10 @@ impl Cluster {
                         node.dir().join("mose-state").display().to_string(),
                         "--policy-socket".into(),
                         node.dir().join("policy.sock").display().to_string(),
+                        "--pods-socket".into(),
+                        crate::testbed::segment::agent_socket(node.dir())
+                            .display()
+                            .to_string(),
                     ]
                     .into_iter()
                     .chain(plugin_args.iter().cloned())

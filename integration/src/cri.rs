@@ -43,6 +43,8 @@ pub struct ContainerSpec {
     pub annotations: HashMap<String, String>,
     /// Relative to the pod's log directory.
     pub log_path: String,
+    /// The container's memory limit in bytes (`None`: unlimited).
+    pub memory_limit: Option<i64>,
 }
 
 /// One `ExecSync` answer.
@@ -224,6 +226,17 @@ impl Cri {
         Ok(r.with_context(|| format!("Attach {id}"))?.into_inner().url)
     }
 
+    /// `StopPodSandbox` alone (a kubelet's first step of a pod's deletion).
+    pub fn stop_pod(&mut self, id: &str) -> Result<()> {
+        let stop = self
+            .rt
+            .block_on(self.runtime.stop_pod_sandbox(StopPodSandboxRequest {
+                pod_sandbox_id: id.into(),
+            }));
+        stop.with_context(|| format!("StopPodSandbox {id}"))?;
+        Ok(())
+    }
+
     /// `StopPodSandbox` then `RemovePodSandbox` (its containers go with it).
     pub fn remove_pod(&mut self, id: &str) -> Result<()> {
         let stop = self
@@ -291,7 +304,13 @@ fn container_config(c: &ContainerSpec) -> ContainerConfig {
         args: c.args.clone(),
         annotations: c.annotations.clone(),
         log_path: c.log_path.clone(),
-        linux: Some(LinuxContainerConfig::default()),
+        linux: Some(LinuxContainerConfig {
+            resources: c.memory_limit.map(|m| LinuxContainerResources {
+                memory_limit_in_bytes: m,
+                ..Default::default()
+            }),
+            ..Default::default()
+        }),
         ..Default::default()
     }
 }

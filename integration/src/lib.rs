@@ -11,6 +11,7 @@ pub mod cluster;
 pub mod cri;
 pub mod cri_stream;
 pub mod plot;
+pub mod pod_fixtures;
 pub mod sockperf;
 pub mod testbed;
 

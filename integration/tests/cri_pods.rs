@@ -6,23 +6,18 @@
 //! UpdateContainerResources, stop and removal work; `mose.io/*` pod and container annotations reach
 //! the shim, and a malformed one is refused with its name.
 
-use std::collections::HashMap;
 use std::path::Path;
 use std::time::Duration;
 
 use mose_integration::cluster::Cluster;
 use mose_integration::cri::{ContainerSpec, Cri, PodSpec, MOSE_HANDLER};
 use mose_integration::cri_stream;
+use mose_integration::pod_fixtures::{self, sidecar, PORT, READY, RUNNING};
 use mose_integration::testbed::segment;
 use mose_integration::wait_for;
-use mose_workloads::images::{cache_dir, state_service_archive, STATE_SERVICE_REF};
+use mose_workloads::images::{cache_dir, state_service_archive};
 use mose_workloads::probe::ping;
 use mose_workloads::protocol::PingReply;
-
-const PORT: u16 = 7070;
-/// `ContainerState::ContainerRunning` and `PodSandboxState::SandboxReady`.
-const RUNNING: i32 = 1;
-const READY: i32 = 0;
 
 fn cluster() -> (Cluster, Cri) {
     let c = Cluster::up(1, None).expect("testbed up");
@@ -33,53 +28,11 @@ fn cluster() -> (Cluster, Cri) {
 }
 
 fn pod(c: &Cluster, name: &str, annotations: &[(&str, &str)]) -> PodSpec {
-    let uid = mose_tests::unique_id(name);
-    PodSpec {
-        name: name.into(),
-        namespace: "default".into(),
-        log_dir: c
-            .node(1)
-            .unwrap()
-            .dir()
-            .join("pods")
-            .join(&uid)
-            .display()
-            .to_string(),
-        uid,
-        labels: HashMap::from([("app".into(), name.into())]),
-        annotations: annotations
-            .iter()
-            .map(|(k, v)| (k.to_string(), v.to_string()))
-            .collect(),
-    }
+    pod_fixtures::pod(c.node(1).unwrap().dir(), name, annotations)
 }
 
 fn state_container(annotations: &[(&str, &str)]) -> ContainerSpec {
-    ContainerSpec {
-        name: "state".into(),
-        image: STATE_SERVICE_REF.into(),
-        command: ["/usr/local/bin/mose-state-service", "--state-mib", "16"]
-            .map(String::from)
-            .to_vec(),
-        args: vec!["--port".into(), PORT.to_string()],
-        annotations: annotations
-            .iter()
-            .map(|(k, v)| (k.to_string(), v.to_string()))
-            .collect(),
-        log_path: "state/0.log".into(),
-    }
-}
-
-/// Asks the service over the pod's loopback twice a second, printing the answers.
-fn sidecar() -> ContainerSpec {
-    let script = format!("while :; do echo PING | nc -w 1 127.0.0.1 {PORT}; sleep 0.5; done");
-    ContainerSpec {
-        name: "sidecar".into(),
-        image: STATE_SERVICE_REF.into(),
-        command: vec!["/bin/sh".into(), "-c".into(), script],
-        log_path: "sidecar/0.log".into(),
-        ..Default::default()
-    }
+    pod_fixtures::state_container(16, annotations)
 }
 
 /// The bundle's OCI spec of a CRI container on node `dir` (what the shim got).
@@ -93,16 +46,7 @@ fn shim_spec(state_dir: &Path, id: &str) -> serde_json::Value {
 }
 
 fn start(cri: &mut Cri, pod_id: &str, pod: &PodSpec, spec: &ContainerSpec) -> String {
-    let id = cri
-        .create_container(pod_id, pod, spec)
-        .expect("CreateContainer");
-    cri.start_container(&id).expect("StartContainer");
-    wait_for(
-        &format!("{} running", spec.name),
-        Duration::from_secs(30),
-        || cri.container_status(&id).is_ok_and(|s| s.state == RUNNING),
-    );
-    id
+    pod_fixtures::start(cri, pod_id, pod, spec).expect("the container runs")
 }
 
 /// The memory limit the container sees in its own cgroup (v2, else v1).
@@ -163,16 +107,10 @@ fn a_two_container_pod_runs_under_mose_through_the_cri() {
     });
 
     // the sidecar reaches it over localhost: its CRI log holds answers
-    let log = Path::new(&pod.log_dir).join("sidecar/0.log");
     wait_for(
         "the sidecar's log to hold an answer",
         Duration::from_secs(20),
-        || {
-            let text = std::fs::read_to_string(&log).unwrap_or_default();
-            mose_integration::cri::log_lines(&text)
-                .iter()
-                .any(|(stream, l)| stream == "stdout" && PingReply::parse(l).is_ok())
-        },
+        || pod_fixtures::answers_in_log(&pod, "sidecar/0.log") > 0,
     );
 
     // ExecSync: output and exit code

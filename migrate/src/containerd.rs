@@ -15,8 +15,8 @@ use containerd_client::{
         tasks_client::TasksClient,
         Container, CreateContainerRequest, CreateTaskRequest, DeleteContainerRequest,
         DeleteTaskRequest, GetContainerRequest, GetImageRequest, GetRequest, KillRequest,
-        ListPidsRequest, PauseTaskRequest, ReadContentRequest, ResumeTaskRequest, StartRequest,
-        WaitRequest,
+        ListContainersRequest, ListPidsRequest, PauseTaskRequest, ReadContentRequest,
+        ResumeTaskRequest, StartRequest, WaitRequest,
     },
     types::Mount,
 };
@@ -41,6 +41,13 @@ pub enum ContainerdError {
     GetContainer {
         id: String,
         namespace: String,
+        #[source]
+        source: Status,
+    },
+    #[error("listing containers in namespace {namespace} ({filter}): {}", .source.message())]
+    ListContainers {
+        namespace: String,
+        filter: String,
         #[source]
         source: Status,
     },
@@ -305,6 +312,22 @@ impl Containerd {
         r.into_inner()
             .container
             .ok_or_else(|| ContainerdError::NoContainer { id: id.into() })
+    }
+
+    /// The containers matching containerd's `filter` (e.g.
+    /// `labels."io.kubernetes.pod.name"==web`; commas join conditions).
+    pub async fn list(&self, filter: &str) -> Result<Vec<Container>> {
+        let r = ContainersClient::new(self.channel.clone())
+            .list(self.req(ListContainersRequest {
+                filters: vec![filter.to_string()],
+            }))
+            .await
+            .map_err(|source| ContainerdError::ListContainers {
+                namespace: self.namespace.clone(),
+                filter: filter.to_string(),
+                source,
+            })?;
+        Ok(r.into_inner().containers)
     }
 
     pub async fn task_pid(&self, id: &str) -> Result<u32> {

@@ -19,6 +19,7 @@ pub mod link;
 pub mod memory;
 pub mod network;
 pub mod oci_runtime;
+pub mod pods;
 pub mod receiver;
 pub mod record;
 pub mod result;

@@ -28,6 +28,7 @@ pub mod config;
 pub mod error;
 pub mod link;
 pub mod netns;
+pub mod pod;
 
 pub use attachment::Attachment;
 pub use config::NodeConfig;

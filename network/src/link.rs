@@ -88,6 +88,46 @@ pub fn index(name: &str) -> Result<i32> {
     Ok(unsafe { req.ifr_ifru.ifru_ifindex })
 }
 
+/// `name`'s hardware (MAC) address.
+pub fn hw_addr(name: &str) -> Result<[u8; 6]> {
+    let sock = control_socket()?;
+    let mut req = ifreq(name)?;
+    // SAFETY: SIOCGIFHWADDR fills the hardware address of the ifreq we own.
+    if unsafe { libc::ioctl(sock.as_raw_fd(), libc::SIOCGIFHWADDR, &mut req) } < 0 {
+        return Err(errno(format!("reading the MAC address of {name}"))(
+            nix::Error::last(),
+        ));
+    }
+    // SAFETY: the hwaddr member of the union was just set by the kernel.
+    let data = unsafe { req.ifr_ifru.ifru_hwaddr.sa_data };
+    let mut mac = [0u8; 6];
+    for (m, d) in mac.iter_mut().zip(data.iter()) {
+        *m = *d as u8;
+    }
+    Ok(mac)
+}
+
+/// `name`'s (first) IPv4 address and its prefix length.
+pub fn ipv4(name: &str) -> Result<(std::net::Ipv4Addr, u8)> {
+    let sock = control_socket()?;
+    let read = |request, what: &str| -> Result<std::net::Ipv4Addr> {
+        let mut req = ifreq(name)?;
+        // SAFETY: SIOCGIFADDR / SIOCGIFNETMASK fill an AF_INET sockaddr of
+        // the ifreq we own.
+        if unsafe { libc::ioctl(sock.as_raw_fd(), request, &mut req) } < 0 {
+            return Err(errno(format!("reading the IPv4 {what} of {name}"))(
+                nix::Error::last(),
+            ));
+        }
+        // SAFETY: the kernel wrote a sockaddr_in into the union.
+        let sin: libc::sockaddr_in = unsafe { std::mem::transmute_copy(&req.ifr_ifru.ifru_addr) };
+        Ok(std::net::Ipv4Addr::from(u32::from_be(sin.sin_addr.s_addr)))
+    };
+    let ip = read(libc::SIOCGIFADDR, "address")?;
+    let mask = read(libc::SIOCGIFNETMASK, "netmask")?;
+    Ok((ip, u32::from(mask).count_ones() as u8))
+}
+
 /// True when `name` exists in the caller's network namespace.
 pub fn exists(name: &str) -> bool {
     index(name).is_ok()

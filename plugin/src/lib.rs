@@ -4,5 +4,6 @@
 
 pub mod calibrate;
 pub mod measure;
+pub mod pods;
 pub mod policy;
 pub mod visibility;

@@ -32,7 +32,7 @@ pub const TECHNIQUE: &str = "mose.io/technique";
 pub const STRICT: &str = "mose.io/strict";
 
 /// Every annotation MOSE accepts, in the order the documentation lists them.
-pub const ACCEPTED: [&str; 8] = [
+pub const ACCEPTED: [&str; 9] = [
     MAX_DOWNTIME,
     MAX_MIGRATION_TIME,
     OBJECTIVE,
@@ -41,6 +41,7 @@ pub const ACCEPTED: [&str; 8] = [
     STRICT,
     mose_contract::network::NETWORK_ANNOTATION,
     mose_contract::network::ADDRESS_ANNOTATION,
+    mose_contract::pod::MIGRATE_FROM_ANNOTATION,
 ];
 
 const DURATION_FORM: &str =
@@ -305,6 +306,11 @@ where
             | mose_contract::network::ADDRESS_ANNOTATION => {
                 mose_contract::network::validate(key, v)
                     .map_err(|d| invalid(mose_contract::network::form(key), d))?
+            }
+            // the pod a pod created by the CRI continues (see mose_contract::pod)
+            mose_contract::pod::MIGRATE_FROM_ANNOTATION => {
+                mose_contract::PodOrigin::parse(v)
+                    .map_err(|d| invalid(mose_contract::pod::MIGRATE_FROM_FORM, d))?;
             }
             _ => {
                 return Err(AnnotationError::Unknown {

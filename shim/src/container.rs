@@ -75,6 +75,14 @@ pub struct Container {
     own_netns: bool,
     /// Its service address, when annotated (see `crate::network`).
     pub network: Option<crate::network::ContainerNetwork>,
+    /// A Kubernetes pod's container: the pod's sandbox id (the pod's
+    /// address moves with a migration of its containers).
+    pub pod_sandbox: Option<String>,
+    /// The pod's interface is held down for a dump (source side).
+    pod_held_down: bool,
+    /// A pulled container's open hand-over with the node agent, until the
+    /// restore at Start reports to it (see `crate::pod_migration`).
+    pub pod_pull: Option<crate::pod_migration::PodPull>,
     rootfs_mounted: bool,
 }
 
@@ -163,6 +171,9 @@ impl Container {
             oom: None,
             own_netns: crate::loopback::has_own_netns(spec),
             network: None,
+            pod_sandbox: crate::pod_migration::pod_sandbox(spec),
+            pod_held_down: false,
+            pod_pull: None,
             rootfs_mounted: false,
         })
     }
@@ -478,9 +489,15 @@ impl Container {
         if !opts.hand_over_address {
             return Ok(());
         }
-        match &mut self.network {
-            Some(n) => n.hold_down(),
-            None => Err(Error::InvalidArgument(format!(
+        match (&mut self.network, &self.pod_sandbox) {
+            (Some(n), _) => n.hold_down(),
+            (None, Some(sb)) => {
+                crate::pod_migration::set_pod_interface(sb, false)?;
+                self.pod_held_down = true;
+                info!(id = %self.id, sandbox = %sb, "pod link held down for the dump");
+                Ok(())
+            }
+            (None, None) => Err(Error::InvalidArgument(format!(
                 "container {} has no service address to hand over (no mose.io/network and \
                  mose.io/address annotations)",
                 self.id
@@ -495,11 +512,27 @@ impl Container {
                 warn!(id = %self.id, error = %e, "the service address stays down after the failed dump");
             }
         }
+        if let Err(e) = self.bring_up_pod_if_held() {
+            warn!(id = %self.id, error = %e, "the pod's interface stays down after the failed dump");
+        }
+    }
+
+    /// The pod's interface, held down for a dump, comes up again.
+    fn bring_up_pod_if_held(&mut self) -> Result<()> {
+        match &self.pod_sandbox {
+            Some(sb) if self.pod_held_down => {
+                crate::pod_migration::set_pod_interface(sb, true)?;
+                self.pod_held_down = false;
+                Ok(())
+            }
+            _ => Ok(()),
+        }
     }
 
     /// After a resume: a link held down for a migration's dump comes up
     /// again and the address is announced (the migration rolled back).
     pub fn bring_up_if_held(&mut self) -> Result<()> {
+        self.bring_up_pod_if_held()?;
         match &mut self.network {
             Some(n) if n.held_down() => n.bring_up().map_err(|e| {
                 Error::Internal(format!(

@@ -16,6 +16,7 @@ mod network;
 mod oci;
 mod oom;
 mod options;
+mod pod_migration;
 mod process;
 mod reaper;
 mod runtime;

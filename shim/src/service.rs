@@ -294,15 +294,32 @@ impl Task for TaskService {
                 Error::AlreadyExists(format!("container {} already exists", req.id)).into(),
             );
         }
-        let options = decode_runtime_options(req.options.as_ref())?;
+        let mut options = decode_runtime_options(req.options.as_ref())?;
         let stdio = Stdio::new(&req.stdin, &req.stdout, &req.stderr, req.terminal);
         let bundle = PathBuf::from(&req.bundle);
+        // a pod's container continuing another node's pod: its migration
+        // is pulled here, and it restores from that (see pod_migration)
+        let mut pulled = None;
+        if req.checkpoint.is_empty() && options.restore_image.is_empty() {
+            let ns = self.inner.namespace.clone();
+            if let Some(p) = crate::pod_migration::pull_if_continuing(&bundle, &req.id, &ns).await?
+            {
+                options.restore_image = p.images.clone();
+                options.lazy_pages_socket = p.lazy_socket.clone();
+                pulled = Some(p.pull);
+            }
+        }
         let checkpoint = restore_source(&req.checkpoint, &options);
         if !checkpoint.is_empty() {
             // refused before the bundle is touched or the rootfs mounted
             let binary = options.binary();
             let caps = crate::runtime_caps::probe(binary).await;
-            crate::runtime_caps::check_restore(&caps, binary, &req.id)?;
+            if let Err(e) = crate::runtime_caps::check_restore(&caps, binary, &req.id) {
+                if let Some(p) = pulled {
+                    let _ = p.report(Err(e.to_string())).await;
+                }
+                return Err(e.into());
+            }
         }
         let c = Container::create(CreateArgs {
             id: &req.id,
@@ -314,8 +331,17 @@ impl Task for TaskService {
             address: &self.inner.containerd_address,
             namespace: &self.inner.namespace,
         })
-        .await?;
-        let mut c = c;
+        .await;
+        let mut c = match c {
+            Ok(c) => c,
+            Err(e) => {
+                if let Some(p) = pulled {
+                    let _ = p.report(Err(e.to_string())).await;
+                }
+                return Err(e.into());
+            }
+        };
+        c.pod_pull = pulled;
         let pid = c.init.pid;
         if pid > 0 {
             self.inner.register_pid(pid, &req.id, "");
@@ -349,7 +375,25 @@ impl Task for TaskService {
         let mut c = cref.lock().await;
         if req.exec_id.is_empty() {
             let restored = c.restore_from.is_some();
-            let pid = c.start_init().await?;
+            let pull = c.pod_pull.take();
+            let pid = match (c.start_init().await, pull) {
+                (Ok(pid), None) => pid,
+                (Err(e), None) => return Err(e.into()),
+                (Err(e), Some(p)) => {
+                    let _ = p.report(Err(e.to_string())).await;
+                    return Err(e.into());
+                }
+                (Ok(pid), Some(p)) => {
+                    if let Err(e) = p.report(Ok(pid as u32)).await {
+                        // the source keeps (or resumes) the service: this
+                        // copy must not run on
+                        warn!(id = %req.id, error = %e, "pulled container restored but not handed over; killing it");
+                        let _ = c.runtime.kill(&req.id, 9, true).await;
+                        return Err(e.into());
+                    }
+                    pid
+                }
+            };
             if restored {
                 // a migration destination restores from MOSE's own image
                 let migration = !c.options.restore_image.is_empty();

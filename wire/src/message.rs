@@ -35,6 +35,18 @@
 //! Released                         ->
 //!                                  <-      Ack
 //! ```
+//! Pod hand-overs (see `mose_contract::pod`) are requests of the destination
+//! on a connection of their own, after `Hello`/`HelloOk`:
+//!
+//! ```text
+//! destination                              source
+//! PodQuery{namespace,pod}          ->
+//!                                  <-      PodInfo{address,containers} | Failed
+//! Pull{namespace,pod,container,technique,reply_to} ->
+//!                                  <-      PullOk{container} | Failed
+//!         (the source then migrates the container to reply_to as above)
+//! ```
+//!
 //! `Abort{reason}` from the source at any point makes the destination discard
 //! everything it received.
 
@@ -120,6 +132,36 @@ pub enum Message {
         bytes: u64,
         ms: f64,
     },
+    /// Pod hand-over, destination to source (instead of `Begin`): the
+    /// address of the running pod `namespace/pod` on the source, which the
+    /// pod continuing it keeps. Answered by [`Message::PodInfo`] or `Failed`.
+    PodQuery {
+        namespace: String,
+        pod: String,
+    },
+    /// The source pod's IPv4 address with its prefix length (`A.B.C.D/len`)
+    /// and its containers' names, in creation order.
+    PodInfo {
+        address: String,
+        containers: Vec<String>,
+    },
+    /// Pod hand-over, destination to source (instead of `Begin`): migrate
+    /// container `container` of pod `namespace/pod` to the endpoint
+    /// `reply_to` (`HOST:PORT`, the asking node's) with `technique`.
+    /// Answered by [`Message::PullOk`] once the migration has begun on a
+    /// connection of its own, or `Failed`.
+    Pull {
+        namespace: String,
+        pod: String,
+        container: String,
+        technique: Technique,
+        reply_to: String,
+    },
+    /// The pulled container's migration started; `container` is its id on
+    /// the source.
+    PullOk {
+        container: String,
+    },
     /// Lazy phase, destination to source: a restored process (`pid` as in the
     /// checkpoint) faulted on `pages` pages from `vaddr` that it does not hold.
     PageRequest {
@@ -168,6 +210,10 @@ impl Message {
             Message::Ack => "ack",
             Message::Measure { .. } => "measure",
             Message::Measured { .. } => "measured",
+            Message::PodQuery { .. } => "pod_query",
+            Message::PodInfo { .. } => "pod_info",
+            Message::Pull { .. } => "pull",
+            Message::PullOk { .. } => "pull_ok",
             Message::PageRequest { .. } => "page_request",
             Message::LazyProgress { .. } => "lazy_progress",
             Message::LazySent { .. } => "lazy_sent",

@@ -656,6 +656,9 @@ impl Testbed {
             for d in [n.root(), n.state(), n.fifo_dir()] {
                 fs::create_dir_all(&d).with_context(|| format!("creating {}", d.display()))?;
             }
+            if let Some(bin) = &self.info.shim_dir {
+                segment::link_pod_cni_plugins(n.dir(), Path::new(CNI_BIN_DIR), bin)?;
+            }
             fs::write(n.config_path(), containerd_config(n))
                 .with_context(|| format!("writing {}", n.config_path().display()))?;
             let log = open_log(&n.containerd_log())?;
@@ -1199,7 +1202,10 @@ fn open_log(path: &Path) -> Result<fs::File> {
 fn containerd_config(n: &Node) -> String {
     let cri = mose_tests::containerd::CriSettings {
         sandbox_image: Some(mose_workloads::images::PAUSE_REF.into()),
-        cni: Some((PathBuf::from(CNI_BIN_DIR), segment::pod_conf_dir(&n.dir))),
+        cni: Some((
+            segment::pod_cni_bin_dir(&n.dir),
+            segment::pod_conf_dir(&n.dir),
+        )),
         restrict_oom_score_adj: true,
     };
     mose_tests::containerd::containerd_config_with(&n.root(), &n.state(), &n.socket, &cri)

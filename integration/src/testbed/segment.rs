@@ -58,8 +58,55 @@ pub fn node_env(node_dir: &Path) -> Vec<(String, String)> {
             "MOSE_NETWORK_STATE_DIR".into(),
             state_dir(node_dir).display().to_string(),
         ),
+        (
+            mose_contract::pod::AGENT_SOCKET_ENV.into(),
+            agent_socket(node_dir).display().to_string(),
+        ),
     ]
 }
+
+/// The node agent's pod hand-over socket (`mose-plugin --pods-socket`).
+pub fn agent_socket(node_dir: &Path) -> PathBuf {
+    node_dir.join("pods.sock")
+}
+
+/// The CRI's CNI plugin directory of a node: Debian's plugins and MOSE's
+/// `mose-pod-cni` side by side (containerd's CRI takes one directory).
+pub fn pod_cni_bin_dir(node_dir: &Path) -> PathBuf {
+    node_dir.join("cni-bin")
+}
+
+/// Fills [`pod_cni_bin_dir`] with links to the plugins of `system` (e.g.
+/// `/usr/lib/cni`) and to `mose-pod-cni` from `mose_bin`.
+pub fn link_pod_cni_plugins(node_dir: &Path, system: &Path, mose_bin: &Path) -> Result<()> {
+    let dir = pod_cni_bin_dir(node_dir);
+    std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
+    let ours = mose_bin.join(POD_CNI_PLUGIN);
+    anyhow::ensure!(
+        ours.is_file(),
+        "{} is missing: run `cargo build --workspace --bins`",
+        ours.display()
+    );
+    let entries = std::fs::read_dir(system)
+        .with_context(|| format!("listing the CNI plugins in {}", system.display()))?;
+    for target in entries
+        .flatten()
+        .map(|e| e.path())
+        .chain(std::iter::once(ours))
+    {
+        let Some(name) = target.file_name() else {
+            continue;
+        };
+        let link = dir.join(name);
+        let _ = std::fs::remove_file(&link);
+        std::os::unix::fs::symlink(&target, &link)
+            .with_context(|| format!("linking {} to {}", link.display(), target.display()))?;
+    }
+    Ok(())
+}
+
+/// MOSE's CNI plugin of the pod network (see `mose_network`'s `mose-pod-cni`).
+pub const POD_CNI_PLUGIN: &str = "mose-pod-cni";
 
 /// The segment's CNI network configuration list: the one set-up installs
 /// (`config/cni/svc.conflist`: CNI's bridge plugin on [`SERVICE_BRIDGE`]
@@ -92,26 +139,33 @@ pub fn pod_range(index: usize) -> Option<(Ipv4Addr, Ipv4Addr)> {
     ))
 }
 
-/// The pods' CNI network of node `index`: CNI's bridge plugin on the
-/// segment's bridge, host-local addresses from [`pod_range`] (kept in the
-/// node's directory), so pod IPs are reachable from every node and the
-/// user netns.
+/// The pods' CNI network of node `index`: MOSE's `mose-pod-cni` (which
+/// gives a pod continuing another node's pod that pod's address) over CNI's
+/// bridge plugin on the segment's bridge, host-local addresses from
+/// [`pod_range`] (kept in the node's directory), so pod IPs are reachable
+/// from every node and the user netns.
 pub fn pod_conflist(index: usize, node_dir: &Path) -> Option<String> {
     let (first, last) = pod_range(index)?;
     let v = serde_json::json!({
         "cniVersion": "1.0.0",
         "name": POD_NETWORK,
         "plugins": [{
-            "type": "bridge",
-            "bridge": SERVICE_BRIDGE,
-            "mtu": SEGMENT_MTU,
-            "isGateway": false,
-            "ipMasq": false,
-            "ipam": {
-                "type": "host-local",
-                "ranges": [[{"subnet": SERVICE_SUBNET, "rangeStart": first.to_string(),
-                             "rangeEnd": last.to_string()}]],
-                "dataDir": node_dir.join("cri-ipam").display().to_string(),
+            "type": POD_CNI_PLUGIN,
+            "capabilities": {"io.kubernetes.cri.pod-annotations": true},
+            "agentSocket": agent_socket(node_dir).display().to_string(),
+            "stateDir": state_dir(node_dir).display().to_string(),
+            "delegate": {
+                "type": "bridge",
+                "bridge": SERVICE_BRIDGE,
+                "mtu": SEGMENT_MTU,
+                "isGateway": false,
+                "ipMasq": false,
+                "ipam": {
+                    "type": "host-local",
+                    "ranges": [[{"subnet": SERVICE_SUBNET, "rangeStart": first.to_string(),
+                                 "rangeEnd": last.to_string()}]],
+                    "dataDir": node_dir.join("cri-ipam").display().to_string(),
+                },
             },
         }],
     });
@@ -270,7 +324,7 @@ mod tests {
         let v: serde_json::Value =
             serde_json::from_str(&pod_conflist(2, Path::new("/x")).unwrap()).unwrap();
         assert_eq!(
-            v["plugins"][0]["ipam"]["ranges"][0][0]["rangeStart"],
+            v["plugins"][0]["delegate"]["ipam"]["ranges"][0][0]["rangeStart"],
             "10.89.0.168"
         );
     }

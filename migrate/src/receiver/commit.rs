@@ -12,7 +12,7 @@ use super::{
     assemble::assemble,
     incoming::Incoming,
     machine::ReceiverEvent,
-    restore::{recreate, Steps},
+    restore::{RestoreTarget, Steps},
     session::Session,
 };
 use crate::{
@@ -26,6 +26,7 @@ pub async fn run<R, W>(
     cd: &Containerd,
     container: &ContainerIdentity,
     inc: &mut Incoming,
+    mut target: RestoreTarget,
 ) -> Result<()>
 where
     R: AsyncRead + Unpin,
@@ -34,10 +35,10 @@ where
     s.link.phase = Phase::Restore;
     let t = Instant::now();
     let mut steps = Steps::new();
-    let pid = match restore(s, cd, container, inc, &mut steps).await {
+    let pid = match restore(s, cd, container, inc, &mut target, &mut steps).await {
         Ok(pid) => pid,
         Err(e) => {
-            let _ = cd.remove_container(&container.id).await;
+            target.discard(cd, container).await;
             s.link.fail("restore", &error_chain(&e)).await;
             return Err(e);
         }
@@ -52,7 +53,7 @@ where
             steps,
         })
         .await?;
-    await_release(s, cd, container, pid).await
+    await_release(s, cd, container, pid, &target).await
 }
 
 async fn restore<R, W>(
@@ -60,6 +61,7 @@ async fn restore<R, W>(
     cd: &Containerd,
     container: &ContainerIdentity,
     inc: &mut Incoming,
+    target: &mut RestoreTarget,
     steps: &mut Steps,
 ) -> Result<u32>
 where
@@ -69,7 +71,9 @@ where
     let t = Instant::now();
     let a = assemble(inc, false)?;
     steps.push(("assemble image".into(), t.elapsed().as_secs_f64() * 1000.0));
-    recreate(s.cfg, cd, container, &a.images, a.rootfs_tar, None, steps).await
+    target
+        .restore(s.cfg, cd, container, &a.images, a.rootfs_tar, None, steps)
+        .await
 }
 
 /// Two-phase hand-over: the restored copy stays only once the source let go.
@@ -78,6 +82,7 @@ async fn await_release<R, W>(
     cd: &Containerd,
     container: &ContainerIdentity,
     pid: u32,
+    target: &RestoreTarget,
 ) -> Result<()>
 where
     R: AsyncRead + Unpin,
@@ -96,7 +101,7 @@ where
         }
         Err(e) => {
             warn!(container = %container.id, error = %error_chain(&e), "source did not release its copy; removing the restored one");
-            let _ = cd.remove_container(&container.id).await;
+            target.discard(cd, container).await;
             Err(MigrateError::local(
                 Phase::Release,
                 format!(

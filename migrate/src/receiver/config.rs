@@ -21,4 +21,7 @@ pub struct EndpointConfig {
     pub release_timeout: Duration,
     /// Bound on any single network wait.
     pub io_timeout: Duration,
+    /// Pod containers created here by the CRI that wait for their migration
+    /// (see [`crate::pods`]).
+    pub handoffs: crate::pods::HandoffRegistry,
 }

@@ -6,6 +6,7 @@ use mose_wire::{ContainerIdentity, Message, Technique, PROTOCOL_VERSION};
 use tokio::io::{AsyncRead, AsyncWrite};
 
 use super::{incoming::safe_name, machine::ReceiverEvent, session::Session};
+use crate::pods::handoff::Target;
 use crate::{
     containerd::Containerd,
     error::{error_chain, InPhase, MigrateError, Phase, ProtocolError, Result},
@@ -15,13 +16,17 @@ use crate::{
 pub enum Started {
     /// A link probe of `bytes` filler bytes.
     Probe { bytes: u64 },
-    /// A migration.
+    /// A migration; `into` when it continues a pod's container the CRI
+    /// created here.
     Migration {
         migration: String,
         container: Box<ContainerIdentity>,
         technique: Technique,
         containerd: Containerd,
+        into: Option<Target>,
     },
+    /// A pod hand-over request (see [`crate::pods`]), answered by the caller.
+    Pod(Message),
 }
 
 /// Runs the handshake; on return the source knows whether to send the image.
@@ -56,6 +61,7 @@ where
     if let Err(e) = s.step(ReceiverEvent::Message(&begin)) {
         let step = match begin {
             Message::Measure { .. } => "measure",
+            Message::PodQuery { .. } | Message::Pull { .. } => begin.name(),
             _ => "begin",
         };
         s.link.fail(step, &error_chain(&e)).await;
@@ -63,6 +69,7 @@ where
     }
     match begin {
         Message::Measure { bytes } => Ok(Started::Probe { bytes }),
+        m @ (Message::PodQuery { .. } | Message::Pull { .. }) => Ok(Started::Pod(m)),
         Message::Begin {
             migration,
             technique,
@@ -97,6 +104,20 @@ where
     let cd = Containerd::connect(&s.cfg.containerd, &container.namespace)
         .await
         .in_phase(Phase::Handshake, "connecting to this node's containerd")?;
+    let into = match crate::pods::pod_container_of(&container.spec) {
+        Some(key) => match s.cfg.handoffs.take(&key) {
+            Some(t) => Some(t),
+            None => {
+                let err = format!(
+                    "{key} comes to this node only into a pod created here through the CRI \
+                     with mose.io/migrate-from, and none waits for it"
+                );
+                s.link.fail("begin", &err).await;
+                return Err(MigrateError::local(Phase::Handshake, err));
+            }
+        },
+        None => None,
+    };
     if cd.container(&container.id).await.is_ok() {
         let err = format!("container {} already exists on this node", container.id);
         s.link.fail("begin", &err).await;
@@ -113,6 +134,7 @@ where
         container: Box::new(container),
         technique,
         containerd: cd,
+        into,
     })
 }
 

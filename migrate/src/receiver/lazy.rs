@@ -31,7 +31,7 @@ use super::{
     config::EndpointConfig,
     incoming::Incoming,
     machine::{ReceiverEvent, ReceiverState},
-    restore::{destination_spec, recreate, Steps},
+    restore::{RestoreTarget, Steps},
     session::Session,
 };
 use crate::{
@@ -62,6 +62,7 @@ pub async fn run<R, W>(
     inc: &mut Incoming,
     migration: &str,
     technique: Technique,
+    target: RestoreTarget,
 ) -> Result<()>
 where
     R: AsyncRead + Unpin,
@@ -117,6 +118,7 @@ where
     let restore = Restore {
         cd,
         container,
+        target,
         images: a.images,
         rootfs_tar: a.rootfs_tar,
         socket,
@@ -138,6 +140,7 @@ where
 struct Restore<'a> {
     cd: &'a Containerd,
     container: &'a ContainerIdentity,
+    target: RestoreTarget,
     images: PathBuf,
     rootfs_tar: Option<PathBuf>,
     socket: PathBuf,
@@ -145,18 +148,21 @@ struct Restore<'a> {
 }
 
 impl Restore<'_> {
-    async fn run(mut self, cfg: &EndpointConfig) -> (Result<u32>, Steps) {
-        let r = recreate(
-            cfg,
-            self.cd,
-            self.container,
-            &self.images,
-            self.rootfs_tar.take(),
-            Some(&self.socket),
-            &mut self.steps,
-        )
-        .await;
-        (r, self.steps)
+    async fn run(&mut self, cfg: &EndpointConfig) -> (Result<u32>, Steps) {
+        let mut steps = std::mem::take(&mut self.steps);
+        let r = self
+            .target
+            .restore(
+                cfg,
+                self.cd,
+                self.container,
+                &self.images,
+                self.rootfs_tar.take(),
+                Some(&self.socket),
+                &mut steps,
+            )
+            .await;
+        (r, steps)
     }
 }
 
@@ -170,7 +176,7 @@ async fn serve<R, W>(
     handler: Handler,
     cached: HashMap<(u32, u64), BlockHash>,
     mut reports: UnboundedReceiver<Report>,
-    restore: Restore<'_>,
+    mut restore: Restore<'_>,
     started: Instant,
 ) -> Result<()>
 where
@@ -202,7 +208,7 @@ where
         _ = reader => Err(MigrateError::local(Phase::Lazy, "the migration stream's reader ended")),
     };
     if let Err(e) = &res {
-        stop_restored(cfg, cd, container, &mut phase.handler, e).await;
+        stop_restored(cfg, cd, container, &restore.target, &mut phase.handler, e).await;
         let m = Message::Failed {
             step: "lazy phase".into(),
             error: error_chain(e),
@@ -228,21 +234,20 @@ async fn stop_restored(
     cfg: &EndpointConfig,
     cd: &Containerd,
     container: &ContainerIdentity,
+    target: &RestoreTarget,
     handler: &mut Option<Handler>,
     e: &MigrateError,
 ) {
     warn!(container = %container.id, error = %error_chain(e), "lazy phase failed; stopping the restored container");
     // its processes may be mid-restore, waiting for a page: containerd
     // cannot stop a task that is still starting, so kill them directly
-    let spec = destination_spec(cfg, container);
-    if let Some(cg) = spec.pointer("/linux/cgroupsPath").and_then(|v| v.as_str()) {
-        let cg = cg.to_string();
+    if let Some(cg) = target.cgroup(cfg, cd, container).await {
         let killed = tokio::task::spawn_blocking(move || kill_cgroup(&cg))
             .await
             .unwrap_or(0);
         info!(killed, "stopped the restored processes");
     }
-    let _ = tokio::time::timeout(Duration::from_secs(30), cd.remove_container(&container.id)).await;
+    let _ = tokio::time::timeout(Duration::from_secs(30), target.discard(cd, container)).await;
     if let Some(h) = handler.take() {
         tokio::task::spawn_blocking(move || h.stop()).await.ok();
     }

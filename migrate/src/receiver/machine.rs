@@ -5,6 +5,7 @@
 //!
 //! ```text
 //! AwaitHello --Hello--> AwaitBegin --Measure--> Probe --filler...--> Done
+//!                            | --PodQuery | Pull--> Done (answered at once)
 //!                            |
 //!                          Begin
 //!                            v
@@ -150,6 +151,10 @@ impl ReceiverState {
                     });
                 }
                 Ok(S::Probe { remaining: *bytes })
+            }
+            // pod hand-over requests: one answer, and the connection is done
+            (S::AwaitBegin, E::Message(Message::PodQuery { .. } | Message::Pull { .. })) => {
+                Ok(S::Done)
             }
             (S::AwaitBegin, E::Message(Message::Begin { technique, .. })) => Ok(S::Transfer {
                 technique: *technique,

@@ -16,6 +16,7 @@ pub mod handshake;
 pub mod incoming;
 pub mod lazy;
 pub mod machine;
+pub mod pod_request;
 pub mod probe;
 pub mod restore;
 pub mod session;
@@ -43,6 +44,7 @@ use crate::{
     record::{record_incoming, IncomingRecord},
 };
 use handshake::Started;
+use restore::RestoreTarget;
 use session::Session;
 
 /// Serves migrations until the process ends.
@@ -115,18 +117,21 @@ where
 {
     let link = Link::new(r, w, peer.to_string(), cfg.io_timeout);
     let mut s = Session::new(cfg, link);
-    let (migration, container, technique, cd) = match handshake::run(&mut s).await? {
+    let (migration, container, technique, cd, into) = match handshake::run(&mut s).await? {
         Started::Probe { bytes } => return probe::answer(&mut s, bytes).await,
+        Started::Pod(request) => return pod_request::answer(&mut s, request).await,
         Started::Migration {
             migration,
             container,
             technique,
             containerd,
-        } => (migration, container, technique, containerd),
+            into,
+        } => (migration, container, technique, containerd, into),
     };
     info!(%peer, source = %s.link.peer, %migration, container = %container.id, %technique, "incoming migration");
     let started = Instant::now();
-    let res = receive(&mut s, &cd, &migration, &container, technique).await;
+    let target = RestoreTarget::of(into);
+    let res = receive(&mut s, &cd, &migration, &container, technique, target).await;
     let _ = std::fs::remove_dir_all(cfg.work_root.join(&migration));
     record_incoming(
         &cfg.state_dir,
@@ -150,6 +155,7 @@ async fn receive<R, W>(
     migration: &str,
     container: &ContainerIdentity,
     technique: Technique,
+    target: RestoreTarget,
 ) -> Result<(), MigrateError>
 where
     R: AsyncRead + Unpin,
@@ -158,8 +164,8 @@ where
     let mut inc = incoming::Incoming::create(s.cfg.work_root.join(migration))?;
     transfer::run(s, container, &mut inc).await?;
     if s.state.is_lazy() {
-        lazy::run(s, cd, container, &mut inc, migration, technique).await
+        lazy::run(s, cd, container, &mut inc, migration, technique, target).await
     } else {
-        commit::run(s, cd, container, &mut inc).await
+        commit::run(s, cd, container, &mut inc, target).await
     }
 }

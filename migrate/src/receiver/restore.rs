@@ -14,6 +14,7 @@ use mose_wire::ContainerIdentity;
 use prost_types::Any;
 
 use super::config::EndpointConfig;
+use crate::pods::handoff::Target;
 use crate::{
     containerd::{runtime, Containerd, SPEC_TYPE_URL},
     error::{InPhase, MigrateError, Phase, Result},
@@ -39,6 +40,120 @@ pub fn destination_spec(cfg: &EndpointConfig, container: &ContainerIdentity) -> 
 
 /// The destination's own timeline: (step, milliseconds), in order.
 pub type Steps = Vec<(String, f64)>;
+
+/// How long the shim of a pod's container may take to restore it once it
+/// has the images.
+const HANDOFF_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(120);
+
+/// Where an incoming migration is restored.
+pub enum RestoreTarget {
+    /// A container created here from the source's identity.
+    New,
+    /// A pod's container the CRI created here (`id`), restored by its own
+    /// shim from the images handed over (see [`crate::pods`]).
+    Pod { id: String, target: Option<Target> },
+}
+
+impl RestoreTarget {
+    pub fn of(into: Option<Target>) -> Self {
+        match into {
+            None => RestoreTarget::New,
+            Some(t) => RestoreTarget::Pod {
+                id: t.container_id.clone(),
+                target: Some(t),
+            },
+        }
+    }
+
+    /// Restores from `images` (lazily through `lazy_socket`); returns the
+    /// restored init's pid.
+    #[allow(clippy::too_many_arguments)]
+    pub async fn restore(
+        &mut self,
+        cfg: &EndpointConfig,
+        cd: &Containerd,
+        container: &ContainerIdentity,
+        images: &Path,
+        rootfs_tar: Option<PathBuf>,
+        lazy_socket: Option<&Path>,
+        steps: &mut Steps,
+    ) -> Result<u32> {
+        let (id, target) = match self {
+            RestoreTarget::New => {
+                return recreate(cfg, cd, container, images, rootfs_tar, lazy_socket, steps).await
+            }
+            RestoreTarget::Pod { id, target } => (id.clone(), target.take()),
+        };
+        let target = target.ok_or_else(|| {
+            MigrateError::local(Phase::Restore, "the pod container was handed over already")
+        })?;
+        let t = Instant::now();
+        if let Some(tar) = rootfs_tar {
+            unpack_into(cd, &id, &tar).await?;
+        }
+        steps.push(("rootfs".into(), t.elapsed().as_secs_f64() * 1000.0));
+        let t = Instant::now();
+        let pid = target
+            .hand_off(
+                images.to_path_buf(),
+                lazy_socket.map(Path::to_path_buf),
+                HANDOFF_TIMEOUT,
+            )
+            .await
+            .map_err(|e| MigrateError::local(Phase::Restore, e))?;
+        steps.push(("shim restore".into(), t.elapsed().as_secs_f64() * 1000.0));
+        Ok(pid)
+    }
+
+    /// After a failure: the restored copy must not run on (a pod's
+    /// container stays, stopped, for the CRI to report; a created one goes).
+    pub async fn discard(&self, cd: &Containerd, container: &ContainerIdentity) {
+        match self {
+            RestoreTarget::New => {
+                let _ = cd.remove_container(&container.id).await;
+            }
+            RestoreTarget::Pod { id, .. } => {
+                if cd.task_pid(id).await.is_ok() {
+                    let _ = cd.kill(id, 9).await;
+                }
+            }
+        }
+    }
+
+    /// The cgroup the restored processes run in.
+    pub async fn cgroup(
+        &self,
+        cfg: &EndpointConfig,
+        cd: &Containerd,
+        container: &ContainerIdentity,
+    ) -> Option<String> {
+        let spec = match self {
+            RestoreTarget::New => destination_spec(cfg, container),
+            RestoreTarget::Pod { id, .. } => {
+                crate::containerd::spec_of(&cd.container(id).await.ok()?).ok()?
+            }
+        };
+        spec.pointer("/linux/cgroupsPath")
+            .and_then(|v| v.as_str())
+            .map(String::from)
+    }
+}
+
+/// Unpacks the source's rootfs changes into the upper directory of the
+/// CRI container `id`'s snapshot (before its shim mounts it).
+async fn unpack_into(cd: &Containerd, id: &str, tar: &Path) -> Result<()> {
+    let c = cd
+        .container(id)
+        .await
+        .in_phase(Phase::Restore, "looking up the pod's container")?;
+    let mounts = cd
+        .snapshot_mounts(&c.snapshotter, &c.snapshot_key)
+        .await
+        .in_phase(Phase::Restore, "reading the pod container's snapshot")?;
+    let data = std::fs::read(tar).in_phase(Phase::Restore, "reading the rootfs changes")?;
+    let upper = rootfs::upperdir(&mounts).in_phase(Phase::Restore, "finding the upper dir")?;
+    rootfs::unpack(&data, &upper).in_phase(Phase::Restore, "unpacking the rootfs changes")
+}
 
 /// Recreates the container from the received identity and rootfs, and
 /// restores it through the MOSE shim from `images` (lazily when a lazy-page

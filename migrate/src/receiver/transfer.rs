@@ -172,6 +172,7 @@ mod tests {
             state_dir: dir.join("state"),
             release_timeout: Duration::from_secs(1),
             io_timeout: Duration::from_secs(1),
+            handoffs: Default::default(),
         }
     }
 

@@ -63,12 +63,23 @@ impl Migration<'_> {
         self.step(SenderEvent::SentReleased)?;
         let answer = self.link.recv(self.opts.io_timeout).await?;
         self.step(SenderEvent::Received(&answer))?;
-        if let Err(e) = self.cd.remove_container(&self.opts.container).await {
-            warn!(error = %format!("{e:#}"), "source copy could not be removed; the destination owns the container now");
-        }
+        self.remove_source_copy().await;
         self.tl.end(p, None);
         self.report("done", self.rounds.len() as u32);
         Ok(())
+    }
+}
+
+impl Migration<'_> {
+    /// The destination owns the container: the source's copy goes (a pod's
+    /// container stays for the CRI, which the caller stops it through).
+    pub async fn remove_source_copy(&mut self) {
+        if self.opts.cri_pod {
+            return;
+        }
+        if let Err(e) = self.cd.remove_container(&self.opts.container).await {
+            warn!(error = %format!("{e:#}"), "source copy could not be removed; the destination owns the container now");
+        }
     }
 }
 

@@ -33,7 +33,7 @@ impl Migration<'_> {
                 &self.opts.container,
                 &images,
                 &crwork,
-                self.address.is_some(),
+                self.moves_address(),
                 self.keeps_connections(),
             )
             .await

@@ -262,9 +262,7 @@ impl Migration<'_> {
     /// Removes the source's copy once the destination owns the container.
     async fn remove_source(&mut self) {
         let p = self.tl.begin("release");
-        if let Err(e) = self.cd.remove_container(&self.opts.container).await {
-            tracing::warn!(error = %format!("{e:#}"), "source copy could not be removed; the destination owns the container now");
-        }
+        self.remove_source_copy().await;
         self.tl.end(p, None);
         self.report("done", 0);
     }

@@ -68,7 +68,13 @@ impl Migration<'_> {
     /// Whether established TCP connections are dumped to be restored open:
     /// the address moves too and the caller did not ask to close them.
     pub fn keeps_connections(&self) -> bool {
-        self.address.is_some() && !self.opts.close_connections
+        self.moves_address() && !self.opts.close_connections
+    }
+
+    /// Whether the container's address moves with it: its service address,
+    /// or the pod IP of a Kubernetes pod's container.
+    pub fn moves_address(&self) -> bool {
+        self.address.is_some() || self.opts.cri_pod
     }
 
     /// Reports progress to the caller's callback, if any.

@@ -73,6 +73,11 @@ pub struct SourceOptions {
     /// address moves with the container (CRIU `tcp-close`): what keeping
     /// them costs, measured against not keeping them.
     pub close_connections: bool,
+    /// The container belongs to a Kubernetes pod (containerd's CRI): its
+    /// pod IP moves with it (the pod's interface is held down for the dump,
+    /// connections are kept), and after the hand-over the CRI, not the
+    /// engine, stops the source's copy (see `crate::pods`).
+    pub cri_pod: bool,
     pub fault: Option<Fault>,
     pub progress: Option<ProgressFn>,
 }

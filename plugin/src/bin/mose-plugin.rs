@@ -8,6 +8,7 @@ use mose_migrate::{
     receiver::{serve, EndpointConfig},
     tls::Identity,
 };
+use mose_plugin::pods::{serve_pods, PodsConfig};
 use mose_plugin::policy::{serve_policy, PolicyConfig};
 
 #[derive(Parser)]
@@ -41,6 +42,14 @@ struct Args {
     /// Unix socket of the policy hook (`mosectl plan`, `mosectl migrate`).
     #[arg(long, default_value = "/run/mose/policy.sock")]
     policy_socket: PathBuf,
+    /// Unix socket for pod hand-overs (the pod CNI plugin and the MOSE
+    /// shim ask here; see docs/kubernetes.md).
+    #[arg(long, default_value = mose_contract::pod::DEFAULT_AGENT_SOCKET)]
+    pods_socket: PathBuf,
+    /// This node's migration endpoint as other nodes reach it (HOST:PORT;
+    /// default: --listen, when that names an address).
+    #[arg(long)]
+    advertise: Option<String>,
     /// A program replacing the built-in policy: a plan request as JSON on
     /// stdin, a decision as JSON on stdout (see docs/policy.md).
     #[arg(long)]
@@ -98,6 +107,18 @@ async fn main() {
         state_dir: a.state,
         release_timeout: Duration::from_secs(a.io_timeout.max(5)),
         io_timeout: Duration::from_secs(a.io_timeout),
+        handoffs: Default::default(),
+    };
+    let advertise = a
+        .advertise
+        .clone()
+        .or_else(|| (!a.listen.ip().is_unspecified()).then(|| a.listen.to_string()));
+    let pods = PodsConfig {
+        socket: a.pods_socket.clone(),
+        identity: cfg.identity.clone(),
+        advertise,
+        io_timeout: cfg.io_timeout,
+        handoffs: cfg.handoffs.clone(),
     };
     let policy = PolicyConfig {
         socket: a.policy_socket,
@@ -131,6 +152,7 @@ async fn main() {
     let r = tokio::select! {
         r = serve(cfg) => r.map_err(anyhow::Error::from),
         r = serve_policy(policy) => r,
+        r = serve_pods(pods) => r,
     };
     if let Err(e) = r {
         eprintln!("mose-plugin: {e:#}");

@@ -497,6 +497,7 @@ fn source_options(a: MigrateArgs, plan: Option<&PlanAnswer>, json: bool) -> Resu
         work_root: a.work,
         io_timeout: Duration::from_secs(a.io_timeout),
         close_connections: a.close_connections,
+        cri_pod: false,
         fault: a.inject_fault,
         progress,
     })

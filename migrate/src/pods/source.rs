@@ -1,0 +1,229 @@
+//! The source agent's side of a pod hand-over: find the running pod by its
+//! Kubernetes namespace and name in containerd's CRI namespace, tell its
+//! address, and migrate one of its containers to the node that asked. Once
+//! the destination owns a container, the source stops it through the CRI;
+//! once none of the pod's containers runs here, the pod itself (its network
+//! and address go with it).
+
+use std::path::PathBuf;
+
+use containerd_client::services::v1::Container;
+use mose_wire::Technique;
+use tracing::{info, warn};
+
+use super::{
+    cri::Cri, PullKey, ANNOTATION_CONTAINER_NAME, ANNOTATION_POD_NAME, ANNOTATION_POD_NAMESPACE,
+    ANNOTATION_SANDBOX_ID, CRI_NAMESPACE, LABEL_KIND,
+};
+use crate::{
+    containerd::{spec_of, Containerd},
+    receiver::EndpointConfig,
+    record::append_record,
+    sender::{self, SourceOptions},
+};
+
+/// Pre-copy rounds a pulled container gets at most.
+const PULL_MAX_ROUNDS: u32 = 4;
+/// Pre-copy stops once a round moves less than this.
+const PULL_MIN_ROUND_BYTES: u64 = 1 << 20;
+
+/// A running pod on this node.
+pub struct SourcePod {
+    pub sandbox: Container,
+    /// Its containers (not the sandbox), oldest first.
+    pub containers: Vec<Container>,
+}
+
+impl SourcePod {
+    /// Finds the running pod `namespace/pod`; the error says why not.
+    pub async fn find(cd: &Containerd, namespace: &str, pod: &str) -> Result<Self, String> {
+        let look = |e: crate::containerd::ContainerdError| {
+            format!("looking up pod {namespace}/{pod}: {e}")
+        };
+        let sandboxes = cd
+            .list(&format!("labels.\"{LABEL_KIND}\"==sandbox"))
+            .await
+            .map_err(look)?;
+        let mut sandbox = None;
+        for c in sandboxes {
+            let a = annotations(&c);
+            if a[ANNOTATION_POD_NAMESPACE] == namespace
+                && a[ANNOTATION_POD_NAME] == pod
+                && cd.task_pid(&c.id).await.is_ok()
+            {
+                sandbox = Some(c);
+            }
+        }
+        let sandbox = sandbox.ok_or_else(|| {
+            format!("no running pod {namespace}/{pod} on this node (under the MOSE runtime's CRI)")
+        })?;
+        let mut containers: Vec<Container> = cd
+            .list(&format!("labels.\"{LABEL_KIND}\"==container"))
+            .await
+            .map_err(look)?
+            .into_iter()
+            .filter(|c| annotations(c)[ANNOTATION_SANDBOX_ID] == sandbox.id.as_str())
+            .collect();
+        containers.sort_by_key(|c| c.created_at.as_ref().map(|t| (t.seconds, t.nanos)));
+        Ok(SourcePod {
+            sandbox,
+            containers,
+        })
+    }
+
+    /// The pod's network namespace (the sandbox spec's path).
+    pub fn netns(&self) -> Result<PathBuf, String> {
+        let spec = spec_of(&self.sandbox).map_err(|e| format!("the sandbox's spec: {e}"))?;
+        spec.pointer("/linux/namespaces")
+            .and_then(|n| n.as_array())
+            .and_then(|ns| {
+                ns.iter()
+                    .find(|n| n["type"] == "network")
+                    .and_then(|n| n["path"].as_str())
+            })
+            .filter(|p| !p.is_empty())
+            .map(PathBuf::from)
+            .ok_or_else(|| {
+                "the pod has no network namespace of its own (host network): its address \
+                 cannot move"
+                    .to_string()
+            })
+    }
+
+    /// The pod's address, `A.B.C.D/len`.
+    pub async fn address(&self) -> Result<String, String> {
+        let ns = self.netns()?;
+        tokio::task::spawn_blocking(move || mose_network::pod::address(&ns))
+            .await
+            .map_err(|e| format!("reading the pod's address: {e}"))?
+            .map_err(|e| format!("reading the pod's address: {e}"))
+    }
+
+    /// Container names, in creation order.
+    pub fn names(&self) -> Vec<String> {
+        self.containers
+            .iter()
+            .filter_map(|c| {
+                annotations(c)[ANNOTATION_CONTAINER_NAME]
+                    .as_str()
+                    .map(String::from)
+            })
+            .collect()
+    }
+
+    fn container(&self, name: &str) -> Option<&Container> {
+        self.containers
+            .iter()
+            .find(|c| annotations(c)[ANNOTATION_CONTAINER_NAME] == name)
+    }
+
+    /// The pod's namespace and name.
+    fn key(&self) -> (String, String) {
+        let a = annotations(&self.sandbox);
+        let s = |k: &str| a[k].as_str().unwrap_or_default().to_string();
+        (s(ANNOTATION_POD_NAMESPACE), s(ANNOTATION_POD_NAME))
+    }
+}
+
+/// A container's OCI spec annotations (`Null` when unreadable).
+fn annotations(c: &Container) -> serde_json::Value {
+    spec_of(c)
+        .map(|s| s["annotations"].clone())
+        .unwrap_or_default()
+}
+
+/// Checks a pull of `key` and starts its migration to `reply_to` in the
+/// background. Returns the source container's id.
+pub async fn pull(
+    cfg: &EndpointConfig,
+    key: PullKey,
+    technique: Technique,
+    reply_to: String,
+) -> Result<String, String> {
+    let cd = Containerd::connect(&cfg.containerd, CRI_NAMESPACE)
+        .await
+        .map_err(|e| format!("connecting to this node's containerd: {e}"))?;
+    let pod = SourcePod::find(&cd, &key.namespace, &key.pod).await?;
+    let c = pod.container(&key.container).ok_or_else(|| {
+        format!(
+            "pod {}/{} has no container {:?} (it has {:?})",
+            key.namespace,
+            key.pod,
+            key.container,
+            pod.names()
+        )
+    })?;
+    cd.task_pid(&c.id)
+        .await
+        .map_err(|e| format!("{key} is not running here: {e}"))?;
+    let id = c.id.clone();
+    let opts = SourceOptions {
+        socket: cfg.containerd.clone(),
+        namespace: CRI_NAMESPACE.into(),
+        container: id.clone(),
+        to: reply_to,
+        technique,
+        max_rounds: PULL_MAX_ROUNDS,
+        min_round_bytes: PULL_MIN_ROUND_BYTES,
+        identity: cfg.identity.clone(),
+        compress: false,
+        stop_when: None,
+        bandwidth_cap_bps: None,
+        work_root: cfg.work_root.join(".mose-out"),
+        io_timeout: cfg.io_timeout,
+        close_connections: false,
+        cri_pod: true,
+        fault: None,
+        progress: None,
+    };
+    let (cfg, sandbox) = (cfg.clone(), pod.sandbox.id.clone());
+    tokio::spawn(async move { run_pull(cfg, key, opts, sandbox).await });
+    Ok(id)
+}
+
+/// Runs the migration, records it, and stops what the destination now owns.
+async fn run_pull(cfg: EndpointConfig, key: PullKey, opts: SourceOptions, sandbox: String) {
+    let id = opts.container.clone();
+    info!(%key, container = %id, to = %opts.to, technique = %opts.technique, "pod container pulled");
+    let result = sender::migrate(opts).await;
+    let mut rec = serde_json::to_value(&result).unwrap_or_default();
+    rec["direction"] = "out".into();
+    rec["pod"] = format!("{}/{}", key.namespace, key.pod).into();
+    rec["pod_container"] = key.container.clone().into();
+    append_record(&cfg.state_dir, &rec);
+    if result.status != "ok" {
+        warn!(%key, status = %result.status, error = ?result.error, "pulled container's migration did not complete; it stays here");
+        return;
+    }
+    if let Err(e) = stop_moved(&cfg, &id, &sandbox).await {
+        warn!(%key, error = %e, "the destination owns the container, but stopping the source's copy failed");
+    }
+}
+
+/// Stops the moved container, and the pod once none of its containers runs.
+async fn stop_moved(cfg: &EndpointConfig, id: &str, sandbox: &str) -> Result<(), String> {
+    let mut cri = Cri::connect(&cfg.containerd).await?;
+    if let Err(e) = cri.stop_container(id).await {
+        warn!(error = %e, "stopping the moved container through the CRI; the pod's stop follows");
+    }
+    let cd = Containerd::connect(&cfg.containerd, CRI_NAMESPACE)
+        .await
+        .map_err(|e| format!("connecting to containerd: {e}"))?;
+    let sb = cd
+        .container(sandbox)
+        .await
+        .map_err(|e| format!("the pod's sandbox: {e}"))?;
+    let (ns, name) = SourcePod {
+        sandbox: sb,
+        containers: Vec::new(),
+    }
+    .key();
+    let pod = SourcePod::find(&cd, &ns, &name).await?;
+    for c in &pod.containers {
+        if cd.task_pid(&c.id).await.is_ok() {
+            return Ok(());
+        }
+    }
+    info!(pod = %format!("{ns}/{name}"), "every container of the pod moved; stopping the pod here");
+    cri.stop_pod(sandbox).await
+}
