@@ -222,6 +222,10 @@ impl Inner {
     }
 }
 
+/// The exit status of a task whose restore failed at Start (no process
+/// ran; 128 is what containerd's CRI reports for a failed start).
+const RESTORE_FAILED_EXIT: u32 = 128;
+
 /// The CRIU image a Create restores from: the request's checkpoint; else a
 /// migration destination's image in MOSE's options; else the runtime
 /// options' `CriuImagePath`, which containerd's client sets for a restore
@@ -376,7 +380,30 @@ impl Task for TaskService {
         if req.exec_id.is_empty() {
             let restored = c.restore_from.is_some();
             let pull = c.pod_pull.take();
-            let pid = match (c.start_init().await, pull) {
+            let started = c.start_init().await;
+            if let (Err(e), true) = (&started, restored) {
+                // no process ever ran: waiters (containerd's CRI waits on
+                // the task before starting it) hear of a failed start now
+                let exit = Exit {
+                    code: RESTORE_FAILED_EXIT,
+                    at: timestamp().unwrap_or_default(),
+                };
+                c.init.set_exited(exit.clone());
+                warn!(id = %req.id, error = %e, "restore failed; the task is stopped");
+                self.inner
+                    .publish(
+                        TASK_EXIT_EVENT_TOPIC,
+                        Box::new(TaskExit {
+                            container_id: req.id.clone(),
+                            id: req.id.clone(),
+                            exit_status: exit.code,
+                            exited_at: Some(exit.at).into(),
+                            ..Default::default()
+                        }),
+                    )
+                    .await;
+            }
+            let pid = match (started, pull) {
                 (Ok(pid), None) => pid,
                 (Err(e), None) => return Err(e.into()),
                 (Err(e), Some(p)) => {
