@@ -14,6 +14,7 @@ use mose_integration::cri::{Cri, PodSpec, MOSE_HANDLER};
 use mose_integration::pod_fixtures::{self, sidecar, PORT, READY, RUNNING};
 use mose_integration::testbed::segment;
 use mose_integration::wait_for;
+use mose_network::pod::PodLink;
 use mose_workloads::images::{cache_dir, state_service_archive};
 use mose_workloads::probe::{ping, verify, Probe, ProbeConfig, ProbeHandle, ProbeResult};
 
@@ -51,6 +52,13 @@ struct Running {
     pod_id: String,
     state: String,
     sidecar: String,
+    /// The pod's link as mose-pod-cni recorded it.
+    link: PodLink,
+}
+
+fn link_of(c: &Cluster, node: usize, pod_id: &str) -> PodLink {
+    let state_dir = segment::state_dir(c.node(node).unwrap().dir());
+    PodLink::load(&state_dir, pod_id).expect("the pod's link record")
 }
 
 fn run_fresh(c: &Cluster, cris: &mut [Cri]) -> (Running, String) {
@@ -75,6 +83,7 @@ fn run_fresh(c: &Cluster, cris: &mut [Cri]) -> (Running, String) {
     });
     let r = Running {
         node: 1,
+        link: link_of(c, 1, &pod_id),
         pod,
         pod_id,
         state,
@@ -110,6 +119,7 @@ fn continue_on(
     );
     let cri = &mut cris[to - 1];
     let pod_id = cri.run_pod(&pod, MOSE_HANDLER)?;
+    let link = link_of(c, to, &pod_id);
     let state = pod_fixtures::start(
         cri,
         &pod_id,
@@ -119,6 +129,7 @@ fn continue_on(
     let sidecar = pod_fixtures::start(cri, &pod_id, &pod, &sidecar())?;
     Ok(Running {
         node: to,
+        link,
         pod,
         pod_id,
         state,
@@ -142,6 +153,9 @@ fn assert_connection_kept(r: &ProbeResult) {
 /// After a hand-over: the source agent stopped the source pod; the
 /// kubelet's removal leaves nothing of it (sandbox, address, netns).
 fn assert_source_gone(c: &Cluster, cris: &mut [Cri], source: &Running, ip: &str) {
+    let node = c.node(source.node).unwrap();
+    let state_dir = segment::state_dir(node.dir());
+    let link = &source.link;
     let cri = &mut cris[source.node - 1];
     wait_for(
         "the source pod to be stopped by its node's agent",
@@ -157,7 +171,11 @@ fn assert_source_gone(c: &Cluster, cris: &mut [Cri], source: &Running, ip: &str)
     cri.remove_pod(&source.pod_id)
         .expect("the kubelet removes it");
     assert!(cri.pods().unwrap().iter().all(|p| p.id != source.pod_id));
-    let node = c.node(source.node).unwrap();
+    assert!(!link.netns.exists(), "{} removed", link.netns.display());
+    assert!(
+        PodLink::load(&state_dir, &source.pod_id).is_err(),
+        "record removed"
+    );
     let ipam = node
         .dir()
         .join("cri-ipam")
@@ -276,4 +294,35 @@ fn a_failed_restore_leaves_the_source_pod_serving_and_the_new_pod_failed_with_th
     assert!(report.is_ok(), "every page intact");
     // the controller gives up: the failed pod goes, its address with it
     cris[1].remove_pod(&pod_id).expect("remove the failed pod");
+}
+
+#[test]
+fn pods_naming_a_bad_or_absent_origin_are_refused_at_run_pod_sandbox() {
+    let (c, mut cris) = cluster();
+    let (here, _ip) = run_fresh(&c, &mut cris);
+    let endpoint = c.endpoint(1).unwrap();
+    for (origin, why) in [
+        ("n1/default".to_string(), "3"),
+        (
+            format!("{endpoint}/default/nobody"),
+            "no running pod default/nobody",
+        ),
+        (format!("{endpoint}/Default/{POD}"), "not a Kubernetes name"),
+    ] {
+        let pod = pod_on(&c, 2, &[("mose.io/migrate-from", &origin)]);
+        let e = cris[1].run_pod(&pod, MOSE_HANDLER).unwrap_err();
+        let msg = format!("{e:#}");
+        assert!(
+            msg.contains("mose.io/migrate-from") || msg.contains(why),
+            "{origin}: {msg}"
+        );
+        assert!(msg.contains(why), "{origin}: {msg}");
+    }
+    assert!(
+        cris[1].pods().unwrap().iter().all(|p| p.state != READY),
+        "no pod left Ready on node 2"
+    );
+    // the source never noticed
+    let s = cris[0].pod_status(&here.pod_id).unwrap();
+    assert_eq!(s.state, READY);
 }
