@@ -71,7 +71,11 @@ install -D -m 0755 "$BIN/mosectl" "$PREFIX/bin/mosectl"
 # the OCI hook the shim adds to containers with a service address; it must
 # sit next to the shim (or on its PATH)
 install -D -m 0755 "$BIN/mose-hook" "$PREFIX/bin/mose-hook"
-log "installed containerd-shim-mose-v2 ($("$PREFIX/bin/containerd-shim-mose-v2" -v | tail -1 | xargs)), mose-plugin, mosectl and mose-hook in $PREFIX/bin"
+# the pod network's CNI plugin (pods that continue another node's pod keep
+# its address; see docs/kubernetes.md): where containerd's CRI looks for
+# plugins by default
+install -D -m 0755 "$BIN/mose-pod-cni" /opt/cni/bin/mose-pod-cni
+log "installed containerd-shim-mose-v2 ($("$PREFIX/bin/containerd-shim-mose-v2" -v | tail -1 | xargs)), mose-plugin, mosectl and mose-hook in $PREFIX/bin, mose-pod-cni in /opt/cni/bin"
 # the service network's CNI configuration (kept when the operator changed it)
 if [[ ! -f /etc/mose/cni/svc.conflist ]]; then
   install -D -m 0644 "$ROOT/config/cni/svc.conflist" /etc/mose/cni/svc.conflist
