@@ -433,6 +433,30 @@ mod tests {
     }
 
     #[test]
+    fn pod_hand_over_requests_are_answered_once_and_end_the_connection() {
+        let h = hello();
+        let q = Message::PodQuery {
+            namespace: "default".into(),
+            pod: "p".into(),
+        };
+        let pull = Message::Pull {
+            namespace: "default".into(),
+            pod: "p".into(),
+            container: "c".into(),
+            technique: Technique::Precopy,
+            reply_to: "10.0.0.2:7700".into(),
+        };
+        for m in [&q, &pull] {
+            let states = drive(&[E::Message(&h), E::Message(m)]).unwrap();
+            assert_eq!(states.last(), Some(&ReceiverState::Done));
+            // nothing may follow on that connection
+            assert!(drive(&[E::Message(&h), E::Message(m), E::Message(m)]).is_err());
+            // and they come only in place of Begin
+            assert!(drive(&[E::Message(m)]).is_err());
+        }
+    }
+
+    #[test]
     fn a_probe_absorbs_its_filler_and_refuses_absurd_sizes() {
         let (h, m) = (hello(), Message::Measure { bytes: 10 });
         let states = drive(&[
