@@ -92,3 +92,19 @@ pub fn answers_in_log(pod: &PodSpec, log_path: &str) -> usize {
         })
         .count()
 }
+
+/// Plays a kubelet: RunPodSandbox (handler `mose`), then CreateContainer
+/// and StartContainer for each container in order, each running before the
+/// next. Returns the pod's id and its containers'.
+pub fn run_pod_with(
+    cri: &mut Cri,
+    pod: &PodSpec,
+    containers: &[ContainerSpec],
+) -> Result<(String, Vec<String>)> {
+    let pod_id = cri.run_pod(pod, crate::cri::MOSE_HANDLER)?;
+    let mut ids = Vec::new();
+    for c in containers {
+        ids.push(start(cri, &pod_id, pod, c)?);
+    }
+    Ok((pod_id, ids))
+}
