@@ -152,7 +152,8 @@ pub enum AgentRequest {
     /// The address of the pod `from` (the annotation's value) names.
     PodAddress { from: String },
     /// Pull container `container` of the pod `from` names into the CRI's
-    /// container `id` (containerd namespace `namespace`), by `technique`
+    /// container `id` of a pod in Kubernetes namespace `namespace` (which
+    /// must be the origin's), by `technique`
     /// (`mose.io/technique`'s value; empty or `auto`: the agent chooses).
     Pull {
         from: String,

@@ -151,7 +151,8 @@ fn assert_connection_kept(r: &ProbeResult) {
 }
 
 /// After a hand-over: the source agent stopped the source pod; the
-/// kubelet's removal leaves nothing of it (sandbox, address, netns).
+/// kubelet's removal leaves nothing of it (sandbox, netns, link record,
+/// cgroups) but the reservation of its address, which moved.
 fn assert_source_gone(c: &Cluster, cris: &mut [Cri], source: &Running, ip: &str) {
     let node = c.node(source.node).unwrap();
     let state_dir = segment::state_dir(node.dir());
@@ -181,7 +182,14 @@ fn assert_source_gone(c: &Cluster, cris: &mut [Cri], source: &Running, ip: &str)
         .join("cri-ipam")
         .join(segment::POD_NETWORK)
         .join(ip);
-    assert!(!ipam.exists(), "{} released", ipam.display());
+    // the address lives on at the destination: the source's range keeps it
+    // reserved for the moved pod (and frees it when the pod comes back)
+    let owner = std::fs::read_to_string(&ipam).unwrap_or_default();
+    assert!(
+        owner.starts_with("mose-moved-away"),
+        "{} reserved for the moved pod: {owner:?}",
+        ipam.display()
+    );
     for hierarchy in ["memory", "pids", "unified", ""] {
         let cg = std::path::Path::new("/sys/fs/cgroup")
             .join(hierarchy)
@@ -308,6 +316,11 @@ fn pods_naming_a_bad_or_absent_origin_are_refused_at_run_pod_sandbox() {
             "no running pod default/nobody",
         ),
         (format!("{endpoint}/Default/{POD}"), "not a Kubernetes name"),
+        // a pod may continue only a pod of its own Kubernetes namespace
+        (
+            format!("{endpoint}/kube-system/{POD}"),
+            "may continue only a pod of that namespace",
+        ),
     ] {
         let pod = pod_on(&c, 2, &[("mose.io/migrate-from", &origin)]);
         let e = cris[1].run_pod(&pod, MOSE_HANDLER).unwrap_err();

@@ -36,6 +36,9 @@ pub struct PodLink {
     pub host_ifname: String,
     /// The pod's network namespace.
     pub netns: PathBuf,
+    /// The pod's address (`A.B.C.D/len`) as its CNI result gave it.
+    #[serde(default)]
+    pub address: String,
 }
 
 impl PodLink {
@@ -66,9 +69,27 @@ impl PodLink {
             .map_err(|e| NetworkError::Invalid(format!("{}: {e}", path.display())))
     }
 
-    /// Removes the record (the CNI plugin, at `DEL`; idempotent).
+    /// Removes the record (the CNI plugin, at `DEL`; idempotent), and the
+    /// moved-away mark.
     pub fn remove(state_dir: &Path, sandbox_id: &str) {
         let _ = std::fs::remove_file(Self::path(state_dir, sandbox_id));
+        let _ = std::fs::remove_file(Self::moved_path(state_dir, sandbox_id));
+    }
+
+    fn moved_path(state_dir: &Path, sandbox_id: &str) -> PathBuf {
+        state_dir.join("pods").join(format!("{sandbox_id}.moved"))
+    }
+
+    /// Marks the pod's address as moved to another node (the source agent,
+    /// after the hand-over): its `DEL` here keeps the address reserved.
+    pub fn mark_moved(state_dir: &Path, sandbox_id: &str) -> Result<()> {
+        let p = Self::moved_path(state_dir, sandbox_id);
+        std::fs::write(&p, b"").map_err(io(format!("writing {}", p.display())))
+    }
+
+    /// Whether [`Self::mark_moved`] marked the pod.
+    pub fn moved(state_dir: &Path, sandbox_id: &str) -> bool {
+        Self::moved_path(state_dir, sandbox_id).exists()
     }
 
     /// Takes the pod's link down at the node's end.
@@ -109,10 +130,15 @@ mod tests {
         let l = PodLink {
             host_ifname: "veth1234".into(),
             netns: "/var/run/netns/cni-x".into(),
+            address: "10.89.0.161/24".into(),
         };
         l.save(dir.path(), "abc").unwrap();
         assert_eq!(PodLink::load(dir.path(), "abc").unwrap(), l);
+        assert!(!PodLink::moved(dir.path(), "abc"));
+        PodLink::mark_moved(dir.path(), "abc").unwrap();
+        assert!(PodLink::moved(dir.path(), "abc"));
         PodLink::remove(dir.path(), "abc");
+        assert!(!PodLink::moved(dir.path(), "abc"));
         let e = PodLink::load(dir.path(), "abc").unwrap_err().to_string();
         assert!(e.contains("mose-pod-cni"), "{e}");
     }

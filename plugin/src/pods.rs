@@ -113,10 +113,17 @@ async fn serve_client(cfg: &PodsConfig, s: UnixStream) -> Result<()> {
             AgentRequest::Pull {
                 from,
                 container,
-                namespace: _,
+                namespace,
                 id,
                 technique,
-            } => pull(cfg, &mut c, &from, container, &id, &technique).await?,
+            } => {
+                let target = PullTarget {
+                    namespace: &namespace,
+                    container,
+                    id: &id,
+                };
+                pull(cfg, &mut c, &from, target, &technique).await?
+            }
             other => {
                 c.reply(&AgentReply::failed(format!(
                     "{other:?} comes only after a pull on the same connection"
@@ -155,19 +162,27 @@ fn technique_of(t: &str) -> Result<Technique, String> {
     }
 }
 
+/// Where a pulled container goes: the new pod's Kubernetes namespace, the
+/// container's name and the CRI's container id.
+struct PullTarget<'a> {
+    namespace: &'a str,
+    container: String,
+    id: &'a str,
+}
+
 async fn pull(
     cfg: &PodsConfig,
     c: &mut Client,
     from: &str,
-    container: String,
-    id: &str,
+    target: PullTarget<'_>,
     technique: &str,
 ) -> Result<()> {
-    let mut waiter = match start_pull(cfg, from, container, id, technique).await {
+    let mut waiter = match start_pull(cfg, from, target, technique).await {
         Ok(w) => w,
         Err(e) => return c.reply(&AgentReply::failed(e)).await,
     };
-    let handoff = match waiter.ready(DELIVERY_TIMEOUT).await {
+    let begin = cfg.io_timeout * 3;
+    let handoff = match waiter.ready(begin, DELIVERY_TIMEOUT).await {
         Ok(h) => h,
         Err(e) => return c.reply(&AgentReply::failed(e)).await,
     };
@@ -203,11 +218,18 @@ async fn pull(
 async fn start_pull(
     cfg: &PodsConfig,
     from: &str,
-    container: String,
-    id: &str,
+    target: PullTarget<'_>,
     technique: &str,
 ) -> Result<Waiter, String> {
     let o = PodOrigin::parse(from).map_err(|e| format!("mose.io/migrate-from: {e}"))?;
+    if target.namespace != o.namespace {
+        return Err(format!(
+            "mose.io/migrate-from: a pod in Kubernetes namespace {:?} may continue only a pod \
+             of that namespace, not {o}",
+            target.namespace
+        ));
+    }
+    let (container, id) = (target.container, target.id);
     let technique = technique_of(technique)?;
     let advertise = cfg.advertise.as_deref().ok_or_else(|| {
         "this node's agent listens on an unspecified address: start mose-plugin with \

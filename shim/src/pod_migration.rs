@@ -65,6 +65,8 @@ pub fn pod_sandbox(spec: &BundleSpec) -> Option<String> {
     annotation(spec, CRI_SANDBOX_ID).map(String::from)
 }
 
+/// containerd's CRI annotation with a container's Kubernetes namespace.
+const CRI_SANDBOX_NAMESPACE: &str = "io.kubernetes.cri.sandbox-namespace";
 /// containerd's CRI annotation with a container's sandbox id.
 const CRI_SANDBOX_ID: &str = "io.kubernetes.cri.sandbox-id";
 
@@ -89,11 +91,7 @@ fn agent_socket() -> PathBuf {
 /// Pulls the container's migration when its pod continues another pod;
 /// `Ok(None)` for any other container. The error carries the agent's (or
 /// the source's) reason, and lands in the CRI's container status.
-pub async fn pull_if_continuing(
-    bundle: &Path,
-    id: &str,
-    namespace: &str,
-) -> Result<Option<Pulled>> {
+pub async fn pull_if_continuing(bundle: &Path, id: &str) -> Result<Option<Pulled>> {
     let path = bundle.join("config.json");
     let bytes =
         std::fs::read(&path).map_err(Error::io(format!("read OCI spec {}", path.display())))?;
@@ -109,6 +107,14 @@ pub async fn pull_if_continuing(
     let Some(origin) = origin else {
         return Ok(None);
     };
+    // a pod continues only a pod of its own Kubernetes namespace
+    let namespace = annotation(&spec, CRI_SANDBOX_NAMESPACE).unwrap_or_default();
+    if namespace != origin.namespace {
+        return Err(Error::InvalidArgument(format!(
+            "mose.io/migrate-from: container {id} is in Kubernetes namespace {namespace:?} and \
+             may continue only a pod of that namespace, not {origin}"
+        )));
+    }
     let name = annotation(&spec, CRI_CONTAINER_NAME).ok_or_else(|| {
         Error::InvalidArgument(format!(
             "container {id} continues {origin} but its spec lacks {CRI_CONTAINER_NAME}: \

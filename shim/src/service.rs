@@ -292,26 +292,30 @@ impl Task for TaskService {
         if req.id.is_empty() {
             return Err(Error::InvalidArgument("create: container id is empty".into()).into());
         }
-        let mut map = self.inner.containers.lock().await;
-        if map.contains_key(&req.id) {
-            return Err(
-                Error::AlreadyExists(format!("container {} already exists", req.id)).into(),
-            );
+        let exists = |id: &str| Error::AlreadyExists(format!("container {id} already exists"));
+        if self.inner.containers.lock().await.contains_key(&req.id) {
+            return Err(exists(&req.id).into());
         }
         let mut options = decode_runtime_options(req.options.as_ref())?;
         let stdio = Stdio::new(&req.stdin, &req.stdout, &req.stderr, req.terminal);
         let bundle = PathBuf::from(&req.bundle);
         // a pod's container continuing another node's pod: its migration
-        // is pulled here, and it restores from that (see pod_migration)
+        // is pulled here (without holding the shim's container map: the
+        // pod's other containers stay served), and it restores from that
         let mut pulled = None;
         if req.checkpoint.is_empty() && options.restore_image.is_empty() {
-            let ns = self.inner.namespace.clone();
-            if let Some(p) = crate::pod_migration::pull_if_continuing(&bundle, &req.id, &ns).await?
-            {
+            if let Some(p) = crate::pod_migration::pull_if_continuing(&bundle, &req.id).await? {
                 options.restore_image = p.images.clone();
                 options.lazy_pages_socket = p.lazy_socket.clone();
                 pulled = Some(p.pull);
             }
+        }
+        let mut map = self.inner.containers.lock().await;
+        if map.contains_key(&req.id) {
+            if let Some(p) = pulled {
+                let _ = p.report(Err(exists(&req.id).to_string())).await;
+            }
+            return Err(exists(&req.id).into());
         }
         let checkpoint = restore_source(&req.checkpoint, &options);
         if !checkpoint.is_empty() {
@@ -415,7 +419,18 @@ impl Task for TaskService {
                         // the source keeps (or resumes) the service: this
                         // copy must not run on
                         warn!(id = %req.id, error = %e, "pulled container restored but not handed over; killing it");
+                        // registered first, so that its exit is reported
+                        // (and waiters return) like any other
+                        c.oom = self.inner.watch_oom(pid, &req.id);
+                        let early = self.inner.register_pid(pid, &req.id, "");
                         let _ = c.runtime.kill(&req.id, 9, true).await;
+                        drop(c);
+                        if let Some((code, ts)) = early {
+                            self.inner
+                                .clone()
+                                .handle_exit_now(pid, code, ts, &req.id, "")
+                                .await;
+                        }
                         return Err(e.into());
                     }
                     pid

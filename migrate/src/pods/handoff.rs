@@ -50,6 +50,8 @@ pub struct Target {
     /// The CRI's containerd container id on this node.
     pub container_id: String,
     ready: oneshot::Sender<Handoff>,
+    /// Told when the receiver takes the wait (the source's `Begin` arrived).
+    begun: Option<oneshot::Sender<()>>,
 }
 
 /// The waits of this node, shared by the agent's pod socket and its
@@ -64,6 +66,7 @@ pub struct Waiter {
     registry: HandoffRegistry,
     key: PullKey,
     ready: Option<oneshot::Receiver<Handoff>>,
+    begun: Option<oneshot::Receiver<()>>,
 }
 
 impl HandoffRegistry {
@@ -71,6 +74,7 @@ impl HandoffRegistry {
     /// another wait for the same container is pending.
     pub fn register(&self, key: PullKey, container_id: &str) -> Result<Waiter, String> {
         let (tx, rx) = oneshot::channel();
+        let (begun_tx, begun_rx) = oneshot::channel();
         let mut w = self.waiting.lock().map_err(|_| "registry poisoned")?;
         if let Some(t) = w.get(&key) {
             if !t.ready.is_closed() {
@@ -85,19 +89,25 @@ impl HandoffRegistry {
             Target {
                 container_id: container_id.into(),
                 ready: tx,
+                begun: Some(begun_tx),
             },
         );
         Ok(Waiter {
             registry: self.clone(),
             key,
             ready: Some(rx),
+            begun: Some(begun_rx),
         })
     }
 
     /// Takes the wait for `key`, if a live one is registered.
     pub fn take(&self, key: &PullKey) -> Option<Target> {
         let mut w = self.waiting.lock().ok()?;
-        w.remove(key).filter(|t| !t.ready.is_closed())
+        let mut t = w.remove(key).filter(|t| !t.ready.is_closed())?;
+        if let Some(b) = t.begun.take() {
+            let _ = b.send(());
+        }
+        Some(t)
     }
 }
 
@@ -143,8 +153,24 @@ impl Target {
 }
 
 impl Waiter {
-    /// Waits up to `timeout` for the receiver's hand-over.
-    pub async fn ready(&mut self, timeout: Duration) -> Result<Handoff, String> {
+    /// Waits up to `begin` for the source's migration to begin here, then
+    /// up to `timeout` for the receiver's hand-over.
+    pub async fn ready(&mut self, begin: Duration, timeout: Duration) -> Result<Handoff, String> {
+        if let Some(b) = self.begun.take() {
+            match tokio::time::timeout(begin, b).await {
+                Ok(Ok(())) => {}
+                Ok(Err(_)) => {
+                    return Err(format!("the wait for {} was withdrawn", self.key));
+                }
+                Err(_) => {
+                    return Err(format!(
+                        "the source did not begin the migration of {} within {begin:?}: see the \
+                         source agent's log (can it reach this node's --advertise endpoint?)",
+                        self.key
+                    ))
+                }
+            }
+        }
         let rx = self
             .ready
             .take()
@@ -165,6 +191,8 @@ impl Waiter {
 
 impl Drop for Waiter {
     fn drop(&mut self) {
+        // close our end first, so that an entry nobody took reads as closed
+        drop(self.ready.take());
         if let Ok(mut w) = self.registry.waiting.lock() {
             if w.get(&self.key).is_some_and(|t| t.ready.is_closed()) {
                 w.remove(&self.key);
@@ -193,7 +221,10 @@ mod tests {
         let target = reg.take(&key()).unwrap();
         assert_eq!(target.container_id, "c2");
         let shim = tokio::spawn(async move {
-            let h = waiter.ready(Duration::from_secs(5)).await.unwrap();
+            let h = waiter
+                .ready(Duration::from_secs(5), Duration::from_secs(5))
+                .await
+                .unwrap();
             assert_eq!(h.images, PathBuf::from("/img"));
             h.outcome.send(Ok(42)).unwrap();
         });
@@ -203,6 +234,17 @@ mod tests {
             .unwrap();
         assert_eq!(pid, 42);
         shim.await.unwrap();
+    }
+
+    #[tokio::test]
+    async fn a_source_that_never_begins_is_reported_as_such() {
+        let reg = HandoffRegistry::default();
+        let mut waiter = reg.register(key(), "c2").unwrap();
+        let e = waiter
+            .ready(Duration::from_millis(50), Duration::from_secs(5))
+            .await
+            .unwrap_err();
+        assert!(e.contains("did not begin"), "{e}");
     }
 
     #[tokio::test]

@@ -99,21 +99,25 @@ impl SourcePod {
             .map_err(|e| format!("reading the pod's address: {e}"))
     }
 
-    /// Container names, in creation order.
+    /// Container names, in creation order (each once).
     pub fn names(&self) -> Vec<String> {
-        self.containers
-            .iter()
-            .filter_map(|c| {
-                annotations(c)[ANNOTATION_CONTAINER_NAME]
-                    .as_str()
-                    .map(String::from)
-            })
-            .collect()
+        let mut names: Vec<String> = Vec::new();
+        for c in &self.containers {
+            if let Some(n) = annotations(c)[ANNOTATION_CONTAINER_NAME].as_str() {
+                if !names.iter().any(|x| x == n) {
+                    names.push(n.into());
+                }
+            }
+        }
+        names
     }
 
+    /// The newest instance of container `name` (a restarted container's
+    /// dead instances stay listed until the kubelet removes them).
     fn container(&self, name: &str) -> Option<&Container> {
         self.containers
             .iter()
+            .rev()
             .find(|c| annotations(c)[ANNOTATION_CONTAINER_NAME] == name)
     }
 
@@ -139,7 +143,19 @@ pub async fn pull(
     key: PullKey,
     technique: Technique,
     reply_to: String,
+    peer: Option<std::net::IpAddr>,
 ) -> Result<String, String> {
+    // the container goes only to the node that asked for it
+    let to_host = reply_to
+        .rsplit_once(':')
+        .and_then(|(h, _)| h.trim_matches(['[', ']']).parse::<std::net::IpAddr>().ok());
+    if to_host.is_none() || to_host != peer {
+        return Err(format!(
+            "a pull must name the asking node's own endpoint: {reply_to:?} is not at {}",
+            peer.map(|p| p.to_string())
+                .unwrap_or_else(|| "the peer's address".into())
+        ));
+    }
     let cd = Containerd::connect(&cfg.containerd, CRI_NAMESPACE)
         .await
         .map_err(|e| format!("connecting to this node's containerd: {e}"))?;
@@ -157,6 +173,8 @@ pub async fn pull(
         .await
         .map_err(|e| format!("{key} is not running here: {e}"))?;
     let id = c.id.clone();
+    let guard = InFlight::claim(&id)
+        .ok_or_else(|| format!("{key} is already being migrated from this node"))?;
     let opts = SourceOptions {
         socket: cfg.containerd.clone(),
         namespace: CRI_NAMESPACE.into(),
@@ -177,8 +195,68 @@ pub async fn pull(
         progress: None,
     };
     let (cfg, sandbox) = (cfg.clone(), pod.sandbox.id.clone());
-    tokio::spawn(async move { run_pull(cfg, key, opts, sandbox).await });
+    tokio::spawn(async move {
+        run_pull(cfg, key, opts, sandbox).await;
+        drop(guard);
+    });
     Ok(id)
+}
+
+/// Containers being migrated from this node: one migration each at a time
+/// (a kubelet that retries a timed-out StartContainer asks again).
+static IN_FLIGHT: std::sync::Mutex<Vec<String>> = std::sync::Mutex::new(Vec::new());
+/// Pods (sandbox ids) of which a container has moved to another node: the
+/// pod's address lives there now.
+static MOVED: std::sync::Mutex<Vec<String>> = std::sync::Mutex::new(Vec::new());
+
+struct InFlight(String);
+
+impl InFlight {
+    fn claim(id: &str) -> Option<InFlight> {
+        let mut v = IN_FLIGHT.lock().ok()?;
+        if v.iter().any(|x| x == id) {
+            return None;
+        }
+        v.push(id.into());
+        Some(InFlight(id.into()))
+    }
+}
+
+impl Drop for InFlight {
+    fn drop(&mut self) {
+        if let Ok(mut v) = IN_FLIGHT.lock() {
+            v.retain(|x| x != &self.0);
+        }
+    }
+}
+
+/// Records that a container of pod `sandbox` moved (when `moved`); returns
+/// whether one had moved before.
+fn mark_moved(sandbox: &str, moved: bool) -> bool {
+    let Ok(mut v) = MOVED.lock() else {
+        return false;
+    };
+    let was = v.iter().any(|x| x == sandbox);
+    if moved && !was {
+        v.push(sandbox.into());
+    }
+    was
+}
+
+/// A container of a pod whose address already moved failed to follow and
+/// was resumed here: its link must stay down (the address lives on the
+/// other node), whatever the rollback did.
+fn keep_link_down(sandbox: &str) {
+    let state = mose_network::NodeConfig::from_env().state_dir;
+    match mose_network::pod::PodLink::load(&state, sandbox).and_then(|l| l.hold_down()) {
+        Ok(()) => warn!(
+            sandbox,
+            "a container stayed behind its moved pod; the pod's link here stays down"
+        ),
+        Err(e) => {
+            warn!(sandbox, error = %e, "could not hold the pod's link down after a failed follow-up migration")
+        }
+    }
 }
 
 /// Runs the migration, records it, and stops what the destination now owns.
@@ -193,8 +271,12 @@ async fn run_pull(cfg: EndpointConfig, key: PullKey, opts: SourceOptions, sandbo
     append_record(&cfg.state_dir, &rec);
     if result.status != "ok" {
         warn!(%key, status = %result.status, error = ?result.error, "pulled container's migration did not complete; it stays here");
+        if mark_moved(&sandbox, false) {
+            keep_link_down(&sandbox);
+        }
         return;
     }
+    mark_moved(&sandbox, true);
     if let Err(e) = stop_moved(&cfg, &id, &sandbox).await {
         warn!(%key, error = %e, "the destination owns the container, but stopping the source's copy failed");
     }
@@ -204,7 +286,10 @@ async fn run_pull(cfg: EndpointConfig, key: PullKey, opts: SourceOptions, sandbo
 async fn stop_moved(cfg: &EndpointConfig, id: &str, sandbox: &str) -> Result<(), String> {
     let mut cri = Cri::connect(&cfg.containerd).await?;
     if let Err(e) = cri.stop_container(id).await {
-        warn!(error = %e, "stopping the moved container through the CRI; the pod's stop follows");
+        warn!(error = %e, "stopping the moved container through the CRI; killing it through containerd");
+        if let Ok(cd) = Containerd::connect(&cfg.containerd, CRI_NAMESPACE).await {
+            let _ = cd.kill(id, 9).await;
+        }
     }
     let cd = Containerd::connect(&cfg.containerd, CRI_NAMESPACE)
         .await
@@ -225,5 +310,13 @@ async fn stop_moved(cfg: &EndpointConfig, id: &str, sandbox: &str) -> Result<(),
         }
     }
     info!(pod = %format!("{ns}/{name}"), "every container of the pod moved; stopping the pod here");
+    // its address lives on elsewhere: the pod's CNI DEL keeps it reserved
+    let state = mose_network::NodeConfig::from_env().state_dir;
+    if let Err(e) = mose_network::pod::PodLink::mark_moved(&state, sandbox) {
+        warn!(error = %e, "could not mark the pod's address as moved; this node may hand it out again");
+    }
+    if let Ok(mut v) = MOVED.lock() {
+        v.retain(|x| x != sandbox);
+    }
     cri.stop_pod(sandbox).await
 }

@@ -183,7 +183,9 @@ where
     R: AsyncRead + Unpin,
     W: AsyncWrite + Unpin,
 {
-    let Session { cfg, link, state } = s;
+    let Session {
+        cfg, link, state, ..
+    } = s;
     let cfg: &EndpointConfig = cfg;
     // frames are read by a future of their own, so that a partly read frame
     // is never dropped when another event wins a select

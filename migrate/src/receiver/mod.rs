@@ -117,6 +117,7 @@ where
 {
     let link = Link::new(r, w, peer.to_string(), cfg.io_timeout);
     let mut s = Session::new(cfg, link);
+    s.peer_ip = Some(peer.ip());
     let (migration, container, technique, cd, into) = match handshake::run(&mut s).await? {
         Started::Probe { bytes } => return probe::answer(&mut s, bytes).await,
         Started::Pod(request) => return pod_request::answer(&mut s, request).await,

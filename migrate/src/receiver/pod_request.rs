@@ -63,7 +63,8 @@ where
                 pod,
                 container,
             };
-            let container = pods::source::pull(s.cfg, key, technique, reply_to).await?;
+            let peer = s.peer_ip;
+            let container = pods::source::pull(s.cfg, key, technique, reply_to, peer).await?;
             Ok(Message::PullOk { container })
         }
         other => Err(format!("{} is not a pod hand-over request", other.name())),

@@ -116,6 +116,24 @@ impl RestoreTarget {
                 if cd.task_pid(id).await.is_ok() {
                     let _ = cd.kill(id, 9).await;
                 }
+                // its shim may have brought the pod's link up already: the
+                // address belongs to the source again
+                let sandbox = match cd.container(id).await {
+                    Ok(c) => crate::containerd::spec_of(&c).ok().and_then(|s| {
+                        s["annotations"][crate::pods::ANNOTATION_SANDBOX_ID]
+                            .as_str()
+                            .map(String::from)
+                    }),
+                    Err(_) => None,
+                };
+                if let Some(sb) = sandbox {
+                    let state = mose_network::NodeConfig::from_env().state_dir;
+                    let held =
+                        mose_network::pod::PodLink::load(&state, &sb).and_then(|l| l.hold_down());
+                    if let Err(e) = held {
+                        tracing::warn!(sandbox = %sb, error = %e, "the failed pod's link could not be held down");
+                    }
+                }
             }
         }
     }

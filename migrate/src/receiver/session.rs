@@ -13,6 +13,8 @@ pub struct Session<'a, R, W> {
     pub cfg: &'a EndpointConfig,
     pub link: Link<R, W>,
     pub state: ReceiverState,
+    /// The peer's IP address, as the connection came from.
+    pub peer_ip: Option<std::net::IpAddr>,
 }
 
 impl<'a, R: AsyncRead + Unpin, W: AsyncWrite + Unpin> Session<'a, R, W> {
@@ -21,6 +23,7 @@ impl<'a, R: AsyncRead + Unpin, W: AsyncWrite + Unpin> Session<'a, R, W> {
             cfg,
             link,
             state: ReceiverState::AwaitHello,
+            peer_ip: None,
         }
     }
 

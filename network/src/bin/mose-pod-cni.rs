@@ -81,8 +81,11 @@ fn run(command: &str, conf: &Value) -> Result<(Vec<u8>, i32), String> {
     match (command, origin) {
         ("ADD", origin) => {
             if let Some(from) = origin {
+                same_namespace(from)?;
                 let socket = conf["agentSocket"].as_str().unwrap_or(DEFAULT_AGENT_SOCKET);
                 let address = ask_address(Path::new(socket), from)?;
+                // coming home: the reservation its departure left goes
+                unreserve(&delegate, &address);
                 keep_address(&mut delegate, &address)?;
             }
             let (out, code) = delegate_to(&delegate)?;
@@ -98,8 +101,16 @@ fn run(command: &str, conf: &Value) -> Result<(Vec<u8>, i32), String> {
             Ok((out, code))
         }
         ("DEL", _) => {
+            let moved = mose_network::pod::PodLink::moved(&state_dir, &sandbox);
+            let link = mose_network::pod::PodLink::load(&state_dir, &sandbox).ok();
+            let out = delegate_to(&delegate)?;
+            if let (true, Some(l), 0) = (moved, &link, out.1) {
+                // the address lives on in the pod's new node: this node's
+                // range must not hand it out again
+                reserve(&delegate, &l.address, &sandbox)?;
+            }
             mose_network::pod::PodLink::remove(&state_dir, &sandbox);
-            delegate_to(&delegate)
+            Ok(out)
         }
         _ => delegate_to(&delegate),
     }
@@ -120,13 +131,38 @@ fn record_link(
     let host = r.host_interface(ifname).ok_or_else(|| {
         format!("the delegate's result names no node-side interface for {ifname}")
     })?;
+    let raw: Value = serde_json::from_slice(result).unwrap_or_default();
+    let address = raw["ips"][0]["address"]
+        .as_str()
+        .unwrap_or_default()
+        .to_string();
     let link = mose_network::pod::PodLink {
         host_ifname: host.to_string(),
         netns: PathBuf::from(netns),
+        address,
     };
     link.save(state_dir, sandbox)
         .map_err(|e| format!("recording the pod's link: {e}"))?;
     Ok(link)
+}
+
+/// A pod continues only a pod of its own Kubernetes namespace (the CRI
+/// passes the new pod's in `CNI_ARGS` as `K8S_POD_NAMESPACE`).
+fn same_namespace(from: &str) -> Result<(), String> {
+    let origin =
+        mose_contract::PodOrigin::parse(from).map_err(|e| format!("mose.io/migrate-from: {e}"))?;
+    let args = std::env::var("CNI_ARGS").unwrap_or_default();
+    let ns = args
+        .split(';')
+        .find_map(|kv| kv.strip_prefix("K8S_POD_NAMESPACE="))
+        .unwrap_or_default();
+    if ns != origin.namespace {
+        return Err(format!(
+            "mose.io/migrate-from: a pod in Kubernetes namespace {ns:?} may continue only a pod \
+             of that namespace, not {origin}"
+        ));
+    }
+    Ok(())
 }
 
 /// The address of the pod `from` names, from the node agent.
@@ -176,6 +212,44 @@ fn keep_address(delegate: &mut Value, address: &str) -> Result<(), String> {
     delegate["runtimeConfig"]["ips"] = json!([address]);
     delegate["capabilities"]["ips"] = json!(true);
     Ok(())
+}
+
+/// Content of a `host-local` reservation MOSE keeps for a pod whose
+/// address moved to another node (`host-local` keeps one file per address,
+/// named by it, in `<dataDir>/<network>/`, holding its owner's id).
+const MOVED_OWNER: &str = "mose-moved-away";
+
+fn reservation_path(delegate: &Value, address: &str) -> Option<PathBuf> {
+    let ip = address.split('/').next().filter(|s| !s.is_empty())?;
+    let data = delegate["ipam"]["dataDir"]
+        .as_str()
+        .unwrap_or("/var/lib/cni/networks");
+    let name = delegate["name"].as_str()?;
+    Some(Path::new(data).join(name).join(ip))
+}
+
+/// Keeps `address` allocated in the delegate's `host-local` store after
+/// its pod left for another node.
+fn reserve(delegate: &Value, address: &str, sandbox: &str) -> Result<(), String> {
+    let Some(p) = reservation_path(delegate, address) else {
+        return Ok(());
+    };
+    std::fs::write(&p, format!("{MOVED_OWNER}:{sandbox}")).map_err(|e| {
+        format!(
+            "keeping {address} reserved for its moved pod ({}): {e}",
+            p.display()
+        )
+    })
+}
+
+/// Drops the reservation [`reserve`] left for `address`, if it is one.
+fn unreserve(delegate: &Value, address: &str) {
+    if let Some(p) = reservation_path(delegate, address) {
+        let ours = std::fs::read_to_string(&p).is_ok_and(|s| s.starts_with(MOVED_OWNER));
+        if ours {
+            let _ = std::fs::remove_file(&p);
+        }
+    }
 }
 
 /// `10.89.0.161/24` → `10.89.0.0/24`.
