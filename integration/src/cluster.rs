@@ -325,3 +325,35 @@ impl Drop for Cluster {
         let _ = std::fs::remove_dir_all(&incoming);
     }
 }
+
+impl Cluster {
+    /// Runs `f` in the user netns (a client on the service segment);
+    /// panics when it cannot run there (for tests).
+    pub fn as_user<T: Send + 'static>(&self, f: impl FnOnce() -> Result<T> + Send + 'static) -> T {
+        self.bed
+            .run_in_user(f)
+            .expect("the client's work in the user netns")
+    }
+
+    /// A 50 req/s probe of `addr` from the user netns on one connection for
+    /// the whole run: a stall is waited out (20 s), never answered by
+    /// reconnecting (a reconnect is counted).
+    pub fn one_connection_probe(&self, addr: &str) -> mose_workloads::probe::ProbeHandle {
+        let mut cfg = mose_workloads::probe::ProbeConfig::new(vec![addr.to_string()], 50.0);
+        cfg.read_timeout = std::time::Duration::from_secs(20);
+        self.as_user(move || mose_workloads::probe::Probe::start_with(cfg))
+    }
+}
+
+/// Panics unless the probe's one connection carried the whole run: never
+/// reset, no request failed, the sequence continued (for tests).
+pub fn assert_connection_kept(r: &mose_workloads::probe::ProbeResult) {
+    assert_eq!(
+        r.reconnects,
+        0,
+        "the probe's one connection was never reset: {}",
+        r.summary()
+    );
+    assert_eq!(r.errors, 0, "no request failed: {}", r.summary());
+    assert!(r.seq_ok, "the sequence continued: {}", r.summary());
+}

@@ -9,28 +9,18 @@ use std::io::{BufRead, BufReader, Write};
 use std::net::TcpStream;
 use std::time::Duration;
 
-use mose_integration::cluster::Cluster;
+use mose_integration::cluster::{assert_connection_kept, Cluster};
 use mose_integration::testbed::segment::{self, SERVICE_NETWORK};
 use mose_integration::wait_for;
 use mose_workloads::image::ctr_import;
 use mose_workloads::images::{
     cache_dir, redis_archive, state_service_archive, REDIS_REF, STATE_SERVICE_REF,
 };
-use mose_workloads::probe::{ping, verify, Probe, ProbeConfig, ProbeHandle, ProbeResult};
+use mose_workloads::probe::{ping, verify, ProbeHandle};
 
 const RT: &str = "io.containerd.mose.v2";
 const TECHNIQUES: [&str; 4] = ["cold", "precopy", "postcopy", "hybrid"];
 const PORT: u16 = 7070;
-
-/// Runs `f` in the user netns (a client on the service segment).
-fn as_user<T: Send + 'static>(
-    c: &Cluster,
-    f: impl FnOnce() -> anyhow::Result<T> + Send + 'static,
-) -> T {
-    c.bed
-        .run_in_user(f)
-        .expect("the client's work in the user netns")
-}
 
 fn annotations(host: u8) -> Vec<String> {
     vec![
@@ -79,25 +69,6 @@ fn state_service_of(c: &Cluster, ns: &str, id: &str, host: u8, state_mib: u32) -
         },
     );
     addr
-}
-
-/// One connection for the whole run: a stall is waited out, never
-/// answered by reconnecting (a reconnect is counted).
-fn start_probe(c: &Cluster, addr: &str) -> ProbeHandle {
-    let mut cfg = ProbeConfig::new(vec![addr.to_string()], 50.0);
-    cfg.read_timeout = Duration::from_secs(20);
-    as_user(c, move || Probe::start_with(cfg))
-}
-
-fn assert_connection_kept(r: &ProbeResult) {
-    assert_eq!(
-        r.reconnects,
-        0,
-        "the probe's one connection was never reset: {}",
-        r.summary()
-    );
-    assert_eq!(r.errors, 0, "no request failed: {}", r.summary());
-    assert!(r.seq_ok, "the sequence continued: {}", r.summary());
 }
 
 fn migrate_ok(c: &Cluster, from: usize, to: usize, ns: &str, id: &str, technique: &str) {
@@ -154,8 +125,8 @@ fn state_service_keeps_address_and_connection_with_every_technique_there_and_bac
     let ns = mose_tests::unique_id("netid");
     let addr = state_service(&c, &ns, "state", 10);
     let a = addr.clone();
-    let before = as_user(&c, move || ping(&a));
-    let probe = start_probe(&c, &addr);
+    let before = c.as_user(move || ping(&a));
+    let probe = c.one_connection_probe(&addr);
     for t in TECHNIQUES {
         migrate_ok(&c, 1, 2, &ns, "state", t);
         assert_address_at(&c, 2, 1, 10);
@@ -165,7 +136,7 @@ fn state_service_keeps_address_and_connection_with_every_technique_there_and_bac
     let r = probe.stop();
     assert_connection_kept(&r);
     let a = addr.clone();
-    let (after, report) = as_user(&c, move || Ok((ping(&a)?, verify(&a)?)));
+    let (after, report) = c.as_user(move || Ok((ping(&a)?, verify(&a)?)));
     assert!(after.seq > before.seq);
     assert_eq!(after.sum, before.sum, "state checksum unchanged");
     assert!(report.is_ok(), "every page intact");
@@ -206,7 +177,7 @@ fn a_redis_client_connection_opened_before_keeps_working_after_every_technique()
     args.extend(annotations(11));
     args.extend([REDIS_REF, "redis"].map(String::from));
     c.node(1).unwrap().ctr(&ns).ok(&args).unwrap();
-    let conn = as_user(&c, || {
+    let conn = c.as_user(|| {
         let deadline = std::time::Instant::now() + Duration::from_secs(30);
         loop {
             match TcpStream::connect_timeout(
@@ -246,7 +217,7 @@ fn a_redis_client_connection_opened_before_keeps_working_after_every_technique()
 /// and node 2 holds no record, namespace or container of it.
 fn assert_rolled_back_in_place(c: &Cluster, ns: &str, probe: ProbeHandle, addr: &str) {
     let a = addr.to_string();
-    let p = as_user(c, move || ping(&a));
+    let p = c.as_user(move || ping(&a));
     assert!(p.seq > 0);
     let r = probe.stop();
     assert_connection_kept(&r);
@@ -278,7 +249,7 @@ fn failures_roll_back_with_the_address_and_connection_on_the_source() {
     let conf = segment::conf_dir(c.node(2).unwrap().dir()).join("svc.conflist");
     let saved = std::fs::read(&conf).unwrap();
     std::fs::remove_file(&conf).unwrap();
-    let probe = start_probe(&c, &addr);
+    let probe = c.one_connection_probe(&addr);
     let r = c
         .migrate(1, 2, &ns, "state", &["--technique", "cold"])
         .unwrap();
@@ -295,7 +266,7 @@ fn failures_roll_back_with_the_address_and_connection_on_the_source() {
         .unwrap()
         .replace("\"mose-svc0\"", "\"bridge-name-too-long-for-linux\"");
     std::fs::write(&conf, broken).unwrap();
-    let probe = start_probe(&c, &addr);
+    let probe = c.one_connection_probe(&addr);
     let r = c
         .migrate(1, 2, &ns, "state", &["--technique", "cold"])
         .unwrap();
@@ -310,7 +281,7 @@ fn failures_roll_back_with_the_address_and_connection_on_the_source() {
     std::fs::write(&conf, saved).unwrap();
 
     // the node link cut once the source is frozen
-    let probe = start_probe(&c, &addr);
+    let probe = c.one_connection_probe(&addr);
     std::thread::scope(|s| {
         s.spawn(|| {
             c.wait_frozen(1, &ns);
@@ -343,7 +314,7 @@ fn destination_agent_killed_mid_stream_rolls_back_with_the_address_and_connectio
         .unwrap()
         .plugin_pid()
         .expect("node 2 runs a plugin");
-    let probe = start_probe(&c, &addr);
+    let probe = c.one_connection_probe(&addr);
     let r = std::thread::scope(|s| {
         s.spawn(|| {
             c.wait_frozen(1, &ns);

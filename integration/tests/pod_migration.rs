@@ -9,26 +9,17 @@
 
 use std::time::Duration;
 
-use mose_integration::cluster::Cluster;
+use mose_integration::cluster::{assert_connection_kept, Cluster};
 use mose_integration::cri::{Cri, PodSpec, MOSE_HANDLER};
 use mose_integration::pod_fixtures::{self, sidecar, PORT, READY, RUNNING};
 use mose_integration::testbed::segment;
 use mose_integration::wait_for;
 use mose_network::pod::PodLink;
 use mose_workloads::images::{cache_dir, state_service_archive};
-use mose_workloads::probe::{ping, verify, Probe, ProbeConfig, ProbeHandle, ProbeResult};
+use mose_workloads::probe::{ping, verify};
 
 const POD: &str = "tracker";
 const STATE_MIB: u32 = 16;
-
-fn as_user<T: Send + 'static>(
-    c: &Cluster,
-    f: impl FnOnce() -> anyhow::Result<T> + Send + 'static,
-) -> T {
-    c.bed
-        .run_in_user(f)
-        .expect("the client's work in the user netns")
-}
 
 fn cluster() -> (Cluster, Vec<Cri>) {
     let c = Cluster::up(2, None).expect("testbed up");
@@ -137,19 +128,6 @@ fn continue_on(
     })
 }
 
-/// One connection for the whole run (a reconnect is counted).
-fn start_probe(c: &Cluster, addr: &str) -> ProbeHandle {
-    let mut cfg = ProbeConfig::new(vec![addr.to_string()], 50.0);
-    cfg.read_timeout = Duration::from_secs(20);
-    as_user(c, move || Probe::start_with(cfg))
-}
-
-fn assert_connection_kept(r: &ProbeResult) {
-    assert_eq!(r.reconnects, 0, "never reset: {}", r.summary());
-    assert_eq!(r.errors, 0, "no request failed: {}", r.summary());
-    assert!(r.seq_ok, "the sequence continued: {}", r.summary());
-}
-
 /// After a hand-over: the source agent stopped the source pod; the
 /// kubelet's removal leaves nothing of it (sandbox, netns, link record,
 /// cgroups) but the reservation of its address, which moved.
@@ -223,8 +201,8 @@ fn a_pod_moves_node_to_node_through_the_cri_keeping_ip_state_and_connections() {
     let (mut here, ip) = run_fresh(&c, &mut cris);
     let addr = format!("{ip}:{PORT}");
     let a = addr.clone();
-    let before = as_user(&c, move || ping(&a));
-    let probe = start_probe(&c, &addr);
+    let before = c.as_user(move || ping(&a));
+    let probe = c.one_connection_probe(&addr);
     for (to, technique) in [(2, "precopy"), (1, "postcopy")] {
         let next = continue_on(&c, &mut cris, &here, to, technique)
             .unwrap_or_else(|e| panic!("{technique} to node {to}: {e:#}"));
@@ -235,7 +213,7 @@ fn a_pod_moves_node_to_node_through_the_cri_keeping_ip_state_and_connections() {
     let r = probe.stop();
     assert_connection_kept(&r);
     let a = addr.clone();
-    let (after, report) = as_user(&c, move || Ok((ping(&a)?, verify(&a)?)));
+    let (after, report) = c.as_user(move || Ok((ping(&a)?, verify(&a)?)));
     assert!(after.seq > before.seq);
     assert_eq!(after.sum, before.sum, "state checksum unchanged");
     assert!(report.is_ok(), "every page intact");
@@ -246,7 +224,7 @@ fn a_failed_restore_leaves_the_source_pod_serving_and_the_new_pod_failed_with_th
     let (c, mut cris) = cluster();
     let (here, ip) = run_fresh(&c, &mut cris);
     let addr = format!("{ip}:{PORT}");
-    let probe = start_probe(&c, &addr);
+    let probe = c.one_connection_probe(&addr);
     // the destination's container may hold far less memory than the
     // service's state: its restore fails there
     let origin = format!("{}/default/{POD}", c.endpoint(1).unwrap());
@@ -298,7 +276,7 @@ fn a_failed_restore_leaves_the_source_pod_serving_and_the_new_pod_failed_with_th
     let r = probe.stop();
     assert_connection_kept(&r);
     let a = addr.clone();
-    let report = as_user(&c, move || verify(&a));
+    let report = c.as_user(move || verify(&a));
     assert!(report.is_ok(), "every page intact");
     // the controller gives up: the failed pod goes, its address with it
     cris[1].remove_pod(&pod_id).expect("remove the failed pod");

@@ -168,8 +168,13 @@ async fn unpack_into(cd: &Containerd, id: &str, tar: &Path) -> Result<()> {
         .snapshot_mounts(&c.snapshotter, &c.snapshot_key)
         .await
         .in_phase(Phase::Restore, "reading the pod container's snapshot")?;
+    unpack_changes(&mounts, tar)
+}
+
+/// Unpacks the rootfs changes in `tar` into the upper dir of `mounts`.
+fn unpack_changes(mounts: &[containerd_client::types::Mount], tar: &Path) -> Result<()> {
     let data = std::fs::read(tar).in_phase(Phase::Restore, "reading the rootfs changes")?;
-    let upper = rootfs::upperdir(&mounts).in_phase(Phase::Restore, "finding the upper dir")?;
+    let upper = rootfs::upperdir(mounts).in_phase(Phase::Restore, "finding the upper dir")?;
     rootfs::unpack(&data, &upper).in_phase(Phase::Restore, "unpacking the rootfs changes")
 }
 
@@ -244,9 +249,7 @@ async fn prepare_rootfs(
         .await
         .in_phase(Phase::Restore, "preparing the snapshot")?;
     if let Some(tar) = rootfs_tar {
-        let data = std::fs::read(&tar).in_phase(Phase::Restore, "reading the rootfs changes")?;
-        let upper = rootfs::upperdir(&mounts).in_phase(Phase::Restore, "finding the upper dir")?;
-        rootfs::unpack(&data, &upper).in_phase(Phase::Restore, "unpacking the rootfs changes")?;
+        unpack_changes(&mounts, &tar)?;
     }
     Ok(mounts)
 }
