@@ -27,7 +27,7 @@ if [[ $(id -u) -ne 0 ]]; then
   exit 1
 fi
 
-PKGS=(containerd runc crun iptables busybox-static protobuf-compiler iproute2 ca-certificates pkg-config gcc libc6-dev redis-server util-linux libclang-dev containernetworking-plugins sockperf iperf3)
+PKGS=(containerd runc crun iptables busybox-static jq protobuf-compiler iproute2 ca-certificates pkg-config gcc libc6-dev redis-server util-linux libclang-dev containernetworking-plugins sockperf iperf3)
 missing=()
 for p in "${PKGS[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
@@ -63,7 +63,9 @@ if [[ "$PROFILE" == release ]]; then
 else
   cargo build --workspace --bins --quiet
 fi
-BIN="$ROOT/target/$PROFILE"
+# where cargo put them: CARGO_TARGET_DIR (or a configured target dir) moves them
+TARGET_DIR=$(cargo metadata --format-version 1 --no-deps | jq -r .target_directory)
+BIN="${TARGET_DIR:-$ROOT/target}/$PROFILE"
 
 install -D -m 0755 "$BIN/containerd-shim-mose-v2" "$PREFIX/bin/containerd-shim-mose-v2"
 install -D -m 0755 "$BIN/mose-plugin" "$PREFIX/bin/mose-plugin"

@@ -108,3 +108,29 @@ pub fn run_pod_with(
     }
     Ok((pod_id, ids))
 }
+
+/// Lines of the container's CRI log on stderr: the sidecar's failed
+/// queries (`nc: can't connect ...`).
+pub fn errors_in_log(pod: &PodSpec, log_path: &str) -> Vec<String> {
+    let text = std::fs::read_to_string(Path::new(&pod.log_dir).join(log_path)).unwrap_or_default();
+    crate::cri::log_lines(&text)
+        .into_iter()
+        .filter(|(stream, _)| stream == "stderr")
+        .map(|(_, l)| l)
+        .collect()
+}
+
+/// Whether the CRI container `id`'s task is paused (frozen), asked of the
+/// node's containerd directly: the CRI reports a paused container as
+/// running.
+pub fn task_paused(containerd_socket: &Path, id: &str) -> Result<bool> {
+    use mose_migrate::containerd::{Containerd, TASK_PAUSED};
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
+    let (_, status) = rt.block_on(async {
+        let cd = Containerd::connect(containerd_socket, mose_migrate::pods::CRI_NAMESPACE).await?;
+        cd.task_state(id).await
+    })?;
+    Ok(status == TASK_PAUSED)
+}

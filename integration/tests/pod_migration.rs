@@ -117,6 +117,13 @@ fn continue_on(
         &pod,
         &pod_fixtures::state_container(STATE_MIB, &[]),
     )?;
+    // the pod froze as one: the sidecar left behind waits frozen for its
+    // own pull, and never runs without the service
+    let source_node = c.node(from.node)?;
+    anyhow::ensure!(
+        pod_fixtures::task_paused(source_node.containerd_socket(), &from.sidecar)?,
+        "the source's sidecar is frozen once the state service moved"
+    );
     let sidecar = pod_fixtures::start(cri, &pod_id, &pod, &sidecar())?;
     Ok(Running {
         node: to,
@@ -195,6 +202,46 @@ fn assert_continued(cris: &mut [Cri], to: &Running, ip: &str) {
     );
 }
 
+/// `auto`: the source's policy planned the pod as a whole (both
+/// containers measured, the pod's targets), the first container followed
+/// the plan, and the sidecar, frozen with it, followed with it.
+fn assert_planned_as_a_pod(c: &Cluster, source: usize) {
+    let log = c
+        .node(source)
+        .unwrap()
+        .dir()
+        .join("mose-state/migrations.jsonl");
+    let text = std::fs::read_to_string(&log).unwrap();
+    let out: Vec<serde_json::Value> = text
+        .lines()
+        .filter_map(|l| serde_json::from_str(l).ok())
+        .filter(|r: &serde_json::Value| r["direction"] == "out")
+        .collect();
+    let [.., state, sidecar] = &out[..] else {
+        panic!("two pulls recorded in {}: {out:?}", log.display());
+    };
+    assert_eq!(state["pod_container"], "state");
+    assert_eq!(state["status"], "ok");
+    let plan = &state["plan"];
+    let technique = &plan["decision"]["plan"]["technique"];
+    assert_eq!(
+        &state["technique"], technique,
+        "the plan was followed: {plan}"
+    );
+    let kpis = plan["kpis"].as_array().expect("predicted beside measured");
+    assert!(
+        kpis.iter()
+            .any(|k| k["kpi"] == "downtime" && k["target"] == 500.0),
+        "the pod's max-downtime is the plan's target: {kpis:?}"
+    );
+    // the pod's memory: the state service's 16 MiB and the sidecar's
+    let memory = plan["measurements"]["memory_bytes"].as_u64().unwrap();
+    assert!(memory > u64::from(STATE_MIB) << 20, "{memory}");
+    assert_eq!(sidecar["pod_container"], "sidecar");
+    assert_eq!(sidecar["status"], "ok");
+    assert!(sidecar["pod_frozen_before_ms"].as_f64().unwrap() > 0.0);
+}
+
 #[test]
 fn a_pod_moves_node_to_node_through_the_cri_keeping_ip_state_and_connections() {
     let (c, mut cris) = cluster();
@@ -203,11 +250,20 @@ fn a_pod_moves_node_to_node_through_the_cri_keeping_ip_state_and_connections() {
     let a = addr.clone();
     let before = c.as_user(move || ping(&a));
     let probe = c.one_connection_probe(&addr);
-    for (to, technique) in [(2, "precopy"), (1, "postcopy")] {
+    for (to, technique) in [(2, "precopy"), (1, "postcopy"), (2, "auto")] {
+        let failed_queries = pod_fixtures::errors_in_log(&here.pod, "sidecar/0.log");
         let next = continue_on(&c, &mut cris, &here, to, technique)
             .unwrap_or_else(|e| panic!("{technique} to node {to}: {e:#}"));
         assert_continued(&mut cris, &next, &ip);
+        assert_eq!(
+            pod_fixtures::errors_in_log(&here.pod, "sidecar/0.log"),
+            failed_queries,
+            "the source's sidecar never ran without its service"
+        );
         assert_source_gone(&c, &mut cris, &here, &ip);
+        if technique == "auto" {
+            assert_planned_as_a_pod(&c, here.node);
+        }
         here = next;
     }
     let r = probe.stop();
@@ -273,6 +329,11 @@ fn a_failed_restore_leaves_the_source_pod_serving_and_the_new_pod_failed_with_th
         cris[0].container_status(&here.state).unwrap().state,
         RUNNING
     );
+    // the sidecar, frozen with the pod, runs again
+    let socket = c.node(1).unwrap().containerd_socket().to_path_buf();
+    wait_for("the sidecar to be thawed", Duration::from_secs(30), || {
+        pod_fixtures::task_paused(&socket, &here.sidecar).is_ok_and(|p| !p)
+    });
     let r = probe.stop();
     assert_connection_kept(&r);
     let a = addr.clone();

@@ -331,6 +331,19 @@ impl Containerd {
     }
 
     pub async fn task_pid(&self, id: &str) -> Result<u32> {
+        let (pid, status) = self.task_state(id).await?;
+        if status != TASK_RUNNING && status != TASK_PAUSED {
+            return Err(ContainerdError::NotRunning {
+                id: id.into(),
+                status,
+            });
+        }
+        Ok(pid)
+    }
+
+    /// The task's init pid and status (containerd's `task.Status`: see
+    /// [`TASK_RUNNING`], [`TASK_PAUSED`]).
+    pub async fn task_state(&self, id: &str) -> Result<(u32, i32)> {
         let r = self
             .tasks()
             .get(self.req(GetRequest {
@@ -346,13 +359,7 @@ impl Containerd {
             .into_inner()
             .process
             .ok_or_else(|| ContainerdError::NoTask { id: id.into() })?;
-        if p.status != 2 && p.status != 4 {
-            return Err(ContainerdError::NotRunning {
-                id: id.into(),
-                status: p.status,
-            });
-        }
-        Ok(p.pid)
+        Ok((p.pid, p.status))
     }
 
     pub async fn pids(&self, id: &str) -> Result<Vec<u32>> {
@@ -786,6 +793,11 @@ impl Containerd {
         Ok(r.into_inner().pid)
     }
 }
+
+/// containerd's task status `RUNNING` (`containerd.v1.types.Status`).
+pub const TASK_RUNNING: i32 = 2;
+/// containerd's task status `PAUSED`.
+pub const TASK_PAUSED: i32 = 4;
 
 /// OCI chain id of a layer stack.
 pub fn chain_id(diff_ids: &[String]) -> String {

@@ -150,13 +150,12 @@ async fn pod_address(cfg: &PodsConfig, from: &str) -> Result<String, String> {
     Ok(info.address)
 }
 
-/// `technique`: the pod's `mose.io/technique`; `auto` (or none) is pre-copy
-/// for now (the policy does not plan pods yet, and pre-copy meets the
-/// tightest downtime of the four for most services).
-fn technique_of(t: &str) -> Result<Technique, String> {
+/// `technique`: the pod's `mose.io/technique`; `auto` (or none) is `None`:
+/// the source's policy hook plans for the pod as a whole.
+fn technique_of(t: &str) -> Result<Option<Technique>, String> {
     match t.trim() {
-        "" | "auto" => Ok(Technique::Precopy),
-        t => t.parse().map_err(|_| {
+        "" | "auto" => Ok(None),
+        t => t.parse().map(Some).map_err(|_| {
             format!("mose.io/technique {t:?} is not cold, precopy, postcopy, hybrid or auto")
         }),
     }
@@ -252,6 +251,9 @@ async fn start_pull(
     )
     .await
     .map_err(|e| chain(&e))?;
+    let technique = technique.map_or("auto (the source plans the pod)".to_string(), |t| {
+        t.to_string()
+    });
     info!(%key, into = id, source_container = %source, %technique, "pulling a pod's container");
     Ok(waiter)
 }
@@ -266,9 +268,9 @@ mod tests {
 
     #[test]
     fn auto_is_precopy_and_nonsense_is_refused() {
-        assert_eq!(technique_of("").unwrap(), Technique::Precopy);
-        assert_eq!(technique_of("auto").unwrap(), Technique::Precopy);
-        assert_eq!(technique_of("postcopy").unwrap(), Technique::Postcopy);
+        assert_eq!(technique_of("").unwrap(), None);
+        assert_eq!(technique_of("auto").unwrap(), None);
+        assert_eq!(technique_of("postcopy").unwrap(), Some(Technique::Postcopy));
         assert!(technique_of("warp").unwrap_err().contains("warp"));
     }
 }

@@ -89,6 +89,22 @@ pub struct PlanQuery {
     pub fresh: bool,
 }
 
+/// A plan request for a Kubernetes pod moving as a whole (`{"op":"plan_pod"}`):
+/// its containers are frozen together, so the policy plans for all of them.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct PodPlanQuery {
+    pub namespace: String,
+    /// The pod's running containers, the one moving first first: its
+    /// `mose.io/*` annotations (the pod's, which containerd's CRI copies to
+    /// each container) are the targets; the measurements are summed.
+    pub containers: Vec<String>,
+    /// Destination endpoint `host:port`.
+    pub destination: String,
+    /// An explicit technique overriding `mose.io/technique`.
+    #[serde(default)]
+    pub technique: Option<Technique>,
+}
+
 /// The hook's answer to a plan request.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct PlanAnswer {
@@ -109,6 +125,7 @@ pub struct PlanAnswer {
 #[serde(tag = "op", rename_all = "snake_case")]
 enum Request {
     Plan(PlanQuery),
+    PlanPod(PodPlanQuery),
     Learn { result: Box<MigrationResult> },
     Status,
 }
@@ -200,6 +217,7 @@ async fn serve_client(p: &Policy, s: UnixStream) -> Result<()> {
 async fn handle(p: &Policy, req: Request) -> Result<serde_json::Value> {
     match req {
         Request::Plan(q) => Ok(serde_json::to_value(plan(p, &q).await?)?),
+        Request::PlanPod(q) => Ok(serde_json::to_value(plan_pod(p, &q).await?)?),
         Request::Learn { result } => {
             let link = p
                 .links
@@ -353,7 +371,59 @@ async fn plan(p: &Policy, q: &PlanQuery) -> Result<PlanAnswer> {
             link_bytes_per_s: link,
         },
         calibration,
+        pod_containers: Vec::new(),
     };
+    decide(p, request, link_source, memory).await
+}
+
+/// Plans a pod as one: the first container's targets (the pod's), the
+/// containers' memory and dirty rates summed.
+async fn plan_pod(p: &Policy, q: &PodPlanQuery) -> Result<PlanAnswer> {
+    let first = q
+        .containers
+        .first()
+        .ok_or_else(|| anyhow!("a pod plan needs at least one container"))?;
+    let cd = Containerd::connect(&p.cfg.containerd, &q.namespace).await?;
+    let mut targets = targets_of(&cd, first).await?;
+    if let Some(t) = q.technique {
+        targets.technique = TechniqueChoice::Fixed(t);
+    }
+    let mut memory = MemorySample::default();
+    for id in &q.containers {
+        let m = memory_of(p, &cd, &q.namespace, id, false).await?;
+        memory.memory_bytes += m.memory_bytes;
+        memory.present_bytes += m.present_bytes;
+        memory.dirty_bytes_per_s += m.dirty_bytes_per_s;
+        memory.sampled_pages += m.sampled_pages;
+        memory.changed_pages += m.changed_pages;
+        memory.interval_ms = memory.interval_ms.max(m.interval_ms);
+    }
+    let (link, link_source) = link_to(p, &q.destination, false).await?;
+    let calibration = p.store.lock().await.learned.calibration();
+    let request = PlanRequest {
+        container: first.clone(),
+        namespace: q.namespace.clone(),
+        destination: q.destination.clone(),
+        targets,
+        measurements: Measurements {
+            memory_bytes: memory.memory_bytes,
+            dirty_bytes_per_s: memory.dirty_bytes_per_s,
+            working_set_bytes: None,
+            link_bytes_per_s: link,
+        },
+        calibration,
+        pod_containers: q.containers.clone(),
+    };
+    decide(p, request, link_source, memory).await
+}
+
+/// The built-in policy's decision, or the operator's program's.
+async fn decide(
+    p: &Policy,
+    request: PlanRequest,
+    link_source: String,
+    memory: MemorySample,
+) -> Result<PlanAnswer> {
     let builtin = || {
         select(
             &request.targets,
@@ -450,6 +520,14 @@ async fn refresh_loop(p: Arc<Policy>) {
 }
 
 /// Asks the policy hook at `socket` for a plan (used by `mosectl`).
+/// Asks the policy hook at `socket` to plan a pod's migration.
+pub async fn request_pod_plan(socket: &std::path::Path, q: &PodPlanQuery) -> Result<PlanAnswer> {
+    let mut req = serde_json::to_value(q)?;
+    req["op"] = "plan_pod".into();
+    let v = call(socket, &req).await?;
+    serde_json::from_value(v).context("the policy hook's answer is not a plan")
+}
+
 pub async fn request_plan(socket: &std::path::Path, q: &PlanQuery) -> Result<PlanAnswer> {
     let v = call(socket, &serde_json::json!({"op": "plan", "namespace": q.namespace, "container": q.container, "destination": q.destination, "technique": q.technique, "fresh": q.fresh})).await?;
     serde_json::from_value(v).context("the policy hook's answer is not a plan")

@@ -31,6 +31,11 @@ pub struct PlanRequest {
     pub measurements: Measurements,
     /// This node's current calibration of the cost model.
     pub calibration: Calibration,
+    /// For a Kubernetes pod planned as a whole: its containers' ids, the
+    /// one moving first (`container`) first. `targets` are the pod's, and
+    /// `measurements` the sums over these containers. Empty otherwise.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub pod_containers: Vec<String>,
 }
 
 /// Parses a policy program's stdout and validates it against the request.
@@ -165,6 +170,7 @@ mod tests {
                 link_bytes_per_s: 125_000_000.0,
             },
             calibration: Calibration::default(),
+            pod_containers: Vec::new(),
         }
     }
 

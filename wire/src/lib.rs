@@ -12,7 +12,7 @@ pub mod frame;
 pub mod message;
 
 /// Version of the protocol; both ends must speak the same one.
-pub const PROTOCOL_VERSION: u32 = 3;
+pub const PROTOCOL_VERSION: u32 = 4;
 
 pub use blocks::{BlockHash, BlockStore, BLOCK_SIZE};
 pub use frame::LAZY_SLOT;

@@ -147,14 +147,16 @@ pub enum Message {
     },
     /// Pod hand-over, destination to source (instead of `Begin`): migrate
     /// container `container` of pod `namespace/pod` to the endpoint
-    /// `reply_to` (`HOST:PORT`, the asking node's) with `technique`.
+    /// `reply_to` (`HOST:PORT`, the asking node's) with `technique`
+    /// (`None`: `auto`, the source's policy plans for the pod as a whole).
     /// Answered by [`Message::PullOk`] once the migration has begun on a
     /// connection of its own, or `Failed`.
     Pull {
         namespace: String,
         pod: String,
         container: String,
-        technique: Technique,
+        #[serde(default)]
+        technique: Option<Technique>,
         reply_to: String,
     },
     /// The pulled container's migration started; `container` is its id on

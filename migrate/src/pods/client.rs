@@ -75,7 +75,7 @@ pub async fn request_pull(
     identity: &Identity,
     endpoint: &str,
     key: &PullKey,
-    technique: Technique,
+    technique: Option<Technique>,
     reply_to: &str,
     io: Duration,
 ) -> Result<String> {

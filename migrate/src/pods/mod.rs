@@ -21,7 +21,9 @@
 
 pub mod client;
 pub mod cri;
+pub mod freeze_group;
 pub mod handoff;
+pub mod plan;
 pub mod source;
 
 pub use client::{query_pod, request_pull};

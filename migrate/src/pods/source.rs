@@ -12,13 +12,17 @@ use mose_wire::Technique;
 use tracing::{info, warn};
 
 use super::{
-    cri::Cri, PullKey, ANNOTATION_CONTAINER_NAME, ANNOTATION_POD_NAME, ANNOTATION_POD_NAMESPACE,
+    cri::Cri,
+    freeze_group,
+    plan::{PodPlan, PodPlanQuery},
+    PullKey, ANNOTATION_CONTAINER_NAME, ANNOTATION_POD_NAME, ANNOTATION_POD_NAMESPACE,
     ANNOTATION_SANDBOX_ID, CRI_NAMESPACE, LABEL_KIND,
 };
 use crate::{
     containerd::{spec_of, Containerd},
     receiver::EndpointConfig,
     record::append_record,
+    result::PlanRecord,
     sender::{self, SourceOptions},
 };
 
@@ -141,7 +145,7 @@ fn annotations(c: &Container) -> serde_json::Value {
 pub async fn pull(
     cfg: &EndpointConfig,
     key: PullKey,
-    technique: Technique,
+    technique: Option<Technique>,
     reply_to: String,
     peer: Option<std::net::IpAddr>,
 ) -> Result<String, String> {
@@ -175,28 +179,57 @@ pub async fn pull(
     let id = c.id.clone();
     let guard = InFlight::claim(&id)
         .ok_or_else(|| format!("{key} is already being migrated from this node"))?;
+    let frozen_for = freeze_group::claim(&id);
+    let sandbox = pod.sandbox.id.clone();
+    let planned = match technique {
+        Some(t) => Planned::asked(t),
+        None if frozen_for.is_some() => Planned::asked(pod_technique(&sandbox)),
+        None => match plan_pod(cfg, &pod, &id, &reply_to).await {
+            Ok(p) => p,
+            Err(e) => {
+                if frozen_for.is_some() {
+                    freeze_group::resume_if_paused(&cfg.containerd, &id).await;
+                }
+                return Err(e);
+            }
+        },
+    };
+    remember_pod_technique(&sandbox, planned.technique);
+    let technique = match (frozen_for, planned.technique) {
+        // frozen since its pod's first container moved: pre-copy rounds of
+        // a frozen container only add a round trip to its outage
+        (Some(_), Technique::Precopy | Technique::Hybrid) => Technique::Cold,
+        (_, t) => t,
+    };
     let opts = SourceOptions {
         socket: cfg.containerd.clone(),
         namespace: CRI_NAMESPACE.into(),
         container: id.clone(),
         to: reply_to,
         technique,
-        max_rounds: PULL_MAX_ROUNDS,
+        max_rounds: planned.max_rounds,
         min_round_bytes: PULL_MIN_ROUND_BYTES,
         identity: cfg.identity.clone(),
-        compress: false,
+        compress: planned.compress,
         stop_when: None,
-        bandwidth_cap_bps: None,
+        bandwidth_cap_bps: planned.bandwidth_cap_bps,
         work_root: cfg.work_root.join(".mose-out"),
         io_timeout: cfg.io_timeout,
         close_connections: false,
         cri_pod: true,
+        before_freeze: Some(freeze_group::hook(
+            cfg.containerd.clone(),
+            sandbox.clone(),
+            id.clone(),
+        )),
+        already_frozen: frozen_for.is_some(),
         fault: None,
         progress: None,
     };
-    let (cfg, sandbox) = (cfg.clone(), pod.sandbox.id.clone());
+    let cfg = cfg.clone();
+    let plan = planned.plan;
     tokio::spawn(async move {
-        run_pull(cfg, key, opts, sandbox).await;
+        run_pull(cfg, key, opts, sandbox, frozen_for, plan).await;
         drop(guard);
     });
     Ok(id)
@@ -246,7 +279,7 @@ fn mark_moved(sandbox: &str, moved: bool) -> bool {
 /// A container of a pod whose address already moved failed to follow and
 /// was resumed here: its link must stay down (the address lives on the
 /// other node), whatever the rollback did.
-fn keep_link_down(sandbox: &str) {
+pub(super) fn keep_link_down(sandbox: &str) {
     let state = mose_network::NodeConfig::from_env().state_dir;
     match mose_network::pod::PodLink::load(&state, sandbox).and_then(|l| l.hold_down()) {
         Ok(()) => warn!(
@@ -260,23 +293,59 @@ fn keep_link_down(sandbox: &str) {
 }
 
 /// Runs the migration, records it, and stops what the destination now owns.
-async fn run_pull(cfg: EndpointConfig, key: PullKey, opts: SourceOptions, sandbox: String) {
+/// `frozen_for`: how long the container had been frozen with its pod.
+async fn run_pull(
+    cfg: EndpointConfig,
+    key: PullKey,
+    opts: SourceOptions,
+    sandbox: String,
+    frozen_for: Option<std::time::Duration>,
+    plan: Option<PodPlan>,
+) {
     let id = opts.container.clone();
-    info!(%key, container = %id, to = %opts.to, technique = %opts.technique, "pod container pulled");
-    let result = sender::migrate(opts).await;
+    info!(%key, container = %id, to = %opts.to, technique = %opts.technique, frozen_with_pod = frozen_for.is_some(), "pod container pulled");
+    let mut result = sender::migrate(opts).await;
+    if let Some(p) = plan {
+        result.plan = Some(PlanRecord::compare(
+            p.policy,
+            p.policy_error,
+            p.decision,
+            &p.request,
+            &result,
+        ));
+    }
     let mut rec = serde_json::to_value(&result).unwrap_or_default();
     rec["direction"] = "out".into();
     rec["pod"] = format!("{}/{}", key.namespace, key.pod).into();
     rec["pod_container"] = key.container.clone().into();
+    if let Some(d) = frozen_for {
+        rec["pod_frozen_before_ms"] = (d.as_secs_f64() * 1e3).into();
+    }
     append_record(&cfg.state_dir, &rec);
     if result.status != "ok" {
         warn!(%key, status = %result.status, error = ?result.error, "pulled container's migration did not complete; it stays here");
+        if frozen_for.is_some() {
+            freeze_group::resume_if_paused(&cfg.containerd, &id).await;
+        }
         if mark_moved(&sandbox, false) {
             keep_link_down(&sandbox);
+        } else {
+            freeze_group::thaw(
+                &cfg.containerd,
+                &sandbox,
+                "the pod's first container did not move",
+            )
+            .await;
         }
         return;
     }
-    mark_moved(&sandbox, true);
+    if !mark_moved(&sandbox, true) {
+        freeze_group::thaw_unclaimed_after(
+            cfg.containerd.clone(),
+            sandbox.clone(),
+            freeze_group::FOLLOW_TIMEOUT,
+        );
+    }
     if let Err(e) = stop_moved(&cfg, &id, &sandbox).await {
         warn!(%key, error = %e, "the destination owns the container, but stopping the source's copy failed");
     }
@@ -318,5 +387,96 @@ async fn stop_moved(cfg: &EndpointConfig, id: &str, sandbox: &str) -> Result<(),
     if let Ok(mut v) = MOVED.lock() {
         v.retain(|x| x != sandbox);
     }
+    if let Ok(mut v) = POD_TECHNIQUE.lock() {
+        v.retain(|(s, _)| s != sandbox);
+    }
     cri.stop_pod(sandbox).await
+}
+
+/// How a pulled container migrates: what the destination asked, or what
+/// the policy planned for its pod.
+struct Planned {
+    technique: Technique,
+    max_rounds: u32,
+    bandwidth_cap_bps: Option<u64>,
+    compress: bool,
+    plan: Option<PodPlan>,
+}
+
+impl Planned {
+    fn asked(technique: Technique) -> Self {
+        Planned {
+            technique,
+            max_rounds: PULL_MAX_ROUNDS,
+            bandwidth_cap_bps: None,
+            compress: false,
+            plan: None,
+        }
+    }
+}
+
+/// Asks the policy hook to plan pod `pod` as a whole, `first` moving
+/// first; a refusal or a missing hook is the pull's error.
+async fn plan_pod(
+    cfg: &EndpointConfig,
+    pod: &SourcePod,
+    first: &str,
+    to: &str,
+) -> Result<Planned, String> {
+    let planner = cfg.pod_planner.as_ref().ok_or_else(|| {
+        "mose.io/technique auto: this node has no policy hook to plan the pod; name a \
+         technique (cold, precopy, postcopy, hybrid)"
+            .to_string()
+    })?;
+    let cd = Containerd::connect(&cfg.containerd, CRI_NAMESPACE)
+        .await
+        .map_err(|e| format!("connecting to this node's containerd: {e}"))?;
+    let mut containers = vec![first.to_string()];
+    for c in &pod.containers {
+        if c.id != first && cd.task_pid(&c.id).await.is_ok() {
+            containers.push(c.id.clone());
+        }
+    }
+    let p = planner(PodPlanQuery {
+        containers,
+        destination: to.into(),
+    })
+    .await
+    .map_err(|e| format!("planning the pod's migration: {e}"))?;
+    let params = p.decision.plan.ok_or_else(|| {
+        format!(
+            "the policy refused to migrate the pod: {}",
+            p.decision.reason
+        )
+    })?;
+    info!(plan = %params.describe(), reason = %p.decision.reason, "the pod's migration planned");
+    Ok(Planned {
+        technique: params.technique,
+        max_rounds: params.max_rounds.max(1),
+        bandwidth_cap_bps: params.bandwidth_cap_bps,
+        compress: params.compression,
+        plan: Some(p),
+    })
+}
+
+/// The technique each pod (sandbox id) moving from here was planned with:
+/// containers pulled after the first follow it.
+static POD_TECHNIQUE: std::sync::Mutex<Vec<(String, Technique)>> =
+    std::sync::Mutex::new(Vec::new());
+
+fn remember_pod_technique(sandbox: &str, t: Technique) {
+    if let Ok(mut v) = POD_TECHNIQUE.lock() {
+        v.retain(|(s, _)| s != sandbox);
+        v.push((sandbox.into(), t));
+    }
+}
+
+/// The technique pod `sandbox`'s first container moved with (cold if
+/// unknown).
+fn pod_technique(sandbox: &str) -> Technique {
+    POD_TECHNIQUE
+        .lock()
+        .ok()
+        .and_then(|v| v.iter().find(|(s, _)| s == sandbox).map(|(_, t)| *t))
+        .unwrap_or(Technique::Cold)
 }

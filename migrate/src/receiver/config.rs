@@ -24,4 +24,7 @@ pub struct EndpointConfig {
     /// Pod containers created here by the CRI that wait for their migration
     /// (see [`crate::pods`]).
     pub handoffs: crate::pods::HandoffRegistry,
+    /// Plans pods pulled from here with technique `auto` (the node agent's
+    /// policy hook); without one such a pull is refused with the reason.
+    pub pod_planner: Option<crate::pods::plan::PodPlannerFn>,
 }

@@ -443,7 +443,7 @@ mod tests {
             namespace: "default".into(),
             pod: "p".into(),
             container: "c".into(),
-            technique: Technique::Precopy,
+            technique: Some(Technique::Precopy),
             reply_to: "10.0.0.2:7700".into(),
         };
         for m in [&q, &pull] {

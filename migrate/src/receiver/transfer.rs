@@ -173,6 +173,7 @@ mod tests {
             release_timeout: Duration::from_secs(1),
             io_timeout: Duration::from_secs(1),
             handoffs: Default::default(),
+            pod_planner: None,
         }
     }
 

@@ -17,10 +17,17 @@ impl Migration<'_> {
     /// Pauses and dumps; returns the CRIU image directory.
     pub async fn freeze_and_dump(&mut self) -> Result<PathBuf> {
         self.link.phase = Phase::FreezeDump;
+        if let Some(hook) = &self.opts.before_freeze {
+            hook()
+                .await
+                .in_phase(Phase::FreezeDump, "freezing the containers that go with it")?;
+        }
         self.freeze_at = self.tl.now_ms();
         let p = self.tl.begin("freeze+dump");
         self.report("dump", 0);
-        self.pause().await?;
+        if !self.opts.already_frozen {
+            self.pause().await?;
+        }
         self.step(SenderEvent::Froze)?;
         let images = self.work.join("images");
         let crwork = self.work.join("criu-work");

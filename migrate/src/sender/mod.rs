@@ -22,7 +22,7 @@ use tracing::warn;
 
 pub use handshake::connect_to;
 pub use migration::{Reader, Writer};
-pub use options::{Fault, Progress, ProgressFn, SourceOptions, StopFn};
+pub use options::{BeforeFreezeFn, Fault, Progress, ProgressFn, SourceOptions, StopFn};
 
 use crate::{
     error::{error_chain, MigrateError, Result},

@@ -46,6 +46,14 @@ pub type ProgressFn = Arc<dyn Fn(&Progress) + Send + Sync>;
 /// See [`SourceOptions::stop_when`].
 pub type StopFn = Arc<dyn Fn(u64) -> bool + Send + Sync>;
 
+/// See [`SourceOptions::before_freeze`]: an error is the reason the
+/// migration cannot go on.
+pub type BeforeFreezeFn = Arc<
+    dyn Fn() -> std::pin::Pin<Box<dyn std::future::Future<Output = Result<(), String>> + Send>>
+        + Send
+        + Sync,
+>;
+
 pub struct SourceOptions {
     pub socket: PathBuf,
     pub namespace: String,
@@ -78,6 +86,15 @@ pub struct SourceOptions {
     /// connections are kept), and after the hand-over the CRI, not the
     /// engine, stops the source's copy (see `crate::pods`).
     pub cri_pod: bool,
+    /// Runs just before the container is paused for the dump (a pod's
+    /// other containers are frozen in the same instant, see
+    /// `crate::pods::freeze_group`); an error fails the migration before
+    /// anything of this container is frozen.
+    pub before_freeze: Option<BeforeFreezeFn>,
+    /// The container is already paused (frozen with its pod's first
+    /// container to move): the freeze dumps it without pausing it again,
+    /// and a rollback resumes it.
+    pub already_frozen: bool,
     pub fault: Option<Fault>,
     pub progress: Option<ProgressFn>,
 }

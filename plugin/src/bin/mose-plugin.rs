@@ -1,15 +1,16 @@
 //! `mose-plugin`: a node's MOSE endpoint. Receives migrations from other nodes
 //! over mutually authenticated TLS and restores them into the local containerd.
 
-use std::{collections::HashMap, net::SocketAddr, path::PathBuf, time::Duration};
+use std::{collections::HashMap, net::SocketAddr, path::PathBuf, sync::Arc, time::Duration};
 
 use clap::Parser;
 use mose_migrate::{
+    pods::plan::{PodPlan, PodPlanQuery, PodPlannerFn},
     receiver::{serve, EndpointConfig},
     tls::Identity,
 };
 use mose_plugin::pods::{serve_pods, PodsConfig};
-use mose_plugin::policy::{serve_policy, PolicyConfig};
+use mose_plugin::policy::{request_pod_plan, serve_policy, PolicyConfig};
 
 #[derive(Parser)]
 #[command(
@@ -82,6 +83,33 @@ fn parse_link(s: &str) -> Result<(String, f64), String> {
     Ok((dest.to_string(), bps as f64 / 8.0))
 }
 
+/// Pods pulled from this node with technique `auto` are planned by this
+/// node's own policy hook, over its socket.
+fn pod_planner(socket: PathBuf) -> PodPlannerFn {
+    Arc::new(move |q: PodPlanQuery| {
+        let socket = socket.clone();
+        Box::pin(async move {
+            let ans = request_pod_plan(
+                &socket,
+                &mose_plugin::policy::PodPlanQuery {
+                    namespace: mose_migrate::pods::CRI_NAMESPACE.into(),
+                    containers: q.containers,
+                    destination: q.destination,
+                    technique: None,
+                },
+            )
+            .await
+            .map_err(|e| format!("{e:#}"))?;
+            Ok(PodPlan {
+                policy: ans.policy,
+                policy_error: ans.policy_error,
+                request: ans.request,
+                decision: ans.decision,
+            })
+        })
+    })
+}
+
 #[tokio::main]
 async fn main() {
     // the hidden mode CRIU calibration dumps and restores (see calibrate.rs)
@@ -108,6 +136,7 @@ async fn main() {
         release_timeout: Duration::from_secs(a.io_timeout.max(5)),
         io_timeout: Duration::from_secs(a.io_timeout),
         handoffs: Default::default(),
+        pod_planner: Some(pod_planner(a.policy_socket.clone())),
     };
     let advertise = a
         .advertise

@@ -498,6 +498,8 @@ fn source_options(a: MigrateArgs, plan: Option<&PlanAnswer>, json: bool) -> Resu
         io_timeout: Duration::from_secs(a.io_timeout),
         close_connections: a.close_connections,
         cri_pod: false,
+        before_freeze: None,
+        already_frozen: false,
         fault: a.inject_fault,
         progress,
     })
