@@ -70,6 +70,9 @@ BIN="${TARGET_DIR:-$ROOT/target}/$PROFILE"
 install -D -m 0755 "$BIN/containerd-shim-mose-v2" "$PREFIX/bin/containerd-shim-mose-v2"
 install -D -m 0755 "$BIN/mose-plugin" "$PREFIX/bin/mose-plugin"
 install -D -m 0755 "$BIN/mosectl" "$PREFIX/bin/mosectl"
+# the NRI plugin refusing malformed mose.io/* annotations at CreateContainer
+# (containerd >= 1.7 with NRI enabled; see docs/kubernetes.md)
+install -D -m 0755 "$BIN/mose-nri" "$PREFIX/bin/mose-nri"
 # the OCI hook the shim adds to containers with a service address; it must
 # sit next to the shim (or on its PATH)
 install -D -m 0755 "$BIN/mose-hook" "$PREFIX/bin/mose-hook"
@@ -77,7 +80,7 @@ install -D -m 0755 "$BIN/mose-hook" "$PREFIX/bin/mose-hook"
 # its address; see docs/kubernetes.md): where containerd's CRI looks for
 # plugins by default
 install -D -m 0755 "$BIN/mose-pod-cni" /opt/cni/bin/mose-pod-cni
-log "installed containerd-shim-mose-v2 ($("$PREFIX/bin/containerd-shim-mose-v2" -v | tail -1 | xargs)), mose-plugin, mosectl and mose-hook in $PREFIX/bin, mose-pod-cni in /opt/cni/bin"
+log "installed containerd-shim-mose-v2 ($("$PREFIX/bin/containerd-shim-mose-v2" -v | tail -1 | xargs)), mose-plugin, mosectl, mose-nri and mose-hook in $PREFIX/bin, mose-pod-cni in /opt/cni/bin"
 # the service network's CNI configuration (kept when the operator changed it)
 if [[ ! -f /etc/mose/cni/svc.conflist ]]; then
   install -D -m 0644 "$ROOT/config/cni/svc.conflist" /etc/mose/cni/svc.conflist

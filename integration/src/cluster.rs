@@ -24,6 +24,7 @@ pub fn bin_dir() -> Result<PathBuf> {
         "mosectl",
         "containerd-shim-mose-v2",
         "mose-pod-cni",
+        "mose-nri",
     ] {
         if !d.join(b).exists() {
             bail!(

@@ -4,6 +4,7 @@
 
 pub mod calibrate;
 pub mod measure;
+pub mod nri;
 pub mod pods;
 pub mod policy;
 pub mod visibility;

@@ -406,6 +406,9 @@ pub struct CriSettings {
     /// (this sandboxed machine's root does), runc's init fails ("can't get
     /// final child's PID from pipe") unless the score is restricted.
     pub restrict_oom_score_adj: bool,
+    /// NRI's socket (containerd ≥ 1.7): NRI enabled with external plugins
+    /// connecting there (`None`: NRI left disabled, the default).
+    pub nri_socket: Option<PathBuf>,
 }
 
 /// [`containerd_config`] with the CRI's `cri` settings.
@@ -433,6 +436,18 @@ pub fn containerd_config_with(
                 "\n[plugins.\"io.containerd.grpc.v1.cri\".cni]\n  bin_dir = \"{}\"\n  conf_dir = \"{}\"\n",
                 bin.display(),
                 conf.display()
+            )
+        })
+        .unwrap_or_default();
+    let nri = cri
+        .nri_socket
+        .as_ref()
+        .map(|sock| {
+            format!(
+                "\n[plugins.\"io.containerd.nri.v1.nri\"]\n  disable = false\n  \
+                 disable_connections = false\n  socket_path = \"{s}\"\n  \
+                 plugin_path = \"{s}.d\"\n  plugin_config_path = \"{s}.conf.d\"\n",
+                s = sock.display()
             )
         })
         .unwrap_or_default();
@@ -465,7 +480,7 @@ state = "{state}"
   runtime_type = "io.containerd.mose.v2"
   pod_annotations = ["mose.io/*"]
   container_annotations = ["mose.io/*"]
-{cni}"#,
+{cni}{nri}"#,
         root = root.display(),
         state = state.display(),
         sock = socket.display(),

@@ -666,7 +666,7 @@ impl Testbed {
             // (see mose_tests::containerd::TestContainerd::start)
             let xdg = n.dir().join("xdg");
             fs::create_dir_all(&xdg).with_context(|| format!("creating {}", xdg.display()))?;
-            let mut cmd = n.command("containerd");
+            let mut cmd = n.command(mose_tests::containerd::containerd_binary());
             cmd.arg("--config")
                 .arg(n.config_path())
                 .env("PATH", &path)
@@ -1207,8 +1207,16 @@ fn containerd_config(n: &Node) -> String {
             segment::pod_conf_dir(&n.dir),
         )),
         restrict_oom_score_adj: true,
+        // NRI where containerd has it, for MOSE's NRI plugin (`mose-nri`)
+        nri_socket: (mose_tests::containerd::containerd_version() >= (1, 7))
+            .then(|| nri_socket(&n.dir)),
     };
     mose_tests::containerd::containerd_config_with(&n.root(), &n.state(), &n.socket, &cri)
+}
+
+/// NRI's socket of the node whose directory is `dir` (containerd ≥ 1.7).
+pub fn nri_socket(dir: &Path) -> PathBuf {
+    dir.join("nri.sock")
 }
 
 /// Where Debian's `containernetworking-plugins` installs the CNI plugins.
