@@ -228,6 +228,13 @@ fn assert_planned_as_a_pod(c: &Cluster, source: usize) {
         &state["technique"], technique,
         "the plan was followed: {plan}"
     );
+    // the source pod came with mose.io/technique: postcopy (the move
+    // before): the plan still chose among every technique
+    let considered = plan["decision"]["candidates_considered"].as_u64().unwrap();
+    assert!(
+        considered > 1,
+        "a free choice, not the old pod's fixed technique: {plan}"
+    );
     let kpis = plan["kpis"].as_array().expect("predicted beside measured");
     assert!(
         kpis.iter()

@@ -385,19 +385,12 @@ async fn plan_pod(p: &Policy, q: &PodPlanQuery) -> Result<PlanAnswer> {
         .ok_or_else(|| anyhow!("a pod plan needs at least one container"))?;
     let cd = Containerd::connect(&p.cfg.containerd, &q.namespace).await?;
     let mut targets = targets_of(&cd, first).await?;
-    if let Some(t) = q.technique {
-        targets.technique = TechniqueChoice::Fixed(t);
-    }
-    let mut memory = MemorySample::default();
-    for id in &q.containers {
-        let m = memory_of(p, &cd, &q.namespace, id, false).await?;
-        memory.memory_bytes += m.memory_bytes;
-        memory.present_bytes += m.present_bytes;
-        memory.dirty_bytes_per_s += m.dirty_bytes_per_s;
-        memory.sampled_pages += m.sampled_pages;
-        memory.changed_pages += m.changed_pages;
-        memory.interval_ms = memory.interval_ms.max(m.interval_ms);
-    }
+    // the pod's annotations are the source pod's: a technique they fix was
+    // the previous move's; this one asked for a plan (or names its own)
+    targets.technique = q
+        .technique
+        .map_or(TechniqueChoice::Auto, TechniqueChoice::Fixed);
+    let memory = pod_memory(p, &cd, &q.namespace, &q.containers).await?;
     let (link, link_source) = link_to(p, &q.destination, false).await?;
     let calibration = p.store.lock().await.learned.calibration();
     let request = PlanRequest {
@@ -415,6 +408,43 @@ async fn plan_pod(p: &Policy, q: &PodPlanQuery) -> Result<PlanAnswer> {
         pod_containers: q.containers.clone(),
     };
     decide(p, request, link_source, memory).await
+}
+
+/// The pod's memory: its containers' samples summed, those not fresh in
+/// the cache taken in parallel (one sampling interval in all).
+async fn pod_memory(p: &Policy, cd: &Containerd, ns: &str, ids: &[String]) -> Result<MemorySample> {
+    let (interval, stride) = (p.cfg.sample_interval, p.cfg.sample_stride);
+    let mut samples = Vec::new();
+    let mut pending = Vec::new();
+    for id in ids {
+        let key = (ns.to_string(), id.clone());
+        p.watched.lock().await.insert(key.clone(), Instant::now());
+        let pids = pids_of(cd, id).await?;
+        match p.memory.lock().await.get(&key) {
+            Some((t, was, m)) if t.elapsed() < p.cfg.max_age && *was == pids => samples.push(*m),
+            _ => {
+                let sampled = pids.clone();
+                let h =
+                    tokio::task::spawn_blocking(move || sample_memory(&sampled, interval, stride));
+                pending.push((key, pids, h));
+            }
+        }
+    }
+    for (key, pids, h) in pending {
+        let m = h.await.map_err(|e| anyhow!("memory sampling: {e}"))??;
+        p.memory.lock().await.insert(key, (Instant::now(), pids, m));
+        samples.push(m);
+    }
+    let mut sum = MemorySample::default();
+    for m in samples {
+        sum.memory_bytes += m.memory_bytes;
+        sum.present_bytes += m.present_bytes;
+        sum.dirty_bytes_per_s += m.dirty_bytes_per_s;
+        sum.sampled_pages += m.sampled_pages;
+        sum.changed_pages += m.changed_pages;
+        sum.interval_ms = sum.interval_ms.max(m.interval_ms);
+    }
+    Ok(sum)
 }
 
 /// The built-in policy's decision, or the operator's program's.
@@ -513,13 +543,13 @@ async fn refresh_loop(p: Arc<Policy>) {
             if let Err(e) = sampled {
                 // gone (migrated away or deleted): stop watching it
                 p.watched.lock().await.remove(&(ns.clone(), id.clone()));
+                p.memory.lock().await.remove(&(ns.clone(), id.clone()));
                 info!(namespace = %ns, container = %id, error = %format!("{e:#}"), "stopped sampling");
             }
         }
     }
 }
 
-/// Asks the policy hook at `socket` for a plan (used by `mosectl`).
 /// Asks the policy hook at `socket` to plan a pod's migration.
 pub async fn request_pod_plan(socket: &std::path::Path, q: &PodPlanQuery) -> Result<PlanAnswer> {
     let mut req = serde_json::to_value(q)?;
@@ -528,6 +558,7 @@ pub async fn request_pod_plan(socket: &std::path::Path, q: &PodPlanQuery) -> Res
     serde_json::from_value(v).context("the policy hook's answer is not a plan")
 }
 
+/// Asks the policy hook at `socket` for a plan (used by `mosectl`).
 pub async fn request_plan(socket: &std::path::Path, q: &PlanQuery) -> Result<PlanAnswer> {
     let v = call(socket, &serde_json::json!({"op": "plan", "namespace": q.namespace, "container": q.container, "destination": q.destination, "technique": q.technique, "fresh": q.fresh})).await?;
     serde_json::from_value(v).context("the policy hook's answer is not a plan")

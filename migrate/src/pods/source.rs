@@ -179,33 +179,56 @@ pub async fn pull(
     let id = c.id.clone();
     let guard = InFlight::claim(&id)
         .ok_or_else(|| format!("{key} is already being migrated from this node"))?;
-    let frozen_for = freeze_group::claim(&id);
+    // frozen with its pod: wait until the container that froze it moved
+    let claimed = freeze_group::claim(&id, cfg.io_timeout / 2).await?;
+    let frozen = claimed.is_some() || freeze_group::is_paused(&cfg.containerd, &id).await;
+    let planned = match (technique, claimed) {
+        (Some(t), _) => Planned::asked(t),
+        (None, Some(c)) => Planned::following(c.follow),
+        (None, None) => plan_pod(cfg, &pod, &id, &reply_to).await?,
+    };
     let sandbox = pod.sandbox.id.clone();
-    let planned = match technique {
-        Some(t) => Planned::asked(t),
-        None if frozen_for.is_some() => Planned::asked(pod_technique(&sandbox)),
-        None => match plan_pod(cfg, &pod, &id, &reply_to).await {
-            Ok(p) => p,
-            Err(e) => {
-                if frozen_for.is_some() {
-                    freeze_group::resume_if_paused(&cfg.containerd, &id).await;
-                }
-                return Err(e);
-            }
-        },
+    let opts = source_options(cfg, &id, &sandbox, reply_to, &planned, frozen);
+    let pull = Pull {
+        key,
+        sandbox,
+        frozen,
+        frozen_for: claimed.map(|c| c.frozen_for),
+        plan: planned.plan,
     };
-    remember_pod_technique(&sandbox, planned.technique);
-    let technique = match (frozen_for, planned.technique) {
-        // frozen since its pod's first container moved: pre-copy rounds of
-        // a frozen container only add a round trip to its outage
-        (Some(_), Technique::Precopy | Technique::Hybrid) => Technique::Cold,
-        (_, t) => t,
+    let cfg = cfg.clone();
+    tokio::spawn(async move {
+        run_pull(cfg, opts, pull).await;
+        drop(guard);
+    });
+    Ok(id)
+}
+
+/// The migration of pulled container `id` of pod `sandbox`, as planned;
+/// `frozen`: it is paused already (frozen with its pod).
+fn source_options(
+    cfg: &EndpointConfig,
+    id: &str,
+    sandbox: &str,
+    to: String,
+    planned: &Planned,
+    frozen: bool,
+) -> SourceOptions {
+    let technique = if frozen {
+        freeze_group::frozen_technique(planned.technique)
+    } else {
+        planned.technique
     };
-    let opts = SourceOptions {
+    let follow = freeze_group::Follow {
+        technique: planned.technique,
+        bandwidth_cap_bps: planned.bandwidth_cap_bps,
+        compress: planned.compress,
+    };
+    SourceOptions {
         socket: cfg.containerd.clone(),
         namespace: CRI_NAMESPACE.into(),
-        container: id.clone(),
-        to: reply_to,
+        container: id.into(),
+        to,
         technique,
         max_rounds: planned.max_rounds,
         min_round_bytes: PULL_MIN_ROUND_BYTES,
@@ -219,20 +242,34 @@ pub async fn pull(
         cri_pod: true,
         before_freeze: Some(freeze_group::hook(
             cfg.containerd.clone(),
-            sandbox.clone(),
-            id.clone(),
+            sandbox.into(),
+            id.into(),
+            follow,
+            is_in_flight,
         )),
-        already_frozen: frozen_for.is_some(),
+        already_frozen: frozen,
         fault: None,
         progress: None,
-    };
-    let cfg = cfg.clone();
-    let plan = planned.plan;
-    tokio::spawn(async move {
-        run_pull(cfg, key, opts, sandbox, frozen_for, plan).await;
-        drop(guard);
-    });
-    Ok(id)
+    }
+}
+
+/// A pulled container's migration, beside its options.
+struct Pull {
+    key: PullKey,
+    sandbox: String,
+    /// It was paused before its migration began.
+    frozen: bool,
+    /// How long it had been frozen with its pod.
+    frozen_for: Option<std::time::Duration>,
+    plan: Option<PodPlan>,
+}
+
+/// Whether container `id` is being migrated from this node.
+fn is_in_flight(id: &str) -> bool {
+    IN_FLIGHT
+        .lock()
+        .map(|v| v.iter().any(|x| x == id))
+        .unwrap_or(false)
 }
 
 /// Containers being migrated from this node: one migration each at a time
@@ -293,24 +330,17 @@ pub(super) fn keep_link_down(sandbox: &str) {
 }
 
 /// Runs the migration, records it, and stops what the destination now owns.
-/// `frozen_for`: how long the container had been frozen with its pod.
-async fn run_pull(
-    cfg: EndpointConfig,
-    key: PullKey,
-    opts: SourceOptions,
-    sandbox: String,
-    frozen_for: Option<std::time::Duration>,
-    plan: Option<PodPlan>,
-) {
+async fn run_pull(cfg: EndpointConfig, opts: SourceOptions, p: Pull) {
     let id = opts.container.clone();
-    info!(%key, container = %id, to = %opts.to, technique = %opts.technique, frozen_with_pod = frozen_for.is_some(), "pod container pulled");
+    let (key, sandbox) = (&p.key, &p.sandbox);
+    info!(%key, container = %id, to = %opts.to, technique = %opts.technique, frozen_with_pod = p.frozen, "pod container pulled");
     let mut result = sender::migrate(opts).await;
-    if let Some(p) = plan {
+    if let Some(plan) = p.plan {
         result.plan = Some(PlanRecord::compare(
-            p.policy,
-            p.policy_error,
-            p.decision,
-            &p.request,
+            plan.policy,
+            plan.policy_error,
+            plan.decision,
+            &plan.request,
             &result,
         ));
     }
@@ -318,35 +348,25 @@ async fn run_pull(
     rec["direction"] = "out".into();
     rec["pod"] = format!("{}/{}", key.namespace, key.pod).into();
     rec["pod_container"] = key.container.clone().into();
-    if let Some(d) = frozen_for {
+    if let Some(d) = p.frozen_for {
         rec["pod_frozen_before_ms"] = (d.as_secs_f64() * 1e3).into();
     }
     append_record(&cfg.state_dir, &rec);
-    if result.status != "ok" {
+    let moved = result.status == "ok";
+    // what this migration's freeze paused resumes now, or follows
+    freeze_group::settle(&cfg.containerd, sandbox, &id, moved).await;
+    if !moved {
         warn!(%key, status = %result.status, error = ?result.error, "pulled container's migration did not complete; it stays here");
-        if frozen_for.is_some() {
+        if p.frozen {
             freeze_group::resume_if_paused(&cfg.containerd, &id).await;
         }
-        if mark_moved(&sandbox, false) {
-            keep_link_down(&sandbox);
-        } else {
-            freeze_group::thaw(
-                &cfg.containerd,
-                &sandbox,
-                "the pod's first container did not move",
-            )
-            .await;
+        if mark_moved(sandbox, false) {
+            keep_link_down(sandbox);
         }
         return;
     }
-    if !mark_moved(&sandbox, true) {
-        freeze_group::thaw_unclaimed_after(
-            cfg.containerd.clone(),
-            sandbox.clone(),
-            freeze_group::FOLLOW_TIMEOUT,
-        );
-    }
-    if let Err(e) = stop_moved(&cfg, &id, &sandbox).await {
+    mark_moved(sandbox, true);
+    if let Err(e) = stop_moved(&cfg, &id, sandbox).await {
         warn!(%key, error = %e, "the destination owns the container, but stopping the source's copy failed");
     }
 }
@@ -387,9 +407,6 @@ async fn stop_moved(cfg: &EndpointConfig, id: &str, sandbox: &str) -> Result<(),
     if let Ok(mut v) = MOVED.lock() {
         v.retain(|x| x != sandbox);
     }
-    if let Ok(mut v) = POD_TECHNIQUE.lock() {
-        v.retain(|(s, _)| s != sandbox);
-    }
     cri.stop_pod(sandbox).await
 }
 
@@ -404,6 +421,17 @@ struct Planned {
 }
 
 impl Planned {
+    /// A frozen container follows the one whose freeze paused it.
+    fn following(f: freeze_group::Follow) -> Self {
+        Planned {
+            technique: f.technique,
+            max_rounds: PULL_MAX_ROUNDS,
+            bandwidth_cap_bps: f.bandwidth_cap_bps,
+            compress: f.compress,
+            plan: None,
+        }
+    }
+
     fn asked(technique: Technique) -> Self {
         Planned {
             technique,
@@ -457,26 +485,4 @@ async fn plan_pod(
         compress: params.compression,
         plan: Some(p),
     })
-}
-
-/// The technique each pod (sandbox id) moving from here was planned with:
-/// containers pulled after the first follow it.
-static POD_TECHNIQUE: std::sync::Mutex<Vec<(String, Technique)>> =
-    std::sync::Mutex::new(Vec::new());
-
-fn remember_pod_technique(sandbox: &str, t: Technique) {
-    if let Ok(mut v) = POD_TECHNIQUE.lock() {
-        v.retain(|(s, _)| s != sandbox);
-        v.push((sandbox.into(), t));
-    }
-}
-
-/// The technique pod `sandbox`'s first container moved with (cold if
-/// unknown).
-fn pod_technique(sandbox: &str) -> Technique {
-    POD_TECHNIQUE
-        .lock()
-        .ok()
-        .and_then(|v| v.iter().find(|(s, _)| s == sandbox).map(|(_, t)| *t))
-        .unwrap_or(Technique::Cold)
 }

@@ -22,7 +22,13 @@ impl Migration<'_> {
                 .await
                 .in_phase(Phase::FreezeDump, "freezing the containers that go with it")?;
         }
-        self.freeze_at = self.tl.now_ms();
+        // a container frozen with its pod has been out since before its
+        // migration began: its downtime counts from the migration's start
+        self.freeze_at = if self.opts.already_frozen {
+            0.0
+        } else {
+            self.tl.now_ms()
+        };
         let p = self.tl.begin("freeze+dump");
         self.report("dump", 0);
         if !self.opts.already_frozen {

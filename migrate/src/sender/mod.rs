@@ -59,7 +59,8 @@ pub async fn migrate(opts: SourceOptions) -> MigrationResult {
         Ok(()) => ("ok", None),
         Err(e) => fail(&opts, m.state, &e).await,
     };
-    if status != "ok" && m.freeze_at > 0.0 && m.downtime_ms == 0.0 {
+    let was_frozen = m.freeze_at > 0.0 || m.opts.already_frozen;
+    if status != "ok" && was_frozen && m.downtime_ms == 0.0 {
         // frozen, then resumed by the rollback: the service was out till now
         m.downtime_ms = m.tl.now_ms() - m.freeze_at;
     }
