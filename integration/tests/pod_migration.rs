@@ -341,6 +341,18 @@ fn a_failed_restore_leaves_the_source_pod_serving_and_the_new_pod_failed_with_th
     wait_for("the sidecar to be thawed", Duration::from_secs(30), || {
         pod_fixtures::task_paused(&socket, &here.sidecar).is_ok_and(|p| !p)
     });
+    // the kubelet goes on to the next container: it does not follow alone,
+    // the pod stays on node 1 as a whole
+    let e = pod_fixtures::start(&mut cris[1], &pod_id, &pod, &sidecar()).unwrap_err();
+    let msg = format!("{e:#}");
+    assert!(msg.contains("stays on this node as a whole"), "{msg}");
+    assert!(!pod_fixtures::task_paused(&socket, &here.sidecar).unwrap());
+    let answered = pod_fixtures::answers_in_log(&here.pod, "sidecar/0.log");
+    wait_for(
+        "the source's sidecar to reach its service again",
+        Duration::from_secs(20),
+        || pod_fixtures::answers_in_log(&here.pod, "sidecar/0.log") > answered,
+    );
     let r = probe.stop();
     assert_connection_kept(&r);
     let a = addr.clone();

@@ -82,6 +82,9 @@ struct Frozen {
 
 #[derive(Default)]
 struct Registry {
+    /// Pods (sandbox ids) whose first container to move failed to, with
+    /// that container and when: the pod stays here as a whole.
+    stayed: HashMap<String, (String, Instant)>,
     /// Frozen containers by containerd container id.
     frozen: HashMap<String, Frozen>,
     /// The outcome of each migration that froze others, by its container.
@@ -183,6 +186,35 @@ async fn running_siblings(
         }
     }
     Ok(running)
+}
+
+/// Refuses the pull of container `id` of pod `sandbox` when the pod's first
+/// container failed to move (within [`FOLLOW_TIMEOUT`]): the pod stays here
+/// as a whole rather than split. Pulling that first container again is a
+/// new attempt and clears the mark.
+pub fn check_not_stayed(sandbox: &str, id: &str) -> Result<(), String> {
+    with_registry(|r| match r.stayed.get(sandbox) {
+        Some((first, _)) if first == id => {
+            r.stayed.remove(sandbox);
+            Ok(())
+        }
+        Some((first, at)) if at.elapsed() < FOLLOW_TIMEOUT => Err(format!(
+            "the pod's first container to move ({first}) failed to, {:.0?} ago: the pod \
+             stays on this node as a whole; delete the continuing pod and create it again",
+            at.elapsed()
+        )),
+        _ => {
+            r.stayed.remove(sandbox);
+            Ok(())
+        }
+    })
+    .unwrap_or(Ok(()))
+}
+
+/// Marks pod `sandbox` as staying here: its first container to move, `id`,
+/// failed to.
+pub fn mark_stayed(sandbox: &str, id: &str) {
+    with_registry(|r| r.stayed.insert(sandbox.into(), (id.into(), Instant::now())));
 }
 
 /// A frozen container claimed for its own migration.
@@ -377,6 +409,16 @@ mod tests {
         let e = waiting.await.unwrap().unwrap_err();
         assert!(e.contains("did not move"), "{e}");
         assert!(with_registry(|r| !r.frozen.contains_key("c-stayed")).unwrap());
+    }
+
+    #[test]
+    fn a_pod_whose_first_container_stayed_stays_whole_until_that_one_is_pulled_again() {
+        mark_stayed("sb-stayed", "first");
+        let e = check_not_stayed("sb-stayed", "sidecar").unwrap_err();
+        assert!(e.contains("stays on this node as a whole"), "{e}");
+        check_not_stayed("sb-stayed", "first").unwrap();
+        check_not_stayed("sb-stayed", "sidecar").unwrap();
+        check_not_stayed("sb-other", "sidecar").unwrap();
     }
 
     #[test]

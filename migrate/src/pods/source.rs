@@ -177,6 +177,7 @@ pub async fn pull(
         .await
         .map_err(|e| format!("{key} is not running here: {e}"))?;
     let id = c.id.clone();
+    freeze_group::check_not_stayed(&pod.sandbox.id, &id).map_err(|e| format!("{key}: {e}"))?;
     let guard = InFlight::claim(&id)
         .ok_or_else(|| format!("{key} is already being migrated from this node"))?;
     // frozen with its pod: wait until the container that froze it moved
@@ -362,6 +363,8 @@ async fn run_pull(cfg: EndpointConfig, opts: SourceOptions, p: Pull) {
         }
         if mark_moved(sandbox, false) {
             keep_link_down(sandbox);
+        } else {
+            freeze_group::mark_stayed(sandbox, &id);
         }
         return;
     }
