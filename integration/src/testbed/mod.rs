@@ -763,6 +763,7 @@ impl Testbed {
             namespaces.extend(self.stop_node(n, &mut errors));
         }
         for n in &nodes {
+            remove_pod_netns(n, &mut errors);
             if let Err(e) = net::run_tolerant(
                 "ip",
                 &["netns", "del", &n.netns],
@@ -1212,6 +1213,37 @@ fn containerd_config(n: &Node) -> String {
             .then(|| nri_socket(&n.dir)),
     };
     mose_tests::containerd::containerd_config_with(&n.root(), &n.state(), &n.socket, &cri)
+}
+
+/// Deletes the network namespaces of the pods still on node `n` (its
+/// containerd, stopped, cannot): mose-pod-cni recorded each (see
+/// `mose_network::pod::PodLink`).
+fn remove_pod_netns(n: &Node, errors: &mut Vec<String>) {
+    let records = segment::state_dir(&n.dir).join("pods");
+    let Ok(rd) = fs::read_dir(&records) else {
+        return;
+    };
+    for e in rd.flatten() {
+        let path = e.path();
+        if path.extension().is_none_or(|x| x != "json") {
+            continue;
+        }
+        let Some(link) = fs::read_to_string(&path)
+            .ok()
+            .and_then(|t| serde_json::from_str::<mose_network::pod::PodLink>(&t).ok())
+        else {
+            continue;
+        };
+        let Some(name) = link.netns.file_name().and_then(|f| f.to_str()) else {
+            continue;
+        };
+        if !link.netns.exists() || !name.starts_with("cni-") {
+            continue;
+        }
+        if let Err(e) = net::run_tolerant("ip", &["netns", "del", name], &["No such file"]) {
+            errors.push(format!("deleting pod netns {name}: {e:#}"));
+        }
+    }
 }
 
 /// NRI's socket of the node whose directory is `dir` (containerd ≥ 1.7).
