@@ -84,8 +84,7 @@ pub fn start(cri: &mut Cri, pod_id: &str, pod: &PodSpec, spec: &ContainerSpec) -
 /// Lines of the container's CRI log (`log_path` under the pod's log
 /// directory) that carry a state-service answer on stdout.
 pub fn answers_in_log(pod: &PodSpec, log_path: &str) -> usize {
-    let text = std::fs::read_to_string(Path::new(&pod.log_dir).join(log_path)).unwrap_or_default();
-    crate::cri::log_lines(&text)
+    log_of(pod, log_path)
         .iter()
         .filter(|(stream, l)| {
             stream == "stdout" && mose_workloads::protocol::PingReply::parse(l).is_ok()
@@ -112,8 +111,7 @@ pub fn run_pod_with(
 /// Lines of the container's CRI log on stderr: the sidecar's failed
 /// queries (`nc: can't connect ...`).
 pub fn errors_in_log(pod: &PodSpec, log_path: &str) -> Vec<String> {
-    let text = std::fs::read_to_string(Path::new(&pod.log_dir).join(log_path)).unwrap_or_default();
-    crate::cri::log_lines(&text)
+    log_of(pod, log_path)
         .into_iter()
         .filter(|(stream, _)| stream == "stderr")
         .map(|(_, l)| l)
@@ -133,4 +131,11 @@ pub fn task_paused(containerd_socket: &Path, id: &str) -> Result<bool> {
         cd.task_state(id).await
     })?;
     Ok(status == TASK_PAUSED)
+}
+
+/// The container's CRI log (`log_path` under the pod's log directory) as
+/// `(stream, line)` pairs; empty while it does not exist.
+fn log_of(pod: &PodSpec, log_path: &str) -> Vec<(String, String)> {
+    let text = std::fs::read_to_string(Path::new(&pod.log_dir).join(log_path)).unwrap_or_default();
+    crate::cri::log_lines(&text)
 }

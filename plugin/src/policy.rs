@@ -292,17 +292,37 @@ async fn pids_of(cd: &Containerd, id: &str) -> Result<Vec<u32>> {
     Ok(pids)
 }
 
-async fn measure_memory(p: &Policy, ns: &str, id: &str, pids: Vec<u32>) -> Result<MemorySample> {
+/// Starts sampling `pids` on a blocking thread; [`remember`] its result.
+fn start_sampling(p: &Policy, pids: &[u32]) -> tokio::task::JoinHandle<Result<MemorySample>> {
     let (interval, stride) = (p.cfg.sample_interval, p.cfg.sample_stride);
-    let sampled = pids.clone();
-    let m = tokio::task::spawn_blocking(move || sample_memory(&sampled, interval, stride))
-        .await
-        .map_err(|e| anyhow!("memory sampling: {e}"))??;
-    p.memory
-        .lock()
-        .await
-        .insert((ns.to_string(), id.to_string()), (Instant::now(), pids, m));
+    let sampled = pids.to_vec();
+    tokio::task::spawn_blocking(move || sample_memory(&sampled, interval, stride))
+}
+
+/// Waits for a sample started by [`start_sampling`] and caches it.
+async fn remember(
+    p: &Policy,
+    key: Key,
+    pids: Vec<u32>,
+    h: tokio::task::JoinHandle<Result<MemorySample>>,
+) -> Result<MemorySample> {
+    let m = h.await.map_err(|e| anyhow!("memory sampling: {e}"))??;
+    p.memory.lock().await.insert(key, (Instant::now(), pids, m));
     Ok(m)
+}
+
+async fn measure_memory(p: &Policy, ns: &str, id: &str, pids: Vec<u32>) -> Result<MemorySample> {
+    let h = start_sampling(p, &pids);
+    remember(p, (ns.to_string(), id.to_string()), pids, h).await
+}
+
+/// The cached sample of `key`, if fresh and taken from these `pids` (a
+/// container restored here since has new pids).
+async fn cached_memory(p: &Policy, key: &Key, pids: &[u32]) -> Option<MemorySample> {
+    match p.memory.lock().await.get(key) {
+        Some((t, was, m)) if t.elapsed() < p.cfg.max_age && was == pids => Some(*m),
+        _ => None,
+    }
 }
 
 async fn memory_of(
@@ -315,10 +335,8 @@ async fn memory_of(
     let key = (ns.to_string(), id.to_string());
     let pids = pids_of(cd, id).await?;
     if !fresh {
-        if let Some((t, was, m)) = p.memory.lock().await.get(&key) {
-            if t.elapsed() < p.cfg.max_age && *was == pids {
-                return Ok(*m);
-            }
+        if let Some(m) = cached_memory(p, &key, &pids).await {
+            return Ok(m);
         }
     }
     measure_memory(p, ns, id, pids).await
@@ -357,23 +375,22 @@ async fn plan(p: &Policy, q: &PlanQuery) -> Result<PlanAnswer> {
         .await
         .insert((q.namespace.clone(), q.container.clone()), Instant::now());
     let memory = memory_of(p, &cd, &q.namespace, &q.container, q.fresh).await?;
-    let (link, link_source) = link_to(p, &q.destination, q.fresh).await?;
-    let calibration = p.store.lock().await.learned.calibration();
-    let request = PlanRequest {
-        container: q.container.clone(),
-        namespace: q.namespace.clone(),
-        destination: q.destination.clone(),
-        targets,
-        measurements: Measurements {
-            memory_bytes: memory.memory_bytes,
-            dirty_bytes_per_s: memory.dirty_bytes_per_s,
-            working_set_bytes: None,
-            link_bytes_per_s: link,
-        },
-        calibration,
+    let subject = Subject {
+        namespace: &q.namespace,
+        container: &q.container,
+        destination: &q.destination,
         pod_containers: Vec::new(),
     };
-    decide(p, request, link_source, memory).await
+    decide(p, subject, targets, memory, q.fresh).await
+}
+
+/// What a plan is for: a container (a pod's first, with the pod's
+/// containers) and where it goes.
+struct Subject<'a> {
+    namespace: &'a str,
+    container: &'a str,
+    destination: &'a str,
+    pod_containers: Vec<String>,
 }
 
 /// Plans a pod as one: the first container's targets (the pod's), the
@@ -391,49 +408,34 @@ async fn plan_pod(p: &Policy, q: &PodPlanQuery) -> Result<PlanAnswer> {
         .technique
         .map_or(TechniqueChoice::Auto, TechniqueChoice::Fixed);
     let memory = pod_memory(p, &cd, &q.namespace, &q.containers).await?;
-    let (link, link_source) = link_to(p, &q.destination, false).await?;
-    let calibration = p.store.lock().await.learned.calibration();
-    let request = PlanRequest {
-        container: first.clone(),
-        namespace: q.namespace.clone(),
-        destination: q.destination.clone(),
-        targets,
-        measurements: Measurements {
-            memory_bytes: memory.memory_bytes,
-            dirty_bytes_per_s: memory.dirty_bytes_per_s,
-            working_set_bytes: None,
-            link_bytes_per_s: link,
-        },
-        calibration,
+    let subject = Subject {
+        namespace: &q.namespace,
+        container: first,
+        destination: &q.destination,
         pod_containers: q.containers.clone(),
     };
-    decide(p, request, link_source, memory).await
+    decide(p, subject, targets, memory, false).await
 }
 
 /// The pod's memory: its containers' samples summed, those not fresh in
 /// the cache taken in parallel (one sampling interval in all).
 async fn pod_memory(p: &Policy, cd: &Containerd, ns: &str, ids: &[String]) -> Result<MemorySample> {
-    let (interval, stride) = (p.cfg.sample_interval, p.cfg.sample_stride);
     let mut samples = Vec::new();
     let mut pending = Vec::new();
     for id in ids {
         let key = (ns.to_string(), id.clone());
         p.watched.lock().await.insert(key.clone(), Instant::now());
         let pids = pids_of(cd, id).await?;
-        match p.memory.lock().await.get(&key) {
-            Some((t, was, m)) if t.elapsed() < p.cfg.max_age && *was == pids => samples.push(*m),
-            _ => {
-                let sampled = pids.clone();
-                let h =
-                    tokio::task::spawn_blocking(move || sample_memory(&sampled, interval, stride));
+        match cached_memory(p, &key, &pids).await {
+            Some(m) => samples.push(m),
+            None => {
+                let h = start_sampling(p, &pids);
                 pending.push((key, pids, h));
             }
         }
     }
     for (key, pids, h) in pending {
-        let m = h.await.map_err(|e| anyhow!("memory sampling: {e}"))??;
-        p.memory.lock().await.insert(key, (Instant::now(), pids, m));
-        samples.push(m);
+        samples.push(remember(p, key, pids, h).await?);
     }
     let mut sum = MemorySample::default();
     for m in samples {
@@ -447,13 +449,31 @@ async fn pod_memory(p: &Policy, cd: &Containerd, ns: &str, ids: &[String]) -> Re
     Ok(sum)
 }
 
-/// The built-in policy's decision, or the operator's program's.
+/// Measures the link (`fresh`: now), builds the request and decides: the
+/// built-in policy, or the operator's program.
 async fn decide(
     p: &Policy,
-    request: PlanRequest,
-    link_source: String,
+    s: Subject<'_>,
+    targets: KpiTargets,
     memory: MemorySample,
+    fresh: bool,
 ) -> Result<PlanAnswer> {
+    let (link, link_source) = link_to(p, s.destination, fresh).await?;
+    let calibration = p.store.lock().await.learned.calibration();
+    let request = PlanRequest {
+        container: s.container.to_string(),
+        namespace: s.namespace.to_string(),
+        destination: s.destination.to_string(),
+        targets,
+        measurements: Measurements {
+            memory_bytes: memory.memory_bytes,
+            dirty_bytes_per_s: memory.dirty_bytes_per_s,
+            working_set_bytes: None,
+            link_bytes_per_s: link,
+        },
+        calibration,
+        pod_containers: s.pod_containers,
+    };
     let builtin = || {
         select(
             &request.targets,

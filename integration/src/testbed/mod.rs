@@ -1219,8 +1219,8 @@ fn containerd_config(n: &Node) -> String {
 /// containerd, stopped, cannot): mose-pod-cni recorded each (see
 /// `mose_network::pod::PodLink`).
 fn remove_pod_netns(n: &Node, errors: &mut Vec<String>) {
-    let records = segment::state_dir(&n.dir).join("pods");
-    let Ok(rd) = fs::read_dir(&records) else {
+    let state = segment::state_dir(&n.dir);
+    let Ok(rd) = fs::read_dir(state.join("pods")) else {
         return;
     };
     for e in rd.flatten() {
@@ -1228,10 +1228,11 @@ fn remove_pod_netns(n: &Node, errors: &mut Vec<String>) {
         if path.extension().is_none_or(|x| x != "json") {
             continue;
         }
-        let Some(link) = fs::read_to_string(&path)
-            .ok()
-            .and_then(|t| serde_json::from_str::<mose_network::pod::PodLink>(&t).ok())
-        else {
+        let sandbox = path
+            .file_stem()
+            .and_then(|s| s.to_str())
+            .unwrap_or_default();
+        let Ok(link) = mose_network::pod::PodLink::load(&state, sandbox) else {
             continue;
         };
         let Some(name) = link.netns.file_name().and_then(|f| f.to_str()) else {

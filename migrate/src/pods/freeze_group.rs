@@ -31,9 +31,9 @@ use mose_wire::Technique;
 use tokio::sync::watch;
 use tracing::{info, warn};
 
-use super::{ANNOTATION_SANDBOX_ID, CRI_NAMESPACE, LABEL_KIND};
+use super::CRI_NAMESPACE;
 use crate::{
-    containerd::{spec_of, Containerd, TASK_PAUSED, TASK_RUNNING},
+    containerd::{Containerd, TASK_PAUSED, TASK_RUNNING},
     sender::BeforeFreezeFn,
 };
 
@@ -170,16 +170,12 @@ async fn running_siblings(
     sandbox: &str,
     leader: &str,
 ) -> Result<Vec<String>, String> {
-    let all = cd
-        .list(&format!("labels.\"{LABEL_KIND}\"==container"))
+    let all = super::source::containers_of(cd, sandbox)
         .await
         .map_err(|e| format!("listing the pod's containers: {e}"))?;
     let mut running = Vec::new();
     for c in all {
-        let in_pod = spec_of(&c)
-            .map(|s| s["annotations"][ANNOTATION_SANDBOX_ID] == sandbox)
-            .unwrap_or(false);
-        if in_pod && c.id != leader {
+        if c.id != leader {
             if let Ok((_, TASK_RUNNING)) = cd.task_state(&c.id).await {
                 running.push(c.id);
             }

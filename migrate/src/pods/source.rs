@@ -61,13 +61,7 @@ impl SourcePod {
         let sandbox = sandbox.ok_or_else(|| {
             format!("no running pod {namespace}/{pod} on this node (under the MOSE runtime's CRI)")
         })?;
-        let mut containers: Vec<Container> = cd
-            .list(&format!("labels.\"{LABEL_KIND}\"==container"))
-            .await
-            .map_err(look)?
-            .into_iter()
-            .filter(|c| annotations(c)[ANNOTATION_SANDBOX_ID] == sandbox.id.as_str())
-            .collect();
+        let mut containers = containers_of(cd, &sandbox.id).await.map_err(look)?;
         containers.sort_by_key(|c| c.created_at.as_ref().map(|t| (t.seconds, t.nanos)));
         Ok(SourcePod {
             sandbox,
@@ -131,6 +125,19 @@ impl SourcePod {
         let s = |k: &str| a[k].as_str().unwrap_or_default().to_string();
         (s(ANNOTATION_POD_NAMESPACE), s(ANNOTATION_POD_NAME))
     }
+}
+
+/// The CRI containers (not the sandbox) of pod `sandbox_id`, in no order.
+pub(super) async fn containers_of(
+    cd: &Containerd,
+    sandbox_id: &str,
+) -> Result<Vec<Container>, crate::containerd::ContainerdError> {
+    Ok(cd
+        .list(&format!("labels.\"{LABEL_KIND}\"==container"))
+        .await?
+        .into_iter()
+        .filter(|c| annotations(c)[ANNOTATION_SANDBOX_ID] == sandbox_id)
+        .collect())
 }
 
 /// A container's OCI spec annotations (`Null` when unreadable).

@@ -42,13 +42,7 @@ fn two_digits(s: &str) -> Result<String, String> {
 
 #[tokio::main]
 async fn main() {
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_env("MOSE_LOG")
-                .unwrap_or_else(|_| "info".into()),
-        )
-        .with_writer(std::io::stderr)
-        .init();
+    mose_plugin::init_logging("info");
     let a = Args::parse();
     let cfg = NriConfig {
         socket: a.socket,

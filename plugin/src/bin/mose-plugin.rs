@@ -119,13 +119,7 @@ async fn main() {
         let ready = PathBuf::from(args.get(3).cloned().unwrap_or_default());
         mose_plugin::calibrate::calibration_target(mib, &ready);
     }
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_env("MOSE_LOG")
-                .unwrap_or_else(|_| "info".into()),
-        )
-        .with_writer(std::io::stderr)
-        .init();
+    mose_plugin::init_logging("info");
     let a = Args::parse();
     let cfg = EndpointConfig {
         listen: a.listen,

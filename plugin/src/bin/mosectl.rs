@@ -577,13 +577,7 @@ async fn run() -> Result<i32> {
 
 #[tokio::main]
 async fn main() {
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_env("MOSE_LOG")
-                .unwrap_or_else(|_| "warn".into()),
-        )
-        .with_writer(std::io::stderr)
-        .init();
+    mose_plugin::init_logging("warn");
     match run().await {
         Ok(code) => std::process::exit(code),
         Err(e) => {
