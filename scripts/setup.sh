@@ -9,7 +9,8 @@
 #    bridge and static IPAM give containers their service address),
 #    sockperf and iperf3 (the network benchmark's workloads and clients).
 #  - A working CRIU >= 4 (scripts/provision-criu.sh), its kernel-feature
-#    cache made once per boot (scripts/criu-kdat.sh).
+#    cache made once per boot (scripts/criu-kdat.sh), and fs.pipe-max-size
+#    >= 4 MiB now and at boot (CRIU's lazy dump; /etc/sysctl.d/60-mose.conf).
 #  - containerd 1.7 in a private prefix for the test matrix
 #    (scripts/provision-containerd.sh; the system keeps its containerd).
 #  - Builds the workspace and installs containerd-shim-mose-v2 where
@@ -44,6 +45,21 @@ fi
 "$ROOT/scripts/provision-criu.sh"
 # CRIU's kernel probe cached where /run is not a tmpfs (~40 ms per CRIU run)
 "$ROOT/scripts/criu-kdat.sh"
+# CRIU's lazy page server grows its pipe to 4 MiB; without CAP_SYS_RESOURCE
+# that needs fs.pipe-max-size >= 4 MiB, or the lazy dump behind post-copy
+# fails (see docs/migration.md). Set now and at every boot; a larger value
+# the operator chose stays.
+PIPE_MIN=4194304
+if (( $(cat /proc/sys/fs/pipe-max-size) < PIPE_MIN )); then
+  sysctl -qw fs.pipe-max-size=$PIPE_MIN
+  log "fs.pipe-max-size set to $PIPE_MIN"
+fi
+if [[ ! -e /etc/sysctl.d/60-mose.conf ]] || ! grep -q '^fs.pipe-max-size' /etc/sysctl.d/60-mose.conf; then
+  mkdir -p /etc/sysctl.d
+  echo "# MOSE: CRIU's lazy page server (post-copy's lazy dump) needs pipes of 4 MiB" >> /etc/sysctl.d/60-mose.conf
+  echo "fs.pipe-max-size = $(( $(cat /proc/sys/fs/pipe-max-size) > PIPE_MIN ? $(cat /proc/sys/fs/pipe-max-size) : PIPE_MIN ))" >> /etc/sysctl.d/60-mose.conf
+  log "fs.pipe-max-size persisted in /etc/sysctl.d/60-mose.conf"
+fi
 # only the test matrix needs it: a failure is reported, not fatal to set-up
 "$ROOT/scripts/provision-containerd.sh" || log "warning: containerd 1.7 not provisioned; scripts/test-containerd-matrix.sh will report it missing"
 "$ROOT/scripts/provision-youki.sh" || log "warning: youki not provisioned; the youki tests (tests/tests/youki.rs) will say they are skipped"

@@ -73,6 +73,23 @@ pub struct CheckpointOptions {
     /// Dump file locks (CRIU `--file-locks`).
     #[serde(skip_serializing_if = "is_false")]
     pub file_locks: bool,
+    /// CRIU's lazy dump (runc only): the dump leaves the tasks' private
+    /// anonymous memory in place, and CRIU's page server, bound to
+    /// `127.0.0.1:<port>` on the node, hands it out on request (CRIU's
+    /// page-server protocol, `criu/page-xfer.c`). The call returns once the
+    /// page server listens; the dump ends when its one client closes the
+    /// connection, and the tasks are left as the dump found them (the
+    /// container stays paused). Needs `fs.pipe-max-size` ≥ 4 MiB; 0: not lazy.
+    #[serde(skip_serializing_if = "is_zero")]
+    pub lazy_page_server_port: u16,
+    /// Waits for the lazy dump begun by an earlier call for this container
+    /// to end, and returns its outcome (every other field is ignored).
+    #[serde(skip_serializing_if = "is_false")]
+    pub finish_lazy_dump: bool,
+}
+
+fn is_zero(v: &u16) -> bool {
+    *v == 0
 }
 
 #[cfg(test)]

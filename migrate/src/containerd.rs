@@ -454,6 +454,10 @@ impl Containerd {
     /// Checkpoint, which also writes a checkpoint record into its content
     /// store: disk on the hot path, and refused when an identical record
     /// exists). The task keeps the state it had (running or paused).
+    ///
+    /// `lazy_port`: CRIU's lazy dump, its page server on
+    /// `127.0.0.1:<port>`; the call returns once it listens, and
+    /// [`Self::shim_finish_lazy_dump`] waits for its end.
     pub async fn shim_checkpoint(
         &self,
         id: &str,
@@ -461,11 +465,84 @@ impl Containerd {
         work: &Path,
         hand_over_address: bool,
         keep_connections: bool,
+        lazy_port: Option<u16>,
+    ) -> Result<()> {
+        // established connections follow a service that keeps its address
+        // (TCP repair) unless asked not to; otherwise they are dumped closed.
+        // Connections not yet accepted are ignored either way.
+        let opts = mose_contract::CheckpointOptions {
+            image_path: image.display().to_string(),
+            work_path: work.display().to_string(),
+            tcp_close: !keep_connections,
+            tcp_established: keep_connections,
+            hand_over_address,
+            skip_in_flight: true,
+            lazy_page_server_port: lazy_port.unwrap_or(0),
+            ..Default::default()
+        };
+        self.shim_checkpoint_call(id, &image.display().to_string(), &opts)
+            .await
+    }
+
+    /// Waits for the lazy dump begun by [`Self::shim_checkpoint`] to end:
+    /// after its page server's client closed the connection, runc exits.
+    /// Errors quote CRIU's log.
+    pub async fn shim_finish_lazy_dump(&self, id: &str) -> Result<()> {
+        let opts = mose_contract::CheckpointOptions {
+            finish_lazy_dump: true,
+            ..Default::default()
+        };
+        self.shim_checkpoint_call(id, "", &opts).await
+    }
+
+    /// One Checkpoint call to the container's shim with MOSE's options.
+    async fn shim_checkpoint_call(
+        &self,
+        id: &str,
+        path: &str,
+        opts: &mose_contract::CheckpointOptions,
     ) -> Result<()> {
         use containerd_shim_protos::{
             protobuf::well_known_types::any::Any as PbAny,
             shim::shim::CheckpointTaskRequest as ShimCheckpoint, shim_async::TaskClient, ttrpc,
         };
+        let client = self.shim_client(id).await?;
+        let req = ShimCheckpoint {
+            id: id.into(),
+            path: path.into(),
+            options: Some(PbAny {
+                type_url: mose_contract::CHECKPOINT_OPTIONS_TYPE.into(),
+                value: serde_json::to_vec(opts).map_err(|e| {
+                    ContainerdError::CheckpointOptions {
+                        id: id.into(),
+                        source: e.into(),
+                    }
+                })?,
+                ..Default::default()
+            })
+            .into(),
+            ..Default::default()
+        };
+        TaskClient::new(client)
+            .checkpoint(
+                ttrpc::context::with_timeout(CALL_TIMEOUT.as_nanos() as i64),
+                &req,
+            )
+            .await
+            .map_err(|source| ContainerdError::ShimCheckpoint {
+                id: id.into(),
+                source,
+            })?;
+        Ok(())
+    }
+
+    /// A ttrpc client of the container's shim: its address is in the
+    /// bundle, the working directory of the task's parent (the shim).
+    async fn shim_client(
+        &self,
+        id: &str,
+    ) -> Result<containerd_shim_protos::ttrpc::asynchronous::Client> {
+        use containerd_shim_protos::ttrpc;
         let pid = self.task_pid(id).await?;
         let status = std::fs::read_to_string(format!("/proc/{pid}/status"))
             .map_err(|source| ContainerdError::ProcStatus { pid, source })?;
@@ -491,52 +568,13 @@ impl Containerd {
                 })
             }
         };
-        let client = ttrpc::asynchronous::Client::connect(address.trim())
+        ttrpc::asynchronous::Client::connect(address.trim())
             .await
             .map_err(|source| ContainerdError::ShimConnect {
                 id: id.into(),
                 address: address.clone(),
                 source,
-            })?;
-        // established connections follow a service that keeps its address
-        // (TCP repair) unless asked not to; otherwise they are dumped closed.
-        // Connections not yet accepted are ignored either way.
-        let opts = mose_contract::CheckpointOptions {
-            image_path: image.display().to_string(),
-            work_path: work.display().to_string(),
-            tcp_close: !keep_connections,
-            tcp_established: keep_connections,
-            hand_over_address,
-            skip_in_flight: true,
-            ..Default::default()
-        };
-        let req = ShimCheckpoint {
-            id: id.into(),
-            path: image.display().to_string(),
-            options: Some(PbAny {
-                type_url: mose_contract::CHECKPOINT_OPTIONS_TYPE.into(),
-                value: serde_json::to_vec(&opts).map_err(|e| {
-                    ContainerdError::CheckpointOptions {
-                        id: id.into(),
-                        source: e.into(),
-                    }
-                })?,
-                ..Default::default()
             })
-            .into(),
-            ..Default::default()
-        };
-        TaskClient::new(client)
-            .checkpoint(
-                ttrpc::context::with_timeout(CALL_TIMEOUT.as_nanos() as i64),
-                &req,
-            )
-            .await
-            .map_err(|source| ContainerdError::ShimCheckpoint {
-                id: id.into(),
-                source,
-            })?;
-        Ok(())
     }
 
     /// Checkpoints the task through containerd's Tasks API with

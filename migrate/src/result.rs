@@ -73,6 +73,14 @@ pub struct MigrationResult {
     /// with them).
     #[serde(default)]
     pub connections: String,
+    /// Post-copy and hybrid: where the source served the lazy pages from,
+    /// `criu-page-server` (CRIU's lazy dump: the freeze does not grow with
+    /// memory) or `tmpfs-dump` (the whole memory dumped into tmpfs first).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub lazy_source: Option<String>,
+    /// Why the source used `tmpfs-dump`, when it did.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub lazy_source_note: Option<String>,
 }
 
 /// The lazy phase of a post-copy or hybrid migration.

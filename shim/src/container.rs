@@ -84,6 +84,9 @@ pub struct Container {
     /// restore at Start reports to it (see `crate::pod_migration`).
     pub pod_pull: Option<crate::pod_migration::PodPull>,
     rootfs_mounted: bool,
+    /// A lazy dump whose page server still serves the paused container's
+    /// memory (source side of a post-copy migration).
+    lazy_dump: Option<crate::runtime::LazyDump>,
 }
 
 /// Validated inputs of a Create request.
@@ -175,6 +178,7 @@ impl Container {
             pod_held_down: false,
             pod_pull: None,
             rootfs_mounted: false,
+            lazy_dump: None,
         })
     }
 
@@ -393,6 +397,16 @@ impl Container {
 
     /// Dumps the container to `path` (or the image path the options name).
     pub async fn checkpoint(&mut self, path: &str, mut opts: CheckpointOptions) -> Result<()> {
+        if opts.finish_lazy_dump {
+            return self.finish_lazy_dump().await;
+        }
+        if self.lazy_dump.as_ref().is_some_and(|d| !d.is_finished()) {
+            return Err(Error::FailedPrecondition(format!(
+                "container {} is being dumped lazily (CRIU's page server still serves its \
+                 memory): finish that dump first",
+                self.id
+            )));
+        }
         if self.init.is_stopped() || self.init.state == State::Created {
             return Err(Error::FailedPrecondition(format!(
                 "cannot checkpoint container {}: it is not running",
@@ -457,16 +471,34 @@ impl Container {
         let mut work = work;
         let extra = criu_config_lines(&opts);
         let conf = self.bundle.join(CRIU_CONFIG);
+        let lazy = opts.lazy_page_server_port;
+        if lazy.is_some() {
+            self.check_lazy_dump(&conf, &opts)?;
+        }
         if conf.exists() {
-            std::fs::write(&conf, &extra)
-                .map_err(Error::io(format!("write {}", conf.display())))?;
+            // a lazy dump's page server listens on the node's loopback only:
+            // through RPC, CRIU takes just the port (`criu/cr-service.c`) and
+            // would bind every address
+            let lines = match lazy {
+                Some(_) => format!("{extra}address 127.0.0.1\n"),
+                None => extra.clone(),
+            };
+            std::fs::write(&conf, lines).map_err(Error::io(format!("write {}", conf.display())))?;
         }
         self.hold_down_for(&opts)?;
         let started = std::time::Instant::now();
-        let res = self
-            .runtime
-            .checkpoint(caps.checkpoint_command, &self.id, &opts, &image, &work.path)
-            .await;
+        let res = match lazy {
+            Some(port) => self
+                .runtime
+                .checkpoint_lazy(&self.id, &opts, &image, &work.path, port)
+                .await
+                .map(|d| self.lazy_dump = Some(d)),
+            None => {
+                self.runtime
+                    .checkpoint(caps.checkpoint_command, &self.id, &opts, &image, &work.path)
+                    .await
+            }
+        };
         let dump_ms = started.elapsed().as_secs_f64() * 1e3;
         if conf.exists() {
             let _ = std::fs::write(&conf, "");
@@ -479,8 +511,65 @@ impl Container {
         if !extra.is_empty() {
             let _ = std::fs::write(image.join(IMAGE_CRIU_CONFIG), &extra);
         }
-        info!(id = %self.id, image = %image.display(), exit = opts.exit, dump_ms, "container checkpointed");
+        info!(id = %self.id, image = %image.display(), exit = opts.exit, lazy = lazy.is_some(), dump_ms, "container checkpointed");
         Ok(())
+    }
+
+    /// What a lazy dump needs: runc (its `--lazy-pages`, `--page-server` and
+    /// `--status-fd`), the shim's CRIU configuration file (to bind the page
+    /// server to loopback), a work directory that outlives the call, and a
+    /// container that stays paused while its memory is served.
+    fn check_lazy_dump(&self, conf: &Path, opts: &CheckpointOptions) -> Result<()> {
+        let refuse = |why: String| {
+            Err(Error::FailedPrecondition(format!(
+                "cannot dump container {} lazily: {why}",
+                self.id
+            )))
+        };
+        let runtime = Path::new(&self.runtime.binary)
+            .file_name()
+            .map(|n| n.to_string_lossy().to_string())
+            .unwrap_or_default();
+        if runtime != "runc" {
+            return refuse(format!(
+                "its runtime {} has no lazy dump (runc's --lazy-pages with --status-fd); \
+                 use runc or a dump to files",
+                self.runtime.binary
+            ));
+        }
+        if !conf.exists() {
+            return refuse(
+                "its spec names a CRIU configuration of its own (org.criu.config), so the \
+                 page server could not be bound to loopback"
+                    .into(),
+            );
+        }
+        if opts.work_path.is_empty() {
+            return refuse("the request names no CRIU work directory (work_path)".into());
+        }
+        if self.init.state != State::Paused {
+            return refuse(
+                "it is not paused (the lazy dump serves memory that must not change)".into(),
+            );
+        }
+        Ok(())
+    }
+
+    /// Waits for the lazy dump begun by an earlier checkpoint to end (its page
+    /// server's client closed the connection and runc exited).
+    async fn finish_lazy_dump(&mut self) -> Result<()> {
+        let Some(dump) = self.lazy_dump.take() else {
+            return Err(Error::FailedPrecondition(format!(
+                "container {} has no lazy dump to finish",
+                self.id
+            )));
+        };
+        let res = dump.finish().await;
+        match &res {
+            Ok(()) => info!(id = %self.id, "lazy dump finished"),
+            Err(e) => warn!(id = %self.id, error = %e, "lazy dump failed"),
+        }
+        res
     }
 
     /// A dump whose address moves: the link goes down first (see

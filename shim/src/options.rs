@@ -352,6 +352,11 @@ pub struct CheckpointOptions {
     /// The service address moves with the container: its link goes down
     /// before the dump (see `mose_contract::CheckpointOptions`).
     pub hand_over_address: bool,
+    /// CRIU's lazy dump, its page server on `127.0.0.1:<port>` (see
+    /// `mose_contract::CheckpointOptions::lazy_page_server_port`).
+    pub lazy_page_server_port: Option<u16>,
+    /// Wait for the container's lazy dump to end (nothing else is done).
+    pub finish_lazy_dump: bool,
 }
 
 /// MOSE's checkpoint options (JSON): containerd's runc checkpoint options
@@ -393,9 +398,16 @@ pub fn decode_checkpoint_options(any: Option<&Any>) -> Result<CheckpointOptions>
             serde_json::from_slice(&any.value).map_err(|e| {
                 Error::InvalidArgument(format!(
                     "malformed {MOSE_CHECKPOINT_TYPE} (JSON with exit, image_path, work_path, \
-                 tcp_close, tcp_established, hand_over_address, skip_in_flight, file_locks): {e}"
+                 tcp_close, tcp_established, hand_over_address, skip_in_flight, file_locks, \
+                 lazy_page_server_port, finish_lazy_dump): {e}"
                 ))
             })?;
+        if o.lazy_page_server_port != 0 && o.exit {
+            return Err(Error::InvalidArgument(format!(
+                "{MOSE_CHECKPOINT_TYPE}: a lazy dump (lazy_page_server_port) serves the memory \
+                 of tasks it leaves in place; it cannot also stop them (exit)"
+            )));
+        }
         if o.tcp_close && o.tcp_established {
             return Err(Error::InvalidArgument(format!(
                 "{MOSE_CHECKPOINT_TYPE}: tcp_close and tcp_established contradict each other: \
@@ -412,6 +424,9 @@ pub fn decode_checkpoint_options(any: Option<&Any>) -> Result<CheckpointOptions>
             skip_in_flight: o.skip_in_flight,
             file_locks: o.file_locks,
             migration: true,
+            lazy_page_server_port: (o.lazy_page_server_port != 0)
+                .then_some(o.lazy_page_server_port),
+            finish_lazy_dump: o.finish_lazy_dump,
             ..Default::default()
         });
     }

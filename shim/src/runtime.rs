@@ -11,6 +11,7 @@ use std::{
     sync::atomic::{AtomicU64, Ordering},
 };
 
+use command_fds::{CommandFdExt, FdMapping};
 use tracing::debug;
 
 use crate::{
@@ -329,6 +330,85 @@ impl OciRuntime {
             .map_err(|e| criu_error("checkpoint (CRIU dump)", e, &work.join("dump.log")))
     }
 
+    /// CRIU's lazy dump through `runc checkpoint --lazy-pages`: returns once
+    /// CRIU's page server listens on `127.0.0.1:<port>` (CRIU writes a byte
+    /// to the status descriptor then), with the dump's end still to come: the
+    /// returned task ends when the page server's client has closed the
+    /// connection and runc has exited. The container is left as it was
+    /// (`--leave-running`: the caller keeps it paused).
+    ///
+    /// Errors: the runtime could not start, or it exited before the page
+    /// server listened (the CRIU log's tail is quoted).
+    pub async fn checkpoint_lazy(
+        &self,
+        id: &str,
+        opts: &CheckpointOptions,
+        image: &Path,
+        work: &Path,
+        port: u16,
+    ) -> Result<LazyDump> {
+        crate::criu_kdat::forget_if_stale();
+        let (ready_r, ready_w) = nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC)
+            .map_err(|e| Error::io("create the lazy dump's status pipe")(e.into()))?;
+        let me = self.clone();
+        let (id_owned, opts_owned) = (id.to_string(), opts.clone());
+        let (image, work) = (image.to_path_buf(), work.to_path_buf());
+        let log = work.join("dump.log");
+        let dump = tokio::spawn(async move {
+            let r = me
+                .exec(
+                    "checkpoint",
+                    &id_owned,
+                    |c| {
+                        c.arg("--image-path")
+                            .arg(&image)
+                            .arg("--work-path")
+                            .arg(&work)
+                            .arg("--leave-running")
+                            .arg("--lazy-pages")
+                            .arg("--page-server")
+                            .arg(format!("127.0.0.1:{port}"))
+                            .arg("--status-fd")
+                            .arg(LAZY_STATUS_FD.to_string());
+                        criu_flags(c, &opts_owned);
+                        c.arg(&id_owned);
+                        // the closure cannot fail: a mapping error shows as
+                        // runc's own complaint about the status descriptor
+                        let _ = c.fd_mappings(vec![FdMapping {
+                            parent_fd: ready_w,
+                            child_fd: LAZY_STATUS_FD,
+                        }]);
+                    },
+                    None,
+                )
+                .await;
+            r.map(|_| ())
+                .map_err(|e| criu_error("lazy checkpoint (CRIU dump)", e, &log))
+        });
+        // CRIU writes one byte when its page server listens; end of file
+        // means runc (and CRIU with it) exited first
+        let ready = tokio::task::spawn_blocking(move || {
+            let mut b = [0u8; 1];
+            nix::unistd::read(&ready_r, &mut b)
+        })
+        .await;
+        match ready {
+            Ok(Ok(1)) => Ok(LazyDump { dump }),
+            _ => {
+                let outcome = dump.await.map_err(|e| {
+                    Error::Internal(format!("the lazy checkpoint's task failed: {e}"))
+                })?;
+                outcome?;
+                Err(Error::Runtime(format!(
+                    "{} checkpoint --lazy-pages of container {id} exited before CRIU's page \
+                     server listened (see {})",
+                    self.binary,
+                    work_log(&opts.work_path)
+                )))
+            }
+        }
+    }
+
     /// Restores a container from a CRIU image, detached, as a child of the shim.
     pub async fn restore(
         &self,
@@ -392,6 +472,37 @@ fn criu_flags(c: &mut Command, opts: &CheckpointOptions) {
     }
     if opts.lazy_pages {
         c.arg("--lazy-pages");
+    }
+}
+
+/// The descriptor runc is told CRIU's lazy-dump status goes to.
+const LAZY_STATUS_FD: i32 = 3;
+
+/// A lazy dump whose page server is serving: [`LazyDump::finish`] waits for
+/// its end.
+pub struct LazyDump {
+    dump: tokio::task::JoinHandle<Result<()>>,
+}
+
+impl LazyDump {
+    /// Waits for runc to exit; its error quotes CRIU's log.
+    pub async fn finish(self) -> Result<()> {
+        self.dump
+            .await
+            .map_err(|e| Error::Internal(format!("the lazy checkpoint's task failed: {e}")))?
+    }
+
+    /// Whether runc has exited already.
+    pub fn is_finished(&self) -> bool {
+        self.dump.is_finished()
+    }
+}
+
+fn work_log(work: &str) -> String {
+    if work.is_empty() {
+        "CRIU's dump.log".into()
+    } else {
+        format!("{work}/dump.log")
     }
 }
 

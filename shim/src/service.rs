@@ -645,10 +645,15 @@ impl Task for TaskService {
     async fn checkpoint(&self, _ctx: &TtrpcContext, req: CheckpointTaskRequest) -> TResult<Empty> {
         let opts = decode_checkpoint_options(req.options.as_ref())?;
         let migration = opts.migration;
+        let finish = opts.finish_lazy_dump;
         let cref = self.inner.container(&req.id).await?;
         let mut c = cref.lock().await;
         c.checkpoint(&req.path, opts).await?;
         drop(c);
+        if finish {
+            // the end of a dump already reported when it began
+            return Ok(empty());
+        }
         self.inner.bump_spec_generation(&req.id, !migration).await;
         self.inner
             .publish(

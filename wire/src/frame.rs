@@ -28,6 +28,21 @@ pub enum FrameKind {
     /// `[pid u32][vaddr u64][n u32][hash u128 LE]×n` then 4096 bytes for each
     /// page whose hash is not the zero page's.
     Pages = 5,
+    /// Lazy pages of one process, contiguous from `vaddr`, whose content the
+    /// destination already holds (blocks pre-copy rounds brought, or zero
+    /// pages): `[pid u32][vaddr u64][n u32][hash u128 LE]×n`, no data.
+    PagesHeld = 6,
+}
+
+/// A run of lazy pages named by their blocks only, as a
+/// [`FrameKind::PagesHeld`] frame carries it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct HeldRun {
+    /// The process as numbered in the checkpoint.
+    pub pid: u32,
+    pub vaddr: u64,
+    /// One hash per page, each a block the destination holds.
+    pub hashes: Vec<BlockHash>,
 }
 
 /// Manifest slot of a page that stays on the source until after the restore
@@ -54,6 +69,7 @@ impl FrameKind {
             3 => Self::FileData,
             4 => Self::Manifest,
             5 => Self::Pages,
+            6 => Self::PagesHeld,
             _ => return None,
         })
     }
@@ -110,26 +126,48 @@ impl Frame {
             .collect())
     }
 
-    /// Decodes a Pages frame, checking every page against its hash: a page
-    /// that does not match is corrupt, never placed.
-    pub fn pages(&self) -> Result<PageRun, WireError> {
+    /// The header and hashes shared by Pages and PagesHeld frames: (pid,
+    /// vaddr, hashes, where the data begins).
+    fn page_header(&self, kind: FrameKind) -> Result<(u32, u64, Vec<BlockHash>, usize), WireError> {
         let p = &self.payload;
-        if self.kind != FrameKind::Pages || p.len() < 16 {
-            return Err(WireError::Malformed("bad pages frame".into()));
+        if self.kind != kind || p.len() < 16 {
+            return Err(WireError::Malformed(format!("bad {kind:?} frame")));
         }
         let pid = u32::from_le_bytes([p[0], p[1], p[2], p[3]]);
         let mut v = [0u8; 8];
         v.copy_from_slice(&p[4..12]);
         let vaddr = u64::from_le_bytes(v);
         let n = u32::from_le_bytes([p[12], p[13], p[14], p[15]]) as usize;
-        let hashes_end = 16 + n * 16;
-        if p.len() < hashes_end || n == 0 || !vaddr.is_multiple_of(BLOCK_SIZE as u64) {
-            return Err(WireError::Malformed(format!(
-                "pages frame for pid {pid} at {vaddr:#x}: bad header ({n} pages, {} bytes)",
+        let hashes_end = n.checked_mul(16).and_then(|b| b.checked_add(16));
+        match hashes_end {
+            Some(end) if p.len() >= end && n > 0 && vaddr.is_multiple_of(BLOCK_SIZE as u64) => {
+                Ok((pid, vaddr, decode_hashes(&p[16..end]), end))
+            }
+            _ => Err(WireError::Malformed(format!(
+                "{kind:?} frame for pid {pid} at {vaddr:#x}: bad header ({n} pages, {} bytes)",
                 p.len()
+            ))),
+        }
+    }
+
+    /// Decodes a PagesHeld frame: pages named by blocks the destination holds.
+    pub fn held_pages(&self) -> Result<HeldRun, WireError> {
+        let (pid, vaddr, hashes, end) = self.page_header(FrameKind::PagesHeld)?;
+        if self.payload.len() != end {
+            return Err(WireError::Malformed(format!(
+                "PagesHeld frame for pid {pid} at {vaddr:#x}: {} bytes after its hashes",
+                self.payload.len() - end
             )));
         }
-        let hashes = decode_hashes(&p[16..hashes_end]);
+        Ok(HeldRun { pid, vaddr, hashes })
+    }
+
+    /// Decodes a Pages frame, checking every page against its hash: a page
+    /// that does not match is corrupt, never placed.
+    pub fn pages(&self) -> Result<PageRun, WireError> {
+        let (pid, vaddr, hashes, hashes_end) = self.page_header(FrameKind::Pages)?;
+        let p = &self.payload;
+        let n = hashes.len();
         let zero = crate::blocks::zero_hash();
         let carried = hashes.iter().filter(|h| **h != zero).count();
         if p.len() != hashes_end + carried * BLOCK_SIZE {
@@ -467,6 +505,26 @@ impl<W: AsyncWrite + Unpin> FrameWriter<W> {
         Ok(())
     }
 
+    /// Sends a run of lazy pages the destination holds, by their blocks.
+    pub async fn pages_held(
+        &mut self,
+        pid: u32,
+        vaddr: u64,
+        hashes: &[BlockHash],
+    ) -> Result<(), WireError> {
+        if hashes.is_empty() {
+            return Err(WireError::Malformed("a held run of no pages".into()));
+        }
+        let mut body = Vec::with_capacity(16 + hashes.len() * 16);
+        body.extend_from_slice(&pid.to_le_bytes());
+        body.extend_from_slice(&vaddr.to_le_bytes());
+        body.extend_from_slice(&(hashes.len() as u32).to_le_bytes());
+        for h in hashes {
+            body.extend_from_slice(&h.to_le_bytes());
+        }
+        self.write(FrameKind::PagesHeld, &body, true).await
+    }
+
     pub async fn flush(&mut self) -> Result<(), WireError> {
         self.inner.flush().await?;
         Ok(())
@@ -514,6 +572,30 @@ mod tests {
             .pages()
             .unwrap_err();
         assert!(e.to_string().contains("corrupt page"), "{e}");
+    }
+
+    #[tokio::test]
+    async fn held_pages_carry_hashes_only_and_are_not_pages() {
+        let hashes = [hash_block(&[5u8; BLOCK_SIZE]), crate::blocks::zero_hash()];
+        let mut buf = Vec::new();
+        FrameWriter::new(&mut buf)
+            .pages_held(9, 0x9000, &hashes)
+            .await
+            .unwrap();
+        assert_eq!(buf.len(), HEADER + 16 + 32);
+        let f = FrameReader::new(&buf[..]).next().await.unwrap();
+        let run = f.held_pages().unwrap();
+        assert_eq!(
+            (run.pid, run.vaddr, run.hashes),
+            (9, 0x9000, hashes.to_vec())
+        );
+        // the kinds do not mix: a held run is no page data
+        assert!(f.pages().is_err());
+        // a header naming more hashes than the frame holds is refused
+        let mut short = FrameReader::new(&buf[..]).next().await.unwrap();
+        short.payload.truncate(16 + 16);
+        let e = short.held_pages().unwrap_err();
+        assert!(e.to_string().contains("bad header"), "{e}");
     }
 
     #[tokio::test]

@@ -12,9 +12,9 @@ pub mod frame;
 pub mod message;
 
 /// Version of the protocol; both ends must speak the same one.
-pub const PROTOCOL_VERSION: u32 = 4;
+pub const PROTOCOL_VERSION: u32 = 5;
 
 pub use blocks::{BlockHash, BlockStore, BLOCK_SIZE};
-pub use frame::LAZY_SLOT;
 pub use frame::{FrameKind, FrameReader, FrameWriter, WireError};
+pub use frame::{HeldRun, LAZY_SLOT};
 pub use message::{ContainerIdentity, LazyStats, Message, Technique};

@@ -716,7 +716,7 @@ mod tests {
             runs: vec![LazyRun {
                 vaddr: m.addr,
                 nr_pages: 2,
-                slot: 0,
+                slot: Some(0),
             }],
         }];
         let dir = tempfile::tempdir().unwrap();

@@ -99,7 +99,7 @@ pub enum PagemapError {
         nr_pages: u64,
     },
     #[error(
-        "{entry}: present pages add up past {MAX_PRESENT_PAGES} (1 TiB), more than MOSE takes from one checkpoint"
+        "{entry}: present and lazy pages add up past {MAX_PRESENT_PAGES} (1 TiB), more than MOSE takes from one checkpoint"
     )]
     TooManyPresent { entry: EntryAt },
     #[error("reading {}", .path.display())]
@@ -251,8 +251,10 @@ pub struct Pagemap {
 pub struct LazyRun {
     pub vaddr: u64,
     pub nr_pages: u64,
-    /// Index of the run's first page in `pages-<pages_id>.img`.
-    pub slot: u64,
+    /// Index of the run's first page in `pages-<pages_id>.img`; `None` for a
+    /// lazy dump's run (flags `PE_LAZY` alone: the content stayed in the
+    /// frozen process, served by CRIU's page server).
+    pub slot: Option<u64>,
 }
 
 /// The lazy pages of one process of a checkpoint.
@@ -354,7 +356,7 @@ impl Pagemap {
             let e = proto::PagemapEntry::decode(rec)
                 .map_err(|source| PagemapError::Entry { entry, source })
                 .and_then(|rec| PagemapEntry::from_record(rec, entry))?;
-            if e.is_present() {
+            if e.is_present() || e.is_lazy() {
                 present = present.saturating_add(e.nr_pages);
                 if present > MAX_PRESENT_PAGES {
                     return Err(PagemapError::TooManyPresent { entry });
@@ -432,8 +434,23 @@ impl LazyLayout {
                 .entry(format!("pages-{}.img", map.pages_id))
                 .or_default();
             let mut runs = Vec::new();
-            for (slot, e) in map.present_runs() {
-                let (from, to) = (slot as usize, slot.saturating_add(e.nr_pages) as usize);
+            let mut next_slot = 0u64;
+            for e in &map.entries {
+                if !e.is_present() {
+                    // a lazy dump's lazy run has no slot; parent pages are
+                    // never lazy
+                    if e.is_lazy() && e.flags & PE_PARENT == 0 {
+                        runs.push(LazyRun {
+                            vaddr: e.vaddr,
+                            nr_pages: e.nr_pages,
+                            slot: None,
+                        });
+                    }
+                    continue;
+                }
+                let slot = next_slot;
+                next_slot = next_slot.saturating_add(e.nr_pages);
+                let (from, to) = (slot as usize, next_slot as usize);
                 if slots.len() < to {
                     slots.resize(to, false);
                 }
@@ -442,7 +459,7 @@ impl LazyLayout {
                     runs.push(LazyRun {
                         vaddr: e.vaddr,
                         nr_pages: e.nr_pages,
-                        slot,
+                        slot: Some(slot),
                     });
                 }
             }
@@ -513,6 +530,42 @@ pub(crate) mod tests {
         image_of(pages_id as u32, &entries)
     }
 
+    /// A lazy dump (`criu dump --lazy-pages`) writes its lazy runs with
+    /// `PE_LAZY` alone: no slot in the pages image, content served later.
+    #[test]
+    fn a_lazy_dumps_runs_have_no_slot() {
+        let img = image(
+            4,
+            &[
+                (0x400000, 2, PE_PRESENT),
+                (0x7f0000000000, 3, PE_LAZY),
+                (0x7f0000010000, 1, PE_PARENT),
+                (0x7ffff000, 1, PE_PRESENT),
+            ],
+        );
+        let l = LazyLayout::from_pagemaps(vec![(1, Pagemap::parse(&img).unwrap())]);
+        assert_eq!(
+            l.processes[0].runs,
+            vec![LazyRun {
+                vaddr: 0x7f0000000000,
+                nr_pages: 3,
+                slot: None
+            }]
+        );
+        assert_eq!(l.pages(), 3);
+        // the pages image holds the three present pages, none of them lazy
+        assert_eq!(l.lazy_slots["pages-4.img"], vec![false; 3]);
+    }
+
+    #[test]
+    fn a_huge_lazy_run_is_refused_like_a_huge_present_one() {
+        let img = image(4, &[(0x400000, MAX_PRESENT_PAGES + 1, PE_LAZY)]);
+        assert!(matches!(
+            Pagemap::parse(&img),
+            Err(PagemapError::TooManyPresent { .. })
+        ));
+    }
+
     #[test]
     fn parses_entries_and_finds_lazy_slots() {
         let img = image(
@@ -536,7 +589,7 @@ pub(crate) mod tests {
             vec![LazyRun {
                 vaddr: 0x7f0000000000,
                 nr_pages: 4,
-                slot: 2
+                slot: Some(2)
             }]
         );
         assert_eq!(
@@ -671,7 +724,7 @@ pub(crate) mod tests {
         let e = err(&image(1, &[(0x1000, u64::MAX / PAGE, PE_PARENT)]));
         assert!(e.contains("past the end of the address space"), "{e}");
         let e = err(&image(1, &[(0x1000, MAX_PRESENT_PAGES + 1, PE_PRESENT)]));
-        assert!(e.contains("present pages add up past"), "{e}");
+        assert!(e.contains("present and lazy pages add up past"), "{e}");
         // pages in a parent image take no slot here: not counted
         let map = Pagemap::parse(&image(1, &[(0x1000, MAX_PRESENT_PAGES + 1, PE_PARENT)])).unwrap();
         assert_eq!(map.present_runs().count(), 0);
@@ -696,10 +749,18 @@ pub(crate) mod tests {
             let present: u64 = map.present_runs().map(|(_, e)| e.nr_pages).sum();
             assert!(present <= MAX_PRESENT_PAGES);
             assert!(map.entries.len() <= img.len() / RECORD_LEN_LEN);
+            // a lazy dump's lazy runs take no slot but are bounded alike
+            let bounded: u64 = map
+                .entries
+                .iter()
+                .filter(|e| e.is_present() || e.is_lazy())
+                .map(|e| e.nr_pages)
+                .sum();
+            assert!(bounded <= MAX_PRESENT_PAGES);
             let layout = LazyLayout::from_pagemaps(vec![(1, map)]);
             let slots = layout.lazy_slots.values().map(Vec::len).sum::<usize>() as u64;
             assert!(slots <= present);
-            assert!(layout.pages() <= present);
+            assert!(layout.pages() <= bounded);
             Ok(layout)
         }
 

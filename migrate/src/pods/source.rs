@@ -256,6 +256,7 @@ fn source_options(
             is_in_flight,
         )),
         already_frozen: frozen,
+        lazy_source: cfg.lazy_source.clone(),
         fault: None,
         progress: None,
     }

@@ -27,4 +27,7 @@ pub struct EndpointConfig {
     /// Plans pods pulled from here with technique `auto` (the node agent's
     /// policy hook); without one such a pull is refused with the reason.
     pub pod_planner: Option<crate::pods::plan::PodPlannerFn>,
+    /// Where pods migrated from here with post-copy or hybrid serve their
+    /// lazy pages from (probed once at the agent's start).
+    pub lazy_source: crate::lazy::LazySource,
 }

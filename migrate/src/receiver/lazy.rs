@@ -308,9 +308,11 @@ fn cached_pages(layout: &LazyLayout, inc: &Incoming) -> HashMap<(u32, u64), Bloc
         let Some(hashes) = manifests.get(format!("pages-{}.img", p.pages_id).as_str()) else {
             continue;
         };
-        for run in &p.runs {
+        // a lazy dump's runs have no slot: the source names what is held
+        // as it pushes (Pages frames of held blocks)
+        for (run, slot) in p.runs.iter().filter_map(|r| Some((r, r.slot?))) {
             for k in 0..run.nr_pages {
-                if let Some(h) = hashes.get((run.slot + k) as usize) {
+                if let Some(h) = hashes.get((slot + k) as usize) {
                     if *h != LAZY_SLOT && (*h == zero || inc.blocks.contains(*h)) {
                         out.insert((p.pid, run.vaddr + k * PAGE), *h);
                     }
@@ -520,6 +522,7 @@ impl<W: AsyncWrite + Unpin> LazyPhase<'_, W> {
         };
         match f.kind {
             FrameKind::Pages => self.on_pages(&f).await,
+            FrameKind::PagesHeld => self.on_pages_held(&f).await,
             FrameKind::Control => {
                 let m = f.message().map_err(|source| MigrateError::Wire {
                     phase: Phase::Lazy,
@@ -555,14 +558,7 @@ impl<W: AsyncWrite + Unpin> LazyPhase<'_, W> {
             what: "a lazy page failed its check; it is not placed".into(),
             source,
         })?;
-        self.received += run.hashes.len() as u64;
-        if self.received - self.reported >= PROGRESS_EVERY {
-            self.send(&Message::LazyProgress {
-                pages: self.received,
-            })
-            .await?;
-            self.reported = self.received;
-        }
+        self.note_received(run.hashes.len() as u64).await?;
         let zero = zero_hash();
         let zero_pages = run.hashes.iter().filter(|h| **h == zero).count() as u64;
         for k in 0..run.hashes.len() as u64 {
@@ -574,6 +570,67 @@ impl<W: AsyncWrite + Unpin> LazyPhase<'_, W> {
             vaddr: run.vaddr,
             data: run.data,
             origin: Origin::Source,
+            zero_pages,
+        };
+        self.deliver(d, urgent)
+    }
+
+    /// Counts lazy pages received, telling the source every
+    /// [`PROGRESS_EVERY`] (its push window moves on that).
+    async fn note_received(&mut self, pages: u64) -> Result<()> {
+        self.received += pages;
+        if self.received - self.reported >= PROGRESS_EVERY {
+            self.send(&Message::LazyProgress {
+                pages: self.received,
+            })
+            .await?;
+            self.reported = self.received;
+        }
+        Ok(())
+    }
+
+    /// Pages the source named by blocks this node holds (hybrid with a lazy
+    /// dump: their content did not change since the rounds brought it).
+    async fn on_pages_held(&mut self, f: &Frame) -> Result<()> {
+        self.step(ReceiverEvent::Pages)?;
+        if self.placed() {
+            return Ok(());
+        }
+        let run = f.held_pages().map_err(|source| MigrateError::Wire {
+            phase: Phase::Lazy,
+            peer: self.peer.to_string(),
+            what: "a run of held pages is malformed; it is not placed".into(),
+            source,
+        })?;
+        self.note_received(run.hashes.len() as u64).await?;
+        let zero = zero_hash();
+        let mut data = Vec::with_capacity(run.hashes.len() * BLOCK_SIZE);
+        let mut zero_pages = 0;
+        for (k, h) in run.hashes.iter().enumerate() {
+            if *h == zero {
+                zero_pages += 1;
+                data.resize(data.len() + BLOCK_SIZE, 0);
+                continue;
+            }
+            let b = self.inc.blocks.block(*h).ok_or_else(|| {
+                MigrateError::local(
+                    Phase::Lazy,
+                    format!(
+                        "the source named block {h:032x} for page {:#x} of pid {} as held \
+                         here, but this node never received it",
+                        run.vaddr + k as u64 * PAGE,
+                        run.pid
+                    ),
+                )
+            })?;
+            data.extend_from_slice(b);
+        }
+        let urgent = self.asked.remove(&(run.pid, run.vaddr));
+        let d = Delivery {
+            pid: run.pid,
+            vaddr: run.vaddr,
+            data,
+            origin: Origin::Cache,
             zero_pages,
         };
         self.deliver(d, urgent)

@@ -86,7 +86,7 @@ where
                 .write_all(&f.payload)
                 .in_phase(Phase::Transfer, &format!("writing {}", sink.name))?;
         }
-        FrameKind::Pages => s.step(ReceiverEvent::Pages)?,
+        FrameKind::Pages | FrameKind::PagesHeld => s.step(ReceiverEvent::Pages)?,
         FrameKind::Control => {}
     }
     Ok(())
@@ -174,6 +174,9 @@ mod tests {
             io_timeout: Duration::from_secs(1),
             handoffs: Default::default(),
             pod_planner: None,
+            lazy_source: crate::lazy::LazySource::TmpfsDump {
+                reason: "unit test".into(),
+            },
         }
     }
 

@@ -1,12 +1,20 @@
 //! The freeze: pause the container (from here on a failure resumes it) and
-//! dump it with CRIU into tmpfs, through its shim.
+//! dump it with CRIU, through its shim: into tmpfs, or for post-copy and
+//! hybrid lazily (the memory stays in the paused processes and CRIU's page
+//! server on loopback serves it).
 
-use std::{path::PathBuf, time::Duration};
+use std::{
+    path::{Path, PathBuf},
+    time::Duration,
+};
 
 use tracing::warn;
 
 use super::{machine::SenderEvent, migration::Migration};
-use crate::error::{InPhase, Phase, Result};
+use crate::{
+    error::{InPhase, Phase, Result},
+    lazy::{criu_page_server::free_loopback_port, LazySource, PageServerClient},
+};
 
 /// Attempts to pause before giving up: the cgroup freezer gives up when a
 /// task is briefly unfreezable (it is thawed again then, nothing lost).
@@ -41,22 +49,101 @@ impl Migration<'_> {
             std::fs::create_dir_all(d)
                 .in_phase(Phase::FreezeDump, &format!("creating {}", d.display()))?;
         }
-        self.cd
-            .shim_checkpoint(
-                &self.opts.container,
-                &images,
-                &crwork,
-                self.moves_address(),
-                self.keeps_connections(),
-            )
-            .await
-            .in_phase(
-                Phase::FreezeDump,
-                "dumping the container (CRIU, through its shim)",
-            )?;
+        if !self.dump_lazily(&images, &crwork).await? {
+            self.cd
+                .shim_checkpoint(
+                    &self.opts.container,
+                    &images,
+                    &crwork,
+                    self.moves_address(),
+                    self.keeps_connections(),
+                    None,
+                )
+                .await
+                .in_phase(
+                    Phase::FreezeDump,
+                    "dumping the container (CRIU, through its shim)",
+                )?;
+        }
         self.step(SenderEvent::Dumped)?;
         self.tl.end(p, None);
         Ok(images)
+    }
+
+    /// Post-copy and hybrid where the node allows it: CRIU's lazy dump, its
+    /// page server on loopback, connected. Returns false when the container
+    /// is to be dumped into tmpfs instead (not a lazy technique, the node
+    /// cannot, or the shim refused: the result records why).
+    async fn dump_lazily(&mut self, images: &Path, crwork: &Path) -> Result<bool> {
+        if !self.opts.technique.is_lazy() {
+            return Ok(false);
+        }
+        let iov = match &self.opts.lazy_source {
+            LazySource::CriuPageServer { iov } => *iov,
+            LazySource::TmpfsDump { reason } => {
+                self.lazy_source = Some(("tmpfs-dump", Some(reason.clone())));
+                return Ok(false);
+            }
+        };
+        let port = free_loopback_port().in_phase(
+            Phase::FreezeDump,
+            "finding a loopback port for CRIU's page server",
+        )?;
+        let dumped = self
+            .cd
+            .shim_checkpoint(
+                &self.opts.container,
+                images,
+                crwork,
+                self.moves_address(),
+                self.keeps_connections(),
+                Some(port),
+            )
+            .await;
+        if let Err(e) = dumped {
+            let reason = format!("the lazy dump failed: {e:#}");
+            warn!(%reason, "dumping into tmpfs instead");
+            self.lazy_source = Some(("tmpfs-dump", Some(reason)));
+            // whatever the failed attempt wrote goes before the full dump
+            for d in [images, crwork] {
+                let _ = std::fs::remove_dir_all(d);
+                std::fs::create_dir_all(d)
+                    .in_phase(Phase::FreezeDump, &format!("creating {}", d.display()))?;
+            }
+            return Ok(false);
+        }
+        self.lazy_dump = Some(port);
+        self.lazy_source = Some(("criu-page-server", None));
+        let client = PageServerClient::connect(port, iov, self.opts.io_timeout)
+            .await
+            .in_phase(Phase::FreezeDump, "connecting to CRIU's lazy page server")?;
+        self.page_server = Some(client);
+        Ok(true)
+    }
+
+    /// Ends a lazy dump still running (a failure before or during the lazy
+    /// phase, or its success): the page server's session closes (CRIU then
+    /// leaves the processes as they are: paused), and runc's exit is awaited
+    /// so that nothing of the dump outlives the migration.
+    pub async fn end_lazy_dump(&mut self) {
+        let Some(port) = self.lazy_dump.take() else {
+            return;
+        };
+        match self.page_server.take() {
+            Some(client) => drop(client),
+            None => {
+                // never connected: a connection that closes at once ends a
+                // page server still waiting for its client
+                let _ = tokio::time::timeout(
+                    Duration::from_secs(2),
+                    tokio::net::TcpStream::connect(("127.0.0.1", port)),
+                )
+                .await;
+            }
+        }
+        if let Err(e) = self.cd.shim_finish_lazy_dump(&self.opts.container).await {
+            warn!(error = %format!("{e:#}"), "the lazy dump ended with an error");
+        }
     }
 
     async fn pause(&mut self) -> Result<()> {

@@ -92,6 +92,9 @@ pub async fn start<'a>(opts: &'a SourceOptions, id: String, tl: Timeline) -> Res
         downtime_ms: 0.0,
         lazy: None,
         address,
+        lazy_dump: None,
+        page_server: None,
+        lazy_source: None,
     };
     m.hello().await?;
     m.begin().await?;

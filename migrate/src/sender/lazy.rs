@@ -16,7 +16,7 @@ use mose_wire::{
     BlockHash, LazyStats, Message, Technique, WireError, BLOCK_SIZE,
 };
 use tokio::sync::mpsc;
-use tracing::{debug, info};
+use tracing::{debug, info, warn};
 
 use super::{
     machine::{SenderEvent, SenderState},
@@ -26,7 +26,7 @@ use super::{
 };
 use crate::{
     error::{InPhase, MigrateError, Phase, ProtocolError, Result},
-    lazy::{LazyLayout, LazyProcess},
+    lazy::{LazyLayout, LazyProcess, PageServerClient},
     link::{forward_frames, within},
     result::{LazyResult, PhaseStart},
 };
@@ -44,12 +44,20 @@ const PUSH_RUN: u64 = 32;
 /// at 200 Mbit/s, while a fast link stays full).
 const PUSH_WINDOW: u64 = 256;
 
+/// Where the frozen container's lazy pages are read from.
+enum Pages {
+    /// The pages images of a full dump in tmpfs, mapped (pages_id → map).
+    Images(HashMap<u32, memmap2::Mmap>),
+    /// CRIU's page server, the pages still in the frozen processes.
+    Server(PageServerClient),
+}
+
 /// The frozen dump's lazy pages, ready to serve.
 pub struct Dump {
     layout: LazyLayout,
-    /// pages_id → the mapped `pages-<id>.img`.
-    maps: HashMap<u32, memmap2::Mmap>,
-    /// pages_id → hash of every slot (hybrid: computed at the freeze).
+    pages: Pages,
+    /// pages_id → hash of every slot (hybrid with a tmpfs dump: computed at
+    /// the freeze).
     hashes: HashMap<u32, Vec<BlockHash>>,
     /// Blocks the destination holds from pre-copy rounds (hybrid): not pushed.
     held: HashSet<BlockHash>,
@@ -60,42 +68,20 @@ pub struct Dump {
 }
 
 impl Dump {
-    /// Maps the pages images of the checkpoint in `images`.
+    /// The lazy pages of the checkpoint in `images`: read from CRIU's page
+    /// server when `server` is given (a lazy dump), else from the mapped
+    /// pages images.
     pub fn open(
         images: &Path,
         layout: LazyLayout,
         hashes: HashMap<u32, Vec<BlockHash>>,
         held: HashSet<BlockHash>,
+        server: Option<PageServerClient>,
     ) -> Result<Self> {
-        let mut maps = HashMap::new();
-        for p in &layout.processes {
-            if maps.contains_key(&p.pages_id) || p.runs.is_empty() {
-                continue;
-            }
-            let path = images.join(format!("pages-{}.img", p.pages_id));
-            let f = std::fs::File::open(&path)
-                .in_phase(Phase::Lazy, &format!("opening {}", path.display()))?;
-            // SAFETY: the dump is finished; nothing writes the image while mapped.
-            let m = unsafe { memmap2::Mmap::map(&f) }
-                .in_phase(Phase::Lazy, &format!("mapping {}", path.display()))?;
-            let need = p
-                .runs
-                .iter()
-                .map(|r| (r.slot + r.nr_pages) * PAGE)
-                .max()
-                .unwrap_or(0);
-            if (m.len() as u64) < need {
-                return Err(MigrateError::local(
-                    Phase::Lazy,
-                    format!(
-                        "{} holds {} bytes, its pagemap needs {need}",
-                        path.display(),
-                        m.len()
-                    ),
-                ));
-            }
-            maps.insert(p.pages_id, m);
-        }
+        let pages = match server {
+            Some(c) => Pages::Server(c),
+            None => Pages::Images(map_images(images, &layout)?),
+        };
         let sent = layout
             .processes
             .iter()
@@ -108,7 +94,7 @@ impl Dump {
             .collect();
         Ok(Self {
             layout,
-            maps,
+            pages,
             hashes,
             held,
             sent,
@@ -118,6 +104,23 @@ impl Dump {
 
     pub fn pages(&self) -> u64 {
         self.layout.pages()
+    }
+
+    /// Whether held pages must be named to the destination: with a lazy dump
+    /// it has no hash of them from the final transfer.
+    fn names_held(&self) -> bool {
+        matches!(self.pages, Pages::Server(_))
+    }
+
+    /// Ends CRIU's page-server session properly (the dump then finishes).
+    pub async fn close(self) -> Result<()> {
+        match self.pages {
+            Pages::Server(c) => c
+                .close()
+                .await
+                .in_phase(Phase::Lazy, "ending the session with CRIU's page server"),
+            Pages::Images(_) => Ok(()),
+        }
     }
 
     fn process(&self, pid: u32) -> Option<(usize, &LazyProcess)> {
@@ -140,22 +143,45 @@ impl Dump {
     }
 
     /// Pages `k..k+n` of run `ri` of process `pi`: hashes and data.
-    fn read(&mut self, pi: usize, ri: usize, k: u64, n: u64) -> Result<(Vec<BlockHash>, Vec<u8>)> {
+    async fn read(
+        &mut self,
+        pi: usize,
+        ri: usize,
+        k: u64,
+        n: u64,
+    ) -> Result<(Vec<BlockHash>, Vec<u8>)> {
         let p = &self.layout.processes[pi];
-        let run = &p.runs[ri];
-        let map = self.maps.get(&p.pages_id).ok_or_else(|| {
-            MigrateError::local(
-                Phase::Lazy,
-                format!("pages-{}.img is not mapped", p.pages_id),
-            )
-        })?;
-        let from = ((run.slot + k) * PAGE) as usize;
-        let data = &map[from..from + (n * PAGE) as usize];
-        let hashes = match self.hashes.get(&p.pages_id) {
-            Some(h) => h[(run.slot + k) as usize..(run.slot + k + n) as usize].to_vec(),
-            None => data.chunks(BLOCK_SIZE).map(hash_block).collect(),
+        let run = p.runs[ri];
+        let (pid, pages_id) = (p.pid, p.pages_id);
+        let (hashes, mut data) = match &mut self.pages {
+            Pages::Server(c) => {
+                let mut data = Vec::with_capacity((n * PAGE) as usize);
+                c.read(pid, run.vaddr + k * PAGE, n, &mut data)
+                    .await
+                    .in_phase(Phase::Lazy, "reading lazy pages from CRIU's page server")?;
+                (data.chunks(BLOCK_SIZE).map(hash_block).collect(), data)
+            }
+            Pages::Images(maps) => {
+                let slot = run.slot.ok_or_else(|| {
+                    MigrateError::local(
+                        Phase::Lazy,
+                        format!(
+                            "lazy run {:#x} of pid {pid} has no slot in pages-{pages_id}.img",
+                            run.vaddr
+                        ),
+                    )
+                })? + k;
+                let map = maps.get(&pages_id).ok_or_else(|| {
+                    MigrateError::local(Phase::Lazy, format!("pages-{pages_id}.img is not mapped"))
+                })?;
+                let data = &map[(slot * PAGE) as usize..((slot + n) * PAGE) as usize];
+                let hashes = match self.hashes.get(&pages_id) {
+                    Some(h) => h[slot as usize..(slot + n) as usize].to_vec(),
+                    None => data.chunks(BLOCK_SIZE).map(hash_block).collect(),
+                };
+                (hashes, data.to_vec())
+            }
         };
-        let mut data = data.to_vec();
         if self.corrupt_next {
             if let Some(b) = data.first_mut() {
                 *b ^= 0x5a;
@@ -164,6 +190,50 @@ impl Dump {
         }
         Ok((hashes, data))
     }
+}
+
+/// Maps the pages images holding `layout`'s lazy runs (a full dump).
+fn map_images(images: &Path, layout: &LazyLayout) -> Result<HashMap<u32, memmap2::Mmap>> {
+    let mut maps = HashMap::new();
+    for p in &layout.processes {
+        if maps.contains_key(&p.pages_id) || p.runs.is_empty() {
+            continue;
+        }
+        let path = images.join(format!("pages-{}.img", p.pages_id));
+        let f = std::fs::File::open(&path)
+            .in_phase(Phase::Lazy, &format!("opening {}", path.display()))?;
+        // SAFETY: the dump is finished; nothing writes the image while mapped.
+        let m = unsafe { memmap2::Mmap::map(&f) }
+            .in_phase(Phase::Lazy, &format!("mapping {}", path.display()))?;
+        let mut need = 0;
+        for r in &p.runs {
+            let slot = r.slot.ok_or_else(|| {
+                MigrateError::local(
+                    Phase::Lazy,
+                    format!(
+                        "lazy run {:#x} of pid {} has no slot in {} (a lazy dump's memory is \
+                         served by CRIU's page server only)",
+                        r.vaddr,
+                        p.pid,
+                        path.display()
+                    ),
+                )
+            })?;
+            need = need.max((slot + r.nr_pages) * PAGE);
+        }
+        if (m.len() as u64) < need {
+            return Err(MigrateError::local(
+                Phase::Lazy,
+                format!(
+                    "{} holds {} bytes, its pagemap needs {need}",
+                    path.display(),
+                    m.len()
+                ),
+            ));
+        }
+        maps.insert(p.pages_id, m);
+    }
+    Ok(maps)
 }
 
 /// What the lazy phase measured, source side.
@@ -175,6 +245,8 @@ struct Outcome {
     restore_steps: Vec<(String, f64)>,
     stats: LazyStats,
     pages_sent: u64,
+    /// Pages named by blocks the destination holds (hybrid, lazy dump).
+    pages_named: u64,
     pages_requested: u64,
     bytes: u64,
 }
@@ -194,13 +266,21 @@ impl Migration<'_> {
             }
             _ => HashSet::new(),
         };
-        let mut dump = Dump::open(images, part.layout, part.hashes, held)?;
+        let server = self.page_server.take();
+        let mut dump = Dump::open(images, part.layout, part.hashes, held, server)?;
         dump.corrupt_next = self.opts.fault == Some(Fault::CorruptPage);
         info!(
             lazy_pages = dump.pages(),
+            source = self.lazy_source.as_ref().map(|s| s.0),
             "serving lazy pages from the frozen dump"
         );
         let out = self.feed_all(&mut dump).await?;
+        let pages = dump.pages();
+        // the destination owns the container: CRIU's dump may finish
+        if let Err(e) = dump.close().await {
+            warn!(error = %format!("{e:#}"), "CRIU's page server did not end its session cleanly");
+        }
+        self.end_lazy_dump().await;
         self.tl
             .destination_steps(out.restored_at_ms, &out.restore_steps);
         self.downtime_ms = out.restored_at_ms - self.freeze_at;
@@ -212,7 +292,7 @@ impl Migration<'_> {
             faults: out.stats.faults,
             fault_p50_us: out.stats.fault_p50_us,
             fault_p99_us: out.stats.fault_p99_us,
-            pages: dump.pages(),
+            pages,
             pages_sent: out.pages_sent,
             pages_from_cache: out.stats.pages_from_cache,
             page_requests: out.pages_requested,
@@ -317,7 +397,7 @@ impl Feeder<'_> {
     }
 
     fn window_full(&self) -> bool {
-        self.out.pages_sent.saturating_sub(self.acked) >= PUSH_WINDOW
+        (self.out.pages_sent + self.out.pages_named).saturating_sub(self.acked) >= PUSH_WINDOW
     }
 
     async fn send_message(&mut self, m: &Message) -> Result<()> {
@@ -471,12 +551,59 @@ impl Feeder<'_> {
         let run = p.runs[ri];
         let first = (vaddr - run.vaddr) / PAGE;
         let n = u64::from(pages.clamp(1, MAX_ANSWER)).min(run.nr_pages - first);
-        let (h, d) = self.dump.read(pi, ri, first, n)?;
-        self.send_pages(pid, run.vaddr + first * PAGE, &h, &d)
+        let (h, d) = self.dump.read(pi, ri, first, n).await?;
+        let class: Vec<Option<bool>> = h.iter().map(|h| Some(self.named_held(h))).collect();
+        self.send_classified(pid, run.vaddr + first * PAGE, &h, &d, &class)
             .await?;
         self.dump.mark_sent(pi, ri, first, n);
-        self.out.pages_sent += n;
         Ok(())
+    }
+
+    /// Whether a page goes as the name of a block the destination holds.
+    fn named_held(&self, h: &BlockHash) -> bool {
+        self.dump.names_held() && self.dump.held.contains(h)
+    }
+
+    /// Sends the pages of `h`/`d` (from `vaddr`) by class, as contiguous
+    /// runs: `Some(false)` with their data, `Some(true)` by block name only,
+    /// `None` not at all.
+    async fn send_classified(
+        &mut self,
+        pid: u32,
+        vaddr: u64,
+        h: &[BlockHash],
+        d: &[u8],
+        class: &[Option<bool>],
+    ) -> Result<bool> {
+        let n = class.len();
+        let mut sent = false;
+        let mut a = 0usize;
+        while a < n {
+            let Some(held) = class[a] else {
+                a += 1;
+                continue;
+            };
+            let b = (a..n).find(|&i| class[i] != Some(held)).unwrap_or(n);
+            let at = vaddr + a as u64 * PAGE;
+            if held {
+                within(
+                    Phase::Lazy,
+                    self.peer,
+                    "take held pages",
+                    self.io,
+                    self.w.pages_held(pid, at, &h[a..b]),
+                )
+                .await?;
+                self.out.pages_named += (b - a) as u64;
+            } else {
+                self.send_pages(pid, at, &h[a..b], &d[a * BLOCK_SIZE..b * BLOCK_SIZE])
+                    .await?;
+                self.out.pages_sent += (b - a) as u64;
+            }
+            sent = true;
+            a = b;
+        }
+        Ok(sent)
     }
 
     /// One background push frame (pages not sent yet and, for hybrid, not
@@ -513,30 +640,25 @@ impl Feeder<'_> {
     }
 
     /// Pushes the pages of `k..k+n` of run `ri` of process `pi` that still
-    /// need to go, as contiguous runs. Returns whether any went.
+    /// need to go, as contiguous runs (pages the destination holds are
+    /// named, or with a tmpfs dump left to its own cache). Returns whether
+    /// any went.
     async fn push_range(&mut self, pi: usize, ri: usize, k: u64, n: u64) -> Result<bool> {
         let pid = self.dump.layout.processes[pi].pid;
         let run = self.dump.layout.processes[pi].runs[ri];
-        let (h, d) = self.dump.read(pi, ri, k, n)?;
-        let keep: Vec<bool> = (0..n)
-            .map(|i| !self.dump.is_sent(pi, ri, k + i) && !self.dump.held.contains(&h[i as usize]))
+        let (h, d) = self.dump.read(pi, ri, k, n).await?;
+        let class: Vec<Option<bool>> = (0..n)
+            .map(|i| {
+                let held = self.dump.held.contains(&h[i as usize]);
+                match (self.dump.is_sent(pi, ri, k + i), held) {
+                    (true, _) => None,
+                    (false, false) => Some(false),
+                    (false, true) => self.dump.names_held().then_some(true),
+                }
+            })
             .collect();
-        let mut pushed = false;
-        let mut a = 0usize;
-        while a < n as usize {
-            if !keep[a] {
-                a += 1;
-                continue;
-            }
-            let b = (a..n as usize).find(|&i| !keep[i]).unwrap_or(n as usize);
-            let vaddr = run.vaddr + (k + a as u64) * PAGE;
-            self.send_pages(pid, vaddr, &h[a..b], &d[a * BLOCK_SIZE..b * BLOCK_SIZE])
-                .await?;
-            self.out.pages_sent += (b - a) as u64;
-            pushed = true;
-            a = b;
-        }
-        Ok(pushed)
+        self.send_classified(pid, run.vaddr + k * PAGE, &h, &d, &class)
+            .await
     }
 }
 

@@ -52,6 +52,14 @@ pub struct Migration<'a> {
     /// The container's service address, which moves with it (its
     /// connections are then kept); `None`: connections are closed.
     pub address: Option<mose_contract::NetworkIdentity>,
+    /// The port of CRIU's lazy page server while a lazy dump runs (it ends
+    /// through [`Migration::end_lazy_dump`]).
+    pub lazy_dump: Option<u16>,
+    /// The session with CRIU's page server, until the lazy phase takes it.
+    pub page_server: Option<crate::lazy::PageServerClient>,
+    /// Post-copy and hybrid: the lazy pages' source used, and why it is not
+    /// the lazy dump when it is not.
+    pub lazy_source: Option<(&'static str, Option<String>)>,
 }
 
 impl Migration<'_> {

@@ -54,6 +54,8 @@ pub async fn migrate(opts: SourceOptions) -> MigrationResult {
         }
     };
     let res = run(&mut m).await;
+    // a lazy dump still running (a failure) ends before the source resumes
+    m.end_lazy_dump().await;
     let total_ms = m.tl.now_ms();
     let (status, error) = match res {
         Ok(()) => ("ok", None),
@@ -120,7 +122,7 @@ fn result_of(
     status: &str,
     error: Option<String>,
 ) -> MigrationResult {
-    let (rounds, downtime_ms, bytes_sent, lazy, kept, address) = match m {
+    let (rounds, downtime_ms, bytes_sent, lazy, kept, address, source) = match m {
         Some(m) => (
             std::mem::take(&mut m.rounds),
             m.downtime_ms,
@@ -128,8 +130,13 @@ fn result_of(
             m.lazy.take(),
             m.keeps_connections(),
             m.address.take(),
+            m.lazy_source.take(),
         ),
-        None => (Vec::new(), 0.0, 0, None, false, None),
+        None => (Vec::new(), 0.0, 0, None, false, None, None),
+    };
+    let (lazy_source, lazy_source_note) = match source {
+        Some((name, note)) => (Some(name.to_string()), note),
+        None => (None, None),
     };
     MigrationResult {
         status: status.into(),
@@ -151,5 +158,7 @@ fn result_of(
         lazy,
         connections: crate::network::connections(status == "ok", kept).into(),
         address: address.map(|a| a.to_string()),
+        lazy_source,
+        lazy_source_note,
     }
 }

@@ -5,7 +5,7 @@ use std::{path::PathBuf, sync::Arc, time::Duration};
 
 use mose_wire::Technique;
 
-use crate::tls::Identity;
+use crate::{lazy::LazySource, tls::Identity};
 
 /// Faults a test can inject to exercise the failure paths.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -95,6 +95,12 @@ pub struct SourceOptions {
     /// container to move): the freeze dumps it without pausing it again,
     /// and a rollback resumes it.
     pub already_frozen: bool,
+    /// Post-copy and hybrid: where the lazy pages are served from (see
+    /// [`crate::lazy::source`]); probed once per process with
+    /// [`LazySource::probe`]. A lazy dump the container's shim refuses (e.g.
+    /// a runtime other than runc) falls back to the tmpfs dump, and the
+    /// result says so.
+    pub lazy_source: LazySource,
     pub fault: Option<Fault>,
     pub progress: Option<ProgressFn>,
 }

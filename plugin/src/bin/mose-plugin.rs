@@ -40,6 +40,11 @@ struct Args {
     /// (1 to 3600).
     #[arg(long, default_value_t = 10, value_parser = clap::value_parser!(u64).range(1..=3600))]
     io_timeout: u64,
+    /// Where pods migrated from here with post-copy or hybrid serve their
+    /// lazy pages from: `auto` (CRIU's lazy dump where the node passes its
+    /// checks) or `tmpfs-dump`.
+    #[arg(long, value_enum, default_value = "auto")]
+    lazy_source: mose_plugin::LazySourceChoice,
     /// Unix socket of the policy hook (`mosectl plan`, `mosectl migrate`).
     #[arg(long, default_value = "/run/mose/policy.sock")]
     policy_socket: PathBuf,
@@ -131,6 +136,7 @@ async fn main() {
         io_timeout: Duration::from_secs(a.io_timeout),
         handoffs: Default::default(),
         pod_planner: Some(pod_planner(a.policy_socket.clone())),
+        lazy_source: mose_plugin::lazy_source(a.lazy_source),
     };
     let advertise = a
         .advertise

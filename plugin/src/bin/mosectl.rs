@@ -120,6 +120,11 @@ struct MigrateArgs {
     /// `table` (with live progress on a terminal) or `json`.
     #[arg(long, default_value = "table")]
     output: String,
+    /// Post-copy and hybrid: serve the lazy pages from CRIU's lazy dump
+    /// where this node passes its checks (`auto`), or dump the whole memory
+    /// into tmpfs first (`tmpfs-dump`).
+    #[arg(long, value_enum, default_value = "auto")]
+    lazy_source: mose_plugin::LazySourceChoice,
     /// Test hook: corrupt-chunk or truncate.
     #[arg(long, hide = true)]
     inject_fault: Option<Fault>,
@@ -500,6 +505,12 @@ fn source_options(a: MigrateArgs, plan: Option<&PlanAnswer>, json: bool) -> Resu
         cri_pod: false,
         before_freeze: None,
         already_frozen: false,
+        lazy_source: match technique.is_lazy() {
+            true => mose_plugin::lazy_source(a.lazy_source),
+            false => mose_migrate::lazy::LazySource::TmpfsDump {
+                reason: "not a lazy technique".into(),
+            },
+        },
         fault: a.inject_fault,
         progress,
     })
