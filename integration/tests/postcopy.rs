@@ -79,6 +79,40 @@ fn last_incoming(c: &Cluster) -> serde_json::Value {
         .unwrap_or_default()
 }
 
+/// The lazy dumps of namespace `ns` still running on this host: runc
+/// checkpoints with `--lazy-pages` whose state root (which ends in the
+/// namespace) names it, and the CRIU processes under them.
+fn lazy_dumps_left(ns: &str) -> Vec<String> {
+    let mut left = Vec::new();
+    let Ok(dir) = std::fs::read_dir("/proc") else {
+        return left;
+    };
+    for e in dir.flatten() {
+        let Ok(cmd) = std::fs::read(e.path().join("cmdline")) else {
+            continue;
+        };
+        let cmd = String::from_utf8_lossy(&cmd).replace('\0', " ");
+        if cmd.contains("--lazy-pages") && cmd.contains(&format!("/{ns} ")) {
+            left.push(format!("{}: {cmd}", e.file_name().to_string_lossy()));
+        }
+    }
+    left
+}
+
+/// Nothing of a lazy dump outlives its migration: runc and CRIU (and with
+/// CRIU its page server's port) are gone within a few seconds.
+fn assert_no_lazy_dump_left(ns: &str) {
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while !lazy_dumps_left(ns).is_empty() && std::time::Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    assert_eq!(
+        lazy_dumps_left(ns),
+        Vec::<String>::new(),
+        "a lazy dump outlived its migration"
+    );
+}
+
 #[test]
 fn a_corrupt_page_fails_the_migration_and_the_source_resumes_intact() {
     let (c, ns) = service(32, None, &[]);
@@ -94,8 +128,10 @@ fn a_corrupt_page_fails_the_migration_and_the_source_resumes_intact() {
         .unwrap();
     eprintln!("RESULT {r}");
     assert_eq!(r["status"], "rolled-back", "{r}");
+    assert_eq!(r["lazy_source"], "criu-page-server", "{r}");
     let err = r["error"].as_str().unwrap_or_default();
     assert!(err.contains("corrupt page"), "{err}");
+    assert_no_lazy_dump_left(&ns);
     // the destination stopped its copy before the source resumed
     assert!(!containers(&c, 2, &ns).contains("state"), "{r}");
     let p = ping(&addr(&c, 1)).expect("the source answers again");
@@ -149,6 +185,9 @@ fn losing_the_source_in_the_lazy_phase_stops_the_destination_copy() {
     assert_eq!(rec["status"], "failed", "{rec}");
     let err = rec["error"].as_str().unwrap_or_default();
     assert!(err.contains("lazy phase"), "{err}");
+    // CRIU's page server lost its client with the source: the dump ended,
+    // leaving the container paused
+    assert_no_lazy_dump_left(&ns);
     // the frozen source is all that is left; the operator resumes it
     c.node(1)
         .unwrap()
@@ -158,6 +197,55 @@ fn losing_the_source_in_the_lazy_phase_stops_the_destination_copy() {
     let p = ping(&addr(&c, 1)).expect("the resumed source answers");
     assert!(p.seq > before.seq);
     assert_eq!(p.sum, before.sum, "state checksum unchanged");
+    assert!(verify(&addr(&c, 1)).unwrap().is_ok(), "every page intact");
+}
+
+/// Failures before the lazy phase, with CRIU's lazy dump already serving:
+/// the stream cut in the final transfer, and a restore the destination
+/// cannot do (another process holds the service's port there). Each time
+/// the source resumes intact and nothing of the dump is left.
+#[test]
+fn a_cut_stream_or_a_failed_lazy_restore_resumes_the_source_and_ends_the_dump() {
+    let (c, ns) = service(32, None, &[]);
+    let before = ping(&addr(&c, 1)).unwrap();
+    let r = c
+        .migrate(
+            1,
+            2,
+            &ns,
+            "state",
+            &["--technique", "postcopy", "--inject-fault", "truncate"],
+        )
+        .unwrap();
+    assert_eq!(r["status"], "rolled-back", "{r}");
+    assert_eq!(r["lazy_source"], "criu-page-server", "{r}");
+    assert_no_lazy_dump_left(&ns);
+    let p = ping(&addr(&c, 1)).expect("the source answers again");
+    assert!(p.seq > before.seq);
+    assert_eq!(p.sum, before.sum, "state checksum unchanged");
+
+    // node 2's port 7070 is taken: the restored service cannot listen there
+    let n2 = c.node(2).unwrap();
+    let ip = n2.ip();
+    let squat = n2
+        .run_in_netns(move || Ok(std::net::TcpListener::bind((ip, 7070))?))
+        .unwrap();
+    let r = c
+        .migrate(
+            1,
+            2,
+            &ns,
+            "state",
+            &["--technique", "hybrid", "--max-rounds", "1"],
+        )
+        .unwrap();
+    drop(squat);
+    assert_eq!(r["status"], "rolled-back", "{r}");
+    assert_no_lazy_dump_left(&ns);
+    assert!(!containers(&c, 2, &ns).contains("state"), "{r}");
+    let q = ping(&addr(&c, 1)).expect("the source answers again");
+    assert!(q.seq > p.seq);
+    assert_eq!(q.sum, before.sum, "state checksum unchanged");
     assert!(verify(&addr(&c, 1)).unwrap().is_ok(), "every page intact");
 }
 
@@ -199,6 +287,9 @@ fn postcopy_and_hybrid_there_and_back_keep_sequence_and_checksum() {
         .unwrap();
     assert_eq!(r["status"], "ok", "{r}");
     assert_eq!(r["technique"], "postcopy", "{r}");
+    // CRIU's lazy dump: the pages stayed in the frozen service until asked
+    assert_eq!(r["lazy_source"], "criu-page-server", "{r}");
+    assert!(r["lazy_source_note"].is_null(), "{r}");
     let lazy = &r["lazy"];
     assert!(lazy["pages"].as_u64().unwrap() >= 64 * 256, "{r}");
     assert!(
@@ -241,6 +332,32 @@ fn postcopy_and_hybrid_there_and_back_keep_sequence_and_checksum() {
     );
     assert_eq!(q.sum, before.sum, "state checksum unchanged");
     assert!(verify(&addr(&c, 1)).unwrap().is_ok(), "every page intact");
+
+    // and once more over, from a full dump into tmpfs (what MOSE falls back
+    // to where the lazy dump cannot run), saying so in the result
+    let r = c
+        .migrate(
+            1,
+            2,
+            &ns,
+            "state",
+            &["--technique", "postcopy", "--lazy-source", "tmpfs-dump"],
+        )
+        .unwrap();
+    assert_eq!(r["status"], "ok", "{r}");
+    assert_eq!(r["lazy_source"], "tmpfs-dump", "{r}");
+    assert!(
+        r["lazy_source_note"]
+            .as_str()
+            .unwrap_or_default()
+            .contains("--lazy-source tmpfs-dump"),
+        "{r}"
+    );
+    let t = ping(&addr(&c, 2)).expect("the service answers on node 2 again");
+    assert!(t.seq > q.seq);
+    assert_eq!(t.sum, before.sum, "state checksum unchanged");
+    assert!(verify(&addr(&c, 2)).unwrap().is_ok(), "every page intact");
+    assert_no_lazy_dump_left(&ns);
 }
 
 #[test]
