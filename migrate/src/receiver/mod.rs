@@ -134,6 +134,7 @@ where
     let target = RestoreTarget::of(into);
     let res = receive(&mut s, &cd, &migration, &container, technique, target).await;
     let _ = std::fs::remove_dir_all(cfg.work_root.join(&migration));
+    release_freed_memory();
     record_incoming(
         &cfg.state_dir,
         IncomingRecord {
@@ -147,6 +148,21 @@ where
         },
     );
     res
+}
+
+/// Gives the memory a finished migration freed (its block store: one 4 KiB
+/// block per page that crossed) back to the system. glibc keeps freed chunks
+/// in the arena of the thread that allocated them, so without this the
+/// agent's resident size grows by a migration's blocks for every arena that
+/// ever received one (measured by the soak test: +25 to +34 MiB per hybrid
+/// of 32 MiB until all arenas held one).
+fn release_freed_memory() {
+    #[cfg(target_env = "gnu")]
+    // SAFETY: malloc_trim only walks glibc's own heap structures under their
+    // locks and returns whole free pages; no live allocation is touched.
+    unsafe {
+        libc::malloc_trim(0);
+    }
 }
 
 /// Receives, restores and hands over one migration.

@@ -21,21 +21,33 @@ use crate::{
     rootfs,
 };
 
+/// The first component MOSE puts in a migrated container's cgroups path,
+/// followed by the node's name.
+const NODE_CGROUP_PREFIX: &str = "mose-node-";
+
 /// The container's spec as this node runs it: its cgroup must not collide
-/// with the (frozen) source's when both nodes share a host.
+/// with the (frozen) source's when both nodes share a host, so it goes under
+/// `/mose-node-<node>`, in place of the component an earlier hop added (a
+/// container migrated back and forth keeps one: nested, `/proc/self/cgroup`
+/// outgrew CRIU's page-sized buffer after 48 hops and the dump failed).
 pub fn destination_spec(cfg: &EndpointConfig, container: &ContainerIdentity) -> serde_json::Value {
     let mut spec = container.spec.clone();
     if let Some(cg) = spec.pointer_mut("/linux/cgroupsPath") {
         if let Some(p) = cg.as_str() {
-            let p = if p.starts_with('/') {
-                p.to_string()
-            } else {
-                format!("/{p}")
-            };
-            *cg = serde_json::Value::String(format!("/mose-{}{p}", cfg.identity.node));
+            *cg = serde_json::Value::String(node_cgroups_path(&cfg.identity.node, p));
         }
     }
     spec
+}
+
+/// `path` under `/mose-node-<node>`, without the one an earlier hop added.
+fn node_cgroups_path(node: &str, path: &str) -> String {
+    let rel = path.trim_start_matches('/');
+    let rel = match rel.split_once('/') {
+        Some((first, rest)) if first.starts_with(NODE_CGROUP_PREFIX) => rest,
+        _ => rel,
+    };
+    format!("/{NODE_CGROUP_PREFIX}{node}/{rel}")
 }
 
 /// The destination's own timeline: (step, milliseconds), in order.
@@ -298,4 +310,24 @@ pub async fn import_image(
         ));
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::node_cgroups_path;
+
+    #[test]
+    fn a_container_migrated_back_and_forth_keeps_one_node_component() {
+        let mut p = "/soak/state".to_string();
+        for hop in 0..50 {
+            p = node_cgroups_path(if hop % 2 == 0 { "n2" } else { "n1" }, &p);
+        }
+        assert_eq!(p, "/mose-node-n1/soak/state");
+        assert_eq!(node_cgroups_path("n1", "k8s/c1"), "/mose-node-n1/k8s/c1");
+        // a path of the user's own that merely looks alike keeps its parts
+        assert_eq!(
+            node_cgroups_path("n1", "/mose-n2/x"),
+            "/mose-node-n1/mose-n2/x"
+        );
+    }
 }
