@@ -39,6 +39,8 @@ const MAX_ANSWER: u32 = 256;
 const PAGE: u64 = BLOCK_SIZE as u64;
 /// Pages per background push frame.
 const PUSH_RUN: u64 = 32;
+/// Pages the push reads from CRIU's page server at once (1 MiB).
+const READ_AHEAD: u64 = 256;
 /// Pages the background push may be ahead of what the destination reported
 /// received (1 MiB: a fault's answer waits behind at most this much, ~40 ms
 /// at 200 Mbit/s, while a fast link stays full).
@@ -63,6 +65,9 @@ pub struct Dump {
     held: HashSet<BlockHash>,
     /// Per process, per run: pages already sent.
     sent: Vec<Vec<Vec<bool>>>,
+    /// Pages the push read ahead from CRIU's page server: process, run,
+    /// first page, their content.
+    ahead: Option<(usize, usize, u64, Vec<u8>)>,
     /// Test hook: flip a byte of the next page sent, after hashing it.
     pub corrupt_next: bool,
 }
@@ -98,6 +103,7 @@ impl Dump {
             hashes,
             held,
             sent,
+            ahead: None,
             corrupt_next: false,
         })
     }
@@ -142,23 +148,48 @@ impl Dump {
         self.sent[pi][ri].get(k as usize).copied().unwrap_or(true)
     }
 
-    /// Pages `k..k+n` of run `ri` of process `pi`: hashes and data.
+    /// Pages `k..k+n` of run `ri` of process `pi`: hashes and data. With
+    /// `read_ahead` (the push, which goes on in address order) a read from
+    /// CRIU's page server takes up to [`READ_AHEAD`] pages of the run at once
+    /// and keeps the rest for the next calls: one request per 32 pages made
+    /// the page server, not the link, the limit.
     async fn read(
         &mut self,
         pi: usize,
         ri: usize,
         k: u64,
         n: u64,
+        read_ahead: bool,
     ) -> Result<(Vec<BlockHash>, Vec<u8>)> {
         let p = &self.layout.processes[pi];
         let run = p.runs[ri];
         let (pid, pages_id) = (p.pid, p.pages_id);
         let (hashes, mut data) = match &mut self.pages {
             Pages::Server(c) => {
-                let mut data = Vec::with_capacity((n * PAGE) as usize);
-                c.read(pid, run.vaddr + k * PAGE, n, &mut data)
-                    .await
-                    .in_phase(Phase::Lazy, "reading lazy pages from CRIU's page server")?;
+                let data = match &self.ahead {
+                    Some((api, ari, ak, d))
+                        if (*api, *ari) == (pi, ri)
+                            && k >= *ak
+                            && (k + n - ak) * PAGE <= d.len() as u64 =>
+                    {
+                        d[((k - ak) * PAGE) as usize..((k + n - ak) * PAGE) as usize].to_vec()
+                    }
+                    _ => {
+                        let want = match read_ahead {
+                            true => READ_AHEAD.max(n).min(run.nr_pages - k),
+                            false => n,
+                        };
+                        let mut d = Vec::with_capacity((want * PAGE) as usize);
+                        c.read(pid, run.vaddr + k * PAGE, want, &mut d)
+                            .await
+                            .in_phase(Phase::Lazy, "reading lazy pages from CRIU's page server")?;
+                        let out = d[..(n * PAGE) as usize].to_vec();
+                        if want > n {
+                            self.ahead = Some((pi, ri, k, d));
+                        }
+                        out
+                    }
+                };
                 (data.chunks(BLOCK_SIZE).map(hash_block).collect(), data)
             }
             Pages::Images(maps) => {
@@ -551,7 +582,7 @@ impl Feeder<'_> {
         let run = p.runs[ri];
         let first = (vaddr - run.vaddr) / PAGE;
         let n = u64::from(pages.clamp(1, MAX_ANSWER)).min(run.nr_pages - first);
-        let (h, d) = self.dump.read(pi, ri, first, n).await?;
+        let (h, d) = self.dump.read(pi, ri, first, n, false).await?;
         let class: Vec<Option<bool>> = h.iter().map(|h| Some(self.named_held(h))).collect();
         self.send_classified(pid, run.vaddr + first * PAGE, &h, &d, &class)
             .await?;
@@ -646,7 +677,7 @@ impl Feeder<'_> {
     async fn push_range(&mut self, pi: usize, ri: usize, k: u64, n: u64) -> Result<bool> {
         let pid = self.dump.layout.processes[pi].pid;
         let run = self.dump.layout.processes[pi].runs[ri];
-        let (h, d) = self.dump.read(pi, ri, k, n).await?;
+        let (h, d) = self.dump.read(pi, ri, k, n, true).await?;
         let class: Vec<Option<bool>> = (0..n)
             .map(|i| {
                 let held = self.dump.held.contains(&h[i as usize]);
