@@ -86,6 +86,11 @@ pub struct CheckpointOptions {
     /// to end, and returns its outcome (every other field is ignored).
     #[serde(skip_serializing_if = "is_false")]
     pub finish_lazy_dump: bool,
+    /// With `finish_lazy_dump`: the page server's client never connected, so
+    /// the shim first ends a page server still waiting for one (a
+    /// connection that closes at once).
+    #[serde(skip_serializing_if = "is_false")]
+    pub wake_page_server: bool,
 }
 
 fn is_zero(v: &u16) -> bool {

@@ -79,24 +79,44 @@ fn last_incoming(c: &Cluster) -> serde_json::Value {
         .unwrap_or_default()
 }
 
+/// Every process: (pid, parent pid, command line).
+fn processes() -> Vec<(u32, u32, String)> {
+    let Ok(dir) = std::fs::read_dir("/proc") else {
+        return Vec::new();
+    };
+    dir.flatten()
+        .filter_map(|e| {
+            let pid: u32 = e.file_name().to_string_lossy().parse().ok()?;
+            let cmd = std::fs::read(e.path().join("cmdline")).ok()?;
+            let stat = std::fs::read_to_string(e.path().join("stat")).ok()?;
+            // after the command name in parentheses: state, then the parent
+            let ppid = stat.rsplit_once(") ")?.1.split(' ').nth(1)?.parse().ok()?;
+            Some((pid, ppid, String::from_utf8_lossy(&cmd).replace('\0', " ")))
+        })
+        .collect()
+}
+
 /// The lazy dumps of namespace `ns` still running on this host: runc
 /// checkpoints with `--lazy-pages` whose state root (which ends in the
-/// namespace) names it, and the CRIU processes under them.
+/// namespace) names it, and CRIU processes whose parent is such a runc or a
+/// shim of the namespace (an orphaned CRIU is its shim's child).
 fn lazy_dumps_left(ns: &str) -> Vec<String> {
-    let mut left = Vec::new();
-    let Ok(dir) = std::fs::read_dir("/proc") else {
-        return left;
+    let procs = processes();
+    let of_ns = |pid: u32| {
+        procs.iter().any(|(p, _, cmd)| {
+            *p == pid
+                && ((cmd.contains("--lazy-pages") && cmd.contains(&format!("/{ns} ")))
+                    || (cmd.contains("containerd-shim-mose") && cmd.contains(ns)))
+        })
     };
-    for e in dir.flatten() {
-        let Ok(cmd) = std::fs::read(e.path().join("cmdline")) else {
-            continue;
-        };
-        let cmd = String::from_utf8_lossy(&cmd).replace('\0', " ");
-        if cmd.contains("--lazy-pages") && cmd.contains(&format!("/{ns} ")) {
-            left.push(format!("{}: {cmd}", e.file_name().to_string_lossy()));
-        }
-    }
-    left
+    procs
+        .iter()
+        .filter(|(pid, ppid, cmd)| {
+            (cmd.contains("--lazy-pages") && cmd.contains(&format!("/{ns} ")))
+                || (cmd.contains("sbin/criu") && of_ns(*ppid) && *pid != *ppid)
+        })
+        .map(|(pid, _, cmd)| format!("{pid}: {cmd}"))
+        .collect()
 }
 
 /// Nothing of a lazy dump outlives its migration: runc and CRIU (and with

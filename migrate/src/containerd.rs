@@ -232,6 +232,19 @@ pub enum ContainerdError {
 type BoxError = crate::error::BoxError;
 type Result<T, E = ContainerdError> = std::result::Result<T, E>;
 
+impl ContainerdError {
+    /// The container's shim refused a checkpoint before doing anything (a
+    /// precondition or an argument it does not take).
+    pub fn is_shim_refusal(&self) -> bool {
+        use containerd_shim_protos::ttrpc::{Code, Error};
+        matches!(
+            self,
+            ContainerdError::ShimCheckpoint { source: Error::RpcStatus(st), .. }
+                if matches!(st.code(), Code::FAILED_PRECONDITION | Code::INVALID_ARGUMENT)
+        )
+    }
+}
+
 /// What `mosectl checkpoint` asks of a task's checkpoint.
 #[derive(Debug, Clone, Default)]
 pub struct TaskCheckpoint {
@@ -486,10 +499,12 @@ impl Containerd {
 
     /// Waits for the lazy dump begun by [`Self::shim_checkpoint`] to end:
     /// after its page server's client closed the connection, runc exits.
-    /// Errors quote CRIU's log.
-    pub async fn shim_finish_lazy_dump(&self, id: &str) -> Result<()> {
+    /// `never_connected`: the shim first ends a page server still waiting
+    /// for its client. Errors quote CRIU's log.
+    pub async fn shim_finish_lazy_dump(&self, id: &str, never_connected: bool) -> Result<()> {
         let opts = mose_contract::CheckpointOptions {
             finish_lazy_dump: true,
+            wake_page_server: never_connected,
             ..Default::default()
         };
         self.shim_checkpoint_call(id, "", &opts).await

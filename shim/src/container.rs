@@ -397,9 +397,6 @@ impl Container {
 
     /// Dumps the container to `path` (or the image path the options name).
     pub async fn checkpoint(&mut self, path: &str, mut opts: CheckpointOptions) -> Result<()> {
-        if opts.finish_lazy_dump {
-            return self.finish_lazy_dump().await;
-        }
         if self.lazy_dump.as_ref().is_some_and(|d| !d.is_finished()) {
             return Err(Error::FailedPrecondition(format!(
                 "container {} is being dumped lazily (CRIU's page server still serves its \
@@ -511,7 +508,7 @@ impl Container {
         if !extra.is_empty() {
             let _ = std::fs::write(image.join(IMAGE_CRIU_CONFIG), &extra);
         }
-        info!(id = %self.id, image = %image.display(), exit = opts.exit, lazy = lazy.is_some(), dump_ms, "container checkpointed");
+        info!(id = %self.id, image = %image.display(), exit = opts.exit, lazy = lazy.is_some(), page_server_port = ?lazy, dump_ms, "container checkpointed");
         Ok(())
     }
 
@@ -555,21 +552,12 @@ impl Container {
         Ok(())
     }
 
-    /// Waits for the lazy dump begun by an earlier checkpoint to end (its page
-    /// server's client closed the connection and runc exited).
-    async fn finish_lazy_dump(&mut self) -> Result<()> {
-        let Some(dump) = self.lazy_dump.take() else {
-            return Err(Error::FailedPrecondition(format!(
-                "container {} has no lazy dump to finish",
-                self.id
-            )));
-        };
-        let res = dump.finish().await;
-        match &res {
-            Ok(()) => info!(id = %self.id, "lazy dump finished"),
-            Err(e) => warn!(id = %self.id, error = %e, "lazy dump failed"),
-        }
-        res
+    /// The lazy dump begun by an earlier checkpoint, to be finished without
+    /// holding the container's lock (see [`crate::runtime::LazyDump::finish`]).
+    pub fn take_lazy_dump(&mut self) -> Result<crate::runtime::LazyDump> {
+        self.lazy_dump.take().ok_or_else(|| {
+            Error::FailedPrecondition(format!("container {} has no lazy dump to finish", self.id))
+        })
     }
 
     /// A dump whose address moves: the link goes down first (see

@@ -357,6 +357,8 @@ pub struct CheckpointOptions {
     pub lazy_page_server_port: Option<u16>,
     /// Wait for the container's lazy dump to end (nothing else is done).
     pub finish_lazy_dump: bool,
+    /// With `finish_lazy_dump`: the page server's client never connected.
+    pub wake_page_server: bool,
 }
 
 /// MOSE's checkpoint options (JSON): containerd's runc checkpoint options
@@ -399,7 +401,7 @@ pub fn decode_checkpoint_options(any: Option<&Any>) -> Result<CheckpointOptions>
                 Error::InvalidArgument(format!(
                     "malformed {MOSE_CHECKPOINT_TYPE} (JSON with exit, image_path, work_path, \
                  tcp_close, tcp_established, hand_over_address, skip_in_flight, file_locks, \
-                 lazy_page_server_port, finish_lazy_dump): {e}"
+                 lazy_page_server_port, finish_lazy_dump, wake_page_server): {e}"
                 ))
             })?;
         if o.lazy_page_server_port != 0 && o.exit {
@@ -427,6 +429,7 @@ pub fn decode_checkpoint_options(any: Option<&Any>) -> Result<CheckpointOptions>
             lazy_page_server_port: (o.lazy_page_server_port != 0)
                 .then_some(o.lazy_page_server_port),
             finish_lazy_dump: o.finish_lazy_dump,
+            wake_page_server: o.wake_page_server,
             ..Default::default()
         });
     }

@@ -393,7 +393,11 @@ impl OciRuntime {
         })
         .await;
         match ready {
-            Ok(Ok(1)) => Ok(LazyDump { dump }),
+            Ok(Ok(1)) => Ok(LazyDump {
+                dump,
+                port,
+                work: work_log(&opts.work_path),
+            }),
             _ => {
                 let outcome = dump.await.map_err(|e| {
                     Error::Internal(format!("the lazy checkpoint's task failed: {e}"))
@@ -482,14 +486,39 @@ const LAZY_STATUS_FD: i32 = 3;
 /// its end.
 pub struct LazyDump {
     dump: tokio::task::JoinHandle<Result<()>>,
+    /// CRIU's page server port on 127.0.0.1.
+    port: u16,
+    /// Where CRIU's log is, for errors.
+    work: String,
 }
 
+/// How long runc may take to exit once its page server's session is over.
+const LAZY_FINISH_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(60);
+
 impl LazyDump {
-    /// Waits for runc to exit; its error quotes CRIU's log.
-    pub async fn finish(self) -> Result<()> {
-        self.dump
-            .await
-            .map_err(|e| Error::Internal(format!("the lazy checkpoint's task failed: {e}")))?
+    /// Waits for runc to exit; its error quotes CRIU's log. `wake`: the
+    /// client never connected, so CRIU may still wait for one; a connection
+    /// that closes at once ends its page server (CRIU takes a closed session
+    /// as the end of the transfer and leaves the processes as they were).
+    /// Errors after [`LAZY_FINISH_TIMEOUT`] rather than waiting forever.
+    pub async fn finish(self, wake: bool) -> Result<()> {
+        if wake && !self.dump.is_finished() {
+            let _ = tokio::time::timeout(
+                std::time::Duration::from_secs(2),
+                tokio::net::TcpStream::connect(("127.0.0.1", self.port)),
+            )
+            .await;
+        }
+        match tokio::time::timeout(LAZY_FINISH_TIMEOUT, self.dump).await {
+            Ok(joined) => joined
+                .map_err(|e| Error::Internal(format!("the lazy checkpoint's task failed: {e}")))?,
+            Err(_) => Err(Error::Runtime(format!(
+                "runc checkpoint --lazy-pages did not exit within {LAZY_FINISH_TIMEOUT:?} after \
+                 its page server's session ended; CRIU may still hold the container's processes \
+                 (see {}; ending runc and its criu child resumes them)",
+                self.work
+            ))),
+        }
     }
 
     /// Whether runc has exited already.

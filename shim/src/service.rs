@@ -645,15 +645,21 @@ impl Task for TaskService {
     async fn checkpoint(&self, _ctx: &TtrpcContext, req: CheckpointTaskRequest) -> TResult<Empty> {
         let opts = decode_checkpoint_options(req.options.as_ref())?;
         let migration = opts.migration;
-        let finish = opts.finish_lazy_dump;
         let cref = self.inner.container(&req.id).await?;
+        if opts.finish_lazy_dump {
+            // waited for without the container's lock: the migration's
+            // rollback may resume the container meanwhile
+            let dump = cref.lock().await.take_lazy_dump()?;
+            let res = dump.finish(opts.wake_page_server).await;
+            match &res {
+                Ok(()) => info!(id = %req.id, "lazy dump finished"),
+                Err(e) => warn!(id = %req.id, error = %e, "lazy dump failed"),
+            }
+            return res.map(|()| empty()).map_err(Into::into);
+        }
         let mut c = cref.lock().await;
         c.checkpoint(&req.path, opts).await?;
         drop(c);
-        if finish {
-            // the end of a dump already reported when it began
-            return Ok(empty());
-        }
         self.inner.bump_spec_generation(&req.id, !migration).await;
         self.inner
             .publish(

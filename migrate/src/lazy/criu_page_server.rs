@@ -15,7 +15,11 @@
 //! "page-xfer: use u64 for nr_pages").
 //!
 //! Only pages of a lazy run in the checkpoint's pagemap may be asked for: a
-//! request CRIU cannot serve ends its page server (and with it the dump).
+//! request for a page CRIU does not hold ends its page server (and with it
+//! the dump), and in CRIU 4.1 one inside a buffer of non-lazy pages even
+//! hangs it (`page_pipe_read` returns 0 on the flag mismatch, and CRIU then
+//! splices from an empty pipe). Each lazy pagemap entry is one of CRIU's
+//! buffers, so runs of the pagemap are always safe to ask for.
 
 use std::time::Duration;
 

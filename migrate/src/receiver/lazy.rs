@@ -309,7 +309,7 @@ fn cached_pages(layout: &LazyLayout, inc: &Incoming) -> HashMap<(u32, u64), Bloc
             continue;
         };
         // a lazy dump's runs have no slot: the source names what is held
-        // as it pushes (Pages frames of held blocks)
+        // as it pushes (PagesHeld frames)
         for (run, slot) in p.runs.iter().filter_map(|r| Some((r, r.slot?))) {
             for k in 0..run.nr_pages {
                 if let Some(h) = hashes.get((slot + k) as usize) {

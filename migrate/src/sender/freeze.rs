@@ -8,7 +8,7 @@ use std::{
     time::Duration,
 };
 
-use tracing::warn;
+use tracing::{debug, warn};
 
 use super::{machine::SenderEvent, migration::Migration};
 use crate::{
@@ -101,7 +101,13 @@ impl Migration<'_> {
             )
             .await;
         if let Err(e) = dumped {
-            let reason = format!("the lazy dump failed: {e:#}");
+            if !e.is_shim_refusal() {
+                // the shim may have started it all the same (a call that
+                // timed out): end whatever runs before dumping again
+                self.lazy_dump = Some(port);
+                self.end_lazy_dump().await;
+            }
+            let reason = format!("the lazy dump failed: {}", crate::error::error_chain(&e));
             warn!(%reason, "dumping into tmpfs instead");
             self.lazy_source = Some(("tmpfs-dump", Some(reason)));
             // whatever the failed attempt wrote goes before the full dump
@@ -118,6 +124,7 @@ impl Migration<'_> {
             .await
             .in_phase(Phase::FreezeDump, "connecting to CRIU's lazy page server")?;
         self.page_server = Some(client);
+        self.page_server_connected = true;
         Ok(true)
     }
 
@@ -126,23 +133,25 @@ impl Migration<'_> {
     /// leaves the processes as they are: paused), and runc's exit is awaited
     /// so that nothing of the dump outlives the migration.
     pub async fn end_lazy_dump(&mut self) {
-        let Some(port) = self.lazy_dump.take() else {
+        if self.lazy_dump.take().is_none() {
             return;
-        };
-        match self.page_server.take() {
-            Some(client) => drop(client),
-            None => {
-                // never connected: a connection that closes at once ends a
-                // page server still waiting for its client
-                let _ = tokio::time::timeout(
-                    Duration::from_secs(2),
-                    tokio::net::TcpStream::connect(("127.0.0.1", port)),
-                )
-                .await;
-            }
         }
-        if let Err(e) = self.cd.shim_finish_lazy_dump(&self.opts.container).await {
-            warn!(error = %format!("{e:#}"), "the lazy dump ended with an error");
+        // closing the session ends CRIU's page server; one never opened is
+        // ended by the shim (it knows the port is still its CRIU's)
+        drop(self.page_server.take());
+        let never_connected = !self.page_server_connected;
+        match self
+            .cd
+            .shim_finish_lazy_dump(&self.opts.container, never_connected)
+            .await
+        {
+            Ok(()) => {}
+            Err(e) if e.is_shim_refusal() => {
+                debug!(error = %crate::error::error_chain(&e), "no lazy dump was left to end");
+            }
+            Err(e) => {
+                warn!(error = %crate::error::error_chain(&e), "the lazy dump ended with an error");
+            }
         }
     }
 

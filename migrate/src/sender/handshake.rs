@@ -94,6 +94,7 @@ pub async fn start<'a>(opts: &'a SourceOptions, id: String, tl: Timeline) -> Res
         address,
         lazy_dump: None,
         page_server: None,
+        page_server_connected: false,
         lazy_source: None,
     };
     m.hello().await?;

@@ -1,8 +1,9 @@
 //! The sender's lazy phase (post-copy and hybrid): the container stays
-//! frozen, and its anonymous memory is served from the frozen dump (the pages
-//! images, mapped from tmpfs; never CRIU's page server): pages a restored
-//! process faulted on first, then everything else in a background push. The
-//! source lets go only once the destination reports every page in place.
+//! frozen, and its anonymous memory is served from CRIU's lazy page server
+//! on loopback (a lazy dump) or from the mapped pages images of a full dump
+//! in tmpfs: pages a restored process faulted on first, then everything else
+//! in a background push. The source lets go only once the destination
+//! reports every page in place.
 
 use std::{
     collections::{HashMap, HashSet},

@@ -57,6 +57,9 @@ pub struct Migration<'a> {
     pub lazy_dump: Option<u16>,
     /// The session with CRIU's page server, until the lazy phase takes it.
     pub page_server: Option<crate::lazy::PageServerClient>,
+    /// Whether that session was ever opened (else the shim ends a page
+    /// server still waiting for it).
+    pub page_server_connected: bool,
     /// Post-copy and hybrid: the lazy pages' source used, and why it is not
     /// the lazy dump when it is not.
     pub lazy_source: Option<(&'static str, Option<String>)>,
