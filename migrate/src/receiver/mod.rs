@@ -179,25 +179,10 @@ where
     W: AsyncWrite + Unpin,
 {
     let mut inc = incoming::Incoming::create(s.cfg.work_root.join(migration))?;
-    let mut target = target;
-    let cfg: &EndpointConfig = s.cfg;
-    // the container is made while the source still runs (rounds, freeze)
-    let (received, ()) = tokio::join!(
-        transfer::run(s, container, &mut inc),
-        target.stage(cfg, cd, container)
-    );
-    let staged = target.is_staged();
-    let res = match received {
-        Err(e) => Err(e),
-        Ok(()) if s.state.is_lazy() => {
-            lazy::run(s, cd, container, &mut inc, migration, technique, target).await
-        }
-        Ok(()) => commit::run(s, cd, container, &mut inc, target).await,
-    };
-    if res.is_err() && staged {
-        // made here for this migration: it goes with it (again, when the
-        // failed restore removed it already)
-        let _ = cd.remove_container(&container.id).await;
+    transfer::run(s, container, &mut inc).await?;
+    if s.state.is_lazy() {
+        lazy::run(s, cd, container, &mut inc, migration, technique, target).await
+    } else {
+        commit::run(s, cd, container, &mut inc, target).await
     }
-    res
 }

@@ -59,12 +59,8 @@ const HANDOFF_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(120)
 
 /// Where an incoming migration is restored.
 pub enum RestoreTarget {
-    /// A container created here from the source's identity; `staged`: its
-    /// snapshot and containerd container were made while the source still
-    /// ran (see [`RestoreTarget::stage`]), these are their mounts.
-    New {
-        staged: Option<Vec<containerd_client::types::Mount>>,
-    },
+    /// A container created here from the source's identity.
+    New,
     /// A pod's container the CRI created here (`id`), restored by its own
     /// shim from the images handed over (see [`crate::pods`]).
     Pod { id: String, target: Option<Target> },
@@ -73,43 +69,12 @@ pub enum RestoreTarget {
 impl RestoreTarget {
     pub fn of(into: Option<Target>) -> Self {
         match into {
-            None => RestoreTarget::New { staged: None },
+            None => RestoreTarget::New,
             Some(t) => RestoreTarget::Pod {
                 id: t.container_id.clone(),
                 target: Some(t),
             },
         }
-    }
-
-    /// Takes the restore's first steps out of the downtime: while the source
-    /// still runs, makes the container's snapshot and its containerd
-    /// container (a new container whose image this node holds). Anything
-    /// that fails here is left to the restore, which makes them as before.
-    pub async fn stage(
-        &mut self,
-        cfg: &EndpointConfig,
-        cd: &Containerd,
-        container: &ContainerIdentity,
-    ) {
-        let RestoreTarget::New { staged } = self else {
-            return;
-        };
-        if !cd.has_image(&container.image).await {
-            return; // the image comes with the migration
-        }
-        match create_container(cfg, cd, container, None).await {
-            Ok(mounts) => *staged = Some(mounts),
-            Err(e) => {
-                tracing::warn!(container = %container.id, error = %format!("{e:#}"),
-                    "could not prepare the container ahead of the restore; the restore will");
-            }
-        }
-    }
-
-    /// Whether [`Self::stage`] made the container (which a failed migration
-    /// must then remove).
-    pub fn is_staged(&self) -> bool {
-        matches!(self, RestoreTarget::New { staged: Some(_) })
     }
 
     /// Restores from `images` (lazily through `lazy_socket`); returns the
@@ -126,19 +91,8 @@ impl RestoreTarget {
         steps: &mut Steps,
     ) -> Result<u32> {
         let (id, target) = match self {
-            RestoreTarget::New { staged } => {
-                let staged = staged.take();
-                return recreate(
-                    cfg,
-                    cd,
-                    container,
-                    images,
-                    rootfs_tar,
-                    lazy_socket,
-                    staged,
-                    steps,
-                )
-                .await;
+            RestoreTarget::New => {
+                return recreate(cfg, cd, container, images, rootfs_tar, lazy_socket, steps).await
             }
             RestoreTarget::Pod { id, target } => (id.clone(), target.take()),
         };
@@ -167,7 +121,7 @@ impl RestoreTarget {
     /// container stays, stopped, for the CRI to report; a created one goes).
     pub async fn discard(&self, cd: &Containerd, container: &ContainerIdentity) {
         match self {
-            RestoreTarget::New { .. } => {
+            RestoreTarget::New => {
                 let _ = cd.remove_container(&container.id).await;
             }
             RestoreTarget::Pod { id, .. } => {
@@ -204,7 +158,7 @@ impl RestoreTarget {
         container: &ContainerIdentity,
     ) -> Option<String> {
         let spec = match self {
-            RestoreTarget::New { .. } => destination_spec(cfg, container),
+            RestoreTarget::New => destination_spec(cfg, container),
             RestoreTarget::Pod { id, .. } => {
                 crate::containerd::spec_of(&cd.container(id).await.ok()?).ok()?
             }
@@ -238,10 +192,7 @@ fn unpack_changes(mounts: &[containerd_client::types::Mount], tar: &Path) -> Res
 
 /// Recreates the container from the received identity and rootfs, and
 /// restores it through the MOSE shim from `images` (lazily when a lazy-page
-/// handler listens on `lazy_socket`). `staged`: the snapshot's mounts when
-/// the container was made ahead (only the rootfs changes go in now).
-/// Returns the restored init's pid.
-#[allow(clippy::too_many_arguments)]
+/// handler listens on `lazy_socket`). Returns the restored init's pid.
 pub async fn recreate(
     cfg: &EndpointConfig,
     cd: &Containerd,
@@ -249,7 +200,6 @@ pub async fn recreate(
     images: &Path,
     rootfs_tar: Option<PathBuf>,
     lazy_socket: Option<&Path>,
-    staged: Option<Vec<containerd_client::types::Mount>>,
     steps: &mut Steps,
 ) -> Result<u32> {
     let mut t = Instant::now();
@@ -257,46 +207,12 @@ pub async fn recreate(
         steps.push((name.to_string(), t.elapsed().as_secs_f64() * 1000.0));
         t = Instant::now();
     };
-    let mounts = match staged {
-        Some(mounts) => {
-            if let Some(tar) = rootfs_tar {
-                unpack_changes(&mounts, &tar)?;
-            }
-            step("rootfs (container staged)", steps);
-            mounts
-        }
-        None => {
-            let mounts = create_container(cfg, cd, container, rootfs_tar).await?;
-            step("snapshot+rootfs+container", steps);
-            mounts
-        }
-    };
-    let opts = restore_options(images, lazy_socket)?;
-    cd.create_task(&container.id, mounts, Some(opts))
-        .await
-        .in_phase(Phase::Restore, "creating the task")?;
-    step("create task", steps);
-    let pid = cd
-        .start(&container.id)
-        .await
-        .in_phase(Phase::Restore, "restoring the task (CRIU)")?;
-    step("CRIU restore", steps);
-    Ok(pid)
-}
-
-/// The container's snapshot (with the rootfs changes in `rootfs_tar`
-/// unpacked in) and its containerd container; returns the snapshot's mounts.
-async fn create_container(
-    cfg: &EndpointConfig,
-    cd: &Containerd,
-    container: &ContainerIdentity,
-    rootfs_tar: Option<PathBuf>,
-) -> Result<Vec<containerd_client::types::Mount>> {
     let snapshotter = match container.snapshotter.as_str() {
         "" => "overlayfs",
         s => s,
     };
     let mounts = prepare_rootfs(cd, container, snapshotter, rootfs_tar).await?;
+    step("snapshot+rootfs", steps);
     let c = Container {
         id: container.id.clone(),
         labels: container.labels.clone().into_iter().collect(),
@@ -315,7 +231,18 @@ async fn create_container(
         let _ = cd.remove_snapshot(snapshotter, &container.id).await;
         return Err(e).in_phase(Phase::Restore, "creating the container");
     }
-    Ok(mounts)
+    step("create container", steps);
+    let opts = restore_options(images, lazy_socket)?;
+    cd.create_task(&container.id, mounts, Some(opts))
+        .await
+        .in_phase(Phase::Restore, "creating the task")?;
+    step("create task", steps);
+    let pid = cd
+        .start(&container.id)
+        .await
+        .in_phase(Phase::Restore, "restoring the task (CRIU)")?;
+    step("CRIU restore", steps);
+    Ok(pid)
 }
 
 /// A snapshot of the image with the source's rootfs changes unpacked in.
