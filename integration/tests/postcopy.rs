@@ -193,6 +193,16 @@ fn losing_the_source_in_the_lazy_phase_stops_the_destination_copy() {
             .lines()
             .any(|l| l.starts_with("state") && l.contains("RUNNING"))
     });
+    // while CRIU serves its memory, the source's copy cannot be resumed
+    // beside the destination's
+    let refused = c
+        .node(1)
+        .unwrap()
+        .ctr(&ns)
+        .ok(["tasks", "resume", "state"])
+        .unwrap_err()
+        .to_string();
+    assert!(refused.contains("lazy dump"), "{refused}");
     source.kill().unwrap();
     let _ = source.wait();
     // the copy cannot run without its memory: the destination stops it

@@ -397,7 +397,7 @@ impl Container {
 
     /// Dumps the container to `path` (or the image path the options name).
     pub async fn checkpoint(&mut self, path: &str, mut opts: CheckpointOptions) -> Result<()> {
-        if self.lazy_dump.as_ref().is_some_and(|d| !d.is_finished()) {
+        if self.lazy_dump_running() {
             return Err(Error::FailedPrecondition(format!(
                 "container {} is being dumped lazily (CRIU's page server still serves its \
                  memory): finish that dump first",
@@ -550,6 +550,11 @@ impl Container {
             );
         }
         Ok(())
+    }
+
+    /// Whether a lazy dump of this container still runs (runc has not exited).
+    pub fn lazy_dump_running(&self) -> bool {
+        self.lazy_dump.as_ref().is_some_and(|d| !d.is_finished())
     }
 
     /// The lazy dump begun by an earlier checkpoint, to be finished without

@@ -626,6 +626,16 @@ impl Task for TaskService {
             ))
             .into());
         }
+        if c.lazy_dump_running() {
+            // its memory is being handed to a destination that may run it
+            // already: resumed here too, two copies would run
+            return Err(Error::FailedPrecondition(format!(
+                "cannot resume container {}: CRIU's lazy dump still serves its memory to a \
+                 migration; the migration resumes it if it fails (or end the dump first)",
+                req.id
+            ))
+            .into());
+        }
         c.runtime.resume(&req.id).await?;
         c.init.state = State::Running;
         let address = c.bring_up_if_held();
