@@ -150,6 +150,47 @@ impl Cluster {
 
     /// Runs `mosectl migrate` on node `from` (inside its netns) towards node
     /// `to`; returns the parsed JSON result (whatever the status).
+    /// Imports the state-service image on node `node` and runs it there as
+    /// container `state` in `ns` (MOSE runtime, the node's network, port
+    /// 7070) with `mib` MiB of state and `extra` arguments; returns its
+    /// address once it answers.
+    pub fn run_state_service(
+        &self,
+        node: usize,
+        ns: &str,
+        mib: u32,
+        extra: &[&str],
+    ) -> Result<String> {
+        use mose_workloads::images::{cache_dir, state_service_archive, STATE_SERVICE_REF};
+        let n = self.node(node)?;
+        let archive = state_service_archive(None, &cache_dir())?;
+        mose_workloads::image::ctr_import(n.containerd_socket(), ns, &archive)?;
+        let mib = mib.to_string();
+        let mut args = vec![
+            "run",
+            "-d",
+            "--runtime",
+            "io.containerd.mose.v2",
+            "--net-host",
+            STATE_SERVICE_REF,
+            "state",
+            "/usr/local/bin/mose-state-service",
+            "--port",
+            "7070",
+            "--state-mib",
+            &mib,
+        ];
+        args.extend(extra);
+        n.ctr(ns).ok(args)?;
+        let addr = format!("{}:7070", n.ip());
+        crate::wait_for(
+            "the state service",
+            std::time::Duration::from_secs(30),
+            || mose_workloads::probe::ping(&addr).is_ok(),
+        );
+        Ok(addr)
+    }
+
     pub fn migrate(
         &self,
         from: usize,

@@ -12,7 +12,7 @@ use std::{
 use mose_integration::{cluster::Cluster, wait_for};
 use mose_workloads::{
     image::ctr_import,
-    images::{cache_dir, redis_archive, state_service_archive, REDIS_REF, STATE_SERVICE_REF},
+    images::{cache_dir, redis_archive, REDIS_REF},
     probe::{ping, verify},
 };
 
@@ -22,29 +22,9 @@ const RT: &str = "io.containerd.mose.v2";
 fn service(mib: u32, rate_mbit: u32) -> (Cluster, String, String) {
     let c = Cluster::up(2, Some(rate_mbit)).expect("cluster up");
     let ns = mose_tests::unique_id("svc");
-    let n1 = c.node(1).unwrap();
-    let archive = state_service_archive(None, &cache_dir()).expect("state-service image");
-    ctr_import(n1.containerd_socket(), &ns, &archive).unwrap();
-    n1.ctr(&ns)
-        .ok([
-            "run",
-            "-d",
-            "--runtime",
-            RT,
-            "--net-host",
-            STATE_SERVICE_REF,
-            "state",
-            "/usr/local/bin/mose-state-service",
-            "--state-mib",
-            &mib.to_string(),
-            "--port",
-            "7070",
-        ])
-        .unwrap();
-    let addr = format!("{}:7070", n1.ip());
-    wait_for("the state service", Duration::from_secs(30), || {
-        ping(&addr).is_ok()
-    });
+    let addr = c
+        .run_state_service(1, &ns, mib, &[])
+        .expect("the state service");
     (c, ns, addr)
 }
 

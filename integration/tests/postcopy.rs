@@ -6,41 +6,15 @@
 use std::time::Duration;
 
 use mose_integration::{cluster::Cluster, wait_for};
-use mose_workloads::{
-    image::ctr_import,
-    images::{cache_dir, state_service_archive, STATE_SERVICE_REF},
-    probe::{ping, stats, verify},
-};
-
-const RT: &str = "io.containerd.mose.v2";
+use mose_tests::cleanup::{processes, Process};
+use mose_workloads::probe::{ping, stats, verify};
 
 /// A cluster whose node 1 runs the state service with `mib` MiB of state.
 fn service(mib: u32, rate_mbit: Option<u32>, extra: &[&str]) -> (Cluster, String) {
     let c = Cluster::up(2, rate_mbit).expect("cluster up");
     let ns = mose_tests::unique_id("lazy");
-    let n1 = c.node(1).unwrap();
-    let archive = state_service_archive(None, &cache_dir()).expect("state-service image");
-    ctr_import(n1.containerd_socket(), &ns, &archive).unwrap();
-    let mut args = vec![
-        "run",
-        "-d",
-        "--runtime",
-        RT,
-        "--net-host",
-        STATE_SERVICE_REF,
-        "state",
-        "/usr/local/bin/mose-state-service",
-        "--port",
-        "7070",
-    ];
-    let mib = mib.to_string();
-    args.extend(["--state-mib", &mib]);
-    args.extend(extra);
-    n1.ctr(&ns).ok(args).unwrap();
-    let addr = format!("{}:7070", n1.ip());
-    wait_for("the state service", Duration::from_secs(30), || {
-        ping(&addr).is_ok()
-    });
+    c.run_state_service(1, &ns, mib, extra)
+        .expect("the state service");
     (c, ns)
 }
 
@@ -79,43 +53,27 @@ fn last_incoming(c: &Cluster) -> serde_json::Value {
         .unwrap_or_default()
 }
 
-/// Every process: (pid, parent pid, command line).
-fn processes() -> Vec<(u32, u32, String)> {
-    let Ok(dir) = std::fs::read_dir("/proc") else {
-        return Vec::new();
-    };
-    dir.flatten()
-        .filter_map(|e| {
-            let pid: u32 = e.file_name().to_string_lossy().parse().ok()?;
-            let cmd = std::fs::read(e.path().join("cmdline")).ok()?;
-            let stat = std::fs::read_to_string(e.path().join("stat")).ok()?;
-            // after the command name in parentheses: state, then the parent
-            let ppid = stat.rsplit_once(") ")?.1.split(' ').nth(1)?.parse().ok()?;
-            Some((pid, ppid, String::from_utf8_lossy(&cmd).replace('\0', " ")))
-        })
-        .collect()
-}
-
 /// The lazy dumps of namespace `ns` still running on this host: runc
 /// checkpoints with `--lazy-pages` whose state root (which ends in the
 /// namespace) names it, and CRIU processes whose parent is such a runc or a
 /// shim of the namespace (an orphaned CRIU is its shim's child).
 fn lazy_dumps_left(ns: &str) -> Vec<String> {
     let procs = processes();
+    let dumping =
+        |p: &Process| p.cmdline.contains("--lazy-pages") && p.cmdline.contains(&format!("/{ns} "));
     let of_ns = |pid: u32| {
-        procs.iter().any(|(p, _, cmd)| {
-            *p == pid
-                && ((cmd.contains("--lazy-pages") && cmd.contains(&format!("/{ns} ")))
-                    || (cmd.contains("containerd-shim-mose") && cmd.contains(ns)))
+        procs.iter().any(|p| {
+            p.pid == pid
+                && (dumping(p)
+                    || (p.cmdline.contains("containerd-shim-mose") && p.cmdline.contains(ns)))
         })
     };
     procs
         .iter()
-        .filter(|(pid, ppid, cmd)| {
-            (cmd.contains("--lazy-pages") && cmd.contains(&format!("/{ns} ")))
-                || (cmd.contains("sbin/criu") && of_ns(*ppid) && *pid != *ppid)
+        .filter(|p| {
+            dumping(p) || (p.cmdline.contains("sbin/criu") && of_ns(p.ppid) && p.pid != p.ppid)
         })
-        .map(|(pid, _, cmd)| format!("{pid}: {cmd}"))
+        .map(|p| format!("{}: {}", p.pid, p.cmdline))
         .collect()
 }
 

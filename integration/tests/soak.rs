@@ -11,28 +11,24 @@
 
 use std::{path::Path, time::Duration};
 
-use mose_integration::{cluster::Cluster, testbed::incoming_root, wait_for};
-use mose_workloads::{
-    image::ctr_import,
-    images::{cache_dir, state_service_archive, STATE_SERVICE_REF},
-    probe::{ping, verify},
-};
+use mose_integration::{cluster::Cluster, testbed::incoming_root};
+use mose_tests::cleanup::processes;
+use mose_workloads::probe::{ping, verify};
 
-const RT: &str = "io.containerd.mose.v2";
 /// Hops in the suite's short form.
 const SHORT_HOPS: usize = 8;
 /// Hops before the baselines are taken: a post-copy and a hybrid into each
 /// node, so that first-use allocations (a hybrid receiver's block store) settle.
 const WARM_UP: usize = 4;
 /// The migrated state, MiB.
-const STATE_MIB: u64 = 32;
+const STATE_MIB: u32 = 32;
 /// What an agent's resident memory may exceed its size after the first hop
 /// by: two and a half migrations' worth of page blocks. glibc keeps some
 /// freed blocks in its arenas even after `malloc_trim`, so the size moves
 /// up and down between hops (measured over 40 hops: 42 to 87 MiB from 23
 /// MiB); a leak of a migration's blocks, or of 1.6 MiB per hop, crosses it
 /// within 50 hops.
-const RSS_BOUND_KIB: u64 = STATE_MIB * 1024 * 5 / 2;
+const RSS_BOUND_KIB: u64 = STATE_MIB as u64 * 1024 * 5 / 2;
 
 /// What is counted after each hop.
 #[derive(Debug, Clone, PartialEq)]
@@ -66,26 +62,12 @@ fn count_dir_bytes(p: &Path) -> u64 {
         .sum()
 }
 
-fn cmdlines() -> Vec<(u32, String)> {
-    std::fs::read_dir("/proc")
-        .map(|rd| {
-            rd.flatten()
-                .filter_map(|e| {
-                    let pid: u32 = e.file_name().to_string_lossy().parse().ok()?;
-                    let cmd = std::fs::read(e.path().join("cmdline")).ok()?;
-                    Some((pid, String::from_utf8_lossy(&cmd).replace('\0', " ")))
-                })
-                .collect()
-        })
-        .unwrap_or_default()
-}
-
 /// Listening TCP sockets on 127.0.0.1 whose owner is a CRIU process.
 fn criu_listeners() -> usize {
-    let criu: Vec<u32> = cmdlines()
+    let criu: Vec<u32> = processes()
         .into_iter()
-        .filter(|(_, c)| c.contains("sbin/criu"))
-        .map(|(p, _)| p)
+        .filter(|p| p.cmdline.contains("sbin/criu"))
+        .map(|p| p.pid)
         .collect();
     let out = std::process::Command::new("ss")
         .args(["-Hltnp", "src", "127.0.0.1"])
@@ -125,9 +107,9 @@ fn usage(c: &Cluster, ns: &str) -> Usage {
         .lines()
         .filter(|l| l.contains(&bed))
         .count();
-    let processes = cmdlines()
+    let processes = processes()
         .iter()
-        .filter(|(_, c)| c.contains(&bed) || c.contains(ns))
+        .filter(|p| p.cmdline.contains(&bed) || p.cmdline.contains(ns))
         .count();
     Usage {
         fds,
@@ -183,29 +165,9 @@ fn postcopy_and_hybrid_back_and_forth_keep_state_and_leak_nothing() {
         .max(WARM_UP + 4);
     let c = Cluster::up(2, None).expect("cluster up");
     let ns = mose_tests::unique_id("soak");
-    let n1 = c.node(1).unwrap();
-    let archive = state_service_archive(None, &cache_dir()).expect("state-service image");
-    ctr_import(n1.containerd_socket(), &ns, &archive).unwrap();
-    n1.ctr(&ns)
-        .ok([
-            "run",
-            "-d",
-            "--runtime",
-            RT,
-            "--net-host",
-            STATE_SERVICE_REF,
-            "state",
-            "/usr/local/bin/mose-state-service",
-            "--port",
-            "7070",
-            "--state-mib",
-            &STATE_MIB.to_string(),
-        ])
-        .unwrap();
+    c.run_state_service(1, &ns, STATE_MIB, &[])
+        .expect("the state service");
     let addr = |n: usize| format!("{}:7070", c.node(n).unwrap().ip());
-    wait_for("the state service", Duration::from_secs(30), || {
-        ping(&addr(1)).is_ok()
-    });
     let first = ping(&addr(1)).unwrap();
     let mut last_seq = first.seq;
     let mut baselines: [Option<Usage>; 2] = [None, None];

@@ -49,28 +49,46 @@ pub fn unmount_under(dir: &Path) {
     }
 }
 
+/// A process of this host, as `/proc` lists it.
+#[derive(Debug, Clone)]
+pub struct Process {
+    pub pid: u32,
+    pub ppid: u32,
+    /// Its command line, arguments joined by spaces.
+    pub cmdline: String,
+}
+
+/// Every process of this host but this one (those that end while being
+/// read are left out).
+pub fn processes() -> Vec<Process> {
+    let me = std::process::id();
+    let Ok(rd) = fs::read_dir("/proc") else {
+        return Vec::new();
+    };
+    rd.flatten()
+        .filter_map(|e| {
+            let pid: u32 = e.file_name().to_str()?.parse().ok()?;
+            let cmd = fs::read(e.path().join("cmdline")).ok()?;
+            let stat = fs::read_to_string(e.path().join("stat")).ok()?;
+            // after the command name in parentheses: state, then the parent
+            let ppid = stat.rsplit_once(") ")?.1.split(' ').nth(1)?.parse().ok()?;
+            Some(Process {
+                pid,
+                ppid,
+                cmdline: String::from_utf8_lossy(&cmd).replace('\0', " "),
+            })
+        })
+        .filter(|p| p.pid != me)
+        .collect()
+}
+
 /// Pids whose command line contains `needle`.
 pub fn processes_mentioning(needle: &str) -> Vec<u32> {
-    let me = std::process::id();
-    let mut pids = Vec::new();
-    let Ok(rd) = fs::read_dir("/proc") else {
-        return pids;
-    };
-    for e in rd.flatten() {
-        let Some(pid) = e.file_name().to_str().and_then(|s| s.parse::<u32>().ok()) else {
-            continue;
-        };
-        if pid == me {
-            continue;
-        }
-        if let Ok(cmd) = fs::read(e.path().join("cmdline")) {
-            let cmd: Vec<u8> = cmd.iter().map(|&c| if c == 0 { b' ' } else { c }).collect();
-            if String::from_utf8_lossy(&cmd).contains(needle) {
-                pids.push(pid);
-            }
-        }
-    }
-    pids
+    processes()
+        .into_iter()
+        .filter(|p| p.cmdline.contains(needle))
+        .map(|p| p.pid)
+        .collect()
 }
 
 /// SIGKILLs every process whose command line contains `needle`.
