@@ -313,14 +313,7 @@ impl OciRuntime {
                 command,
                 id,
                 |c| {
-                    c.arg("--image-path")
-                        .arg(image)
-                        .arg("--work-path")
-                        .arg(work);
-                    if !opts.exit {
-                        c.arg("--leave-running");
-                    }
-                    criu_flags(c, opts);
+                    dump_args(c, opts, image, work);
                     c.arg(id);
                 },
                 None,
@@ -360,18 +353,16 @@ impl OciRuntime {
                     "checkpoint",
                     &id_owned,
                     |c| {
-                        c.arg("--image-path")
-                            .arg(&image)
-                            .arg("--work-path")
-                            .arg(&work)
-                            .arg("--leave-running")
-                            .arg("--lazy-pages")
+                        // `exit` is refused with a lazy dump (see
+                        // `options::decode_checkpoint_options`): it leaves
+                        // the tasks running
+                        dump_args(c, &opts_owned, &image, &work);
+                        c.arg("--lazy-pages")
                             .arg("--page-server")
                             .arg(format!("127.0.0.1:{port}"))
                             .arg("--status-fd")
-                            .arg(LAZY_STATUS_FD.to_string());
-                        criu_flags(c, &opts_owned);
-                        c.arg(&id_owned);
+                            .arg(LAZY_STATUS_FD.to_string())
+                            .arg(&id_owned);
                         // the closure cannot fail: a mapping error shows as
                         // runc's own complaint about the status descriptor
                         let _ = c.fd_mappings(vec![FdMapping {
@@ -453,6 +444,19 @@ impl OciRuntime {
         r.map(|_| ())
             .map_err(|e| criu_error("restore (CRIU restore)", e, &work.join("restore.log")))
     }
+}
+
+/// The arguments every `checkpoint` takes: where the images and CRIU's
+/// work files go, whether the tasks stay, and CRIU's flags.
+fn dump_args(c: &mut Command, opts: &CheckpointOptions, image: &Path, work: &Path) {
+    c.arg("--image-path")
+        .arg(image)
+        .arg("--work-path")
+        .arg(work);
+    if !opts.exit {
+        c.arg("--leave-running");
+    }
+    criu_flags(c, opts);
 }
 
 fn criu_flags(c: &mut Command, opts: &CheckpointOptions) {

@@ -603,28 +603,14 @@ impl<W: AsyncWrite + Unpin> LazyPhase<'_, W> {
             source,
         })?;
         self.note_received(run.hashes.len() as u64).await?;
-        let zero = zero_hash();
-        let mut data = Vec::with_capacity(run.hashes.len() * BLOCK_SIZE);
-        let mut zero_pages = 0;
-        for (k, h) in run.hashes.iter().enumerate() {
-            if *h == zero {
-                zero_pages += 1;
-                data.resize(data.len() + BLOCK_SIZE, 0);
-                continue;
-            }
-            let b = self.inc.blocks.block(*h).ok_or_else(|| {
-                MigrateError::local(
-                    Phase::Lazy,
-                    format!(
-                        "the source named block {h:032x} for page {:#x} of pid {} as held \
-                         here, but this node never received it",
-                        run.vaddr + k as u64 * PAGE,
-                        run.pid
-                    ),
-                )
-            })?;
-            data.extend_from_slice(b);
-        }
+        let (data, zero_pages) = self.held_blocks(&run.hashes, |k, h| {
+            format!(
+                "the source named block {h:032x} for page {:#x} of pid {} as held here, but \
+                 this node never received it",
+                run.vaddr + k as u64 * PAGE,
+                run.pid
+            )
+        })?;
         let urgent = self.asked.remove(&(run.pid, run.vaddr));
         let d = Delivery {
             pid: run.pid,
@@ -634,6 +620,28 @@ impl<W: AsyncWrite + Unpin> LazyPhase<'_, W> {
             zero_pages,
         };
         self.deliver(d, urgent)
+    }
+
+    /// The content of the blocks `hashes` from this node's block store (a
+    /// zero page's hash reads as zeros), and how many are zero pages;
+    /// `missing(i, hash)` says what a block it lacks means.
+    fn held_blocks(
+        &self,
+        hashes: &[BlockHash],
+        missing: impl Fn(usize, BlockHash) -> String,
+    ) -> Result<(Vec<u8>, u64)> {
+        let zero = zero_hash();
+        let mut data = Vec::with_capacity(hashes.len() * BLOCK_SIZE);
+        for (i, &h) in hashes.iter().enumerate() {
+            let b = self
+                .inc
+                .blocks
+                .block(h)
+                .ok_or_else(|| MigrateError::local(Phase::Lazy, missing(i, h)))?;
+            data.extend_from_slice(b);
+        }
+        let zero_pages = hashes.iter().filter(|&&h| h == zero).count() as u64;
+        Ok((data, zero_pages))
     }
 
     fn deliver(&self, d: Delivery, urgent: bool) -> Result<()> {
@@ -676,24 +684,19 @@ impl<W: AsyncWrite + Unpin> LazyPhase<'_, W> {
     }
 
     fn cached_run(&mut self, pid: u32, vaddr: u64, keys: &[(u32, u64)]) -> Result<Delivery> {
-        let mut data = Vec::with_capacity(keys.len() * BLOCK_SIZE);
-        let mut zero_pages = 0;
-        let zero = zero_hash();
-        for key in keys {
-            let h = self.cached.remove(key).ok_or_else(|| {
-                MigrateError::local(
-                    Phase::Lazy,
-                    format!("cache lost page {:#x} of pid {}", key.1, key.0),
-                )
-            })?;
-            if h == zero {
-                zero_pages += 1;
-            }
-            let b = self.inc.blocks.block(h).ok_or_else(|| {
-                MigrateError::local(Phase::Lazy, format!("cached block {h:032x} vanished"))
-            })?;
-            data.extend_from_slice(b);
-        }
+        let hashes = keys
+            .iter()
+            .map(|key| {
+                self.cached.remove(key).ok_or_else(|| {
+                    MigrateError::local(
+                        Phase::Lazy,
+                        format!("cache lost page {:#x} of pid {}", key.1, key.0),
+                    )
+                })
+            })
+            .collect::<Result<Vec<_>>>()?;
+        let (data, zero_pages) =
+            self.held_blocks(&hashes, |_, h| format!("cached block {h:032x} vanished"))?;
         Ok(Delivery {
             pid,
             vaddr,
