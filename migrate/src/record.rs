@@ -2,20 +2,33 @@
 //! `<state-dir>/migrations.jsonl`, written by both sides (`direction` "in" on
 //! the receiver, "out" from `mosectl`).
 
-use std::path::Path;
+use std::{path::Path, sync::Arc};
 
 /// One incoming migration as the receiver records it.
+#[derive(Debug)]
 pub struct IncomingRecord<'a> {
     pub migration: &'a str,
     pub container: &'a str,
     pub namespace: &'a str,
     /// The peer's identity, as its certificate names it.
     pub peer: &'a str,
+    /// The technique the source announced (`cold`, `precopy`, `postcopy`,
+    /// `hybrid`).
+    pub technique: &'a str,
     /// `ok` or `failed`.
     pub status: &'a str,
     pub error: Option<String>,
+    /// The step a failed migration failed in, as [`crate::error::Phase`]
+    /// names it (`restore`, `lazy phase`, ...); `None` when it succeeded.
+    pub step: Option<String>,
+    /// Wall time from the handshake to the outcome on this node.
     pub took: std::time::Duration,
 }
+
+/// Told of every incoming migration the receiver records (the node agent's
+/// metrics), right when its record is written. It runs on the receiver's
+/// task: it must be quick and must not block.
+pub type IncomingObserver = Arc<dyn Fn(&IncomingRecord<'_>) + Send + Sync>;
 
 /// Appends an incoming migration's record to the node's log.
 pub fn record_incoming(state_dir: &Path, r: IncomingRecord<'_>) {
@@ -25,8 +38,10 @@ pub fn record_incoming(state_dir: &Path, r: IncomingRecord<'_>) {
         "container": r.container,
         "namespace": r.namespace,
         "peer": r.peer,
+        "technique": r.technique,
         "status": r.status,
         "error": r.error,
+        "step": r.step,
         "ms": r.took.as_secs_f64() * 1000.0,
         "at": std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)

@@ -1,9 +1,10 @@
 //! MOSE's node agent (`mose-plugin`: the migration listener, the policy hook
-//! service, measurements, calibration) and `mosectl`. The migration engine
-//! itself is the `mose-migrate` crate.
+//! service, measurements, calibration, metrics) and `mosectl`. The migration
+//! engine itself is the `mose-migrate` crate.
 
 pub mod calibrate;
 pub mod measure;
+pub mod metrics;
 pub mod nri;
 pub mod pods;
 pub mod policy;

@@ -42,6 +42,7 @@ use mose_migrate::{
 use crate::{
     calibrate::Store,
     measure::{probe_link, sample_memory, LinkSample, MemorySample},
+    metrics::Metrics,
 };
 
 /// Settings of the policy hook.
@@ -71,6 +72,8 @@ pub struct PolicyConfig {
     /// Background refresh period of the measurements of recently planned containers.
     pub refresh_every: Duration,
     pub io_timeout: Duration,
+    /// Observes every migration result reported here (`{"op":"learn"}`).
+    pub metrics: Arc<Metrics>,
 }
 
 /// A plan request on the socket.
@@ -219,6 +222,8 @@ async fn handle(p: &Policy, req: Request) -> Result<serde_json::Value> {
         Request::Plan(q) => Ok(serde_json::to_value(plan(p, &q).await?)?),
         Request::PlanPod(q) => Ok(serde_json::to_value(plan_pod(p, &q).await?)?),
         Request::Learn { result } => {
+            // the node's metrics see every reported result, learnt from or not
+            p.cfg.metrics.observe_outgoing(&result);
             let link = p
                 .links
                 .lock()
@@ -584,7 +589,8 @@ pub async fn request_plan(socket: &std::path::Path, q: &PlanQuery) -> Result<Pla
     serde_json::from_value(v).context("the policy hook's answer is not a plan")
 }
 
-/// Reports a finished migration to the policy hook at `socket`, which learns from it.
+/// Reports a finished migration to the policy hook at `socket`, which learns
+/// from it and counts it in the node's metrics ([`crate::metrics`]).
 pub async fn report_result(socket: &std::path::Path, r: &MigrationResult) -> Result<()> {
     call(socket, &serde_json::json!({"op": "learn", "result": r})).await?;
     Ok(())

@@ -30,4 +30,7 @@ pub struct EndpointConfig {
     /// Where pods migrated from here with post-copy or hybrid serve their
     /// lazy pages from (probed once at the agent's start).
     pub lazy_source: crate::lazy::LazySource,
+    /// Told of each incoming migration as it is recorded (the agent's
+    /// metrics); `None` records only.
+    pub on_incoming: Option<crate::record::IncomingObserver>,
 }

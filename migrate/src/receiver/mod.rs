@@ -135,18 +135,21 @@ where
     let res = receive(&mut s, &cd, &migration, &container, technique, target).await;
     let _ = std::fs::remove_dir_all(cfg.work_root.join(&migration));
     release_freed_memory();
-    record_incoming(
-        &cfg.state_dir,
-        IncomingRecord {
-            migration: &migration,
-            container: &container.id,
-            namespace: &container.namespace,
-            peer: &s.link.peer,
-            status: if res.is_ok() { "ok" } else { "failed" },
-            error: res.as_ref().err().map(|e| error_chain(e)),
-            took: started.elapsed(),
-        },
-    );
+    let record = IncomingRecord {
+        migration: &migration,
+        container: &container.id,
+        namespace: &container.namespace,
+        peer: &s.link.peer,
+        technique: technique.as_str(),
+        status: if res.is_ok() { "ok" } else { "failed" },
+        error: res.as_ref().err().map(|e| error_chain(e)),
+        step: res.as_ref().err().map(|e| e.phase().to_string()),
+        took: started.elapsed(),
+    };
+    if let Some(observe) = &cfg.on_incoming {
+        observe(&record);
+    }
+    record_incoming(&cfg.state_dir, record);
     res
 }
 

@@ -177,6 +177,7 @@ mod tests {
             lazy_source: crate::lazy::LazySource::TmpfsDump {
                 reason: "unit test".into(),
             },
+            on_incoming: None,
         }
     }
 

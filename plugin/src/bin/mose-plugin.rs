@@ -9,6 +9,7 @@ use mose_migrate::{
     receiver::{serve, EndpointConfig},
     tls::Identity,
 };
+use mose_plugin::metrics::{Metrics, MetricsListen};
 use mose_plugin::pods::{serve_pods, PodsConfig};
 use mose_plugin::policy::{request_pod_plan, serve_policy, PolicyConfig};
 
@@ -76,6 +77,10 @@ struct Args {
     /// Milliseconds between the two snapshots of a dirty-rate sample.
     #[arg(long, default_value_t = 1000)]
     sample_ms: u64,
+    /// Where to serve Prometheus metrics (`GET /metrics`, OpenMetrics
+    /// text): IP:PORT, or `off` for none.
+    #[arg(long, value_name = "IP:PORT|off", default_value = mose_plugin::metrics::DEFAULT_LISTEN)]
+    metrics_listen: MetricsListen,
 }
 
 /// `HOST:PORT=RATE` with RATE in the form of `mose.io/max-bandwidth`.
@@ -126,6 +131,18 @@ async fn main() {
     }
     mose_plugin::init_logging("info");
     let a = Args::parse();
+    // a metrics address that cannot be had stops the agent before anything starts
+    let metrics_listener = match a.metrics_listen {
+        MetricsListen::Off => None,
+        MetricsListen::At(addr) => match mose_plugin::metrics::bind(addr).await {
+            Ok(l) => Some(l),
+            Err(e) => {
+                eprintln!("mose-plugin: {e:#}");
+                std::process::exit(1);
+            }
+        },
+    };
+    let metrics = Arc::new(Metrics::new());
     let cfg = EndpointConfig {
         listen: a.listen,
         containerd: a.containerd,
@@ -137,6 +154,7 @@ async fn main() {
         handoffs: Default::default(),
         pod_planner: Some(pod_planner(a.policy_socket.clone())),
         lazy_source: mose_plugin::lazy_source(a.lazy_source),
+        on_incoming: Some(metrics.incoming_observer()),
     };
     let advertise = a
         .advertise
@@ -164,6 +182,7 @@ async fn main() {
         sample_stride: 4,
         refresh_every: Duration::from_secs(a.measure_max_age.max(5)),
         io_timeout: cfg.io_timeout,
+        metrics: metrics.clone(),
     };
     // both servers use the tmpfs work root: mount it once, before either starts
     if let Err(e) = mose_migrate::ensure_tmpfs(&cfg.work_root).map_err(anyhow::Error::from) {
@@ -178,10 +197,17 @@ async fn main() {
         eprintln!("mose-plugin: {e:#}");
         std::process::exit(1);
     }
+    let serve_metrics = async move {
+        match metrics_listener {
+            Some(l) => mose_plugin::metrics::serve(l, metrics).await,
+            None => std::future::pending().await,
+        }
+    };
     let r = tokio::select! {
         r = serve(cfg) => r.map_err(anyhow::Error::from),
         r = serve_policy(policy) => r,
         r = serve_pods(pods) => r,
+        r = serve_metrics => r,
     };
     if let Err(e) = r {
         eprintln!("mose-plugin: {e:#}");
