@@ -41,6 +41,19 @@ if ((${#missing[@]})); then
 else
   log "Debian packages present"
 fi
+# Podman 4.3 (+ conmon): the migration benchmark's `podman` baseline, the MOSE
+# paper's state of the art (integration/src/baseline/podman.rs). Rootful with
+# host networking it needs none of its recommends (slirp4netns, fuse-overlayfs,
+# uidmap, buildah); it checkpoints through runc and the CRIU provisioned below.
+# Its configuration is MOSE's own (/run/mose/podman/containers.conf, written by
+# the baseline): /etc/containers is left as Debian ships it.
+if ! dpkg-query -W -f='${Status}' podman 2>/dev/null | grep -q "install ok installed"; then
+  log "installing podman"
+  apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends podman conmon >/dev/null
+else
+  log "podman present"
+fi
 
 "$ROOT/scripts/provision-criu.sh"
 # CRIU's kernel probe cached where /run is not a tmpfs (~40 ms per CRIU run)
