@@ -3,11 +3,16 @@
 //! testbed's service segment, one probe connection from the user netns at
 //! 200 requests/s for the whole run, and migrations there and back with
 //! each technique. Prints a KPI table (with "connection kept" per
-//! migration) and writes `results/demo.json` and `results/demo.svg`.
+//! migration) and writes `results/demo.json`, `results/demo.svg` (KPI
+//! bars) and `results/demo-timeline.svg` / `.png` (each migration's phases
+//! on a time axis, its downtime window marked).
 //!
 //! Usage: mose-demo [--state-mib S (64)] [--dirty-mib-per-s R (4)] [--rate-mbit L (1000)]
 
-use std::time::{Duration, Instant};
+use std::{
+    path::{Path, PathBuf},
+    time::{Duration, Instant},
+};
 
 use anyhow::{bail, Result};
 use clap::Parser;
@@ -29,8 +34,9 @@ const PORT: u16 = 7070;
     args_override_self = true,
     about = "MOSE demo: a two-node edge testbed, the state service on node 1 under a 200 req/s \
              probe, and migrations there and back with each technique",
-    after_help = "Prints a KPI table and writes results/demo.json and results/demo.svg (under \
-                  $MOSE_RESULTS_DIR when set)."
+    after_help = "Prints a KPI table and writes results/demo.json, results/demo.svg (KPI bars) and \
+                  results/demo-timeline.svg and .png (each migration's phases and downtime window \
+                  on a time axis), under $MOSE_RESULTS_DIR when set."
 )]
 struct Args {
     /// State size of the state service, in MiB.
@@ -283,12 +289,45 @@ fn write_outputs(args: &Args, p: &ProbeResult, results: &[serde_json::Value]) ->
             ("total migration time", col("total_ms")),
         ],
     )?;
+    let (timeline_svg, timeline_png) = write_timeline(args, &dir, results)?;
     println!(
-        "\nwrote {} and {}",
+        "\nwrote {}, {}, {} and {}",
         dir.join("demo.json").display(),
-        dir.join("demo.svg").display()
+        dir.join("demo.svg").display(),
+        timeline_svg.display(),
+        timeline_png.display()
     );
     Ok(())
+}
+
+/// `demo-timeline.svg` and `.png`: one bar per migration, its phases and
+/// downtime window; returns their paths.
+fn write_timeline(
+    args: &Args,
+    dir: &Path,
+    results: &[serde_json::Value],
+) -> Result<(PathBuf, PathBuf)> {
+    let bars: Vec<plot::TimelineBar> = results
+        .iter()
+        .map(|r| {
+            let label = format!(
+                "{} n{}→n{}",
+                r["technique"].as_str().unwrap_or("?"),
+                r["from"],
+                r["to"]
+            );
+            plot::TimelineBar::from_result(label, &r["migration"])
+        })
+        .collect();
+    plot::phase_timeline(
+        dir,
+        "demo-timeline",
+        &format!(
+            "MOSE migration phases, {} MiB state, {} MiB/s dirty, {} Mbit/s",
+            args.state_mib, args.dirty, args.rate
+        ),
+        &bars,
+    )
 }
 
 const HEADER: [&str; 10] = [
