@@ -1,6 +1,8 @@
-//! The images of MOSE's workloads: the state service, redis, and the MOSE
+//! The images of MOSE's workloads: the state service, redis, the MOSE
 //! paper's network workloads SockPerf (UDP ping-pong latency) and iPerf3
-//! (TCP throughput), each built from Debian's binary and its libraries.
+//! (TCP throughput), each built from Debian's binary and its libraries, and
+//! the use-case workloads built from this workspace's binaries: the UAV
+//! control loop (`mose-uav`) and the multi-object tracker (`mose-tracker`).
 
 use std::path::{Path, PathBuf};
 
@@ -196,6 +198,66 @@ pub fn iperf3_archive(cache_dir: &Path) -> Result<PathBuf> {
     cached_archive(&iperf3_image()?, cache_dir).context("iperf3 image")
 }
 
+/// Image reference of the UAV control loop (`mose-uav serve`).
+pub const UAV_REF: &str = "localhost/mose/uav:latest";
+/// Name of the UAV binary.
+pub const UAV_BIN: &str = "mose-uav";
+/// Path of the UAV binary inside its image.
+pub const UAV_PATH: &str = "/usr/local/bin/mose-uav";
+/// Image reference of the multi-object tracker (`mose-tracker`).
+pub const TRACKER_REF: &str = "localhost/mose/tracker:latest";
+/// Name of the tracker binary.
+pub const TRACKER_BIN: &str = "mose-tracker";
+/// Path of the tracker binary inside its image.
+pub const TRACKER_PATH: &str = "/usr/local/bin/mose-tracker";
+
+/// An image running one binary of this workspace at `path` (with its
+/// libraries and the loader), busybox for debugging, `/data` (the start
+/// marker) and `/tmp`.
+fn workspace_image(name: &str, binary: &Path, path: &str, cmd: &[&str]) -> ImageSpec {
+    ImageSpec {
+        name: name.into(),
+        files: vec![(binary.to_path_buf(), path.into())],
+        libs_of: vec![binary.to_path_buf()],
+        dirs: vec![("/data".into(), 0o755), ("/tmp".into(), 0o1777)],
+        entrypoint: vec![path.into()],
+        cmd: cmd.iter().map(|s| s.to_string()).collect(),
+        busybox: true,
+        ..Default::default()
+    }
+}
+
+/// Image of the UAV control loop built from `binary`: `mose-uav serve` on
+/// UDP [`crate::uav::UAV_PORT`] by default.
+pub fn uav_image(binary: &Path) -> ImageSpec {
+    workspace_image(UAV_REF, binary, UAV_PATH, &["serve"])
+}
+
+/// Image of the multi-object tracker built from `binary`.
+pub fn tracker_image(binary: &Path) -> ImageSpec {
+    workspace_image(TRACKER_REF, binary, TRACKER_PATH, &[])
+}
+
+/// Builds (or reuses from `cache_dir`) the UAV archive; `binary` defaults
+/// to [`find_binary`]`("mose-uav")`.
+pub fn uav_archive(binary: Option<&Path>, cache_dir: &Path) -> Result<PathBuf> {
+    let bin = match binary {
+        Some(b) => b.to_path_buf(),
+        None => find_binary(UAV_BIN)?,
+    };
+    cached_archive(&uav_image(&bin), cache_dir).context("uav image")
+}
+
+/// Builds (or reuses from `cache_dir`) the tracker archive; `binary`
+/// defaults to [`find_binary`]`("mose-tracker")`.
+pub fn tracker_archive(binary: Option<&Path>, cache_dir: &Path) -> Result<PathBuf> {
+    let bin = match binary {
+        Some(b) => b.to_path_buf(),
+        None => find_binary(TRACKER_BIN)?,
+    };
+    cached_archive(&tracker_image(&bin), cache_dir).context("tracker image")
+}
+
 /// Builds (or reuses from `cache_dir`) the state-service archive; `binary`
 /// defaults to [`find_binary`]`("mose-state-service")`.
 pub fn state_service_archive(binary: Option<&Path>, cache_dir: &Path) -> Result<PathBuf> {
@@ -224,6 +286,27 @@ mod tests {
             "bind 0.0.0.0",
         ] {
             assert!(REDIS_CONF.contains(want), "{want}");
+        }
+    }
+
+    #[test]
+    fn use_case_images_run_their_binaries() {
+        let u = uav_image(Path::new("/bin/true"));
+        assert_eq!(
+            (u.name.as_str(), u.entrypoint.clone()),
+            (UAV_REF, vec![UAV_PATH.to_string()])
+        );
+        assert_eq!(u.cmd, vec!["serve".to_string()]);
+        assert_eq!(u.files[0].1, UAV_PATH);
+        let t = tracker_image(Path::new("/bin/true"));
+        assert_eq!(
+            (t.name.as_str(), t.entrypoint.clone()),
+            (TRACKER_REF, vec![TRACKER_PATH.to_string()])
+        );
+        assert!(t.cmd.is_empty());
+        for s in [&u, &t] {
+            assert!(s.dirs.iter().any(|(d, _)| d == "/tmp") && s.busybox);
+            assert_eq!(s.libs_of, vec![PathBuf::from("/bin/true")]);
         }
     }
 

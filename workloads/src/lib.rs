@@ -7,11 +7,23 @@
 //!   the client-observed downtime and the continuity of the service's
 //!   sequence counter; `verify` proves no page was lost in a migration.
 //! * [`image`] / [`images`]: a deterministic OCI image builder and the
-//!   images of the state service and redis, importable with `ctr`.
+//!   images of the workloads, importable with `ctr`.
+//! * [`uav`] / [`uav_client`]: a UAV-autopilot-like control loop over UDP
+//!   (50 Hz setpoints answered with telemetry) and its ground-station client,
+//!   which measures the loop's own downtime (longest telemetry gap, lost
+//!   commands).
+//! * [`tracker`]: a multi-object tracker's access pattern (per-frame updates
+//!   of active track records) over the state service's memory.
+//! * [`scenario`]: the MOSE paper's use cases as KPI scenarios: what runs and
+//!   the `mose.io/*` targets it carries, and why.
 
 pub mod image;
 pub mod images;
 pub mod probe;
 pub mod protocol;
+pub mod scenario;
 pub mod service;
 pub mod state;
+pub mod tracker;
+pub mod uav;
+pub mod uav_client;
