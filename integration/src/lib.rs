@@ -7,6 +7,7 @@ use std::{
 
 use anyhow::{Context, Result};
 
+pub mod baseline;
 pub mod cluster;
 pub mod cri;
 pub mod cri_stream;

@@ -398,6 +398,18 @@ pub fn build_archive(spec: &ImageSpec) -> Result<Vec<u8>> {
     b.into_inner().context("finishing OCI archive")
 }
 
+/// Unpacks the image's single layer into `dir` as a root filesystem, for
+/// runtimes driven without containerd (a bundle's `rootfs`). `dir` must not
+/// hold another tree; it is created when missing.
+pub fn unpack_rootfs(spec: &ImageSpec, dir: &Path) -> Result<()> {
+    fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+    let layer = build_layer(spec)?;
+    let mut a = tar::Archive::new(&layer[..]);
+    a.set_preserve_permissions(true);
+    a.unpack(dir)
+        .with_context(|| format!("unpacking {} into {}", spec.name, dir.display()))
+}
+
 /// Builds the archive and writes it to `path` (atomically: temp + rename).
 pub fn write_archive(spec: &ImageSpec, path: &Path) -> Result<()> {
     let data = build_archive(spec)?;

@@ -1,44 +1,47 @@
 //! Migration benchmark on the two-node testbed: the state service with
 //! S MiB of state dirtied at R MiB/s, over links shaped to L Mbit/s, migrated
-//! with MOSE `cold`, `precopy`, `postcopy` and `hybrid` and, in the same run, with the baseline a
-//! careful user has today: `ctr tasks checkpoint --exit` into tmpfs under
-//! containerd's runc shim, the image directory streamed as tar over TCP
-//! through the same shaped link into the destination containerd's content
-//! store, and a containerd restore (no MOSE). A probe client at 200 req/s
-//! measures the client-observed downtime of each.
+//! with MOSE `cold`, `precopy`, `postcopy` and `hybrid` and, in the same run
+//! and over the same links, with the cold migrations a user has without MOSE
+//! (see `mose_integration::baseline`): `pipeline` (runc checkpoint into tmpfs,
+//! tar over TCP while it is read, unpacked into tmpfs, runc restore), `podman`
+//! (the MOSE paper's Podman checkpoint --export / restore --import) and
+//! `ctr-content-store` (ctr checkpoint, the tar ingested into containerd's
+//! content store, containerd restore). A probe client at 200 req/s measures
+//! the client-observed downtime of each; ratios are given against every
+//! baseline in the run and against the strongest (lowest downtime).
 //!
 //! Usage: mose-bench-migration [--state 64,512,1024] [--dirty 0,16] [--links 1000,200] [--runs 1]
-//!        [--techniques baseline,cold,precopy,postcopy,hybrid]   (see `--help`)
-//! Writes results/bench-migration.json and results/bench-migration.svg.
+//!        [--techniques pipeline,podman,ctr-content-store,cold,precopy,postcopy,hybrid]   (see `--help`)
+//! Writes results/bench-migration.json, results/bench-migration.svg and one
+//! phase timeline per configuration, results/bench-migration-timeline-*.{svg,png}.
 
 use std::{
-    io::{Read, Write},
-    net::{TcpListener, TcpStream},
-    path::{Path, PathBuf},
+    path::Path,
     time::{Duration, Instant},
 };
 
-use anyhow::{anyhow, bail, Context, Result};
+use anyhow::{bail, Result};
 use clap::{builder::PossibleValuesParser, Parser};
-use containerd_client::types::Descriptor;
-use mose_integration::{cluster::Cluster, median, ms, plot, print_table, results_dir, write_json};
+use mose_integration::{
+    baseline::{self, ctr, pipeline, podman, BASELINES},
+    cluster::Cluster,
+    median, plot, print_table, results_dir, write_json,
+};
 use mose_tests::fifo::TaskIo;
 use mose_workloads::{
-    image::ctr_import,
-    images::{cache_dir, state_service_archive, STATE_SERVICE_REF},
-    probe::{ping, verify, Probe},
+    image::{ctr_import, ImageSpec},
+    images::{
+        cache_dir, find_binary, state_service_archive, state_service_image, STATE_SERVICE_BIN,
+        STATE_SERVICE_REF,
+    },
+    probe::{ping, verify, Probe, ProbeResult},
 };
-use sha2::{Digest, Sha256};
 
 const PORT: u16 = 7070;
-const XFER_PORT: u16 = 7799;
-const CRIU_TAR: &str = "application/vnd.containerd.container.criu.checkpoint.criu.tar";
-const BASE: &str = "/run/mose-baseline";
-/// What `--techniques` may name: `postcopy-tmpfs` and `hybrid-tmpfs` are
-/// post-copy and hybrid from a full dump into tmpfs (`--lazy-source
-/// tmpfs-dump`), beside the same techniques from CRIU's lazy dump.
-const TECHNIQUES: [&str; 7] = [
-    "baseline",
+/// MOSE's techniques as `--techniques` names them: `postcopy-tmpfs` and
+/// `hybrid-tmpfs` are post-copy and hybrid from a full dump into tmpfs
+/// (`--lazy-source tmpfs-dump`), beside the same techniques from CRIU's lazy dump.
+const MOSE_TECHNIQUES: [&str; 6] = [
     "cold",
     "precopy",
     "postcopy",
@@ -46,6 +49,12 @@ const TECHNIQUES: [&str; 7] = [
     "postcopy-tmpfs",
     "hybrid-tmpfs",
 ];
+/// The default `--techniques`: every baseline, then MOSE's four.
+const DEFAULT_TECHNIQUES: &str = "pipeline,podman,ctr-content-store,cold,precopy,postcopy,hybrid";
+
+fn is_baseline(technique: &str) -> bool {
+    BASELINES.contains(&technique)
+}
 
 /// The lazy phase's rate as a share of the link's, in percent.
 fn lazy_link_pct(run: &Run, link_mbit: u32) -> f64 {
@@ -101,11 +110,12 @@ type Config = (u64, u64, u32);
     name = "mose-bench-migration",
     args_override_self = true,
     about = "Migration benchmark on the two-node testbed: the state service migrated with MOSE's \
-             techniques and with the ctr checkpoint + tar over TCP + restore baseline, client-observed \
-             downtime measured by a 200 req/s probe",
+             techniques and, over the same links, with three cold baselines (pipeline: runc + tar \
+             over TCP; podman: checkpoint --export / restore --import; ctr-content-store), \
+             client-observed downtime measured by a 200 req/s probe",
     after_help = "Every list is comma-separated; the grid is state x dirty x links. Writes \
-                  results/bench-migration.json and results/bench-migration.svg (under \
-                  $MOSE_RESULTS_DIR when set)."
+                  results/bench-migration.json, results/bench-migration.svg and phase timelines \
+                  results/bench-migration-timeline-*.svg/.png (under $MOSE_RESULTS_DIR when set)."
 )]
 struct Args {
     /// State sizes of the state service, in MiB.
@@ -140,8 +150,8 @@ struct Args {
         long,
         value_name = "TECHNIQUE",
         value_delimiter = ',',
-        default_value = "baseline,cold,precopy,postcopy,hybrid",
-        value_parser = PossibleValuesParser::new(TECHNIQUES)
+        default_value = DEFAULT_TECHNIQUES,
+        value_parser = PossibleValuesParser::new(BASELINES.iter().chain(MOSE_TECHNIQUES.iter()))
     )]
     techniques: Vec<String>,
 }
@@ -182,44 +192,65 @@ fn service_cmd(mib: u64, dirty: u64) -> Vec<String> {
     ]
 }
 
-/// Creates the state-service container with CRIU settings for clients'
-/// connections (closed, in-flight skipped) and starts it.
-async fn start_service(
-    c: &Cluster,
-    node: usize,
-    ns: &str,
+/// What one benchmark run needs of its testbed.
+struct Bench<'a> {
+    c: &'a Cluster,
+    ns: String,
+    /// The state service's address on node 1 and on node 2.
+    addrs: Vec<String>,
+    /// The state service's image, for the runtimes driven without containerd.
+    image: ImageSpec,
+}
+
+/// Creates the state-service container under containerd `runtime` on node 1,
+/// with CRIU settings for clients' connections (closed, in-flight skipped)
+/// when runc runs it, and starts it: its init pid.
+async fn start_in_containerd(
+    b: &Bench<'_>,
     id: &str,
     runtime: &str,
-    mib: u64,
-    dirty: u64,
-) -> Result<f64> {
-    let n = c.node(node)?;
+    cmd: &[String],
+) -> Result<u32> {
+    let n = b.c.node(1)?;
     let mut args = vec![
         "containers".to_string(),
         "create".into(),
         "--runtime".into(),
         runtime.into(),
         "--net-host".into(),
+        STATE_SERVICE_REF.into(),
+        id.into(),
     ];
-    args.push(STATE_SERVICE_REF.into());
-    args.push(id.into());
-    args.extend(service_cmd(mib, dirty));
-    n.ctr(ns).ok(args)?;
-    let client = mose_tests::client::Client::connect(n.containerd_socket(), ns).await?;
-    if runtime.contains("runc") {
-        // the baseline tells CRIU the same as MOSE does: close client
-        // connections, skip unaccepted ones
+    args.extend(cmd.iter().cloned());
+    n.ctr(&b.ns).ok(args)?;
+    let client = mose_tests::client::Client::connect(n.containerd_socket(), &b.ns).await?;
+    if runtime == ctr::RUNTIME {
+        // the baseline tells CRIU the same as MOSE does
         let mut spec = client.container_spec(id).await?;
-        spec["annotations"]["org.criu.config"] = serde_json::json!(format!("{BASE}/criu.conf"));
+        spec["annotations"]["org.criu.config"] =
+            serde_json::json!(baseline::criu_config().display().to_string());
         client.set_container_spec(id, &spec).await?;
     }
     client.create_task(id, &TaskIo::null()).await?;
-    let pid = client.start(id, "").await?;
-    let addr = format!("{}:{PORT}", n.ip());
+    client.start(id, "").await
+}
+
+/// Starts the state service on node 1 the way `technique` runs it and waits
+/// until it answers: its resident memory, in MiB.
+async fn start_service(b: &Bench<'_>, technique: &str, id: &str, cmd: &[String]) -> Result<f64> {
+    let pid = match technique {
+        "pipeline" => pipeline::start(b.c, 1, id, &b.image, cmd)?,
+        "podman" => podman::start(b.c, 1, id, cmd)?,
+        "ctr-content-store" => start_in_containerd(b, id, ctr::RUNTIME, cmd).await?,
+        _ => start_in_containerd(b, id, "io.containerd.mose.v2", cmd).await?,
+    };
     let deadline = Instant::now() + Duration::from_secs(60);
-    while ping(&addr).is_err() {
+    while ping(&b.addrs[0]).is_err() {
         if Instant::now() > deadline {
-            bail!("state service {id} did not answer on {addr}");
+            bail!(
+                "state service {id} ({technique}) did not answer on {}",
+                b.addrs[0]
+            );
         }
         std::thread::sleep(Duration::from_millis(100));
     }
@@ -232,342 +263,296 @@ async fn start_service(
     Ok(rss_kib / 1024.0)
 }
 
-/// The baseline: ctr checkpoint --exit into tmpfs, tar over TCP, containerd restore.
-async fn baseline(
-    c: &Cluster,
-    ns: &str,
-    id: &str,
-    mib: u64,
-    dirty: u64,
-) -> Result<(f64, f64, serde_json::Value)> {
-    let (n1, n2) = (c.node(1)?, c.node(2)?);
-    let img = PathBuf::from(BASE).join(id);
-    let _ = std::fs::remove_dir_all(&img);
-    let t0 = Instant::now();
-    n1.ctr(ns)
-        .ok([
-            "tasks".as_ref(),
-            "checkpoint".as_ref(),
-            "--exit".as_ref(),
-            "--image-path".as_ref(),
-            img.as_os_str(),
-            id.as_ref(),
-        ])
-        .context("ctr tasks checkpoint --exit")?;
-    let t1 = Instant::now();
-    // destination: receive the tar into tmpfs, then into containerd's content store
-    let (ip2, recv) = (n2.ip(), PathBuf::from(BASE).join(format!("recv-{id}.tar")));
-    let recv2 = recv.clone();
-    let receiver = n2.spawn_in_netns(move || -> Result<(String, u64)> {
-        let l = TcpListener::bind((ip2, XFER_PORT))?;
-        let (mut s, _) = l.accept()?;
-        let mut f = std::fs::File::create(&recv2)?;
-        let (mut h, mut n, mut buf) = (Sha256::new(), 0u64, vec![0u8; 1 << 20]);
-        loop {
-            let k = s.read(&mut buf)?;
-            if k == 0 {
-                break;
-            }
-            h.update(&buf[..k]);
-            f.write_all(&buf[..k])?;
-            n += k as u64;
-        }
-        Ok((format!("sha256:{:x}", h.finalize()), n))
-    })?;
-    std::thread::sleep(Duration::from_millis(100));
-    let (img2, ip) = (img.clone(), n2.ip());
-    n1.run_in_netns(move || -> Result<()> {
-        let s = TcpStream::connect((ip, XFER_PORT))?;
-        let mut b = tar::Builder::new(s);
-        b.append_dir_all(".", &img2)?;
-        b.into_inner()?.flush()?;
-        Ok(())
-    })?;
-    let (digest, size) = receiver
-        .join()
-        .map_err(|_| anyhow!("receiver panicked"))??;
-    ingest(n2.containerd_socket(), ns, &recv, &digest, size).await?;
-    let _ = std::fs::remove_file(&recv);
-    let t2 = Instant::now();
-    // restore on the destination under containerd's runc shim
-    let mut args = vec![
-        "containers".to_string(),
-        "create".into(),
-        "--runtime".into(),
-        "io.containerd.runc.v2".into(),
-        "--net-host".into(),
-        STATE_SERVICE_REF.into(),
-        id.into(),
-    ];
-    args.extend(service_cmd(mib, dirty));
-    n2.ctr(ns).ok(args)?;
-    let client = mose_tests::client::Client::connect(n2.containerd_socket(), ns).await?;
-    let mut spec = client.container_spec(id).await?;
-    spec["annotations"]["org.criu.config"] = serde_json::json!(format!("{BASE}/criu.conf"));
-    client.set_container_spec(id, &spec).await?;
-    let rootfs = client.rootfs_mounts(id).await?;
-    let desc_digest = digest.clone();
-    let desc = Descriptor {
-        media_type: CRIU_TAR.into(),
-        digest,
-        size: size as i64,
-        annotations: Default::default(),
+/// Migrates `id` from node 1 to node 2 with `technique`: a migration result
+/// (a baseline's in the same JSON shape, see `BaselineRun::to_result_json`).
+/// A failure is a result with status `failed`, so the grid goes on.
+async fn execute(b: &Bench<'_>, technique: &str, id: &str, cmd: &[String]) -> serde_json::Value {
+    let r = match technique {
+        "pipeline" => pipeline::migrate(b.c, id, &b.image, cmd).map(|r| r.to_result_json()),
+        "podman" => podman::migrate(b.c, id).map(|r| r.to_result_json()),
+        "ctr-content-store" => ctr::migrate(b.c, &b.ns, id, cmd)
+            .await
+            .map(|r| r.to_result_json()),
+        t => b.c.migrate(1, 2, &b.ns, id, &migrate_args(t)),
     };
-    client
-        .create_task_with(id, &TaskIo::null(), rootfs, Some(desc), None)
-        .await?;
-    client.start(id, "").await?;
-    let t3 = Instant::now();
-    let _ = n1.ctr(ns).run(["tasks", "delete", id]);
-    let _ = n1.ctr(ns).run(["containers", "delete", id]);
-    let _ = n2.ctr(ns).run(["content", "rm", &desc_digest]);
-    let _ = std::fs::remove_dir_all(&img);
-    let phases = serde_json::json!([
-        {"name": "checkpoint --exit", "ms": ms(t1 - t0)},
-        {"name": "tar over TCP + ingest", "ms": ms(t2 - t1), "bytes": size},
-        {"name": "restore", "ms": ms(t3 - t2)},
-    ]);
-    Ok((ms(t3 - t0), size as f64, phases))
-}
-
-/// Writes a file into containerd's content store as a GC root (so it is not
-/// collected before the restore uses it), as containerd's own clients do
-/// under a lease.
-async fn ingest(socket: &Path, ns: &str, file: &Path, digest: &str, size: u64) -> Result<()> {
-    use containerd_client::services::v1::{
-        content_client::ContentClient, WriteAction, WriteContentRequest,
-    };
-    let data = std::fs::read(file).with_context(|| format!("reading {}", file.display()))?;
-    let r#ref = format!("baseline-{}", digest.trim_start_matches("sha256:"));
-    let mut msgs: Vec<WriteContentRequest> = data
-        .chunks(1 << 20)
-        .enumerate()
-        .map(|(i, c)| WriteContentRequest {
-            action: WriteAction::Write as i32,
-            r#ref: r#ref.clone(),
-            total: size as i64,
-            offset: (i << 20) as i64,
-            data: c.to_vec(),
-            ..Default::default()
-        })
-        .collect();
-    msgs.push(WriteContentRequest {
-        action: WriteAction::Commit as i32,
-        r#ref,
-        total: size as i64,
-        offset: size as i64,
-        expected: digest.into(),
-        labels: [(
-            "containerd.io/gc.root".to_string(),
-            "mose-bench".to_string(),
-        )]
-        .into(),
-        ..Default::default()
+    let r = r.unwrap_or_else(|e| {
+        serde_json::json!({"status": "failed", "technique": technique, "error": format!("{e:#}")})
     });
-    let channel = containerd_client::connect(socket).await?;
-    let mut req = tonic::Request::new(tokio_stream::iter(msgs));
-    req.metadata_mut()
-        .insert("containerd-namespace", ns.parse()?);
-    let mut resp = ContentClient::new(channel)
-        .write(req)
-        .await
-        .map_err(|s| anyhow!("content write: {}", s.message()))?
-        .into_inner();
-    while resp
-        .message()
-        .await
-        .map_err(|s| anyhow!("content write: {}", s.message()))?
-        .is_some()
-    {}
-    Ok(())
+    if r["status"] != "ok" {
+        eprintln!("[bench] {technique} {}: {}", r["status"], r["error"]);
+    }
+    r
 }
 
-#[tokio::main(flavor = "multi_thread", worker_threads = 2)]
-async fn main() -> Result<()> {
-    let Args {
-        states,
-        dirties,
-        links,
-        runs,
-        techniques,
-    } = Args::parse();
-    mose_migrate::ensure_tmpfs(Path::new(BASE))?;
-    std::fs::write(
-        Path::new(BASE).join("criu.conf"),
-        "tcp-close\nskip-in-flight\n",
-    )?;
-    let archive = state_service_archive(None, &cache_dir())?;
-    let mut all = Vec::new();
-    let mut rows = Vec::new();
-    for &link in &links {
-        eprintln!("[bench] testbed with links shaped to {link} Mbit/s");
-        let c = Cluster::up(2, Some(link))?;
-        let ns = mose_tests::unique_id("bench");
-        for i in [1, 2] {
-            ctr_import(c.node(i)?.containerd_socket(), &ns, &archive)?;
-        }
-        let addrs = vec![
-            format!("{}:{PORT}", c.node(1)?.ip()),
-            format!("{}:{PORT}", c.node(2)?.ip()),
-        ];
-        let mut k = 0;
-        for &mib in &states {
-            for &dirty in &dirties {
-                for run in 0..runs {
-                    for technique in techniques.iter().map(|t| t.as_str()) {
-                        k += 1;
-                        let id = format!("s{k}");
-                        eprintln!("[bench] S={mib} MiB R={dirty} MiB/s L={link} Mbit/s {technique} (run {})", run + 1);
-                        let runtime = if technique == "baseline" {
-                            "io.containerd.runc.v2"
-                        } else {
-                            "io.containerd.mose.v2"
-                        };
-                        let rss = start_service(&c, 1, &ns, &id, runtime, mib, dirty).await?;
-                        std::thread::sleep(Duration::from_secs(1));
-                        let probe = Probe::start(addrs.clone(), 200.0)?;
-                        std::thread::sleep(Duration::from_millis(500));
-                        let (total, bytes, rounds, live_freeze, detail) = if technique == "baseline"
-                        {
-                            let (t, b, phases) = baseline(&c, &ns, &id, mib, dirty).await?;
-                            (t, b, 0, 0.0, serde_json::json!({"phases": phases}))
-                        } else {
-                            let r = c.migrate(1, 2, &ns, &id, &migrate_args(technique))?;
-                            if r["status"] != "ok" {
-                                // recorded as a miss; the grid goes on
-                                eprintln!("[bench] {technique} {}: {}", r["status"], r["error"]);
-                            }
-                            let lf = r["round_details"]
-                                .as_array()
-                                .map(|a| {
-                                    a.iter()
-                                        .filter(|x| x["final_round"] == false)
-                                        .filter_map(|x| x["freeze_ms"].as_f64())
-                                        .fold(0.0, f64::max)
-                                })
-                                .unwrap_or(0.0);
-                            (
-                                r["total_ms"].as_f64().unwrap_or(0.0),
-                                r["bytes_sent"].as_f64().unwrap_or(0.0),
-                                r["rounds"].as_u64().unwrap_or(0),
-                                lf,
-                                r,
-                            )
-                        };
-                        std::thread::sleep(Duration::from_millis(800));
-                        let p = probe.stop();
-                        let v = verify(&addrs[1]).map(|v| v.is_ok()).unwrap_or(false);
-                        c.remove(2, &ns, &id);
-                        c.remove(1, &ns, &id);
-                        let lazy = &detail["lazy"];
-                        let run = Run {
-                            technique: technique.into(),
-                            lazy_bytes: lazy["bytes"].as_f64().unwrap_or(0.0),
-                            lazy_ms: detail["lazy_ms"].as_f64().unwrap_or(0.0),
-                            faults: detail["faults"].as_u64().unwrap_or(0),
-                            fault_p99_us: detail["fault_p99_us"].as_f64().unwrap_or(0.0),
-                            downtime_ms: p.downtime_ms,
-                            failed: (technique != "baseline" && detail["status"] != "ok")
-                                .then(|| format!("{}: {}", detail["status"], detail["error"])),
-                            mose_downtime_ms: detail["downtime_ms"].as_f64().unwrap_or(0.0),
-                            total_ms: total,
-                            bytes,
-                            rounds,
-                            max_live_freeze_ms: live_freeze,
-                            seq_ok: p.seq_ok,
-                            verify_ok: v,
-                            rss_mib: rss,
-                            detail,
-                        };
-                        rows.push(vec![
-                            format!("{mib}"),
-                            format!("{dirty}"),
-                            format!("{link}"),
-                            run.technique.clone(),
-                            format!("{:.0}", run.downtime_ms),
-                            format!("{:.0}", run.mose_downtime_ms),
-                            format!("{:.0}", run.total_ms),
-                            format!("{:.1}", run.bytes / 1048576.0),
-                            format!("{:.2}", run.bytes / 1048576.0 / run.rss_mib.max(1.0)),
-                            run.rounds.to_string(),
-                            format!("{:.0}", run.max_live_freeze_ms),
-                            format!("{:.1}", run.lazy_bytes / 1048576.0),
-                            format!("{:.0}", run.lazy_ms),
-                            format!("{:.0}", lazy_link_pct(&run, link)),
-                            run.faults.to_string(),
-                            format!("{:.0}", run.fault_p99_us),
-                            if run.failed.is_some() {
-                                "FAILED".into()
-                            } else if run.seq_ok && run.verify_ok {
-                                "yes".into()
-                            } else {
-                                "NO".into()
-                            },
-                        ]);
-                        all.push(((mib, dirty, link), run, p));
-                    }
-                }
-            }
+/// Removes the state service from both nodes, the way `technique` ran it.
+fn remove_service(b: &Bench<'_>, technique: &str, id: &str) {
+    for node in [2, 1] {
+        match technique {
+            "pipeline" => pipeline::remove(b.c, node, id),
+            "podman" => podman::remove(b.c, node, id),
+            _ => b.c.remove(node, &b.ns, id),
         }
     }
-    println!();
-    print_table(
-        &[
-            "S MiB",
-            "R MiB/s",
-            "L Mbit/s",
-            "technique",
-            "downtime ms",
-            "MOSE downtime ms",
-            "total ms",
-            "MiB sent",
-            "sent/RSS",
-            "rounds",
-            "live freeze ms",
-            "lazy MiB",
-            "lazy ms",
-            "lazy % link",
-            "faults",
-            "fault p99 us",
-            "intact",
-        ],
-        &rows,
-    );
-    // ratios against the baseline of the same configuration
-    println!("\nratios to the baseline (median downtime):");
-    let mut ratios = Vec::new();
-    let mut configs: Vec<Config> = all.iter().map(|(k, ..)| *k).collect();
-    configs.dedup();
-    let mut labels = Vec::new();
-    let mut series: Vec<Vec<f64>> = vec![Vec::new(); techniques.len()];
-    let med = |cfg: &Config, t: &str, f: &dyn Fn(&Run) -> f64| {
-        median(
-            &all.iter()
-                .filter(|(k, r, _)| k == cfg && r.technique == t && r.failed.is_none())
-                .map(|(_, r, _)| f(r))
-                .collect::<Vec<_>>(),
-        )
+}
+
+/// The largest freeze of a live (not final) pre-copy round, in ms.
+fn max_live_freeze(r: &serde_json::Value) -> f64 {
+    r["round_details"]
+        .as_array()
+        .map(|a| {
+            a.iter()
+                .filter(|x| x["final_round"] == false)
+                .filter_map(|x| x["freeze_ms"].as_f64())
+                .fold(0.0, f64::max)
+        })
+        .unwrap_or(0.0)
+}
+
+/// One run of `technique` in a configuration, probed by a client.
+async fn run_one(
+    b: &Bench<'_>,
+    technique: &str,
+    id: &str,
+    (mib, dirty): (u64, u64),
+) -> Result<(Run, ProbeResult)> {
+    let cmd = service_cmd(mib, dirty);
+    let rss = start_service(b, technique, id, &cmd).await?;
+    std::thread::sleep(Duration::from_secs(1));
+    let probe = Probe::start(b.addrs.clone(), 200.0)?;
+    std::thread::sleep(Duration::from_millis(500));
+    let detail = execute(b, technique, id, &cmd).await;
+    std::thread::sleep(Duration::from_millis(800));
+    let p = probe.stop();
+    let verify_ok = verify(&b.addrs[1]).map(|v| v.is_ok()).unwrap_or(false);
+    remove_service(b, technique, id);
+    let run = Run {
+        technique: technique.into(),
+        lazy_bytes: detail["lazy"]["bytes"].as_f64().unwrap_or(0.0),
+        lazy_ms: detail["lazy_ms"].as_f64().unwrap_or(0.0),
+        faults: detail["faults"].as_u64().unwrap_or(0),
+        fault_p99_us: detail["fault_p99_us"].as_f64().unwrap_or(0.0),
+        downtime_ms: p.downtime_ms,
+        failed: (detail["status"] != "ok")
+            .then(|| format!("{}: {}", detail["status"], detail["error"])),
+        mose_downtime_ms: detail["downtime_ms"].as_f64().unwrap_or(0.0),
+        total_ms: detail["total_ms"].as_f64().unwrap_or(0.0),
+        bytes: detail["bytes_sent"].as_f64().unwrap_or(0.0),
+        rounds: detail["rounds"].as_u64().unwrap_or(0),
+        max_live_freeze_ms: max_live_freeze(&detail),
+        seq_ok: p.seq_ok,
+        verify_ok,
+        rss_mib: rss,
+        detail,
     };
-    for cfg in &configs {
-        let b = med(cfg, "baseline", &|r| r.downtime_ms);
+    Ok((run, p))
+}
+
+/// A run's row in the results table.
+fn table_row(cfg: &Config, run: &Run) -> Vec<String> {
+    let (mib, dirty, link) = *cfg;
+    vec![
+        format!("{mib}"),
+        format!("{dirty}"),
+        format!("{link}"),
+        run.technique.clone(),
+        format!("{:.0}", run.downtime_ms),
+        format!("{:.0}", run.mose_downtime_ms),
+        format!("{:.0}", run.total_ms),
+        format!("{:.1}", run.bytes / 1048576.0),
+        format!("{:.2}", run.bytes / 1048576.0 / run.rss_mib.max(1.0)),
+        run.rounds.to_string(),
+        format!("{:.0}", run.max_live_freeze_ms),
+        format!("{:.1}", run.lazy_bytes / 1048576.0),
+        format!("{:.0}", run.lazy_ms),
+        format!("{:.0}", lazy_link_pct(run, link)),
+        run.faults.to_string(),
+        format!("{:.0}", run.fault_p99_us),
+        if run.failed.is_some() {
+            "FAILED".into()
+        } else if run.seq_ok && run.verify_ok {
+            "yes".into()
+        } else {
+            "NO".into()
+        },
+    ]
+}
+
+const TABLE_HEADER: [&str; 17] = [
+    "S MiB",
+    "R MiB/s",
+    "L Mbit/s",
+    "technique",
+    "downtime ms",
+    "MOSE/baseline downtime ms",
+    "total ms",
+    "MiB sent",
+    "sent/RSS",
+    "rounds",
+    "live freeze ms",
+    "lazy MiB",
+    "lazy ms",
+    "lazy % link",
+    "faults",
+    "fault p99 us",
+    "intact",
+];
+
+/// Every run of the benchmark: its configuration, the run, the probe's view.
+type Runs = Vec<(Config, Run, ProbeResult)>;
+
+/// The median of `f` over the successful runs of `technique` in `cfg`
+/// (NaN when there are none).
+fn med(all: &Runs, cfg: &Config, technique: &str, f: &dyn Fn(&Run) -> f64) -> f64 {
+    median(
+        &all.iter()
+            .filter(|(k, r, _)| k == cfg && r.technique == technique && r.failed.is_none())
+            .map(|(_, r, _)| f(r))
+            .collect::<Vec<_>>(),
+    )
+}
+
+/// The baselines of `cfg` with a successful run, by median downtime: the
+/// strongest (lowest) first.
+fn baselines_of(all: &Runs, cfg: &Config, techniques: &[String]) -> Vec<(String, f64)> {
+    let mut v: Vec<(String, f64)> = techniques
+        .iter()
+        .filter(|t| is_baseline(t))
+        .map(|t| (t.clone(), med(all, cfg, t, &|r| r.downtime_ms)))
+        .filter(|(_, d)| d.is_finite())
+        .collect();
+    v.sort_by(|a, b| a.1.total_cmp(&b.1));
+    v
+}
+
+/// Prints and returns, per configuration, every technique's median downtime
+/// and its ratio to each baseline of the run and to the strongest.
+fn ratios(all: &Runs, configs: &[Config], techniques: &[String]) -> Vec<serde_json::Value> {
+    println!("\nratios to the baselines (median client-observed downtime; < 1 is faster):");
+    let mut out = Vec::new();
+    for cfg in configs {
+        let bases = baselines_of(all, cfg, techniques);
+        let mut row =
+            serde_json::json!({"state_mib": cfg.0, "dirty_mib_per_s": cfg.1, "link_mbit": cfg.2});
         let mut line = format!("  S={} R={} L={}:", cfg.0, cfg.1, cfg.2);
-        let mut row = serde_json::json!({"state_mib": cfg.0, "dirty_mib_per_s": cfg.1, "link_mbit": cfg.2, "baseline_ms": b});
-        for (i, t) in techniques.iter().enumerate() {
-            let d = med(cfg, t, &|r| r.downtime_ms);
-            series[i].push(d);
-            if t != "baseline" {
-                line.push_str(&format!(" {t} {:.2}x", d / b));
-                row[format!("{t}_ratio")] = (d / b).into();
-                row[format!("{t}_ms")] = d.into();
+        for (name, d) in &bases {
+            row[format!("{name}_ms")] = (*d).into();
+            line.push_str(&format!(" {name} {d:.0} ms"));
+        }
+        if let Some((strongest, _)) = bases.first() {
+            row["strongest_baseline"] = strongest.clone().into();
+            line.push_str(&format!(" (strongest: {strongest})"));
+        }
+        println!("{line}");
+        for t in techniques.iter().filter(|t| !is_baseline(t)) {
+            let d = med(all, cfg, t, &|r| r.downtime_ms);
+            row[format!("{t}_ms")] = d.into();
+            let parts: Vec<String> = bases
+                .iter()
+                .map(|(name, bd)| {
+                    row[format!("{t}_vs_{name}")] = (d / bd).into();
+                    format!("{:.2}x {name}", d / bd)
+                })
+                .collect();
+            if let Some((_, bd)) = bases.first() {
+                row[format!("{t}_vs_strongest")] = (d / bd).into();
+            }
+            let shown = if d.is_finite() {
+                format!("{d:.0} ms")
+            } else {
+                "no successful run".into()
+            };
+            println!("    {t}: {shown}; {}", parts.join(", "));
+        }
+        out.push(row);
+    }
+    out
+}
+
+/// Cold's goals against the `pipeline` baseline: below it in every
+/// configuration, and at most 0.85x of it at 512 MiB over 1 Gbit/s.
+fn cold_goals(all: &Runs, configs: &[Config]) -> Vec<serde_json::Value> {
+    let mut out = Vec::new();
+    println!("\ncold against the pipeline baseline (medians):");
+    for cfg in configs {
+        let cold = med(all, cfg, "cold", &|r| r.downtime_ms);
+        let pipe = med(all, cfg, "pipeline", &|r| r.downtime_ms);
+        if !cold.is_finite() || !pipe.is_finite() {
+            continue;
+        }
+        let goal = if cfg.0 == 512 && cfg.2 == 1000 {
+            0.85
+        } else {
+            1.0
+        };
+        let met = cold / pipe <= goal;
+        println!(
+            "  S={} R={} L={}: cold {cold:.0} ms / pipeline {pipe:.0} ms = {:.2}x (goal {} {goal}x): {}",
+            cfg.0,
+            cfg.1,
+            cfg.2,
+            cold / pipe,
+            if goal < 1.0 { "<=" } else { "<" },
+            if met { "met" } else { "MISSED" }
+        );
+        out.push(serde_json::json!({
+            "state_mib": cfg.0, "dirty_mib_per_s": cfg.1, "link_mbit": cfg.2,
+            "cold_ms": cold, "pipeline_ms": pipe, "ratio": cold / pipe, "goal": goal, "met": met,
+        }));
+    }
+    out
+}
+
+/// Post-copy's goals: downtime independent of memory and at most half a
+/// second, the lazy phase near the link's rate, short fault waits.
+fn lazy_goals(all: &Runs, a: &Args) -> Vec<serde_json::Value> {
+    let mut goals = Vec::new();
+    let (smin, smax) = (
+        a.states.iter().copied().min().unwrap_or(0),
+        a.states.iter().copied().max().unwrap_or(0),
+    );
+    let large = a
+        .states
+        .iter()
+        .copied()
+        .filter(|&s| s <= 1024)
+        .max()
+        .unwrap_or(smax);
+    println!("\npost-copy and hybrid goals (medians):");
+    for t in a
+        .techniques
+        .iter()
+        .filter(|t| t.starts_with("postcopy") || t.starts_with("hybrid"))
+    {
+        for &link in &a.links {
+            for &dirty in &a.dirties {
+                let (lo_cfg, hi_cfg) = ((smin, dirty, link), (large, dirty, link));
+                let lo = med(all, &lo_cfg, t, &|r| r.downtime_ms);
+                let hi = med(all, &hi_cfg, t, &|r| r.downtime_ms);
+                let pct = med(all, &hi_cfg, t, &|r| lazy_link_pct(r, link));
+                let p99 = med(all, &hi_cfg, t, &|r| r.fault_p99_us) / 1000.0;
+                println!(
+                    "  {t} L={link} R={dirty}: downtime S={large} {hi:.0} ms / S={smin} {lo:.0} ms = \
+                     {:.2}x (goal <= 1.3x, <= 500 ms); lazy phase {pct:.0}% of the link (goal >= 90%); \
+                     fault p99 {p99:.1} ms (goal <= 20 ms at 1000 Mbit)",
+                    hi / lo
+                );
+                goals.push(serde_json::json!({
+                    "technique": t, "link_mbit": link, "dirty_mib_per_s": dirty,
+                    "small_mib": smin, "large_mib": large,
+                    "downtime_small_ms": lo, "downtime_large_ms": hi,
+                    "downtime_large_over_small": hi / lo,
+                    "lazy_link_pct_large": pct, "fault_p99_ms_large": p99,
+                }));
             }
         }
-        println!("{line} (baseline {b:.0} ms)");
-        ratios.push(row);
-        labels.push(format!("{}M/{}R/{}L", cfg.0, cfg.1, cfg.2));
     }
-    // where the downtime of each lazy run goes
+    goals
+}
+
+/// Where the downtime of each lazy run goes.
+fn print_breakdowns(all: &Runs) {
     println!("\nwhere the downtime goes (post-copy and hybrid; phases in ms):");
-    for ((s, r, l), run, _) in &all {
+    for ((s, r, l), run, _) in all {
         if run.lazy_ms > 0.0 {
             println!(
                 "  S={s} R={r} L={l} {}: {} (lazy source {})",
@@ -577,55 +562,39 @@ async fn main() -> Result<()> {
             );
         }
     }
-    // the post-copy goals: downtime independent of memory and at most half a
-    // second, the lazy phase near the link's rate, short fault waits
-    let mut goals = Vec::new();
-    let (smin, smax) = (
-        states.iter().copied().min().unwrap_or(0),
-        states.iter().copied().max().unwrap_or(0),
-    );
-    let large = states
-        .iter()
-        .copied()
-        .filter(|&s| s <= 1024)
-        .max()
-        .unwrap_or(smax);
-    println!("\npost-copy and hybrid goals (medians):");
-    for t in techniques
-        .iter()
-        .filter(|t| t.starts_with("postcopy") || t.starts_with("hybrid"))
-    {
-        for &link in &links {
-            for &dirty in &dirties {
-                let lo = med(&(smin, dirty, link), t, &|r| r.downtime_ms);
-                let hi = med(&(large, dirty, link), t, &|r| r.downtime_ms);
-                let pct = med(&(large, dirty, link), t, &|r| lazy_link_pct(r, link));
-                let p99 = med(&(large, dirty, link), t, &|r| r.fault_p99_us) / 1000.0;
-                let base = med(&(large, dirty, link), "baseline", &|r| r.downtime_ms);
-                println!(
-                    "  {t} L={link} R={dirty}: downtime S={large} {hi:.0} ms / S={smin} {lo:.0} ms = \
-                     {:.2}x (goal <= 1.3x, <= 500 ms); lazy phase {pct:.0}% of the link (goal >= 90%); \
-                     fault p99 {p99:.1} ms (goal <= 20 ms at 1000 Mbit); {:.3}x the baseline",
-                    hi / lo,
-                    hi / base
-                );
-                goals.push(serde_json::json!({
-                    "technique": t, "link_mbit": link, "dirty_mib_per_s": dirty,
-                    "small_mib": smin, "large_mib": large,
-                    "downtime_small_ms": lo, "downtime_large_ms": hi,
-                    "downtime_large_over_small": hi / lo,
-                    "lazy_link_pct_large": pct, "fault_p99_ms_large": p99,
-                    "over_baseline_large": hi / base,
-                }));
-            }
-        }
+}
+
+/// One phase timeline per configuration: a bar per run.
+fn write_timelines(dir: &Path, all: &Runs, configs: &[Config]) -> Result<Vec<String>> {
+    let mut written = Vec::new();
+    for cfg in configs {
+        let bars: Vec<plot::TimelineBar> = all
+            .iter()
+            .filter(|(k, ..)| k == cfg)
+            .map(|(_, run, p)| {
+                let label = format!("{} ({:.0} ms)", run.technique, p.downtime_ms);
+                plot::TimelineBar::from_result(label, &run.detail)
+            })
+            .collect();
+        let stem = format!("bench-migration-timeline-{}M-{}R-{}L", cfg.0, cfg.1, cfg.2);
+        let title = format!(
+            "where the time goes: S={} MiB, R={} MiB/s, L={} Mbit/s",
+            cfg.0, cfg.1, cfg.2
+        );
+        let (svg, png) = plot::phase_timeline(dir, &stem, &title, &bars)?;
+        written.push(svg.display().to_string());
+        written.push(png.display().to_string());
     }
-    let dir = results_dir()?;
-    let runs_json: Vec<serde_json::Value> = all
-        .iter()
+    Ok(written)
+}
+
+/// The runs as JSON, with everything the tables show.
+fn runs_json(all: &Runs) -> Vec<serde_json::Value> {
+    all.iter()
         .map(|((s, r, l), run, p)| {
             serde_json::json!({
                 "state_mib": s, "dirty_mib_per_s": r, "link_mbit": l, "technique": run.technique,
+                "baseline": is_baseline(&run.technique),
                 "downtime_ms": run.downtime_ms, "total_ms": run.total_ms, "bytes": run.bytes, "rounds": run.rounds,
                 "max_live_freeze_ms": run.max_live_freeze_ms, "rss_mib": run.rss_mib,
                 "mose_downtime_ms": run.mose_downtime_ms, "lazy_link_pct": lazy_link_pct(run, *l),
@@ -634,27 +603,111 @@ async fn main() -> Result<()> {
                 "seq_ok": run.seq_ok, "verify_ok": run.verify_ok, "failed": run.failed, "probe": p, "detail": run.detail,
             })
         })
+        .collect()
+}
+
+/// Runs the grid of one link rate on a fresh testbed.
+async fn run_link(
+    a: &Args,
+    link: u32,
+    image: &ImageSpec,
+    archive: &Path,
+    all: &mut Runs,
+) -> Result<()> {
+    eprintln!("[bench] testbed with links shaped to {link} Mbit/s");
+    let c = Cluster::up(2, Some(link))?;
+    let ns = mose_tests::unique_id("bench");
+    for i in [1, 2] {
+        ctr_import(c.node(i)?.containerd_socket(), &ns, archive)?;
+    }
+    let addrs = vec![
+        format!("{}:{PORT}", c.node(1)?.ip()),
+        format!("{}:{PORT}", c.node(2)?.ip()),
+    ];
+    let b = Bench {
+        c: &c,
+        ns,
+        addrs,
+        image: image.clone(),
+    };
+    let mut k = 0;
+    for &mib in &a.states {
+        for &dirty in &a.dirties {
+            for run in 0..a.runs {
+                for technique in &a.techniques {
+                    k += 1;
+                    eprintln!(
+                        "[bench] S={mib} MiB R={dirty} MiB/s L={link} Mbit/s {technique} (run {})",
+                        run + 1
+                    );
+                    let (r, p) = run_one(&b, technique, &format!("s{k}"), (mib, dirty)).await?;
+                    all.push(((mib, dirty, link), r, p));
+                }
+            }
+        }
+    }
+    Ok(())
+}
+
+#[tokio::main(flavor = "multi_thread", worker_threads = 2)]
+async fn main() -> Result<()> {
+    let a = Args::parse();
+    baseline::prepare()?;
+    if a.techniques.iter().any(|t| t == "podman") {
+        podman::ensure_ready()?;
+    }
+    let image = state_service_image(&find_binary(STATE_SERVICE_BIN)?);
+    let archive = state_service_archive(None, &cache_dir())?;
+    let mut all: Runs = Vec::new();
+    for &link in &a.links {
+        run_link(&a, link, &image, &archive, &mut all).await?;
+    }
+    println!();
+    let rows: Vec<Vec<String>> = all
+        .iter()
+        .map(|(cfg, run, _)| table_row(cfg, run))
         .collect();
+    print_table(&TABLE_HEADER, &rows);
+    let mut configs: Vec<Config> = all.iter().map(|(k, ..)| *k).collect();
+    configs.dedup();
+    let ratios = ratios(&all, &configs, &a.techniques);
+    let cold = cold_goals(&all, &configs);
+    print_breakdowns(&all);
+    let goals = lazy_goals(&all, &a);
+    let dir = results_dir()?;
     write_json(
         &dir.join("bench-migration.json"),
-        &serde_json::json!({"runs": runs_json, "ratios": ratios, "lazy_goals": goals}),
+        &serde_json::json!({"runs": runs_json(&all), "ratios": ratios, "cold_goals": cold, "lazy_goals": goals}),
     )?;
+    let labels: Vec<String> = configs
+        .iter()
+        .map(|c| format!("{}M/{}R/{}L", c.0, c.1, c.2))
+        .collect();
     let label_refs: Vec<&str> = labels.iter().map(|s| s.as_str()).collect();
+    let series: Vec<(&str, Vec<f64>)> = a
+        .techniques
+        .iter()
+        .map(|t| {
+            let v = configs
+                .iter()
+                .map(|cfg| med(&all, cfg, t, &|r| r.downtime_ms))
+                .collect();
+            (t.as_str(), v)
+        })
+        .collect();
     plot::grouped_bars(
         &dir.join("bench-migration.svg"),
-        "client-observed downtime (ms): baseline vs MOSE",
+        "client-observed downtime (ms): baselines vs MOSE",
         "ms",
         &label_refs,
-        &techniques
-            .iter()
-            .zip(series.iter())
-            .map(|(t, v)| (t.as_str(), v.clone()))
-            .collect::<Vec<_>>(),
+        &series,
     )?;
+    let timelines = write_timelines(&dir, &all, &configs)?;
     println!(
-        "\nwrote {} and {}",
+        "\nwrote {}, {} and {}",
         dir.join("bench-migration.json").display(),
-        dir.join("bench-migration.svg").display()
+        dir.join("bench-migration.svg").display(),
+        timelines.join(", ")
     );
     Ok(())
 }
@@ -677,7 +730,7 @@ mod tests {
             (a.states, a.dirties, a.links, a.runs),
             (vec![64, 512, 1024], vec![0, 16], vec![1000, 200], 1)
         );
-        assert_eq!(a.techniques, TECHNIQUES[..5]);
+        assert_eq!(a.techniques.join(","), DEFAULT_TECHNIQUES);
         assert_eq!(
             migrate_args("hybrid-tmpfs"),
             [

@@ -1,0 +1,185 @@
+//! The `ctr-content-store` baseline: what containerd's own tools give a user.
+//! `ctr tasks checkpoint --exit` into tmpfs under containerd's runc shim, the
+//! image directory as tar over TCP through the node link into the
+//! destination containerd's content store, and a containerd restore from it.
+
+use std::{
+    io::{Read, Write},
+    net::{TcpListener, TcpStream},
+    path::{Path, PathBuf},
+};
+
+use anyhow::{anyhow, Context, Result};
+use containerd_client::types::Descriptor;
+use mose_tests::fifo::TaskIo;
+use mose_workloads::images::STATE_SERVICE_REF;
+use sha2::{Digest, Sha256};
+
+use super::{criu_config, BaselineRun, PhaseClock, WORK_DIR, XFER_PORT};
+use crate::cluster::Cluster;
+
+/// The checkpoint's media type in containerd's content store.
+const CRIU_TAR: &str = "application/vnd.containerd.container.criu.checkpoint.criu.tar";
+/// The containerd runtime the baseline's containers run under.
+pub const RUNTIME: &str = "io.containerd.runc.v2";
+
+/// Moves container `id` (running `cmd` under [`RUNTIME`] on node 1, in
+/// containerd namespace `ns`) to node 2. The source's container is deleted
+/// after the restore; the content is removed from node 2's store.
+pub async fn migrate(c: &Cluster, ns: &str, id: &str, cmd: &[String]) -> Result<BaselineRun> {
+    let (n1, n2) = (c.node(1)?, c.node(2)?);
+    let img = PathBuf::from(WORK_DIR).join(id);
+    let _ = std::fs::remove_dir_all(&img);
+    let mut clock = PhaseClock::new();
+    n1.ctr(ns)
+        .ok([
+            "tasks".as_ref(),
+            "checkpoint".as_ref(),
+            "--exit".as_ref(),
+            "--image-path".as_ref(),
+            img.as_os_str(),
+            id.as_ref(),
+        ])
+        .context("ctr tasks checkpoint --exit")?;
+    clock.mark("checkpoint --exit", None);
+    let recv = PathBuf::from(WORK_DIR).join(format!("recv-{id}.tar"));
+    let (digest, size) = transfer(c, &img, &recv)?;
+    clock.mark("tar over TCP", Some(size));
+    ingest(n2.containerd_socket(), ns, &recv, &digest, size).await?;
+    let _ = std::fs::remove_file(&recv);
+    clock.mark("ingest into content store", None);
+    restore(c, ns, id, cmd, &digest, size).await?;
+    clock.mark("restore", None);
+    let _ = n1.ctr(ns).run(["tasks", "delete", id]);
+    let _ = n1.ctr(ns).run(["containers", "delete", id]);
+    let _ = n2.ctr(ns).run(["content", "rm", &digest]);
+    let _ = std::fs::remove_dir_all(&img);
+    Ok(clock.finish("ctr-content-store", size))
+}
+
+/// Streams `img` as tar from node 1 to a file `recv` written by node 2:
+/// the tar's digest and size.
+fn transfer(c: &Cluster, img: &Path, recv: &Path) -> Result<(String, u64)> {
+    let (n1, n2) = (c.node(1)?, c.node(2)?);
+    let ip2 = n2.ip();
+    let listener = n2.run_in_netns(move || Ok(TcpListener::bind((ip2, XFER_PORT))?))?;
+    let recv2 = recv.to_path_buf();
+    let receiver = std::thread::spawn(move || -> Result<(String, u64)> {
+        let (mut s, _) = listener.accept()?;
+        let mut f = std::fs::File::create(&recv2)?;
+        let (mut h, mut n, mut buf) = (Sha256::new(), 0u64, vec![0u8; 1 << 20]);
+        loop {
+            let k = s.read(&mut buf)?;
+            if k == 0 {
+                break;
+            }
+            h.update(&buf[..k]);
+            f.write_all(&buf[..k])?;
+            n += k as u64;
+        }
+        Ok((format!("sha256:{:x}", h.finalize()), n))
+    });
+    let img2 = img.to_path_buf();
+    n1.run_in_netns(move || -> Result<()> {
+        let s = TcpStream::connect((ip2, XFER_PORT))?;
+        let mut b = tar::Builder::new(s);
+        b.append_dir_all(".", &img2)?;
+        b.into_inner()?.flush()?;
+        Ok(())
+    })?;
+    receiver
+        .join()
+        .map_err(|_| anyhow!("the baseline's tar receiver panicked"))?
+}
+
+/// Creates the container on node 2 and restores its task from the
+/// checkpoint `digest` in node 2's content store.
+async fn restore(
+    c: &Cluster,
+    ns: &str,
+    id: &str,
+    cmd: &[String],
+    digest: &str,
+    size: u64,
+) -> Result<()> {
+    let n2 = c.node(2)?;
+    let mut args = vec![
+        "containers".to_string(),
+        "create".into(),
+        "--runtime".into(),
+        RUNTIME.into(),
+        "--net-host".into(),
+        STATE_SERVICE_REF.into(),
+        id.into(),
+    ];
+    args.extend(cmd.iter().cloned());
+    n2.ctr(ns).ok(args)?;
+    let client = mose_tests::client::Client::connect(n2.containerd_socket(), ns).await?;
+    let mut spec = client.container_spec(id).await?;
+    spec["annotations"]["org.criu.config"] = serde_json::json!(criu_config().display().to_string());
+    client.set_container_spec(id, &spec).await?;
+    let rootfs = client.rootfs_mounts(id).await?;
+    let desc = Descriptor {
+        media_type: CRIU_TAR.into(),
+        digest: digest.into(),
+        size: size as i64,
+        annotations: Default::default(),
+    };
+    client
+        .create_task_with(id, &TaskIo::null(), rootfs, Some(desc), None)
+        .await?;
+    client.start(id, "").await?;
+    Ok(())
+}
+
+/// Writes a file into containerd's content store as a GC root (so it is not
+/// collected before the restore uses it), as containerd's own clients do
+/// under a lease.
+async fn ingest(socket: &Path, ns: &str, file: &Path, digest: &str, size: u64) -> Result<()> {
+    use containerd_client::services::v1::{
+        content_client::ContentClient, WriteAction, WriteContentRequest,
+    };
+    let data = std::fs::read(file).with_context(|| format!("reading {}", file.display()))?;
+    let r#ref = format!("baseline-{}", digest.trim_start_matches("sha256:"));
+    let mut msgs: Vec<WriteContentRequest> = data
+        .chunks(1 << 20)
+        .enumerate()
+        .map(|(i, c)| WriteContentRequest {
+            action: WriteAction::Write as i32,
+            r#ref: r#ref.clone(),
+            total: size as i64,
+            offset: (i << 20) as i64,
+            data: c.to_vec(),
+            ..Default::default()
+        })
+        .collect();
+    msgs.push(WriteContentRequest {
+        action: WriteAction::Commit as i32,
+        r#ref,
+        total: size as i64,
+        offset: size as i64,
+        expected: digest.into(),
+        labels: [(
+            "containerd.io/gc.root".to_string(),
+            "mose-bench".to_string(),
+        )]
+        .into(),
+        ..Default::default()
+    });
+    let channel = containerd_client::connect(socket).await?;
+    let mut req = tonic::Request::new(tokio_stream::iter(msgs));
+    req.metadata_mut()
+        .insert("containerd-namespace", ns.parse()?);
+    let mut resp = ContentClient::new(channel)
+        .write(req)
+        .await
+        .map_err(|s| anyhow!("content write: {}", s.message()))?
+        .into_inner();
+    while resp
+        .message()
+        .await
+        .map_err(|s| anyhow!("content write: {}", s.message()))?
+        .is_some()
+    {}
+    Ok(())
+}

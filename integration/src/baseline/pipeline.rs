@@ -1,0 +1,236 @@
+//! The `pipeline` baseline: the strongest cold migration a careful user
+//! builds by hand from runc, CRIU, tar and TCP, with no containerd on the
+//! path and no disk:
+//!
+//! 1. `runc checkpoint` (CRIU dump, the container stopped) into tmpfs;
+//! 2. the image directory streamed as tar over one TCP connection through the
+//!    node link while it is read, and unpacked into tmpfs on the destination
+//!    as it arrives (`runc checkpoint | tar | nc` → `nc | tar x`);
+//! 3. `runc restore --detach` from that tmpfs, in a bundle of the same image
+//!    whose network namespace is the destination node's.
+//!
+//! The container runs under runc directly on both nodes (a bundle per node
+//! under [`WORK_DIR`], its own runc root), so nothing but the migration is
+//! timed. Its CRIU options match MOSE's (the `org.criu.config` annotation).
+
+use std::{
+    io::Write,
+    net::{TcpListener, TcpStream},
+    path::{Path, PathBuf},
+    process::{Command, Stdio},
+};
+
+use anyhow::{anyhow, bail, Context, Result};
+use mose_workloads::image::{unpack_rootfs, ImageSpec};
+
+use super::{criu_config, BaselineRun, PhaseClock, WORK_DIR, XFER_PORT};
+use crate::cluster::Cluster;
+
+/// The runc binary the pipeline drives (the one containerd's runc shim uses).
+const RUNC: &str = "runc";
+
+/// runc's state directory for node `node`'s pipeline containers.
+fn runc_root(node: usize) -> PathBuf {
+    Path::new(WORK_DIR).join(format!("runc-n{node}"))
+}
+
+/// The bundle of container `id` on node `node`.
+fn bundle(node: usize, id: &str) -> PathBuf {
+    Path::new(WORK_DIR).join(format!("bundle-n{node}-{id}"))
+}
+
+/// Runs runc with `args` under node `node`'s runc root, in the node's
+/// network namespace as the node's containerd runs it (so CRIU sees the
+/// container's network namespace as its own and does not lock it); runc's
+/// log in the error when it fails. runc's stdio is `/dev/null`: a detached container
+/// inherits it (CRIU then dumps and restores it as it is), and a pipe would
+/// be held open by the container for as long as it runs.
+fn runc(c: &Cluster, node: usize, args: &[&str]) -> Result<()> {
+    static CALLS: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+    let n = CALLS.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    let log = Path::new(WORK_DIR).join(format!("runc-{}-{n}.log", std::process::id()));
+    let status = crate::testbed::net::netns_command(c.node(node)?.netns(), RUNC)
+        .arg("--root")
+        .arg(runc_root(node))
+        .arg("--log")
+        .arg(&log)
+        .args(args)
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status()
+        .with_context(|| format!("running {RUNC} (is runc installed? scripts/setup.sh)"));
+    let text = std::fs::read_to_string(&log).unwrap_or_default();
+    let _ = std::fs::remove_file(&log);
+    if !status?.success() {
+        bail!("runc {} failed: {}", args.join(" "), text.trim());
+    }
+    Ok(())
+}
+
+/// Writes a bundle for `cmd` from `image` on node `node`: the image's
+/// rootfs, and runc's default spec with the command, a writable root, the
+/// node's network namespace and the baselines' CRIU configuration.
+fn write_bundle(
+    c: &Cluster,
+    node: usize,
+    id: &str,
+    image: &ImageSpec,
+    cmd: &[String],
+) -> Result<()> {
+    let dir = bundle(node, id);
+    let _ = std::fs::remove_dir_all(&dir);
+    unpack_rootfs(image, &dir.join("rootfs"))?;
+    let out = Command::new(RUNC)
+        .args(["spec", "--bundle"])
+        .arg(&dir)
+        .output()
+        .context("running runc spec")?;
+    if !out.status.success() {
+        bail!("runc spec: {}", String::from_utf8_lossy(&out.stderr).trim());
+    }
+    let path = dir.join("config.json");
+    let text =
+        std::fs::read_to_string(&path).with_context(|| format!("reading {}", path.display()))?;
+    let mut spec: serde_json::Value =
+        serde_json::from_str(&text).context("runc spec's config.json")?;
+    let netns = crate::testbed::net::netns_path(c.node(node)?.netns());
+    spec["process"]["args"] = serde_json::json!(cmd);
+    spec["process"]["terminal"] = false.into();
+    spec["root"]["readonly"] = false.into();
+    spec["linux"]["cgroupsPath"] = format!("/mose-baseline/n{node}-{id}").into();
+    spec["annotations"] =
+        serde_json::json!({"org.criu.config": criu_config().display().to_string()});
+    let ns = spec["linux"]["namespaces"]
+        .as_array_mut()
+        .ok_or_else(|| anyhow!("runc spec has no linux.namespaces"))?;
+    ns.retain(|n| n["type"] != "network");
+    ns.push(serde_json::json!({"type": "network", "path": netns}));
+    std::fs::write(&path, serde_json::to_vec_pretty(&spec)?)
+        .with_context(|| format!("writing {}", path.display()))
+}
+
+/// Starts `cmd` from `image` as container `id` under runc on node `node`:
+/// the container's init pid.
+pub fn start(c: &Cluster, node: usize, id: &str, image: &ImageSpec, cmd: &[String]) -> Result<u32> {
+    write_bundle(c, node, id, image, cmd)?;
+    let pid_file = bundle(node, id).join("pid");
+    let b = bundle(node, id);
+    runc(
+        c,
+        node,
+        &[
+            "run",
+            "--detach",
+            "--bundle",
+            &b.to_string_lossy(),
+            "--pid-file",
+            &pid_file.to_string_lossy(),
+            id,
+        ],
+    )?;
+    read_pid(&pid_file)
+}
+
+fn read_pid(path: &Path) -> Result<u32> {
+    std::fs::read_to_string(path)
+        .with_context(|| format!("reading {}", path.display()))?
+        .trim()
+        .parse()
+        .with_context(|| format!("{} holds no pid", path.display()))
+}
+
+/// Moves container `id` from node 1 to node 2 (it must have been started
+/// with [`start`] on node 1 from `image` with `cmd`).
+pub fn migrate(c: &Cluster, id: &str, image: &ImageSpec, cmd: &[String]) -> Result<BaselineRun> {
+    // the destination's bundle is ready before the migration, as a user who
+    // pulled the image there beforehand has it
+    write_bundle(c, 2, id, image, cmd)?;
+    let dump = Path::new(WORK_DIR).join(format!("dump-{id}"));
+    let recv = Path::new(WORK_DIR).join(format!("recv-{id}"));
+    for d in [&dump, &recv] {
+        let _ = std::fs::remove_dir_all(d);
+    }
+    let mut clock = PhaseClock::new();
+    runc(
+        c,
+        1,
+        &["checkpoint", "--image-path", &dump.to_string_lossy(), id],
+    )?;
+    clock.mark("runc checkpoint", None);
+    let bytes = stream_tar(c, &dump, &recv)?;
+    clock.mark("tar over TCP, unpacked as it arrives", Some(bytes));
+    let b = bundle(2, id);
+    let pid_file = b.join("pid");
+    runc(
+        c,
+        2,
+        &[
+            "restore",
+            "--detach",
+            "--image-path",
+            &recv.to_string_lossy(),
+            "--bundle",
+            &b.to_string_lossy(),
+            "--pid-file",
+            &pid_file.to_string_lossy(),
+            id,
+        ],
+    )?;
+    clock.mark("runc restore", None);
+    for d in [&dump, &recv] {
+        let _ = std::fs::remove_dir_all(d);
+    }
+    let _ = runc(c, 1, &["delete", "--force", id]);
+    Ok(clock.finish("pipeline", bytes))
+}
+
+/// Streams directory `from` (node 1) as tar over TCP to node 2, which
+/// unpacks it into `to` as it arrives: the bytes that crossed the link.
+fn stream_tar(c: &Cluster, from: &Path, to: &Path) -> Result<u64> {
+    let (n1, n2) = (c.node(1)?, c.node(2)?);
+    let ip2 = n2.ip();
+    let listener = n2.run_in_netns(move || Ok(TcpListener::bind((ip2, XFER_PORT))?))?;
+    let to2 = to.to_path_buf();
+    let receiver = std::thread::spawn(move || -> Result<u64> {
+        let (s, _) = listener.accept()?;
+        let mut counted = Counted { inner: s, n: 0 };
+        tar::Archive::new(&mut counted)
+            .unpack(&to2)
+            .with_context(|| format!("unpacking the checkpoint into {}", to2.display()))?;
+        // the tar's trailing blocks after the end marker
+        std::io::copy(&mut counted, &mut std::io::sink())?;
+        Ok(counted.n)
+    });
+    let from2 = from.to_path_buf();
+    n1.run_in_netns(move || -> Result<()> {
+        let s = TcpStream::connect((ip2, XFER_PORT))?;
+        let mut b = tar::Builder::new(std::io::BufWriter::with_capacity(1 << 20, s));
+        b.append_dir_all(".", &from2)?;
+        b.into_inner()?.flush()?;
+        Ok(())
+    })?;
+    receiver
+        .join()
+        .map_err(|_| anyhow!("the pipeline's tar receiver panicked"))?
+}
+
+/// A reader counting the bytes read through it.
+struct Counted<R> {
+    inner: R,
+    n: u64,
+}
+
+impl<R: std::io::Read> std::io::Read for Counted<R> {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        let k = self.inner.read(buf)?;
+        self.n += k as u64;
+        Ok(k)
+    }
+}
+
+/// Removes container `id` from node `node` and its bundle (best effort).
+pub fn remove(c: &Cluster, node: usize, id: &str) {
+    let _ = runc(c, node, &["delete", "--force", id]);
+    let _ = std::fs::remove_dir_all(bundle(node, id));
+}
