@@ -191,6 +191,22 @@ impl Cluster {
         Ok(addr)
     }
 
+    /// Node `node`'s agent's Prometheus metrics, as an operator scrapes them
+    /// (`GET /metrics` on its default `--metrics-listen`, inside the node):
+    /// the whole HTTP response.
+    pub fn metrics(&self, node: usize) -> Result<String> {
+        use std::io::{Read, Write};
+        self.node(node)?.run_in_netns(|| {
+            let mut s = std::net::TcpStream::connect(("127.0.0.1", 9464))
+                .context("connecting to the agent's metrics on 127.0.0.1:9464")?;
+            s.set_read_timeout(Some(std::time::Duration::from_secs(10)))?;
+            s.write_all(b"GET /metrics HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n")?;
+            let mut text = String::new();
+            s.read_to_string(&mut text)?;
+            Ok(text)
+        })
+    }
+
     pub fn migrate(
         &self,
         from: usize,

@@ -268,6 +268,22 @@ fn corrupt_or_truncated_stream_rolls_back() {
     // after both failures, a clean migration still works
     let r = c.migrate(1, 2, &ns, id, &["--technique", "cold"]).unwrap();
     assert_eq!(status(&r), "ok", "{r}");
+    // each node's agent counted what it saw: the source its rollbacks with
+    // the failing step, the destination the migration it received
+    let m1 = c.metrics(1).unwrap();
+    for want in [
+        "200 OK",
+        "mose_migrations_total{technique=\"cold\",direction=\"out\",outcome=\"rolled-back\"} 1",
+        "mose_migrations_total{technique=\"precopy\",direction=\"out\",outcome=\"rolled-back\"} 1",
+        "mose_migrations_total{technique=\"cold\",direction=\"out\",outcome=\"ok\"} 1",
+        "mose_migration_failures_total{direction=\"out\",technique=\"cold\",outcome=\"rolled-back\",step=",
+        "mose_migration_downtime_seconds_count{technique=\"cold\",outcome=\"ok\"} 1",
+    ] {
+        assert!(m1.contains(want), "node 1's metrics lack {want}:\n{m1}");
+    }
+    let m2 = c.metrics(2).unwrap();
+    let want = "mose_migrations_total{technique=\"cold\",direction=\"in\",outcome=\"ok\"} 1";
+    assert!(m2.contains(want), "node 2's metrics lack {want}:\n{m2}");
 }
 
 #[test]

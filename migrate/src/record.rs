@@ -30,6 +30,11 @@ pub struct IncomingRecord<'a> {
 /// task: it must be quick and must not block.
 pub type IncomingObserver = Arc<dyn Fn(&IncomingRecord<'_>) + Send + Sync>;
 
+/// Told of every outgoing migration this process runs for a pod pulled from
+/// here (the node agent's metrics), once its result is recorded. Quick and
+/// non-blocking, like [`IncomingObserver`].
+pub type OutgoingObserver = Arc<dyn Fn(&crate::result::MigrationResult) + Send + Sync>;
+
 /// Appends an incoming migration's record to the node's log.
 pub fn record_incoming(state_dir: &Path, r: IncomingRecord<'_>) {
     let line = serde_json::json!({

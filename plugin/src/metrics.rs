@@ -26,7 +26,7 @@ use axum::{
 use mose_contract::Technique;
 use mose_migrate::{
     error::Phase,
-    record::{IncomingObserver, IncomingRecord},
+    record::{IncomingObserver, IncomingRecord, OutgoingObserver},
     result::MigrationResult,
 };
 use prometheus_client::{
@@ -337,6 +337,13 @@ impl Metrics {
     pub fn incoming_observer(self: &Arc<Self>) -> IncomingObserver {
         let m = self.clone();
         Arc::new(move |r: &IncomingRecord<'_>| m.observe_incoming(r))
+    }
+
+    /// An observer for the endpoint's pod pulls (`EndpointConfig::on_outgoing`)
+    /// feeding [`Metrics::observe_outgoing`].
+    pub fn outgoing_observer(self: &Arc<Self>) -> OutgoingObserver {
+        let m = self.clone();
+        Arc::new(move |r: &MigrationResult| m.observe_outgoing(r))
     }
 
     /// The OpenMetrics text exposition of every metric (ends with `# EOF`).

@@ -361,6 +361,9 @@ async fn run_pull(cfg: EndpointConfig, opts: SourceOptions, p: Pull) {
         rec["pod_frozen_before_ms"] = (d.as_secs_f64() * 1e3).into();
     }
     append_record(&cfg.state_dir, &rec);
+    if let Some(observe) = &cfg.on_outgoing {
+        observe(&result);
+    }
     let moved = result.status == "ok";
     // what this migration's freeze paused resumes now, or follows
     freeze_group::settle(&cfg.containerd, sandbox, &id, moved).await;

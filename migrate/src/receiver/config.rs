@@ -33,4 +33,7 @@ pub struct EndpointConfig {
     /// Told of each incoming migration as it is recorded (the agent's
     /// metrics); `None` records only.
     pub on_incoming: Option<crate::record::IncomingObserver>,
+    /// Told of each pod container migrated from here as it is recorded
+    /// (the agent's metrics); `None` records only.
+    pub on_outgoing: Option<crate::record::OutgoingObserver>,
 }

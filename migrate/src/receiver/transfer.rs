@@ -178,6 +178,7 @@ mod tests {
                 reason: "unit test".into(),
             },
             on_incoming: None,
+            on_outgoing: None,
         }
     }
 

@@ -155,6 +155,7 @@ async fn main() {
         pod_planner: Some(pod_planner(a.policy_socket.clone())),
         lazy_source: mose_plugin::lazy_source(a.lazy_source),
         on_incoming: Some(metrics.incoming_observer()),
+        on_outgoing: Some(metrics.outgoing_observer()),
     };
     let advertise = a
         .advertise

@@ -388,11 +388,11 @@ async fn migrate_cmd(a: MigrateArgs) -> Result<i32> {
             &p.request,
             &r,
         ));
-        if r.status == "ok" {
-            if let Err(e) = report_result(&policy_socket, &r).await {
-                tracing::warn!(error = %format!("{e:#}"), "the policy could not learn from this migration");
-            }
-        }
+    }
+    // every result goes to the node's agent: its metrics count failures and
+    // rollbacks too, and its calibration learns from successful ones only
+    if let Err(e) = report_result(&policy_socket, &r).await {
+        tracing::warn!(error = %format!("{e:#}"), "the node's agent did not take this migration's result (its metrics and calibration miss it)");
     }
     let mut rec = serde_json::to_value(&r)?;
     rec["direction"] = "out".into();
