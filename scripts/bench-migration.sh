@@ -1,7 +1,9 @@
 #!/usr/bin/env bash
-# Migration benchmark: MOSE cold and pre-copy vs a ctr + tar-over-TCP baseline,
-# on the two-node testbed, grid of state size x dirty rate x link rate.
+# Migration benchmark: MOSE's techniques vs three cold baselines (pipeline:
+# runc + tar over TCP; podman; ctr-content-store) in one invocation, on the
+# two-node testbed, grid of state size x dirty rate x link rate.
 # Usage: scripts/bench-migration.sh [--state 64,512] [--dirty 0,16] [--links 1000,200] [--runs 1]
+#        [--techniques pipeline,podman,ctr-content-store,cold,precopy,postcopy,hybrid]
 set -euo pipefail
 cd "$(dirname "$0")/.."
 export PATH="$HOME/.cargo/bin:$PATH"

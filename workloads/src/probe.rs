@@ -92,7 +92,7 @@ pub struct Gap {
 }
 
 /// What the probe observed.
-#[derive(Debug, Clone, PartialEq, Serialize)]
+#[derive(Debug, Clone, Default, PartialEq, Serialize)]
 pub struct ProbeResult {
     /// Addresses probed (in order of preference).
     pub addrs: Vec<String>,

@@ -445,6 +445,10 @@ fn ratios(all: &Runs, configs: &[Config], techniques: &[String]) -> Vec<serde_js
         println!("{line}");
         for t in techniques.iter().filter(|t| !is_baseline(t)) {
             let d = med(all, cfg, t, &|r| r.downtime_ms);
+            if !d.is_finite() {
+                println!("    {t}: no successful run");
+                continue;
+            }
             row[format!("{t}_ms")] = d.into();
             let parts: Vec<String> = bases
                 .iter()
@@ -456,12 +460,7 @@ fn ratios(all: &Runs, configs: &[Config], techniques: &[String]) -> Vec<serde_js
             if let Some((_, bd)) = bases.first() {
                 row[format!("{t}_vs_strongest")] = (d / bd).into();
             }
-            let shown = if d.is_finite() {
-                format!("{d:.0} ms")
-            } else {
-                "no successful run".into()
-            };
-            println!("    {t}: {shown}; {}", parts.join(", "));
+            println!("    {t}: {d:.0} ms; {}", parts.join(", "));
         }
         out.push(row);
     }
@@ -720,6 +719,65 @@ mod tests {
 
     fn parse(args: &[&str]) -> Result<Args, clap::Error> {
         Args::try_parse_from(std::iter::once("mose-bench-migration").chain(args.iter().copied()))
+    }
+
+    /// A successful run of `technique` with client-observed downtime `ms`.
+    fn run(cfg: Config, technique: &str, ms: f64) -> (Config, Run, ProbeResult) {
+        let r = Run {
+            technique: technique.into(),
+            lazy_bytes: 0.0,
+            lazy_ms: 0.0,
+            faults: 0,
+            fault_p99_us: 0.0,
+            downtime_ms: ms,
+            failed: None,
+            mose_downtime_ms: ms,
+            total_ms: ms,
+            bytes: 0.0,
+            rounds: 0,
+            max_live_freeze_ms: 0.0,
+            seq_ok: true,
+            verify_ok: true,
+            rss_mib: 64.0,
+            detail: serde_json::json!({"status": "ok"}),
+        };
+        (cfg, r, ProbeResult::default())
+    }
+
+    #[test]
+    fn ratios_name_each_baseline_and_the_strongest_and_never_nan() {
+        let cfg = (512, 0, 1000);
+        let techniques: Vec<String> = ["pipeline", "podman", "cold", "postcopy"]
+            .map(String::from)
+            .into();
+        let mut all = vec![
+            run(cfg, "pipeline", 5000.0),
+            run(cfg, "podman", 13000.0),
+            run(cfg, "cold", 4000.0),
+            run(cfg, "postcopy", 500.0),
+        ];
+        // a failed baseline run is left out, not counted as a fast one
+        let mut failed = run(cfg, "pipeline", 1.0);
+        failed.1.failed = Some("failed: x".into());
+        all.push(failed);
+        let rows = ratios(&all, &[cfg], &techniques);
+        let row = &rows[0];
+        assert_eq!(row["strongest_baseline"], "pipeline");
+        assert_eq!(row["cold_vs_pipeline"], 0.8);
+        assert_eq!(row["cold_vs_strongest"], 0.8);
+        assert_eq!(row["postcopy_vs_podman"], 500.0 / 13000.0);
+        let goals = cold_goals(&all, &[cfg]);
+        assert_eq!(
+            (goals[0]["goal"].as_f64(), goals[0]["met"].as_bool()),
+            (Some(0.85), Some(true))
+        );
+        // no baseline in the run: medians, but no ratio and no NaN anywhere
+        let only: Vec<String> = ["cold"].map(String::from).into();
+        let rows = ratios(&all, &[cfg], &only);
+        let text = serde_json::to_string(&rows).expect("json");
+        assert!(!text.contains("NaN") && !text.contains("null"), "{text}");
+        assert!(rows[0].get("strongest_baseline").is_none(), "{text}");
+        assert!(cold_goals(&vec![run(cfg, "cold", 1.0)], &[cfg]).is_empty());
     }
 
     #[test]
