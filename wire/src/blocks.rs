@@ -95,59 +95,72 @@ impl BlockStore {
         hashes: &[BlockHash],
         out: &mut impl std::io::Write,
     ) -> Result<(), BlockError> {
-        self.write_blocks(hashes, out, false).map(|_| ())
+        self.write_blocks(hashes, out)
     }
 
-    /// Like [`Self::write_to`], but a block not held yet is written as zeros
-    /// instead of failing: for a speculative image that is patched later.
-    /// Returns the hash of what was actually written at each index.
+    /// Lays out a pages image in `file` (fresh and empty) from its block
+    /// list as far as the blocks are held: each held block is written in
+    /// place, and every other slot (the zero block, a block not held yet) is
+    /// left a hole, which reads as zeros, for a speculative image patched
+    /// later. Nothing is written for a slot that holds nothing yet, so laying
+    /// out a large image of which little is held costs little (a cold
+    /// migration's exact layout arrives before any of its blocks). Returns
+    /// the hash of what the file holds at each index.
     pub fn write_speculative(
         &self,
         hashes: &[BlockHash],
-        out: &mut impl std::io::Write,
+        file: &mut std::fs::File,
     ) -> Result<Vec<BlockHash>, BlockError> {
-        self.write_blocks(hashes, out, true)
+        use std::io::{Seek, SeekFrom};
+        let io = |e: std::io::Error| BlockError::Io(e.to_string());
+        let zh = zero_hash();
+        let held = |h: &BlockHash| *h != zh && self.blocks.contains_key(h);
+        let written: Vec<BlockHash> = hashes
+            .iter()
+            .map(|h| if held(h) { *h } else { zh })
+            .collect();
+        let mut i = 0;
+        while i < hashes.len() {
+            if !held(&hashes[i]) {
+                i += 1;
+                continue;
+            }
+            let end = (i..hashes.len())
+                .find(|&j| !held(&hashes[j]))
+                .unwrap_or(hashes.len());
+            file.seek(SeekFrom::Start((i * BLOCK_SIZE) as u64))
+                .map_err(io)?;
+            self.write_blocks(&hashes[i..end], file)?;
+            i = end;
+        }
+        file.set_len((hashes.len() * BLOCK_SIZE) as u64)
+            .map_err(io)?;
+        Ok(written)
     }
 
+    /// Writes the blocks of `hashes` to `out` in order, in vectored batches;
+    /// a block not held is an error naming its index.
     fn write_blocks(
         &self,
         hashes: &[BlockHash],
         out: &mut impl std::io::Write,
-        lenient: bool,
-    ) -> Result<Vec<BlockHash>, BlockError> {
+    ) -> Result<(), BlockError> {
         const BATCH: usize = 256;
         let zero = [0u8; BLOCK_SIZE];
         let zh = zero_hash();
         let io = |e: std::io::Error| BlockError::Io(e.to_string());
-        let mut written = Vec::with_capacity(if lenient { hashes.len() } else { 0 });
-        let mut start = 0;
-        while start < hashes.len() {
-            let end = (start + BATCH).min(hashes.len());
-            let mut bufs: Vec<&[u8]> = Vec::with_capacity(end - start);
-            for (i, h) in hashes[start..end].iter().enumerate() {
+        for (k, batch) in hashes.chunks(BATCH).enumerate() {
+            let mut bufs: Vec<&[u8]> = Vec::with_capacity(batch.len());
+            for (i, h) in batch.iter().enumerate() {
                 let b = if *h == zh {
                     Some(&zero[..])
                 } else {
                     self.blocks.get(h).map(|b| &b[..])
                 };
-                match b {
-                    Some(b) => {
-                        bufs.push(b);
-                        if lenient {
-                            written.push(*h);
-                        }
-                    }
-                    None if lenient => {
-                        bufs.push(&zero);
-                        written.push(zh);
-                    }
-                    None => {
-                        return Err(BlockError::Missing {
-                            index: start + i,
-                            hash: *h,
-                        })
-                    }
-                }
+                bufs.push(b.ok_or(BlockError::Missing {
+                    index: k * BATCH + i,
+                    hash: *h,
+                })?);
             }
             // write_vectored may stop early: finish the batch block by block
             let slices: Vec<std::io::IoSlice<'_>> =
@@ -161,9 +174,8 @@ impl BlockStore {
                 out.write_all(&b[done..]).map_err(io)?;
                 done = 0;
             }
-            start = end;
         }
-        Ok(written)
+        Ok(())
     }
 
     /// Reference rebuild into memory, for checking [`Self::write_to`].
@@ -252,14 +264,31 @@ mod tests {
         let mut w = Vec::new();
         s.write_to(&hashes, &mut w).unwrap();
         assert_eq!(a, w);
-        // a speculative write fills what is missing with zeros and says so
-        let mut spec = Vec::new();
-        let got = s
-            .write_speculative(&[hashes[1], 42, zero_hash()], &mut spec)
+        // a speculative layout holds what is held, zeros (holes) elsewhere,
+        // and says so; its length is the whole image's
+        let path = std::env::temp_dir().join(format!("mose-spec-{}", std::process::id()));
+        let mut f = std::fs::File::options()
+            .create(true)
+            .truncate(true)
+            .read(true)
+            .write(true)
+            .open(&path)
             .unwrap();
-        assert_eq!(got, vec![hashes[1], zero_hash(), zero_hash()]);
-        assert_eq!(&spec[..BLOCK_SIZE], s.block(hashes[1]).unwrap());
-        assert!(spec[BLOCK_SIZE..].iter().all(|b| *b == 0));
+        let layout = [42, hashes[1], hashes[2], zero_hash(), 43, hashes[3]];
+        let got = s.write_speculative(&layout, &mut f).unwrap();
+        let spec = std::fs::read(&path).unwrap();
+        let _ = std::fs::remove_file(&path);
+        let z = zero_hash();
+        assert_eq!(got, vec![z, hashes[1], hashes[2], z, z, hashes[3]]);
+        assert_eq!(spec.len(), layout.len() * BLOCK_SIZE);
+        for (i, h) in got.iter().enumerate() {
+            let want = s.block(*h).unwrap();
+            assert_eq!(
+                &spec[i * BLOCK_SIZE..(i + 1) * BLOCK_SIZE],
+                want,
+                "slot {i}"
+            );
+        }
         assert!(s.block(42).is_none());
         let missing = [hashes[1], 42];
         assert!(matches!(
