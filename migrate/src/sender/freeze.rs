@@ -38,6 +38,7 @@ impl Migration<'_> {
             self.tl.now_ms()
         };
         let p = self.tl.begin("freeze+dump");
+        let before = self.link.w.bytes();
         self.report("dump", 0);
         if !self.opts.already_frozen {
             self.pause().await?;
@@ -50,23 +51,12 @@ impl Migration<'_> {
                 .in_phase(Phase::FreezeDump, &format!("creating {}", d.display()))?;
         }
         if !self.dump_lazily(&images, &crwork).await? {
-            self.cd
-                .shim_checkpoint(
-                    &self.opts.container,
-                    &images,
-                    &crwork,
-                    self.moves_address(),
-                    self.keeps_connections(),
-                    None,
-                )
-                .await
-                .in_phase(
-                    Phase::FreezeDump,
-                    "dumping the container (CRIU, through its shim)",
-                )?;
+            self.dump_to_tmpfs(&images, &crwork).await?;
         }
         self.step(SenderEvent::Dumped)?;
-        self.tl.end(p, None);
+        // cold streams its dump while CRIU writes it: what went meanwhile
+        let streamed = self.link.w.bytes() - before;
+        self.tl.end(p, (streamed > 0).then_some(streamed));
         Ok(images)
     }
 

@@ -96,6 +96,8 @@ pub async fn start<'a>(opts: &'a SourceOptions, id: String, tl: Timeline) -> Res
         page_server: None,
         page_server_connected: false,
         lazy_source: None,
+        final_round_open: false,
+        streamed_blocks: 0,
     };
     m.hello().await?;
     m.begin().await?;

@@ -63,6 +63,11 @@ pub struct Migration<'a> {
     /// Post-copy and hybrid: the lazy pages' source used, and why it is not
     /// the lazy dump when it is not.
     pub lazy_source: Option<(&'static str, Option<String>)>,
+    /// The final round's `RoundStart` went out (cold opens it before its
+    /// dump, to stream the dump as CRIU writes it).
+    pub final_round_open: bool,
+    /// Cold: page blocks the final round sent while the dump still ran.
+    pub streamed_blocks: u64,
 }
 
 impl Migration<'_> {

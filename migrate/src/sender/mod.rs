@@ -15,6 +15,7 @@ pub mod machine;
 pub mod migration;
 pub mod options;
 pub mod rounds;
+pub mod stream_dump;
 pub mod transfer;
 pub mod workdir;
 

@@ -49,13 +49,7 @@ impl Migration<'_> {
         if self.opts.fault == Some(Fault::CorruptChunk) {
             self.link.w.inject_corruption();
         }
-        let final_round = self.rounds.len() as u32 + 1;
-        self.link
-            .send(&Message::RoundStart {
-                round: final_round,
-                final_round: true,
-            })
-            .await?;
+        let final_round = self.open_final_round().await?;
         let mut lazy = match self.opts.technique.is_lazy() {
             true => Some(LazyPart {
                 layout: LazyLayout::read(images)
@@ -64,7 +58,10 @@ impl Migration<'_> {
             }),
             false => None,
         };
-        let mut sent = Sent::default();
+        let mut sent = Sent {
+            new_blocks: self.streamed_blocks,
+            ..Sent::default()
+        };
         let mut files = Vec::new();
         let mut manifests = Vec::new();
         let dir = std::fs::read_dir(images)
