@@ -5,7 +5,9 @@
 //! Where the numbers come from:
 //! - outgoing migrations: the results `mosectl migrate` reports to the
 //!   policy hook (`{"op":"learn"}`, see [`crate::policy`]), observed with
-//!   [`Metrics::observe_outgoing`];
+//!   [`Metrics::observe_outgoing`], and the pod containers this agent
+//!   migrates itself when another node pulls a pod (the endpoint's
+//!   `on_outgoing`, [`Metrics::outgoing_observer`]);
 //! - incoming migrations: the receiver's record of each one (the
 //!   [`mose_migrate::record::IncomingObserver`] in the endpoint's
 //!   configuration), observed with [`Metrics::observe_incoming`].
@@ -296,7 +298,9 @@ impl Metrics {
             for k in plan.kpis.iter().filter(|k| k.measured > 0.0) {
                 let err = (k.measured - k.predicted).abs() / k.measured;
                 self.prediction_error
-                    .get_or_create(&KpiLabels { kpi: k.kpi.clone() })
+                    .get_or_create(&KpiLabels {
+                        kpi: kpi_label(&k.kpi).into(),
+                    })
                     .observe(err);
             }
         }
@@ -358,6 +362,18 @@ impl Metrics {
 /// stay a bounded set whatever a client reports).
 fn technique_label(t: &str) -> &'static str {
     Technique::from_str(t).map_or("unknown", Technique::as_str)
+}
+
+/// A KPI's label: the KPIs a plan compares (`downtime`, `total`, `bytes`,
+/// see `PlanRecord::compare`), or `unknown`: a reported result cannot grow
+/// the label set.
+fn kpi_label(k: &str) -> &'static str {
+    match k {
+        "downtime" => "downtime",
+        "total" => "total",
+        "bytes" => "bytes",
+        _ => "unknown",
+    }
 }
 
 /// A status' label: `ok`, `failed`, `rolled-back` (the values

@@ -232,11 +232,14 @@ async fn handle(p: &Policy, req: Request) -> Result<serde_json::Value> {
                 .map(|(_, l)| l.bytes_per_s)
                 .or_else(|| p.cfg.links.get(&result.destination).copied())
                 .unwrap_or(0.0);
-            // the container left this node: its samples describe nothing here now
-            p.memory
-                .lock()
-                .await
-                .retain(|(_, id), _| *id != result.container);
+            if result.status == "ok" {
+                // the container left this node: its samples describe nothing
+                // here now (after a failure or a rollback it is still here)
+                p.memory
+                    .lock()
+                    .await
+                    .retain(|(_, id), _| *id != result.container);
+            }
             let mut store = p.store.lock().await;
             let before = store.learned.migrations;
             store.learned.learn(&result, link);

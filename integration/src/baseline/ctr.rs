@@ -27,8 +27,33 @@ pub const RUNTIME: &str = "io.containerd.runc.v2";
 /// containerd namespace `ns`) to node 2. The source's container is deleted
 /// after the restore; the content is removed from node 2's store.
 pub async fn migrate(c: &Cluster, ns: &str, id: &str, cmd: &[String]) -> Result<BaselineRun> {
+    let mut digest = None;
+    let r = migrate_steps(c, ns, id, cmd, &mut digest).await;
+    // whatever happened: the images, the tar and the GC-rooted content go
+    let (img, recv) = paths(id);
+    let _ = std::fs::remove_dir_all(img);
+    let _ = std::fs::remove_file(recv);
+    if let (Some(d), Ok(n2)) = (digest, c.node(2)) {
+        let _ = n2.ctr(ns).run(["content", "rm", &d]);
+    }
+    r
+}
+
+/// The checkpoint directory and the received tar of container `id`.
+fn paths(id: &str) -> (PathBuf, PathBuf) {
+    let dir = PathBuf::from(WORK_DIR);
+    (dir.join(id), dir.join(format!("recv-{id}.tar")))
+}
+
+async fn migrate_steps(
+    c: &Cluster,
+    ns: &str,
+    id: &str,
+    cmd: &[String],
+    ingested: &mut Option<String>,
+) -> Result<BaselineRun> {
     let (n1, n2) = (c.node(1)?, c.node(2)?);
-    let img = PathBuf::from(WORK_DIR).join(id);
+    let (img, recv) = paths(id);
     let _ = std::fs::remove_dir_all(&img);
     let mut clock = PhaseClock::new();
     n1.ctr(ns)
@@ -42,18 +67,15 @@ pub async fn migrate(c: &Cluster, ns: &str, id: &str, cmd: &[String]) -> Result<
         ])
         .context("ctr tasks checkpoint --exit")?;
     clock.mark("checkpoint --exit", None);
-    let recv = PathBuf::from(WORK_DIR).join(format!("recv-{id}.tar"));
     let (digest, size) = transfer(c, &img, &recv)?;
     clock.mark("tar over TCP", Some(size));
+    *ingested = Some(digest.clone());
     ingest(n2.containerd_socket(), ns, &recv, &digest, size).await?;
-    let _ = std::fs::remove_file(&recv);
     clock.mark("ingest into content store", None);
     restore(c, ns, id, cmd, &digest, size).await?;
     clock.mark("restore", None);
     let _ = n1.ctr(ns).run(["tasks", "delete", id]);
     let _ = n1.ctr(ns).run(["containers", "delete", id]);
-    let _ = n2.ctr(ns).run(["content", "rm", &digest]);
-    let _ = std::fs::remove_dir_all(&img);
     Ok(clock.finish("ctr-content-store", size))
 }
 
@@ -65,7 +87,7 @@ fn transfer(c: &Cluster, img: &Path, recv: &Path) -> Result<(String, u64)> {
     let listener = n2.run_in_netns(move || Ok(TcpListener::bind((ip2, XFER_PORT))?))?;
     let recv2 = recv.to_path_buf();
     let receiver = std::thread::spawn(move || -> Result<(String, u64)> {
-        let (mut s, _) = listener.accept()?;
+        let mut s = super::accept_within(&listener, super::ACCEPT_TIMEOUT)?;
         let mut f = std::fs::File::create(&recv2)?;
         let (mut h, mut n, mut buf) = (Sha256::new(), 0u64, vec![0u8; 1 << 20]);
         loop {
@@ -80,16 +102,20 @@ fn transfer(c: &Cluster, img: &Path, recv: &Path) -> Result<(String, u64)> {
         Ok((format!("sha256:{:x}", h.finalize()), n))
     });
     let img2 = img.to_path_buf();
-    n1.run_in_netns(move || -> Result<()> {
+    let sent = n1.run_in_netns(move || -> Result<()> {
         let s = TcpStream::connect((ip2, XFER_PORT))?;
-        let mut b = tar::Builder::new(s);
+        let mut b = tar::Builder::new(std::io::BufWriter::with_capacity(1 << 20, s));
         b.append_dir_all(".", &img2)?;
         b.into_inner()?.flush()?;
         Ok(())
-    })?;
-    receiver
+    });
+    // the receiver ends either way (EOF, or no sender within its bound):
+    // joined before the port is used again
+    let received = receiver
         .join()
-        .map_err(|_| anyhow!("the baseline's tar receiver panicked"))?
+        .map_err(|_| anyhow!("the baseline's tar receiver panicked"))?;
+    sent.context("sending the checkpoint as tar")?;
+    received
 }
 
 /// Creates the container on node 2 and restores its task from the
@@ -139,21 +165,30 @@ async fn ingest(socket: &Path, ns: &str, file: &Path, digest: &str, size: u64) -
     use containerd_client::services::v1::{
         content_client::ContentClient, WriteAction, WriteContentRequest,
     };
-    let data = std::fs::read(file).with_context(|| format!("reading {}", file.display()))?;
+    let mut f = std::fs::File::open(file).with_context(|| format!("opening {}", file.display()))?;
     let r#ref = format!("baseline-{}", digest.trim_start_matches("sha256:"));
-    let mut msgs: Vec<WriteContentRequest> = data
-        .chunks(1 << 20)
-        .enumerate()
-        .map(|(i, c)| WriteContentRequest {
+    // the file is read 1 MiB at a time as the stream is sent, as a client
+    // streaming a large blob does (a read error ends the stream short: the
+    // commit then fails on the size)
+    let (chunks_ref, mut offset) = (r#ref.clone(), 0i64);
+    let chunks = std::iter::from_fn(move || {
+        let mut buf = vec![0u8; 1 << 20];
+        let n = std::io::Read::read(&mut f, &mut buf)
+            .ok()
+            .filter(|&n| n > 0)?;
+        buf.truncate(n);
+        let req = WriteContentRequest {
             action: WriteAction::Write as i32,
-            r#ref: r#ref.clone(),
+            r#ref: chunks_ref.clone(),
             total: size as i64,
-            offset: (i << 20) as i64,
-            data: c.to_vec(),
+            offset,
+            data: buf,
             ..Default::default()
-        })
-        .collect();
-    msgs.push(WriteContentRequest {
+        };
+        offset += n as i64;
+        Some(req)
+    });
+    let commit = WriteContentRequest {
         action: WriteAction::Commit as i32,
         r#ref,
         total: size as i64,
@@ -165,8 +200,9 @@ async fn ingest(socket: &Path, ns: &str, file: &Path, digest: &str, size: u64) -
         )]
         .into(),
         ..Default::default()
-    });
+    };
     let channel = containerd_client::connect(socket).await?;
+    let msgs = chunks.chain(std::iter::once(commit));
     let mut req = tonic::Request::new(tokio_stream::iter(msgs));
     req.metadata_mut()
         .insert("containerd-namespace", ns.parse()?);

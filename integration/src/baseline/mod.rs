@@ -27,6 +27,34 @@ pub const WORK_DIR: &str = "/run/mose-baseline";
 /// The TCP port a baseline's destination receives its transfer on.
 pub const XFER_PORT: u16 = 7799;
 
+/// How long a baseline's receiver waits for its sender to connect.
+pub const ACCEPT_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(30);
+
+/// Accepts one connection on `listener`, or fails after `timeout` (a sender
+/// that failed before connecting must not leave the port taken forever).
+pub fn accept_within(
+    listener: &std::net::TcpListener,
+    timeout: std::time::Duration,
+) -> Result<std::net::TcpStream> {
+    listener.set_nonblocking(true)?;
+    let deadline = std::time::Instant::now() + timeout;
+    loop {
+        match listener.accept() {
+            Ok((s, _)) => {
+                s.set_nonblocking(false)?;
+                return Ok(s);
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
+                if std::time::Instant::now() > deadline {
+                    anyhow::bail!("no sender connected within {timeout:?}");
+                }
+                std::thread::sleep(std::time::Duration::from_millis(1));
+            }
+            Err(e) => return Err(e.into()),
+        }
+    }
+}
+
 /// The CRIU configuration file every baseline's container names in its
 /// `org.criu.config` annotation: CRIU closes the clients' TCP connections
 /// and skips unaccepted ones, as MOSE tells it to.

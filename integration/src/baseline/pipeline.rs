@@ -193,26 +193,30 @@ fn stream_tar(c: &Cluster, from: &Path, to: &Path) -> Result<u64> {
     let listener = n2.run_in_netns(move || Ok(TcpListener::bind((ip2, XFER_PORT))?))?;
     let to2 = to.to_path_buf();
     let receiver = std::thread::spawn(move || -> Result<u64> {
-        let (s, _) = listener.accept()?;
-        let mut counted = Counted { inner: s, n: 0 };
-        tar::Archive::new(&mut counted)
+        let s = super::accept_within(&listener, super::ACCEPT_TIMEOUT)?;
+        let mut r = std::io::BufReader::with_capacity(1 << 20, Counted { inner: s, n: 0 });
+        tar::Archive::new(&mut r)
             .unpack(&to2)
             .with_context(|| format!("unpacking the checkpoint into {}", to2.display()))?;
         // the tar's trailing blocks after the end marker
-        std::io::copy(&mut counted, &mut std::io::sink())?;
-        Ok(counted.n)
+        std::io::copy(&mut r, &mut std::io::sink())?;
+        Ok(r.get_ref().n)
     });
     let from2 = from.to_path_buf();
-    n1.run_in_netns(move || -> Result<()> {
+    let sent = n1.run_in_netns(move || -> Result<()> {
         let s = TcpStream::connect((ip2, XFER_PORT))?;
         let mut b = tar::Builder::new(std::io::BufWriter::with_capacity(1 << 20, s));
         b.append_dir_all(".", &from2)?;
         b.into_inner()?.flush()?;
         Ok(())
-    })?;
-    receiver
+    });
+    // the receiver ends either way (EOF, or no sender within its bound):
+    // joined before the port is used again
+    let received = receiver
         .join()
-        .map_err(|_| anyhow!("the pipeline's tar receiver panicked"))?
+        .map_err(|_| anyhow!("the pipeline's tar receiver panicked"))?;
+    sent.context("sending the checkpoint as tar")?;
+    received
 }
 
 /// A reader counting the bytes read through it.
@@ -229,8 +233,12 @@ impl<R: std::io::Read> std::io::Read for Counted<R> {
     }
 }
 
-/// Removes container `id` from node `node` and its bundle (best effort).
+/// Removes container `id` from node `node`, its bundle and whatever a
+/// failed migration of it left in tmpfs (best effort).
 pub fn remove(c: &Cluster, node: usize, id: &str) {
     let _ = runc(c, node, &["delete", "--force", id]);
     let _ = std::fs::remove_dir_all(bundle(node, id));
+    for d in [format!("dump-{id}"), format!("recv-{id}")] {
+        let _ = std::fs::remove_dir_all(Path::new(WORK_DIR).join(d));
+    }
 }

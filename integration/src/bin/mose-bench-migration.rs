@@ -202,6 +202,30 @@ struct Bench<'a> {
     image: ImageSpec,
 }
 
+impl Run {
+    /// A run that could not be measured (its service did not start, say).
+    fn failed(technique: &str, error: String) -> Run {
+        Run {
+            technique: technique.into(),
+            lazy_bytes: 0.0,
+            lazy_ms: 0.0,
+            faults: 0,
+            fault_p99_us: 0.0,
+            downtime_ms: 0.0,
+            failed: Some(error.clone()),
+            mose_downtime_ms: 0.0,
+            total_ms: 0.0,
+            bytes: 0.0,
+            rounds: 0,
+            max_live_freeze_ms: 0.0,
+            seq_ok: false,
+            verify_ok: false,
+            rss_mib: 0.0,
+            detail: serde_json::json!({"status": "failed", "technique": technique, "error": error}),
+        }
+    }
+}
+
 /// Creates the state-service container under containerd `runtime` on node 1,
 /// with CRIU settings for clients' connections (closed, in-flight skipped)
 /// when runc runs it, and starts it: its init pid.
@@ -639,7 +663,19 @@ async fn run_link(
                         "[bench] S={mib} MiB R={dirty} MiB/s L={link} Mbit/s {technique} (run {})",
                         run + 1
                     );
-                    let (r, p) = run_one(&b, technique, &format!("s{k}"), (mib, dirty)).await?;
+                    let id = format!("s{k}");
+                    let (r, p) = match run_one(&b, technique, &id, (mib, dirty)).await {
+                        Ok(rp) => rp,
+                        Err(e) => {
+                            // recorded as a miss; the grid goes on
+                            eprintln!("[bench] {technique}: {e:#}");
+                            remove_service(&b, technique, &id);
+                            (
+                                Run::failed(technique, format!("{e:#}")),
+                                ProbeResult::default(),
+                            )
+                        }
+                    };
                     all.push(((mib, dirty, link), r, p));
                 }
             }
@@ -723,24 +759,8 @@ mod tests {
 
     /// A successful run of `technique` with client-observed downtime `ms`.
     fn run(cfg: Config, technique: &str, ms: f64) -> (Config, Run, ProbeResult) {
-        let r = Run {
-            technique: technique.into(),
-            lazy_bytes: 0.0,
-            lazy_ms: 0.0,
-            faults: 0,
-            fault_p99_us: 0.0,
-            downtime_ms: ms,
-            failed: None,
-            mose_downtime_ms: ms,
-            total_ms: ms,
-            bytes: 0.0,
-            rounds: 0,
-            max_live_freeze_ms: 0.0,
-            seq_ok: true,
-            verify_ok: true,
-            rss_mib: 64.0,
-            detail: serde_json::json!({"status": "ok"}),
-        };
+        let mut r = Run::failed(technique, String::new());
+        (r.downtime_ms, r.failed, r.detail) = (ms, None, serde_json::json!({"status": "ok"}));
         (cfg, r, ProbeResult::default())
     }
 

@@ -69,7 +69,7 @@ where
             let hint = name.starts_with("hint:");
             s.step(ReceiverEvent::Manifest { hint })?;
             match name.strip_prefix("hint:") {
-                // the source is about to freeze and dump: lay the image out now
+                // a layout before the freeze (pre-copy) or after the dump (cold): lay the image out now
                 Some(image) => inc.speculate(image, &hashes)?,
                 None => inc.manifests.push((name, hashes)),
             }

@@ -56,7 +56,8 @@ impl Migration<'_> {
         self.step(SenderEvent::Dumped)?;
         // cold streams its dump while CRIU writes it: what went meanwhile
         let streamed = self.link.w.bytes() - before;
-        self.tl.end(p, (streamed > 0).then_some(streamed));
+        self.tl
+            .end(p, (self.streamed_blocks > 0).then_some(streamed));
         Ok(images)
     }
 

@@ -91,14 +91,16 @@ impl Migration<'_> {
         loop {
             // the dump's end is looked for before each run: from then on the
             // final transfer sends the rest, with its exact layout first (the
-            // destination then writes each block in place as it arrives)
+            // destination lays out what it holds and writes each later block
+            // in place as it arrives)
             let next = match tail.next_run(images) {
                 Ok(next) => next,
                 Err(e) => {
-                    // the rollback resumes the container: the dump ends first
-                    let _ = dump.await;
-                    return Err(e)
-                        .in_phase(Phase::FreezeDump, "reading the dump as CRIU writes it");
+                    // streaming is a head start only: the final transfer
+                    // sends whatever did not go
+                    tracing::warn!(error = %e, "cannot read the dump as CRIU writes it; sending it once it is done");
+                    self.streamed_blocks = streamed;
+                    return dump.await.in_phase(Phase::FreezeDump, what);
                 }
             };
             let idle = next.is_none();

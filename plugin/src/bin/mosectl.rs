@@ -389,14 +389,15 @@ async fn migrate_cmd(a: MigrateArgs) -> Result<i32> {
             &r,
         ));
     }
+    // the record first: it must not wait on the agent
+    let mut rec = serde_json::to_value(&r)?;
+    rec["direction"] = "out".into();
+    append_record(&state, &rec);
     // every result goes to the node's agent: its metrics count failures and
     // rollbacks too, and its calibration learns from successful ones only
     if let Err(e) = report_result(&policy_socket, &r).await {
         tracing::warn!(error = %format!("{e:#}"), "the node's agent did not take this migration's result (its metrics and calibration miss it)");
     }
-    let mut rec = serde_json::to_value(&r)?;
-    rec["direction"] = "out".into();
-    append_record(&state, &rec);
     if json {
         use std::io::Write;
         let _ = writeln!(std::io::stdout(), "{}", serde_json::to_string(&r)?);
