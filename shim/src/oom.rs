@@ -8,6 +8,11 @@
 //! and the exit of the init reports the kills no notification reported yet
 //! ([`OomCounter::unreported`]) before the exit itself: an OOM is never lost,
 //! however early it happens, and never reported twice.
+//!
+//! A kill is claimed (counted as reported) only by whoever publishes it, and
+//! under the counter's publishing lock: the exit takes that lock before it
+//! reports, so a notification's event already on its way is out before the
+//! exit (after which `ctr run --rm` deletes the task and the shim goes).
 
 use std::{
     io::{Read, Write},
@@ -31,6 +36,8 @@ const KILL_COUNT_WAIT: Duration = Duration::from_millis(100);
 pub struct OomCounter {
     dir: PathBuf,
     reported: Arc<Mutex<u64>>,
+    /// Held while kills are claimed and their events published.
+    publishing: Arc<tokio::sync::Mutex<()>>,
 }
 
 impl OomCounter {
@@ -53,17 +60,28 @@ impl OomCounter {
         new
     }
 
+    /// Whether the kernel counts this cgroup's kills (else every notification
+    /// is one kill).
+    pub fn counts_kills(&self) -> bool {
+        self.kills().is_some()
+    }
+
+    /// The lock under which kills are claimed and published (see the module).
+    pub async fn publishing(&self) -> tokio::sync::OwnedMutexGuard<()> {
+        self.publishing.clone().lock_owned().await
+    }
+
     /// One notification arrived: true when it announces a kill not reported
-    /// yet. Where the kernel keeps no kill count, every notification counts.
+    /// yet (it is claimed by whoever publishes it). Where the kernel keeps no
+    /// kill count, every notification counts.
     fn notified(&self) -> bool {
         let deadline = Instant::now() + KILL_COUNT_WAIT;
         loop {
             let Some(kills) = self.kills() else {
                 return self.dir.exists();
             };
-            let mut reported = self.reported.lock().unwrap_or_else(|p| p.into_inner());
+            let reported = self.reported.lock().unwrap_or_else(|p| p.into_inner());
             if kills > *reported {
-                *reported = kills;
                 return true;
             }
             drop(reported);
@@ -82,6 +100,7 @@ pub fn watch(pid: i32) -> Option<(mpsc::UnboundedReceiver<()>, OomCounter)> {
     let dir = V1Paths::of_pid(pid).ok()?.0.get("memory")?.clone();
     let counter = OomCounter {
         reported: Arc::new(Mutex::new(0)),
+        publishing: Arc::new(tokio::sync::Mutex::new(())),
         dir,
     };
     // kills before the watch (none for a fresh container) are not this task's

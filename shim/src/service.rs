@@ -166,13 +166,9 @@ impl Inner {
             return;
         };
         // let the output drain before reporting the exit, without holding the lock
-        let (io, ooms) = {
+        let (io, oom) = {
             let c = c.lock().await;
-            // OOM kills no notification reported yet go out before the exit
-            let ooms = match (&c.oom, exec_id.is_empty()) {
-                (Some(counter), true) => counter.unreported(),
-                _ => 0,
-            };
+            let oom = c.oom.clone().filter(|_| exec_id.is_empty());
             if exec_id.is_empty() && c.shares_host_pids {
                 // no pid namespace takes the rest down with the init; they may
                 // hold its output open, so they go before the drain
@@ -180,11 +176,16 @@ impl Inner {
                     debug!(container = %c.id, error = %e, "kill remaining processes");
                 }
             }
-            (c.process(&exec_id).ok().and_then(|p| p.io.clone()), ooms)
+            (c.process(&exec_id).ok().and_then(|p| p.io.clone()), oom)
         };
-        for _ in 0..ooms {
-            warn!(container = %id, "OOM kill (counted at exit)");
-            self.publish_oom(&id).await;
+        if let Some(counter) = oom {
+            // OOM kills go out before the exit: a notification's event being
+            // published finishes first, then what no notification claimed
+            let _publishing = counter.publishing().await;
+            for _ in 0..counter.unreported() {
+                warn!(container = %id, "OOM kill (counted at exit)");
+                self.publish_oom(&id).await;
+            }
         }
         if let Some(io) = io {
             let drain = tokio::spawn(async move { io.drain().await });
@@ -918,11 +919,19 @@ impl Inner {
         let (mut rx, counter) = crate::oom::watch(pid)?;
         let weak = Arc::downgrade(self);
         let id = id.to_string();
+        let watched = counter.clone();
         tokio::spawn(async move {
             while rx.recv().await.is_some() {
                 let Some(inner) = weak.upgrade() else { break };
-                warn!(container = %id, "OOM event");
-                inner.publish_oom(&id).await;
+                let _publishing = watched.publishing().await;
+                let kills = match watched.counts_kills() {
+                    true => watched.unreported(),
+                    false => 1,
+                };
+                for _ in 0..kills {
+                    warn!(container = %id, "OOM event");
+                    inner.publish_oom(&id).await;
+                }
             }
         });
         Some(counter)
