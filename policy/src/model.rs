@@ -394,7 +394,13 @@ pub fn predict(
     if frozen + lazy > 0.0 {
         peak = peak.max(bw);
     }
-    let downtime = freeze_s + frozen * ovh / bw;
+    let wire = frozen * ovh / bw;
+    let downtime = match plan.technique {
+        // cold streams its dump while CRIU writes it (docs/migration.md):
+        // the dump and the transfer overlap, the longer of the two counts
+        Technique::Cold => freeze_s - dump + dump.max(wire),
+        _ => freeze_s + wire,
+    };
     let total = live.secs + downtime + lazy * ovh / bw + c.fixed_total_ms / 1e3;
     // all inputs are validated finite and non-negative; `as` saturates anyway
     Ok(Prediction {
@@ -478,10 +484,10 @@ pub(crate) mod tests {
         let m = meas(512, 0.0, 1000.0);
         let got = p(&m, &plan(Technique::Cold, 0));
         let mem = m.memory_bytes as f64;
+        // the dump overlaps the transfer (cold streams it): the longer counts
         let want_s = 0.120
-            + mem / c.dump_bytes_per_s
+            + (mem / c.dump_bytes_per_s).max(mem * 1.01 / m.link_bytes_per_s)
             + mem / c.hash_bytes_per_s
-            + mem * 1.01 / m.link_bytes_per_s
             + mem / c.assemble_bytes_per_s
             + mem / c.restore_bytes_per_s;
         assert!((got.downtime_ms - want_s * 1e3).abs() < 1e-6, "{got:?}");
