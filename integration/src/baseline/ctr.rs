@@ -5,7 +5,6 @@
 
 use std::{
     io::{Read, Write},
-    net::{TcpListener, TcpStream},
     path::{Path, PathBuf},
 };
 
@@ -15,7 +14,7 @@ use mose_tests::fifo::TaskIo;
 use mose_workloads::images::STATE_SERVICE_REF;
 use sha2::{Digest, Sha256};
 
-use super::{criu_config, BaselineRun, PhaseClock, WORK_DIR, XFER_PORT};
+use super::{criu_config, BaselineRun, PhaseClock, WORK_DIR};
 use crate::cluster::Cluster;
 
 /// The checkpoint's media type in containerd's content store.
@@ -82,13 +81,9 @@ async fn migrate_steps(
 /// Streams `img` as tar from node 1 to a file `recv` written by node 2:
 /// the tar's digest and size.
 fn transfer(c: &Cluster, img: &Path, recv: &Path) -> Result<(String, u64)> {
-    let (n1, n2) = (c.node(1)?, c.node(2)?);
-    let ip2 = n2.ip();
-    let listener = n2.run_in_netns(move || Ok(TcpListener::bind((ip2, XFER_PORT))?))?;
-    let recv2 = recv.to_path_buf();
-    let receiver = std::thread::spawn(move || -> Result<(String, u64)> {
-        let mut s = super::accept_within(&listener, super::ACCEPT_TIMEOUT)?;
-        let mut f = std::fs::File::create(&recv2)?;
+    let recv = recv.to_path_buf();
+    super::send_dir_as_tar(c, img, move |mut s| {
+        let mut f = std::fs::File::create(&recv)?;
         let (mut h, mut n, mut buf) = (Sha256::new(), 0u64, vec![0u8; 1 << 20]);
         loop {
             let k = s.read(&mut buf)?;
@@ -100,22 +95,7 @@ fn transfer(c: &Cluster, img: &Path, recv: &Path) -> Result<(String, u64)> {
             n += k as u64;
         }
         Ok((format!("sha256:{:x}", h.finalize()), n))
-    });
-    let img2 = img.to_path_buf();
-    let sent = n1.run_in_netns(move || -> Result<()> {
-        let s = TcpStream::connect((ip2, XFER_PORT))?;
-        let mut b = tar::Builder::new(std::io::BufWriter::with_capacity(1 << 20, s));
-        b.append_dir_all(".", &img2)?;
-        b.into_inner()?.flush()?;
-        Ok(())
-    });
-    // the receiver ends either way (EOF, or no sender within its bound):
-    // joined before the port is used again
-    let received = receiver
-        .join()
-        .map_err(|_| anyhow!("the baseline's tar receiver panicked"))?;
-    sent.context("sending the checkpoint as tar")?;
-    received
+    })
 }
 
 /// Creates the container on node 2 and restores its task from the

@@ -55,6 +55,36 @@ pub fn accept_within(
     }
 }
 
+/// Streams directory `dir` as tar over one TCP connection through the
+/// testbed link, from node 1's netns to node 2's, where `receive` reads the
+/// connection (on its own thread, as it arrives): what `receive` returns.
+/// The receiver is always joined before the port is used again; it ends on
+/// EOF, or when no sender connected within [`ACCEPT_TIMEOUT`].
+pub fn send_dir_as_tar<T: Send + 'static>(
+    c: &crate::cluster::Cluster,
+    dir: &Path,
+    receive: impl FnOnce(std::net::TcpStream) -> Result<T> + Send + 'static,
+) -> Result<T> {
+    use std::io::Write;
+    let (n1, n2) = (c.node(1)?, c.node(2)?);
+    let ip2 = n2.ip();
+    let listener = n2.run_in_netns(move || Ok(std::net::TcpListener::bind((ip2, XFER_PORT))?))?;
+    let receiver = std::thread::spawn(move || receive(accept_within(&listener, ACCEPT_TIMEOUT)?));
+    let dir = dir.to_path_buf();
+    let sent = n1.run_in_netns(move || -> Result<()> {
+        let s = std::net::TcpStream::connect((ip2, XFER_PORT))?;
+        let mut b = tar::Builder::new(std::io::BufWriter::with_capacity(1 << 20, s));
+        b.append_dir_all(".", &dir)?;
+        b.into_inner()?.flush()?;
+        Ok(())
+    });
+    let received = receiver
+        .join()
+        .map_err(|_| anyhow::anyhow!("the baseline's tar receiver panicked"))?;
+    sent.context("sending the checkpoint as tar")?;
+    received
+}
+
 /// The CRIU configuration file every baseline's container names in its
 /// `org.criu.config` annotation: CRIU closes the clients' TCP connections
 /// and skips unaccepted ones, as MOSE tells it to.

@@ -14,8 +14,6 @@
 //! timed. Its CRIU options match MOSE's (the `org.criu.config` annotation).
 
 use std::{
-    io::Write,
-    net::{TcpListener, TcpStream},
     path::{Path, PathBuf},
     process::{Command, Stdio},
 };
@@ -23,7 +21,7 @@ use std::{
 use anyhow::{anyhow, bail, Context, Result};
 use mose_workloads::image::{unpack_rootfs, ImageSpec};
 
-use super::{criu_config, BaselineRun, PhaseClock, WORK_DIR, XFER_PORT};
+use super::{criu_config, BaselineRun, PhaseClock, WORK_DIR};
 use crate::cluster::Cluster;
 
 /// The runc binary the pipeline drives (the one containerd's runc shim uses).
@@ -114,22 +112,28 @@ fn write_bundle(
 /// the container's init pid.
 pub fn start(c: &Cluster, node: usize, id: &str, image: &ImageSpec, cmd: &[String]) -> Result<u32> {
     write_bundle(c, node, id, image, cmd)?;
-    let pid_file = bundle(node, id).join("pid");
+    detached(c, node, id, &["run"])
+}
+
+/// Runs runc `verb` (`run`, or `restore` with its image) detached in the
+/// bundle of container `id` on node `node`: the container's init pid.
+fn detached(c: &Cluster, node: usize, id: &str, verb: &[&str]) -> Result<u32> {
     let b = bundle(node, id);
-    runc(
-        c,
-        node,
-        &[
-            "run",
-            "--detach",
-            "--bundle",
-            &b.to_string_lossy(),
-            "--pid-file",
-            &pid_file.to_string_lossy(),
-            id,
-        ],
-    )?;
+    let (b_arg, pid_file) = (b.to_string_lossy(), b.join("pid"));
+    let pid_arg = pid_file.to_string_lossy();
+    let tail = ["--detach", "--bundle", &b_arg, "--pid-file", &pid_arg, id];
+    runc(c, node, &[verb, &tail[..]].concat())?;
     read_pid(&pid_file)
+}
+
+/// The tmpfs directories of container `id`'s checkpoint on node 1 and of
+/// its copy as received on node 2.
+fn images(id: &str) -> [PathBuf; 2] {
+    let dir = Path::new(WORK_DIR);
+    [
+        dir.join(format!("dump-{id}")),
+        dir.join(format!("recv-{id}")),
+    ]
 }
 
 fn read_pid(path: &Path) -> Result<u32> {
@@ -146,8 +150,7 @@ pub fn migrate(c: &Cluster, id: &str, image: &ImageSpec, cmd: &[String]) -> Resu
     // the destination's bundle is ready before the migration, as a user who
     // pulled the image there beforehand has it
     write_bundle(c, 2, id, image, cmd)?;
-    let dump = Path::new(WORK_DIR).join(format!("dump-{id}"));
-    let recv = Path::new(WORK_DIR).join(format!("recv-{id}"));
+    let [dump, recv] = images(id);
     for d in [&dump, &recv] {
         let _ = std::fs::remove_dir_all(d);
     }
@@ -160,22 +163,11 @@ pub fn migrate(c: &Cluster, id: &str, image: &ImageSpec, cmd: &[String]) -> Resu
     clock.mark("runc checkpoint", None);
     let bytes = stream_tar(c, &dump, &recv)?;
     clock.mark("tar over TCP, unpacked as it arrives", Some(bytes));
-    let b = bundle(2, id);
-    let pid_file = b.join("pid");
-    runc(
+    detached(
         c,
         2,
-        &[
-            "restore",
-            "--detach",
-            "--image-path",
-            &recv.to_string_lossy(),
-            "--bundle",
-            &b.to_string_lossy(),
-            "--pid-file",
-            &pid_file.to_string_lossy(),
-            id,
-        ],
+        id,
+        &["restore", "--image-path", &recv.to_string_lossy()],
     )?;
     clock.mark("runc restore", None);
     for d in [&dump, &recv] {
@@ -188,35 +180,16 @@ pub fn migrate(c: &Cluster, id: &str, image: &ImageSpec, cmd: &[String]) -> Resu
 /// Streams directory `from` (node 1) as tar over TCP to node 2, which
 /// unpacks it into `to` as it arrives: the bytes that crossed the link.
 fn stream_tar(c: &Cluster, from: &Path, to: &Path) -> Result<u64> {
-    let (n1, n2) = (c.node(1)?, c.node(2)?);
-    let ip2 = n2.ip();
-    let listener = n2.run_in_netns(move || Ok(TcpListener::bind((ip2, XFER_PORT))?))?;
-    let to2 = to.to_path_buf();
-    let receiver = std::thread::spawn(move || -> Result<u64> {
-        let s = super::accept_within(&listener, super::ACCEPT_TIMEOUT)?;
+    let to = to.to_path_buf();
+    super::send_dir_as_tar(c, from, move |s| {
         let mut r = std::io::BufReader::with_capacity(1 << 20, Counted { inner: s, n: 0 });
         tar::Archive::new(&mut r)
-            .unpack(&to2)
-            .with_context(|| format!("unpacking the checkpoint into {}", to2.display()))?;
+            .unpack(&to)
+            .with_context(|| format!("unpacking the checkpoint into {}", to.display()))?;
         // the tar's trailing blocks after the end marker
         std::io::copy(&mut r, &mut std::io::sink())?;
         Ok(r.get_ref().n)
-    });
-    let from2 = from.to_path_buf();
-    let sent = n1.run_in_netns(move || -> Result<()> {
-        let s = TcpStream::connect((ip2, XFER_PORT))?;
-        let mut b = tar::Builder::new(std::io::BufWriter::with_capacity(1 << 20, s));
-        b.append_dir_all(".", &from2)?;
-        b.into_inner()?.flush()?;
-        Ok(())
-    });
-    // the receiver ends either way (EOF, or no sender within its bound):
-    // joined before the port is used again
-    let received = receiver
-        .join()
-        .map_err(|_| anyhow!("the pipeline's tar receiver panicked"))?;
-    sent.context("sending the checkpoint as tar")?;
-    received
+    })
 }
 
 /// A reader counting the bytes read through it.
@@ -238,7 +211,7 @@ impl<R: std::io::Read> std::io::Read for Counted<R> {
 pub fn remove(c: &Cluster, node: usize, id: &str) {
     let _ = runc(c, node, &["delete", "--force", id]);
     let _ = std::fs::remove_dir_all(bundle(node, id));
-    for d in [format!("dump-{id}"), format!("recv-{id}")] {
-        let _ = std::fs::remove_dir_all(Path::new(WORK_DIR).join(d));
+    for d in images(id) {
+        let _ = std::fs::remove_dir_all(d);
     }
 }
