@@ -27,3 +27,18 @@ pub mod state;
 pub mod tracker;
 pub mod uav;
 pub mod uav_client;
+
+/// Makes SIGTERM and SIGINT end the process at once. A service runs as PID 1
+/// of its container, where the default action of SIGTERM is to ignore it, so
+/// `ctr task kill` would not stop it otherwise.
+pub fn exit_on_sigterm() {
+    extern "C" fn on_term(_: libc::c_int) {
+        // SAFETY: _exit is async-signal-safe.
+        unsafe { libc::_exit(0) };
+    }
+    // SAFETY: installs an async-signal-safe handler.
+    unsafe {
+        libc::signal(libc::SIGTERM, on_term as *const () as libc::sighandler_t);
+        libc::signal(libc::SIGINT, on_term as *const () as libc::sighandler_t);
+    }
+}

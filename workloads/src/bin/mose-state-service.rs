@@ -6,19 +6,8 @@ use std::process::ExitCode;
 use clap::Parser;
 use mose_workloads::service::{Config, Flags, Service};
 
-/// Exits at once: as PID 1 of a container the default action of SIGTERM
-/// would be to ignore it, so `ctr task kill` would not stop the service.
-extern "C" fn on_term(_: libc::c_int) {
-    // SAFETY: _exit is async-signal-safe.
-    unsafe { libc::_exit(0) };
-}
-
 fn main() -> ExitCode {
-    // SAFETY: installs an async-signal-safe handler.
-    unsafe {
-        libc::signal(libc::SIGTERM, on_term as *const () as libc::sighandler_t);
-        libc::signal(libc::SIGINT, on_term as *const () as libc::sighandler_t);
-    }
+    mose_workloads::exit_on_sigterm();
     let config = match Config::from_env_and_flags(&Flags::parse()) {
         Ok(c) => c,
         Err(e) => {

@@ -34,19 +34,8 @@ struct Flags {
     seed: u64,
 }
 
-/// Exits at once: as PID 1 of a container the default action of SIGTERM
-/// would be to ignore it, so `ctr task kill` would not stop the service.
-extern "C" fn on_term(_: libc::c_int) {
-    // SAFETY: _exit is async-signal-safe.
-    unsafe { libc::_exit(0) };
-}
-
 fn main() -> ExitCode {
-    // SAFETY: installs an async-signal-safe handler.
-    unsafe {
-        libc::signal(libc::SIGTERM, on_term as *const () as libc::sighandler_t);
-        libc::signal(libc::SIGINT, on_term as *const () as libc::sighandler_t);
-    }
+    mose_workloads::exit_on_sigterm();
     let f = Flags::parse();
     if let Err(e) = f.tracker.validate() {
         eprintln!("mose-tracker: {e:#}");

@@ -41,19 +41,8 @@ enum Cmd {
     },
 }
 
-/// Exits at once: as PID 1 of a container the default action of SIGTERM
-/// would be to ignore it, so `ctr task kill` would not stop the service.
-extern "C" fn on_term(_: libc::c_int) {
-    // SAFETY: _exit is async-signal-safe.
-    unsafe { libc::_exit(0) };
-}
-
 fn serve(config: &UavConfig) -> Result<()> {
-    // SAFETY: installs an async-signal-safe handler.
-    unsafe {
-        libc::signal(libc::SIGTERM, on_term as *const () as libc::sighandler_t);
-        libc::signal(libc::SIGINT, on_term as *const () as libc::sighandler_t);
-    }
+    mose_workloads::exit_on_sigterm();
     let svc = UavService::start(config)?;
     eprintln!(
         "mose-uav: control loop on udp {} history_mib={}",
