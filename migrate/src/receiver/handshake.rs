@@ -127,8 +127,16 @@ where
         s.link.fail("begin", &err).await;
         return Err(MigrateError::local(Phase::Handshake, err));
     }
+    let work = s.cfg.work_root.join(&migration);
+    if let Err(err) = claim_work_dir(&work, &migration) {
+        s.link.fail("begin", &err).await;
+        return Err(MigrateError::local(Phase::Handshake, err));
+    }
     let has_image = cd.has_image(&container.image).await;
-    s.link.send(&Message::BeginOk { has_image }).await?;
+    if let Err(e) = s.link.send(&Message::BeginOk { has_image }).await {
+        let _ = std::fs::remove_dir(&work);
+        return Err(e);
+    }
     Ok(Started::Migration {
         migration,
         container: Box::new(container),
@@ -136,6 +144,21 @@ where
         containerd: cd,
         into,
     })
+}
+
+/// Creates the migration's work directory, refusing an id whose directory
+/// exists: another migration of that id is being received here (its files
+/// must not be mixed with or removed by this one's).
+fn claim_work_dir(work: &std::path::Path, migration: &str) -> std::result::Result<(), String> {
+    match std::fs::create_dir(work) {
+        Ok(()) => Ok(()),
+        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => Err(format!(
+            "migration {migration} is already being received on this node ({} exists); \
+             start the migration again, it gets a new id",
+            work.display()
+        )),
+        Err(e) => Err(format!("creating {}: {e}", work.display())),
+    }
 }
 
 /// Refuses a container whose service address another container holds on
@@ -150,4 +173,23 @@ fn address_free(container: &ContainerIdentity) -> std::result::Result<(), String
         |e: mose_network::NetworkError| format!("container {} cannot come here: {e}", container.id);
     mose_network::cni::load(&cfg, &id.network).map_err(refuse)?;
     mose_network::Attachment::check_free(&cfg, &id, "").map_err(refuse)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::claim_work_dir;
+
+    #[test]
+    fn a_work_directory_in_use_is_refused_and_left_alone() {
+        let root = tempfile::tempdir().expect("tempdir");
+        let work = root.path().join("svc-1-00");
+        assert!(claim_work_dir(&work, "svc-1-00").is_ok());
+        std::fs::write(work.join("pages-1.img"), b"theirs").expect("write");
+        let err = claim_work_dir(&work, "svc-1-00").expect_err("second claim");
+        assert!(err.contains("already being received"), "{err}");
+        assert_eq!(
+            std::fs::read(work.join("pages-1.img")).expect("read"),
+            b"theirs"
+        );
+    }
 }

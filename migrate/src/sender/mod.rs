@@ -36,20 +36,15 @@ use migration::Migration;
 /// `ok`, `failed` or `rolled-back`, see [`MigrationResult`]).
 pub async fn migrate(opts: SourceOptions) -> MigrationResult {
     let tl = Timeline::new();
-    let id = format!(
-        "{}-{}",
-        opts.container,
-        std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map(|d| d.as_millis())
-            .unwrap_or_default()
-    );
+    let id = migration_id(&opts.container);
     let mut m = match handshake::start(&opts, id.clone(), tl.clone()).await {
         Ok(m) => m,
         Err(e) => {
             let error = error_chain(&e);
+            // nothing to remove: the work directory is created last, once
+            // its lock is held, and a failed start never got that far (a
+            // directory of this name that exists belongs to someone else)
             warn!(%error, "migration failed before anything was frozen");
-            let _ = std::fs::remove_dir_all(opts.work_root.join(&id));
             let total_ms = tl.now_ms();
             return result_of(&opts, id, tl, total_ms, None, "failed", Some(error));
         }
@@ -161,5 +156,39 @@ fn result_of(
         address: address.map(|a| a.to_string()),
         lazy_source,
         lazy_source_note,
+    }
+}
+
+/// A migration's identity, `<container>-<ms since the epoch>-<16 hex digits>`:
+/// unique across the agents and `mosectl` runs of one machine and across
+/// nodes, since it names the work directory on both sides (two migrations of
+/// containers with the same name started in the same millisecond once shared
+/// one and destroyed each other's images). The random part comes from the
+/// OS (getrandom); if that fails, the process id and a counter stand in.
+fn migration_id(container: &str) -> String {
+    use std::sync::atomic::{AtomicU64, Ordering};
+    static COUNTER: AtomicU64 = AtomicU64::new(0);
+    let ms = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis())
+        .unwrap_or_default();
+    let nonce = getrandom::u64().unwrap_or_else(|_| {
+        (u64::from(std::process::id()) << 32) | COUNTER.fetch_add(1, Ordering::Relaxed)
+    });
+    format!("{container}-{ms}-{nonce:016x}")
+}
+
+#[cfg(test)]
+mod id_tests {
+    use super::migration_id;
+
+    #[test]
+    fn ids_of_one_container_in_one_millisecond_differ() {
+        let ids: std::collections::HashSet<String> =
+            (0..1000).map(|_| migration_id("svc")).collect();
+        assert_eq!(ids.len(), 1000);
+        assert!(ids
+            .iter()
+            .all(|id| id.starts_with("svc-") && !id.contains('/')));
     }
 }
