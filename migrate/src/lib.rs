@@ -8,10 +8,13 @@
 //!   per phase and the receiver's state machine.
 //! - [`lazy`]: page placement through userfaultfd, CRIU pagemaps and address
 //!   ranges, used by both sides and importing neither.
+//! - [`admission`]: what an incoming container may bring to the destination;
+//!   [`peer`]: which node a peer is, from its certificate.
 //! - [`containerd`], [`tls`], [`memory`], [`rootfs`], [`oci_runtime`]: the
 //!   plumbing the two sides share; [`result`] and [`record`]: what a
 //!   migration reports.
 
+pub mod admission;
 pub mod containerd;
 pub mod error;
 pub mod lazy;
@@ -19,6 +22,7 @@ pub mod link;
 pub mod memory;
 pub mod network;
 pub mod oci_runtime;
+pub mod peer;
 pub mod pods;
 pub mod receiver;
 pub mod record;

@@ -136,7 +136,8 @@ pub async fn probe_link(
     bytes: u64,
     io: Duration,
 ) -> Result<LinkSample> {
-    let (mut r, mut w) = connect_to(identity, to, io).await?;
+    let c = connect_to(identity, to, io).await?;
+    let (mut r, mut w) = (c.reader, c.writer);
     let stalled = || anyhow!("link probe to {to}: the endpoint did not take data");
     let hello = Message::Hello {
         version: PROTOCOL_VERSION,
@@ -146,7 +147,8 @@ pub async fn probe_link(
         .await
         .map_err(|_| stalled())??;
     match tokio::time::timeout(io, r.message()).await {
-        Ok(Ok(Message::HelloOk { .. })) => {}
+        Ok(Ok(Message::HelloOk { node, .. })) => mose_migrate::peer::check_claim(&node, &c.node)
+            .map_err(|why| anyhow!("link probe to {to}: {why}"))?,
         Ok(Ok(other)) => bail!("link probe to {to}: expected HelloOk, got {other:?}"),
         Ok(Err(e)) => bail!("link probe to {to}: {e}"),
         Err(_) => bail!("link probe to {to}: no answer within {io:?}"),

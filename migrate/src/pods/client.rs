@@ -23,15 +23,20 @@ pub struct PodInfo {
 }
 
 async fn ask(identity: &Identity, endpoint: &str, io: Duration, m: Message) -> Result<Message> {
-    let (r, w) = connect_to(identity, endpoint, io).await?;
-    let mut link = Link::new(r, w, endpoint.to_string(), io);
+    let c = connect_to(identity, endpoint, io).await?;
+    let certified = c.node.clone();
+    let mut link = Link::new(c.reader, c.writer, endpoint.to_string(), io);
     link.send(&Message::Hello {
         version: PROTOCOL_VERSION,
         node: identity.node.clone(),
     })
     .await?;
     match link.recv(io).await? {
-        Message::HelloOk { node, .. } => link.peer = format!("{node} ({endpoint})"),
+        Message::HelloOk { node, .. } => {
+            crate::peer::check_claim(&node, &certified)
+                .map_err(|why| MigrateError::local(Phase::Handshake, why))?;
+            link.peer = format!("{node} ({endpoint})");
+        }
         other => return Err(unexpected(endpoint, "HelloOk", &other)),
     }
     link.send(&m).await?;

@@ -36,4 +36,7 @@ pub struct EndpointConfig {
     /// Told of each pod container migrated from here as it is recorded
     /// (the agent's metrics); `None` records only.
     pub on_outgoing: Option<crate::record::OutgoingObserver>,
+    /// What an incoming container may bring to this node (checked at its
+    /// `Begin`, before anything but control messages is received).
+    pub admission: std::sync::Arc<crate::admission::Admission>,
 }

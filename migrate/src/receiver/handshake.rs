@@ -49,6 +49,12 @@ where
         return Err(e);
     }
     if let Message::Hello { node, .. } = &hello {
+        if let Some(certified) = &s.peer_node {
+            if let Err(why) = crate::peer::check_claim(node, certified) {
+                s.link.fail("hello", &why).await;
+                return Err(MigrateError::local(Phase::Handshake, why));
+            }
+        }
         s.link.peer = format!("{node} ({})", s.link.peer);
     }
     s.link
@@ -116,7 +122,14 @@ where
                 return Err(MigrateError::local(Phase::Handshake, err));
             }
         },
-        None => None,
+        // a pod's container runs the spec this node's CRI built, not the peer's
+        None => {
+            if let Err(err) = s.cfg.admission.check(&s.cfg.identity.node, &container) {
+                s.link.fail("begin", &err).await;
+                return Err(MigrateError::local(Phase::Handshake, err));
+            }
+            None
+        }
     };
     if cd.container(&container.id).await.is_ok() {
         let err = format!("container {} already exists on this node", container.id);

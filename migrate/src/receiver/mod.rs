@@ -76,8 +76,15 @@ pub async fn serve(cfg: EndpointConfig) -> Result<()> {
                 Ok(Err(e)) => return warn!(%peer, error = %e, "peer rejected during TLS handshake"),
                 Err(_) => return warn!(%peer, "TLS handshake timed out"),
             };
+            let node = match crate::peer::certified_node(stream.get_ref().1.peer_certificates()) {
+                Ok(node) => node,
+                Err(why) => {
+                    return warn!(%peer, error = %why, "peer refused after the TLS handshake")
+                }
+            };
             let (r, w) = tokio::io::split(stream);
-            if let Err(e) = handle(&cfg, FrameReader::new(r), FrameWriter::new(w), peer).await {
+            let (r, w) = (FrameReader::new(r), FrameWriter::new(w));
+            if let Err(e) = handle(&cfg, r, w, peer, node).await {
                 error!(%peer, error = %error_chain(&e), "incoming migration failed");
             }
         });
@@ -105,11 +112,13 @@ fn prepare_work_root(cfg: &EndpointConfig) -> Result<()> {
 }
 
 /// One connection: a handshake, then a link probe or a migration, recorded.
+/// `peer_node` is the node the peer's certificate was issued for.
 async fn handle<R, W>(
     cfg: &EndpointConfig,
     r: FrameReader<R>,
     w: FrameWriter<W>,
     peer: SocketAddr,
+    peer_node: String,
 ) -> Result<()>
 where
     R: AsyncRead + Unpin,
@@ -118,6 +127,7 @@ where
     let link = Link::new(r, w, peer.to_string(), cfg.io_timeout);
     let mut s = Session::new(cfg, link);
     s.peer_ip = Some(peer.ip());
+    s.peer_node = Some(peer_node);
     let (migration, container, technique, cd, into) = match handshake::run(&mut s).await? {
         Started::Probe { bytes } => return probe::answer(&mut s, bytes).await,
         Started::Pod(request) => return pod_request::answer(&mut s, request).await,

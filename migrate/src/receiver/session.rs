@@ -15,6 +15,11 @@ pub struct Session<'a, R, W> {
     pub state: ReceiverState,
     /// The peer's IP address, as the connection came from.
     pub peer_ip: Option<std::net::IpAddr>,
+    /// The node the peer's certificate was issued for ([`crate::peer`]);
+    /// its `Hello` must claim this name. `serve` always sets it (a peer
+    /// whose certificate names no node is refused before a session
+    /// exists); only sessions over in-memory streams in unit tests lack it.
+    pub peer_node: Option<String>,
 }
 
 impl<'a, R: AsyncRead + Unpin, W: AsyncWrite + Unpin> Session<'a, R, W> {
@@ -24,6 +29,7 @@ impl<'a, R: AsyncRead + Unpin, W: AsyncWrite + Unpin> Session<'a, R, W> {
             link,
             state: ReceiverState::AwaitHello,
             peer_ip: None,
+            peer_node: None,
         }
     }
 

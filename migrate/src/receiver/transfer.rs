@@ -179,6 +179,7 @@ mod tests {
             },
             on_incoming: None,
             on_outgoing: None,
+            admission: std::sync::Arc::new(crate::admission::Admission::defaults()),
         }
     }
 

@@ -24,9 +24,27 @@ use crate::{
     tls::{server_name, Identity},
 };
 
+/// A mutually authenticated stream to a node endpoint, and the node its
+/// certificate was issued for (its `HelloOk` must name that node, see
+/// [`Certified::check_hello`]).
+pub struct Certified {
+    pub reader: Reader,
+    pub writer: Writer,
+    pub node: String,
+}
+
+impl Certified {
+    /// Refuses a `HelloOk` naming another node than the certificate.
+    pub fn check_hello(&self, claimed: &str) -> Result<()> {
+        crate::peer::check_claim(claimed, &self.node)
+            .map_err(|why| MigrateError::local(Phase::Handshake, why))
+    }
+}
+
 /// Opens a mutually authenticated stream to the node endpoint at `to`
-/// (`HOST:PORT`).
-pub async fn connect_to(identity: &Identity, to: &str, io: Duration) -> Result<(Reader, Writer)> {
+/// (`HOST:PORT`). Errors: a bad address, a connection or TLS handshake
+/// failure or timeout, or a certificate that names no node.
+pub async fn connect_to(identity: &Identity, to: &str, io: Duration) -> Result<Certified> {
     let fail = |what: String| MigrateError::local(Phase::Handshake, what);
     let host = to
         .rsplit_once(':')
@@ -48,8 +66,14 @@ pub async fn connect_to(identity: &Identity, to: &str, io: Duration) -> Result<(
             Phase::Handshake,
             &format!("TLS handshake with {to} (same cluster CA?)"),
         )?;
+    let node = crate::peer::certified_node(tls.get_ref().1.peer_certificates())
+        .map_err(|why| fail(format!("destination {to}: {why}")))?;
     let (r, w) = tokio::io::split(tls);
-    Ok((FrameReader::new(r), FrameWriter::new(w)))
+    Ok(Certified {
+        reader: FrameReader::new(r),
+        writer: FrameWriter::new(w),
+        node,
+    })
 }
 
 /// Checks the container, connects and begins: the destination has accepted
@@ -75,7 +99,7 @@ pub async fn start<'a>(opts: &'a SourceOptions, id: String, tl: Timeline) -> Res
     let spec = spec_of(&container).in_phase(Phase::Handshake, "reading the container's spec")?;
     let address =
         crate::network::identity_of(&spec).map_err(|e| MigrateError::local(Phase::Handshake, e))?;
-    let link = connect(opts).await?;
+    let (link, destination_node) = connect(opts).await?;
     let mut m = Migration {
         opts,
         work: opts.work_root.join(&id),
@@ -99,7 +123,7 @@ pub async fn start<'a>(opts: &'a SourceOptions, id: String, tl: Timeline) -> Res
         final_round_open: false,
         streamed_blocks: 0,
     };
-    m.hello().await?;
+    m.hello(&destination_node).await?;
     m.begin().await?;
     crate::ensure_tmpfs(&opts.work_root).in_phase(Phase::Handshake, "preparing the work root")?;
     super::workdir::sweep(&opts.work_root);
@@ -113,15 +137,20 @@ pub async fn start<'a>(opts: &'a SourceOptions, id: String, tl: Timeline) -> Res
     Ok(m)
 }
 
-async fn connect(opts: &SourceOptions) -> Result<SourceLink> {
-    let (r, mut w) = connect_to(&opts.identity, &opts.to, opts.io_timeout).await?;
-    w.set_compression(opts.compress);
-    w.set_rate_limit(opts.bandwidth_cap_bps.map(|b| b / 8));
-    Ok(Link::new(r, w, opts.to.clone(), opts.io_timeout))
+/// The link to the destination, and the node its certificate names.
+async fn connect(opts: &SourceOptions) -> Result<(SourceLink, String)> {
+    let mut c = connect_to(&opts.identity, &opts.to, opts.io_timeout).await?;
+    c.writer.set_compression(opts.compress);
+    c.writer
+        .set_rate_limit(opts.bandwidth_cap_bps.map(|b| b / 8));
+    let link = Link::new(c.reader, c.writer, opts.to.clone(), opts.io_timeout);
+    Ok((link, c.node))
 }
 
 impl Migration<'_> {
-    async fn hello(&mut self) -> Result<()> {
+    /// `Hello`/`HelloOk`; the destination must answer with the node name
+    /// its certificate (`certified`) was issued for.
+    async fn hello(&mut self, certified: &str) -> Result<()> {
         self.link
             .send(&Message::Hello {
                 version: PROTOCOL_VERSION,
@@ -132,6 +161,8 @@ impl Migration<'_> {
         let answer = self.link.recv(self.opts.io_timeout).await?;
         self.step(SenderEvent::Received(&answer))?;
         if let Message::HelloOk { node, .. } = answer {
+            crate::peer::check_claim(&node, certified)
+                .map_err(|why| MigrateError::local(Phase::Handshake, why))?;
             self.link.peer = format!("{node} ({})", self.opts.to);
         }
         Ok(())

@@ -21,7 +21,7 @@ pub mod workdir;
 
 use tracing::warn;
 
-pub use handshake::connect_to;
+pub use handshake::{connect_to, Certified};
 pub use migration::{Reader, Writer};
 pub use options::{BeforeFreezeFn, Fault, Progress, ProgressFn, SourceOptions, StopFn};
 
