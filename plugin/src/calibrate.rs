@@ -6,6 +6,14 @@
 //! in `<state>/calibration.json`; a fresh node starts from a quick start-up
 //! calibration of what it can measure alone (hashing, tmpfs writes, live
 //! memory scans) and the defaults for CRIU dump and restore.
+//!
+//! A migration whose address moves with the container (a MOSE service
+//! address, or a Kubernetes pod's IP) pays fixed costs the others do not:
+//! CRIU's network lock and unlock inside the dump and the restore, the
+//! address's CNI attachment on the destination, its link brought up and
+//! announced. Its dump and restore therefore stay out of the throughput
+//! fits, and what its freeze took beyond an address-less one of the same
+//! memory is learned apart, as `address_fixed_downtime_ms`.
 
 use std::{collections::BTreeMap, path::PathBuf};
 
@@ -98,8 +106,15 @@ pub fn fit(samples: &[Sample], prior: f64) -> Fit {
 pub struct Learned {
     /// Per phase (see [`PHASES`]).
     pub samples: BTreeMap<String, Vec<Sample>>,
-    /// Downtime not explained by the phases above (containerd create, round trips).
+    /// Downtime not explained by the phases above (containerd create, round
+    /// trips), of eager migrations whose address stayed put.
     pub other_downtime_ms: Vec<f64>,
+    /// Eager migrations whose address moved with the container: `bytes` the
+    /// memory, `ms` the downtime less the measured transfer and assembly
+    /// (the dump, the restore and the rest of the freeze, the address's
+    /// fixed costs included). Absent from calibrations persisted before it.
+    #[serde(default)]
+    pub address_downtime: Vec<Sample>,
     /// Total time outside the live rounds and the downtime (connect, image, release).
     pub other_total_ms: Vec<f64>,
     /// Migrations learned from.
@@ -111,6 +126,13 @@ fn push<T>(v: &mut Vec<T>, x: T) {
     if v.len() > KEEP {
         v.remove(0);
     }
+}
+
+/// Whether a completed migration moved the container's address: it names
+/// the service address, or kept its connections (only a moving address,
+/// such as a pod's IP, keeps them; see `mose_migrate::network::connections`).
+pub fn moved_address(r: &MigrationResult) -> bool {
+    r.address.is_some() || r.connections == "kept"
 }
 
 fn median(v: &[f64]) -> Option<f64> {
@@ -132,8 +154,17 @@ impl Learned {
         }
     }
 
-    /// The model's calibration: fitted throughputs, and every fixed part
-    /// that falls inside the freeze folded into `fixed_downtime_ms`.
+    /// The model's calibration: fitted throughputs, every fixed part that
+    /// falls inside the freeze folded into `fixed_downtime_ms`, and the
+    /// extra fixed downtime of a moving address.
+    ///
+    /// `address_fixed_downtime_ms` = max(0, median over the
+    /// [`Learned::address_downtime`] samples of (ms − the dump's fit − the
+    /// restore's fit at that memory) − the median of `other_downtime_ms` (0
+    /// when there is none, as in `fixed_downtime_ms`)): what such a
+    /// migration's dump, restore and rest of the freeze took beyond what
+    /// the address-less calibration counts for them. Without samples, or
+    /// while `fixed_downtime_ms` is still the default, it is the default.
     pub fn calibration(&self) -> Calibration {
         let d = Calibration::default();
         let f =
@@ -145,14 +176,22 @@ impl Learned {
         let restore = f("restore", d.restore_bytes_per_s);
         let have = |p: &str| self.samples.get(p).is_some_and(|v| !v.is_empty());
         let in_freeze = ["dump", "hash", "assemble", "restore"];
-        let fixed_downtime = if in_freeze.iter().all(|p| have(p)) {
-            dump.fixed_ms
-                + hash.fixed_ms
-                + assemble.fixed_ms
-                + restore.fixed_ms
-                + median(&self.other_downtime_ms).unwrap_or(0.0)
+        let learned_freeze = in_freeze.iter().all(|p| have(p));
+        let other = median(&self.other_downtime_ms).unwrap_or(0.0);
+        let fixed_downtime = if learned_freeze {
+            dump.fixed_ms + hash.fixed_ms + assemble.fixed_ms + restore.fixed_ms + other
         } else {
             d.fixed_downtime_ms
+        };
+        let at = |f: Fit, bytes: f64| f.fixed_ms + bytes / f.bytes_per_s * 1000.0;
+        let beyond: Vec<f64> = self
+            .address_downtime
+            .iter()
+            .map(|s| s.ms - at(dump, s.bytes) - at(restore, s.bytes))
+            .collect();
+        let address_fixed = match median(&beyond) {
+            Some(b) if learned_freeze => (b - other).max(0.0),
+            _ => d.address_fixed_downtime_ms,
         };
         Calibration {
             scan_bytes_per_s: scan.bytes_per_s,
@@ -162,12 +201,17 @@ impl Learned {
             restore_bytes_per_s: restore.bytes_per_s,
             fixed_downtime_ms: fixed_downtime,
             fixed_total_ms: median(&self.other_total_ms).unwrap_or(d.fixed_total_ms),
+            address_fixed_downtime_ms: address_fixed,
             ..d
         }
     }
 
     /// Learns from a completed migration; `link_bytes_per_s` is the rate
-    /// the link was measured at (to separate sending from computing).
+    /// the link was measured at (to separate sending from computing). When
+    /// the address moved ([`moved_address`]), its dump and restore do not
+    /// feed the throughput fits (their fixed parts carry the address's
+    /// cost) and an eager one's freeze becomes an `address_downtime` sample
+    /// instead of an `other_downtime_ms` one.
     pub fn learn(&mut self, r: &MigrationResult, link_bytes_per_s: f64) {
         if r.status != "ok" {
             return;
@@ -182,9 +226,12 @@ impl Learned {
             f64::INFINITY
         };
         let phase = |name: &str| r.phases.iter().find(|p| p.name == name);
+        let moved = moved_address(r);
         let mut explained = 0.0;
         if let Some(p) = phase("freeze+dump") {
-            self.add("dump", m, p.duration_ms);
+            if !moved {
+                self.add("dump", m, p.duration_ms);
+            }
             explained += p.duration_ms;
         }
         // a lazy restore moves most memory after the freeze: its transfer,
@@ -195,20 +242,34 @@ impl Learned {
             self.migrations += 1;
             return;
         }
+        // the transfer and the assembly: the same with or without an address
+        let mut carried_ms = 0.0;
         if let Some(p) = phase("transfer") {
             let wire = p.bytes.unwrap_or(last.bytes) as f64 / link * 1000.0;
             self.add("hash", m, (p.duration_ms - wire).max(1.0));
             explained += p.duration_ms;
+            carried_ms += p.duration_ms;
         }
         if let Some(p) = phase("dest: assemble image") {
             self.add("assemble", m, p.duration_ms);
             explained += p.duration_ms;
+            carried_ms += p.duration_ms;
         }
-        if let Some(p) = phase("dest: CRIU restore") {
-            self.add("restore", m, p.duration_ms);
+        let restore = phase("dest: CRIU restore");
+        if let Some(p) = restore {
+            if !moved {
+                self.add("restore", m, p.duration_ms);
+            }
             explained += p.duration_ms;
         }
-        if explained > 0.0 {
+        if moved {
+            // the dump's and the restore's fits are subtracted at
+            // calibration: both must be in this downtime
+            let ms = (r.downtime_ms - carried_ms).max(0.0);
+            if phase("freeze+dump").is_some() && restore.is_some() && ms.is_finite() {
+                push(&mut self.address_downtime, Sample { bytes: m, ms });
+            }
+        } else if explained > 0.0 {
             push(
                 &mut self.other_downtime_ms,
                 (r.downtime_ms - explained).max(0.0),
@@ -560,5 +621,220 @@ mod tests {
         failed.status = "rolled-back".into();
         l.learn(&failed, 125e6);
         assert_eq!(l.migrations, 1);
+    }
+
+    const LINK: f64 = 125e6;
+    const MIB: f64 = 1048576.0;
+
+    /// An ok eager migration of `mib` MiB whose phases follow this node:
+    /// dump 50 ms + 1 GB/s, hashing 10 ms + 4 GB/s, assembly 5 ms + 2 GB/s,
+    /// restore 80 ms + 700 MB/s, 20 ms unexplained. With `address` (the
+    /// service address moving, `connections` as the result says) the dump
+    /// takes 60 ms more, the restore 70 ms more and the rest 40 ms more.
+    fn eager(
+        technique: &str,
+        mib: f64,
+        address: Option<&str>,
+        connections: &str,
+    ) -> MigrationResult {
+        let m = mib * MIB;
+        let extra = |x: f64| {
+            if address.is_some() || connections == "kept" {
+                x
+            } else {
+                0.0
+            }
+        };
+        let delta = 100_000u64;
+        let dump = 50.0 + m / 1e9 * 1e3 + extra(60.0);
+        let transfer = 10.0 + m / 4e9 * 1e3 + delta as f64 / LINK * 1e3;
+        let assemble = 5.0 + m / 2e9 * 1e3;
+        let restore = 80.0 + m / 7e8 * 1e3 + extra(70.0);
+        let downtime = dump + transfer + assemble + restore + 20.0 + extra(40.0);
+        let mut v = serde_json::json!({
+            "status": "ok", "migration": "m", "container": "c", "destination": "d",
+            "technique": technique, "rounds": 0, "downtime_ms": downtime,
+            "total_ms": downtime + 300.0, "bytes_sent": m as u64,
+            "round_details": [
+                {"round": 1, "final_round": true, "pages_present": (m / 4096.0) as u64,
+                 "new_blocks": 24, "bytes": delta, "duration_ms": transfer, "freeze_ms": transfer}
+            ],
+            "phases": [
+                {"name": "freeze+dump", "start_ms": 0.0, "duration_ms": dump},
+                {"name": "transfer", "start_ms": dump, "duration_ms": transfer, "bytes": delta},
+                {"name": "dest: assemble image", "start_ms": 0.0, "duration_ms": assemble},
+                {"name": "dest: CRIU restore", "start_ms": 0.0, "duration_ms": restore}
+            ],
+            "connections": connections
+        });
+        if let Some(a) = address {
+            v["address"] = a.into();
+        }
+        serde_json::from_value(v).unwrap()
+    }
+
+    fn still(mib: f64) -> MigrationResult {
+        eager("cold", mib, None, "closed")
+    }
+
+    fn service(mib: f64) -> MigrationResult {
+        eager("precopy", mib, Some("10.89.0.61/24 on network svc"), "kept")
+    }
+
+    #[test]
+    fn a_moving_address_is_told_from_the_result() {
+        assert!(!moved_address(&still(4.0)));
+        assert!(moved_address(&service(4.0)));
+        // --close-connections: the address moved all the same
+        assert!(moved_address(&eager(
+            "cold",
+            4.0,
+            Some("10.89.0.7/24 on network svc"),
+            "closed"
+        )));
+        // a pod's container: no service address, its pod IP moved
+        assert!(moved_address(&eager("cold", 4.0, None, "kept")));
+        // a result from before `connections` existed
+        let mut old = still(4.0);
+        old.connections = String::new();
+        assert!(!moved_address(&old));
+    }
+
+    #[test]
+    fn the_address_cost_is_learned_apart_from_mixed_migrations() {
+        let mut alone = Learned::default();
+        let mut mixed = Learned::default();
+        for mib in [64.0, 256.0, 64.0, 256.0] {
+            alone.learn(&still(mib), LINK);
+            mixed.learn(&still(mib), LINK);
+        }
+        // more migrations with an address than without: the old median
+        // would have been theirs
+        for mib in [4.0, 64.0, 4.0, 64.0, 128.0] {
+            mixed.learn(&service(mib), LINK);
+        }
+        assert_eq!(mixed.migrations, 9);
+        assert_eq!(mixed.address_downtime.len(), 5);
+        assert_eq!(mixed.other_downtime_ms, alone.other_downtime_ms);
+        let (a, c) = (alone.calibration(), mixed.calibration());
+        // containers whose address stays put are predicted as before ...
+        let close = |x: f64, y: f64| (x - y).abs() <= 1e-9 * x.abs().max(1.0);
+        for (name, x, y) in [
+            ("dump", a.dump_bytes_per_s, c.dump_bytes_per_s),
+            ("hash", a.hash_bytes_per_s, c.hash_bytes_per_s),
+            ("assemble", a.assemble_bytes_per_s, c.assemble_bytes_per_s),
+            ("restore", a.restore_bytes_per_s, c.restore_bytes_per_s),
+            ("fixed_downtime", a.fixed_downtime_ms, c.fixed_downtime_ms),
+            ("fixed_total", a.fixed_total_ms, c.fixed_total_ms),
+        ] {
+            assert!(close(x, y), "{name}: {a:?} {c:?}");
+        }
+        assert!((c.dump_bytes_per_s / 1e9 - 1.0).abs() < 1e-6, "{c:?}");
+        assert!((c.restore_bytes_per_s / 7e8 - 1.0).abs() < 1e-6, "{c:?}");
+        // 50 + 10 + 5 + 80 ms of fixed phases and 20 ms unexplained
+        assert!((c.fixed_downtime_ms - 165.0).abs() < 1e-6, "{c:?}");
+        // ... and the address costs its dump's, its restore's and its own
+        // extra fixed time (60 + 70 + 40 ms), not only the unexplained 40
+        assert!((c.address_fixed_downtime_ms - 170.0).abs() < 1e-6, "{c:?}");
+        // no migration with an address yet: the prior
+        assert_eq!(
+            a.address_fixed_downtime_ms,
+            Calibration::default().address_fixed_downtime_ms
+        );
+    }
+
+    #[test]
+    fn the_model_then_predicts_a_moving_address_as_measured() {
+        let mut l = Learned::default();
+        for mib in [64.0, 256.0] {
+            l.learn(&still(mib), LINK);
+        }
+        for mib in [4.0, 64.0] {
+            l.learn(&service(mib), LINK);
+        }
+        let c = l.calibration();
+        let r = service(16.0);
+        let m = mose_policy::Measurements {
+            memory_bytes: 16 * 1048576,
+            dirty_bytes_per_s: 0.0,
+            working_set_bytes: None,
+            link_bytes_per_s: LINK,
+            moves_address: true,
+        };
+        // an idle container's pre-copy: the freeze sends nothing
+        let plan = mose_policy::PlanParams {
+            technique: mose_policy::Technique::Precopy,
+            max_rounds: 1,
+            bandwidth_cap_bps: None,
+            compression: false,
+            stop_below_downtime_ms: None,
+        };
+        let p = mose_policy::predict(&m, &c, &plan).unwrap();
+        // as measured, but for the wire time of the measured final delta
+        let wire = 100_000.0 / LINK * 1e3;
+        assert!(
+            (p.downtime_ms - (r.downtime_ms - wire)).abs() < 1e-6,
+            "{p:?} vs {}",
+            r.downtime_ms
+        );
+        let still = mose_policy::Measurements {
+            moves_address: false,
+            ..m
+        };
+        let q = mose_policy::predict(&still, &c, &plan).unwrap();
+        assert!((p.downtime_ms - q.downtime_ms - 170.0).abs() < 1e-6);
+    }
+
+    #[test]
+    fn the_prior_stands_until_the_freeze_is_learned() {
+        // only migrations with an address, nothing learned of a freeze
+        // without one: the fixed costs cannot be told apart
+        let mut l = Learned::default();
+        l.learn(&service(64.0), LINK);
+        assert!(!l.samples.contains_key("dump") && !l.samples.contains_key("restore"));
+        let c = l.calibration();
+        let d = Calibration::default();
+        assert_eq!(c.fixed_downtime_ms, d.fixed_downtime_ms);
+        assert_eq!(c.address_fixed_downtime_ms, d.address_fixed_downtime_ms);
+        // a lazy migration with an address teaches its dump nothing either
+        let mut lazy = service(64.0);
+        lazy.technique = "postcopy".into();
+        let mut l = Learned::default();
+        l.learn(&lazy, LINK);
+        assert_eq!(l.migrations, 1);
+        assert!(!l.samples.contains_key("dump"));
+        assert!(l.address_downtime.is_empty());
+        // an address faster than the rest of the freeze is free, not negative
+        let mut l = Learned::default();
+        for mib in [64.0, 256.0] {
+            l.learn(&still(mib), LINK);
+        }
+        let mut quick = eager("cold", 64.0, None, "closed");
+        quick.address = Some("10.89.0.7/24 on network svc".into());
+        quick.downtime_ms -= 30.0;
+        l.learn(&quick, LINK);
+        assert_eq!(l.calibration().address_fixed_downtime_ms, 0.0);
+    }
+
+    #[test]
+    fn a_calibration_persisted_before_the_address_cost_still_loads() {
+        let old = r#"{"samples":{"dump":[{"bytes":16777216.0,"ms":80.0},{"bytes":67108864.0,"ms":140.0}]},
+            "other_downtime_ms":[20.0],"other_total_ms":[300.0],"migrations":3}"#;
+        let dir = std::env::temp_dir().join(format!("mose-calibration-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        std::fs::write(dir.join("calibration.json"), old).unwrap();
+        let store = Store::open(&dir);
+        let _ = std::fs::remove_dir_all(&dir);
+        assert_eq!(store.learned.migrations, 3, "the old file was read");
+        assert!(store.learned.address_downtime.is_empty());
+        assert_eq!(
+            store.learned.calibration().address_fixed_downtime_ms,
+            Calibration::default().address_fixed_downtime_ms
+        );
+        // and what is written now reads back
+        let mut l = store.learned.clone();
+        l.learn(&service(4.0), LINK);
+        let back: Learned = serde_json::from_str(&serde_json::to_string(&l).unwrap()).unwrap();
+        assert_eq!(back.address_downtime, l.address_downtime);
     }
 }

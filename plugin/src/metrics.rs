@@ -660,6 +660,7 @@ mod tests {
                 dirty_bytes_per_s: 0.0,
                 working_set_bytes: None,
                 link_bytes_per_s: 1e8,
+                moves_address: false,
             },
             kpis: vec![
                 // 150 predicted, 200 measured: 25 % off

@@ -278,10 +278,16 @@ async fn handle(p: &Policy, req: Request) -> Result<serde_json::Value> {
     }
 }
 
-/// The targets annotated on a container, validated by the one parser.
-async fn targets_of(cd: &Containerd, id: &str) -> Result<KpiTargets> {
+/// The targets annotated on a container, validated by the one parser, and
+/// whether its service address moves with it (the `mose.io/network` and
+/// `mose.io/address` annotations, read as the migration engine reads them:
+/// a malformed pair would fail the migration, so it fails the plan).
+async fn targets_of(cd: &Containerd, id: &str) -> Result<(KpiTargets, bool)> {
     let c = cd.container(id).await?;
     let spec = spec_of(&c)?;
+    let moves_address = mose_migrate::network::identity_of(&spec)
+        .map_err(|e| anyhow!("container {id}: {e}"))?
+        .is_some();
     let ann: std::collections::BTreeMap<String, String> = spec
         .get("annotations")
         .and_then(|a| a.as_object())
@@ -291,7 +297,8 @@ async fn targets_of(cd: &Containerd, id: &str) -> Result<KpiTargets> {
                 .collect()
         })
         .unwrap_or_default();
-    annotations::parse(&ann).map_err(|e| anyhow!("container {id}: {e}"))
+    let targets = annotations::parse(&ann).map_err(|e| anyhow!("container {id}: {e}"))?;
+    Ok((targets, moves_address))
 }
 
 async fn pids_of(cd: &Containerd, id: &str) -> Result<Vec<u32>> {
@@ -374,7 +381,7 @@ async fn link_to(p: &Policy, to: &str, fresh: bool) -> Result<(f64, String)> {
 /// Measures what is stale, builds the request and decides.
 async fn plan(p: &Policy, q: &PlanQuery) -> Result<PlanAnswer> {
     let cd = Containerd::connect(&p.cfg.containerd, &q.namespace).await?;
-    let mut targets = targets_of(&cd, &q.container).await?;
+    let (mut targets, moves_address) = targets_of(&cd, &q.container).await?;
     if let Some(t) = q.technique {
         targets.technique = TechniqueChoice::Fixed(t);
     }
@@ -388,6 +395,7 @@ async fn plan(p: &Policy, q: &PlanQuery) -> Result<PlanAnswer> {
         container: &q.container,
         destination: &q.destination,
         pod_containers: Vec::new(),
+        moves_address,
     };
     decide(p, subject, targets, memory, q.fresh).await
 }
@@ -399,6 +407,9 @@ struct Subject<'a> {
     container: &'a str,
     destination: &'a str,
     pod_containers: Vec<String>,
+    /// The container's address moves with it (see
+    /// [`Measurements::moves_address`]).
+    moves_address: bool,
 }
 
 /// Plans a pod as one: the first container's targets (the pod's), the
@@ -409,7 +420,7 @@ async fn plan_pod(p: &Policy, q: &PodPlanQuery) -> Result<PlanAnswer> {
         .first()
         .ok_or_else(|| anyhow!("a pod plan needs at least one container"))?;
     let cd = Containerd::connect(&p.cfg.containerd, &q.namespace).await?;
-    let mut targets = targets_of(&cd, first).await?;
+    let (mut targets, _) = targets_of(&cd, first).await?;
     // the pod's annotations are the source pod's: a technique they fix was
     // the previous move's; this one asked for a plan (or names its own)
     targets.technique = q
@@ -421,6 +432,8 @@ async fn plan_pod(p: &Policy, q: &PodPlanQuery) -> Result<PlanAnswer> {
         container: first,
         destination: &q.destination,
         pod_containers: q.containers.clone(),
+        // the pod IP moves with the pod, as for the engine's `cri_pod`
+        moves_address: true,
     };
     decide(p, subject, targets, memory, false).await
 }
@@ -478,6 +491,7 @@ async fn decide(
             dirty_bytes_per_s: memory.dirty_bytes_per_s,
             working_set_bytes: None,
             link_bytes_per_s: link,
+            moves_address: s.moves_address,
         },
         calibration,
         pod_containers: s.pod_containers,

@@ -168,6 +168,7 @@ mod tests {
                 dirty_bytes_per_s: 4.0 * 1024.0 * 1024.0,
                 working_set_bytes: Some(16 * 1024 * 1024),
                 link_bytes_per_s: 125_000_000.0,
+                moves_address: false,
             },
             calibration: Calibration::default(),
             pod_containers: Vec::new(),
