@@ -169,6 +169,12 @@ fn losing_the_source_in_the_lazy_phase_stops_the_destination_copy() {
         Duration::from_secs(30),
         || !containers(&c, 2, &ns).contains("state"),
     );
+    // the destination records the migration once its copy is gone
+    wait_for(
+        "the destination's record of the failed migration",
+        Duration::from_secs(30),
+        || !last_incoming(&c)["status"].is_null(),
+    );
     let rec = last_incoming(&c);
     assert_eq!(rec["status"], "failed", "{rec}");
     let err = rec["error"].as_str().unwrap_or_default();
