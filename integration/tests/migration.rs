@@ -334,7 +334,8 @@ fn wrong_credentials_are_rejected_before_anything_is_written() {
             &c.endpoint(2).unwrap(),
             "--tls-dir",
         ])
-        .arg(rogue.path())
+        // the bundle `mosectl ca issue` wrote for n1 (default --out)
+        .arg(rogue.path().join("nodes").join(n1.name()))
         .args(["--node", n1.name(), "--state", "/tmp", "--output", "json"])
         .args(["--technique", "precopy"])
         .output()

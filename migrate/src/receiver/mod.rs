@@ -47,16 +47,18 @@ use handshake::Started;
 use restore::RestoreTarget;
 use session::Session;
 
-/// Serves migrations until the process ends.
+/// Serves migrations until the process ends. Each accepted connection is
+/// handshaken with the server configuration `tls` holds at its accept, so
+/// a [`crate::tls::ReloadableServerConfig::reload`] (the agent's SIGHUP)
+/// changes the certificate of later connections only; migrations in flight
+/// keep theirs.
 ///
-/// Errors: the TLS configuration, the work directory (a tmpfs is mounted on
-/// it when it is not one) or the listening address.
-pub async fn serve(cfg: EndpointConfig) -> Result<()> {
-    let tls = TlsAcceptor::from(
-        cfg.identity
-            .server_config()
-            .in_phase(Phase::Handshake, "loading this node's TLS identity")?,
-    );
+/// Errors: the work directory (a tmpfs is mounted on it when it is not one)
+/// or the listening address.
+pub async fn serve(
+    cfg: EndpointConfig,
+    tls: Arc<crate::tls::ReloadableServerConfig>,
+) -> Result<()> {
     prepare_work_root(&cfg)?;
     let listener = TcpListener::bind(cfg.listen)
         .await
@@ -69,7 +71,7 @@ pub async fn serve(cfg: EndpointConfig) -> Result<()> {
             .await
             .in_phase(Phase::Handshake, "accepting a connection")?;
         let _ = tcp.set_nodelay(true);
-        let (tls, cfg) = (tls.clone(), cfg.clone());
+        let (tls, cfg) = (TlsAcceptor::from(tls.current()), cfg.clone());
         tokio::spawn(async move {
             let stream = match tokio::time::timeout(cfg.io_timeout, tls.accept(tcp)).await {
                 Ok(Ok(s)) => s,

@@ -8,7 +8,7 @@ use mose_migrate::{
     record::append_record,
     result::{MigrationResult, PlanRecord},
     sender::{migrate, Fault, Progress, SourceOptions},
-    tls::{init_ca, issue, Identity},
+    tls::{self, init_ca, Identity},
 };
 use mose_plugin::policy::{report_result, request_plan, PlanAnswer, PlanQuery};
 use mose_wire::Technique;
@@ -46,26 +46,85 @@ enum Cmd {
 
 #[derive(Subcommand)]
 enum CaCmd {
-    /// Create the cluster CA.
+    /// Create the cluster CA (directory 0700, ca.key 0600). Keep that
+    /// directory on this host: its key can mint any node's identity.
     Init {
         #[arg(long, default_value = "/etc/mose/tls")]
         dir: PathBuf,
         #[arg(long, default_value = "mose")]
         name: String,
     },
-    /// Issue a node certificate signed by the cluster CA.
-    Issue {
-        #[arg(long, default_value = "/etc/mose/tls")]
-        dir: PathBuf,
-        #[arg(long)]
-        node: String,
-        /// IP addresses the node is reached at (repeatable).
-        #[arg(long)]
-        ip: Vec<IpAddr>,
-        /// DNS names the node is reached at (repeatable).
-        #[arg(long)]
-        dns: Vec<String>,
-    },
+    /// Issue a node's certificate signed by the cluster CA, into a bundle
+    /// for that node (ca.pem, <node>.pem, <node>.key; no CA key).
+    Issue(IssueArgs),
+}
+
+#[derive(clap::Args)]
+struct IssueArgs {
+    /// The cluster CA's directory (`mosectl ca init --dir`).
+    #[arg(long, default_value = "/etc/mose/tls")]
+    dir: PathBuf,
+    #[arg(long)]
+    node: String,
+    /// IP addresses the node is reached at (repeatable).
+    #[arg(long)]
+    ip: Vec<IpAddr>,
+    /// DNS names the node is reached at (repeatable).
+    #[arg(long)]
+    dns: Vec<String>,
+    /// The bundle directory, created 0700 (default: <dir>/nodes/<node>);
+    /// the node's agent takes it as --tls-dir.
+    #[arg(long)]
+    out: Option<PathBuf>,
+    /// Lifetime of the certificate in days (1 to 3650).
+    #[arg(long, default_value_t = tls::DEFAULT_DAYS)]
+    days: u32,
+    /// Replace the certificate the bundle already holds with a new key and
+    /// certificate (each file swapped whole); a running agent loads it on
+    /// SIGHUP.
+    #[arg(long)]
+    renew: bool,
+}
+
+/// `mosectl ca issue`: the bundle, and how to put it on the node.
+fn ca_issue(a: IssueArgs) -> Result<()> {
+    let (dir, node) = (&a.dir, &a.node);
+    let out = a
+        .out
+        .clone()
+        .unwrap_or_else(|| tls::default_bundle_dir(dir, node));
+    let req = tls::NodeRequest {
+        node,
+        ips: &a.ip,
+        dns: &a.dns,
+        days: a.days,
+        renew: a.renew,
+    };
+    let issued = tls::issue(dir, &out, &req)?;
+    let c = &issued.certificate;
+    let b = issued.bundle.display();
+    println!(
+        "{} node {node}'s certificate (serial {}, valid until {}) into {b}: ca.pem, {node}.pem, \
+         {node}.key (mode 0600); the CA key stays in {}",
+        if issued.renewed { "renewed" } else { "issued" },
+        c.serial,
+        c.not_after_utc(),
+        dir.display(),
+    );
+    println!(
+        "install it on {node} as its agent's --tls-dir, keeping the modes (directory 0700, key \
+         0600), e.g.:\n  tar -C {b} -cf - . | ssh {node} 'install -d -m 0700 /etc/mose/tls && \
+         tar -C /etc/mose/tls -xpf -'"
+    );
+    if issued.renewed {
+        println!(
+            "then tell the running agent: `kill -HUP $(pidof mose-plugin)` on {node}; it loads \
+             the new certificate for new connections, migrations in flight go on"
+        );
+    } else {
+        println!("  mose-plugin --node {node} --tls-dir /etc/mose/tls ...");
+    }
+    Ok(())
 }
 
 #[derive(clap::Args)]
@@ -524,17 +583,16 @@ async fn run() -> Result<i32> {
             cmd: CaCmd::Init { dir, name },
         } => {
             init_ca(&dir, &name)?;
-            println!("cluster CA created in {}", dir.display());
-        }
-        Cmd::Ca {
-            cmd: CaCmd::Issue { dir, node, ip, dns },
-        } => {
-            issue(&dir, &node, &ip, &dns)?;
             println!(
-                "certificate for {node} written to {}",
-                dir.join(format!("{node}.pem")).display()
+                "cluster CA created in {0} (mode 0700); keep it on this host, its ca.key can \
+                 mint any node's identity; give each node only its bundle: `mosectl ca issue \
+                 --dir {0} --node NODE --ip ADDRESS`",
+                dir.display()
             );
         }
+        Cmd::Ca {
+            cmd: CaCmd::Issue(a),
+        } => ca_issue(a)?,
         Cmd::Plan(a) => {
             let q = PlanQuery {
                 namespace: a.namespace,
