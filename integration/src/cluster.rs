@@ -1,6 +1,11 @@
 //! A MOSE cluster on the testbed: every node runs containerd, the MOSE shim
 //! and `mose-plugin` with credentials from one cluster CA, and migrations are
 //! driven with `mosectl` from inside the source node's network namespace.
+//!
+//! As an operator sets it up: the CA lives in a directory of its own on the
+//! test host, and each node gets only its bundle from `mosectl ca issue
+//! --out` (`<node dir>/tls`: ca.pem, `<node>.pem`, `<node>.key`), which its
+//! plugin and `mosectl migrate` from it take as `--tls-dir`.
 
 use std::path::{Path, PathBuf};
 
@@ -42,8 +47,39 @@ pub const CRI_NAMESPACE: &str = "k8s.io";
 
 pub struct Cluster {
     pub bed: Testbed,
+    /// The cluster CA's directory (`mosectl ca init --dir`, `ca issue
+    /// --dir`); no node is given it. Nodes' credentials: [`Self::bundle_dir`].
     pub tls: PathBuf,
     pub bin: PathBuf,
+}
+
+/// Node `node`'s credentials bundle: `<node dir>/tls`.
+pub fn bundle_of(node: &Node) -> PathBuf {
+    node.dir().join("tls")
+}
+
+/// The admission policy of the suite's nodes (see config/admission.toml):
+/// its containers use the node's network (`ctr run --net-host`, which also
+/// bind-mounts the host's /etc/hosts and /etc/resolv.conf) and `ctr run`'s
+/// default spec, which sets no seccomp profile.
+pub const TESTBED_ADMISSION: &str = "\
+[default]
+host-namespaces = [\"network\"]
+host-paths = [\"/etc/hosts\", \"/etc/resolv.conf\"]
+unconfined = true
+";
+
+/// `--admission <node dir>/admission.toml` holding [`TESTBED_ADMISSION`],
+/// unless the caller's plugin arguments name a policy of their own.
+fn testbed_admission(node: &Node, plugin_args: &[String]) -> Vec<String> {
+    if plugin_args.iter().any(|a| a == "--admission") {
+        return Vec::new();
+    }
+    let path = node.dir().join("admission.toml");
+    if let Err(e) = std::fs::write(&path, TESTBED_ADMISSION) {
+        eprintln!("cluster: writing {}: {e}", path.display());
+    }
+    vec!["--admission".into(), path.display().to_string()]
 }
 
 fn run(cmd: &mut std::process::Command, what: &str) -> Result<String> {
@@ -69,9 +105,9 @@ impl Cluster {
         let plugin_args = plugin_args.to_vec();
         let bin = bin_dir()?;
         let tls = tempfile::Builder::new()
-            .prefix("mose-tls-")
+            .prefix("mose-ca-")
             .tempdir_in("/tmp")
-            .context("creating a TLS dir")?
+            .context("creating the CA's directory")?
             .keep();
         let mosectl = bin.join("mosectl");
         run(
@@ -81,18 +117,20 @@ impl Cluster {
             "mosectl ca init",
         )?;
         let plugin = bin.join("mose-plugin").display().to_string();
-        let tls_s = tls.display().to_string();
         let (tls2, mosectl2) = (tls.clone(), mosectl.clone());
-        // each node's certificate is issued for the address the testbed gave
-        // it, right before its plugin starts
+        // each node's bundle is issued for the address the testbed gave it,
+        // right before its plugin starts
         let mut opts = TestbedOptions::default()
             .nodes(nodes)
             .plugin_fn(move |node: &Node| {
+                let bundle = bundle_of(node);
                 let issued = run(
                     std::process::Command::new(&mosectl2)
                         .args(["ca", "issue", "--dir"])
                         .arg(&tls2)
-                        .args(["--node", node.name(), "--ip", &node.ip().to_string()]),
+                        .args(["--node", node.name(), "--ip", &node.ip().to_string()])
+                        .arg("--out")
+                        .arg(&bundle),
                     "mosectl ca issue",
                 );
                 if let Err(e) = issued {
@@ -107,7 +145,7 @@ impl Cluster {
                         "--containerd".into(),
                         node.containerd_socket().display().to_string(),
                         "--tls-dir".into(),
-                        tls_s.clone(),
+                        bundle.display().to_string(),
                         "--node".into(),
                         node.name().to_string(),
                         "--work".into(),
@@ -128,6 +166,7 @@ impl Cluster {
                             .to_string(),
                     ]
                     .into_iter()
+                    .chain(testbed_admission(node, &plugin_args))
                     .chain(plugin_args.iter().cloned())
                     .collect::<Vec<_>>(),
                 ))
@@ -250,7 +289,7 @@ impl Cluster {
                 &self.endpoint(to)?,
                 "--tls-dir",
             ])
-            .arg(&self.tls)
+            .arg(bundle_of(src))
             .args(["--node", src.name(), "--state"])
             .arg(src.dir().join("mose-state"))
             .arg("--policy-socket")
@@ -369,8 +408,14 @@ impl Cluster {
         })
     }
 
+    /// The cluster CA's directory (see [`Cluster::tls`]).
     pub fn tls_dir(&self) -> &Path {
         &self.tls
+    }
+
+    /// Node `i`'s credentials bundle (its plugin's `--tls-dir`).
+    pub fn bundle_dir(&self, i: usize) -> Result<PathBuf> {
+        Ok(bundle_of(self.node(i)?))
     }
 }
 

@@ -1,13 +1,20 @@
 //! `mose-plugin`: a node's MOSE endpoint. Receives migrations from other nodes
 //! over mutually authenticated TLS and restores them into the local containerd.
 
-use std::{collections::HashMap, net::SocketAddr, path::PathBuf, sync::Arc, time::Duration};
+use std::{
+    collections::HashMap,
+    net::SocketAddr,
+    path::PathBuf,
+    sync::Arc,
+    time::{Duration, SystemTime},
+};
 
 use clap::Parser;
 use mose_migrate::{
+    admission::Admission,
     pods::plan::{PodPlan, PodPlanQuery, PodPlannerFn},
     receiver::{serve, EndpointConfig},
-    tls::Identity,
+    tls::{self, CertificateInfo, Identity, ReloadableServerConfig},
 };
 use mose_plugin::metrics::{Metrics, MetricsListen};
 use mose_plugin::pods::{serve_pods, PodsConfig};
@@ -25,7 +32,9 @@ struct Args {
     /// containerd gRPC socket of this node.
     #[arg(long, default_value = "/run/containerd/containerd.sock")]
     containerd: PathBuf,
-    /// Directory with the cluster CA and this node's certificate.
+    /// This node's credentials: the bundle `mosectl ca issue --out` wrote
+    /// (ca.pem, <node>.pem, <node>.key), never the CA's own directory.
+    /// Reloaded on SIGHUP.
     #[arg(long, default_value = "/etc/mose/tls")]
     tls_dir: PathBuf,
     /// This node's name (its certificate is <tls-dir>/<node>.pem).
@@ -81,6 +90,11 @@ struct Args {
     /// text): IP:PORT, or `off` for none.
     #[arg(long, value_name = "IP:PORT|off", default_value = mose_plugin::metrics::DEFAULT_LISTEN)]
     metrics_listen: MetricsListen,
+    /// What incoming containers may bring to this node (TOML; see
+    /// config/admission.toml). Default: /etc/mose/admission.toml if it
+    /// exists, else the built-in defaults (a confined container only).
+    #[arg(long, value_name = "FILE")]
+    admission: Option<PathBuf>,
 }
 
 /// `HOST:PORT=RATE` with RATE in the form of `mose.io/max-bandwidth`.
@@ -120,6 +134,70 @@ fn pod_planner(socket: PathBuf) -> PodPlannerFn {
     })
 }
 
+/// Warns when this node's certificate expires within
+/// [`tls::EXPIRY_WARNING`], with how to renew it.
+fn warn_if_expiring(c: &CertificateInfo) {
+    let Some(left) = c.remaining(SystemTime::now()) else {
+        return;
+    };
+    if left < tls::EXPIRY_WARNING {
+        tracing::warn!(
+            node = %c.node,
+            not_after = %c.not_after_utc(),
+            days_left = left.as_secs() / 86_400,
+            "this node's certificate expires within 30 days: renew it where the cluster CA is \
+             (`mosectl ca issue --node {0} --renew --out DIR`), copy the bundle to this node's \
+             --tls-dir and send this agent SIGHUP",
+            c.node
+        );
+    }
+}
+
+/// Reloads the TLS identity of the migration endpoint and the admission
+/// policy on every SIGHUP: connections accepted afterwards present the new
+/// certificate, migrations begun afterwards are admitted by the new policy,
+/// migrations in flight keep their connection. A failed reload keeps what
+/// was loaded before and says why.
+async fn reload_on_sighup(
+    mut hup: tokio::signal::unix::Signal,
+    tls: Arc<ReloadableServerConfig>,
+    admission: Arc<Admission>,
+) -> anyhow::Result<()> {
+    while hup.recv().await.is_some() {
+        match admission.reload() {
+            Ok(()) => {
+                tracing::info!(policy = %admission.source(), "SIGHUP: reloaded the admission policy")
+            }
+            Err(e) => tracing::error!(
+                error = format!("{:#}", anyhow::Error::from(e)),
+                "SIGHUP: reloading the admission policy failed; the policy loaded before stays"
+            ),
+        }
+        let dir = tls.identity().dir.display().to_string();
+        match tls.reload() {
+            Ok(c) => {
+                tracing::info!(
+                    tls_dir = %dir,
+                    node = %c.node,
+                    serial = %c.serial,
+                    not_after = %c.not_after_utc(),
+                    "SIGHUP: reloaded this node's TLS identity; new connections present it, \
+                     migrations in flight go on"
+                );
+                warn_if_expiring(&c);
+            }
+            Err(e) => tracing::error!(
+                tls_dir = %dir,
+                error = format!("{:#}", anyhow::Error::from(e)),
+                "SIGHUP: reloading this node's TLS identity failed; still presenting the \
+                 certificate loaded before (serial {})",
+                tls.certificate().serial
+            ),
+        }
+    }
+    std::future::pending().await
+}
+
 #[tokio::main]
 async fn main() {
     // the hidden mode CRIU calibration dumps and restores (see calibrate.rs)
@@ -131,6 +209,25 @@ async fn main() {
     }
     mose_plugin::init_logging("info");
     let a = Args::parse();
+    // credentials first: a node must not run beside the CA key, with a key
+    // others can read, or with an expired certificate
+    let identity = Identity::new(&a.tls_dir, &a.node);
+    let tls = match ReloadableServerConfig::load(identity.clone()) {
+        Ok(t) => Arc::new(t),
+        Err(e) => {
+            eprintln!("mose-plugin: {:#}", anyhow::Error::from(e));
+            std::process::exit(1);
+        }
+    };
+    warn_if_expiring(&tls.certificate());
+    // installed before anything serves: an early SIGHUP must not end the agent
+    let hup = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup()) {
+        Ok(h) => h,
+        Err(e) => {
+            eprintln!("mose-plugin: listening for SIGHUP: {e}");
+            std::process::exit(1);
+        }
+    };
     // a metrics address that cannot be had stops the agent before anything starts
     let metrics_listener = match a.metrics_listen {
         MetricsListen::Off => None,
@@ -142,11 +239,19 @@ async fn main() {
             }
         },
     };
+    let admission = match Admission::from_option(a.admission.as_deref()) {
+        Ok(adm) => Arc::new(adm),
+        Err(e) => {
+            eprintln!("mose-plugin: {:#}", anyhow::Error::from(e));
+            std::process::exit(1);
+        }
+    };
+    tracing::info!(policy = %admission.source(), "admission policy loaded");
     let metrics = Arc::new(Metrics::new());
     let cfg = EndpointConfig {
         listen: a.listen,
         containerd: a.containerd,
-        identity: Identity::new(&a.tls_dir, &a.node),
+        identity,
         work_root: a.work.join(&a.node),
         state_dir: a.state,
         release_timeout: Duration::from_secs(a.io_timeout.max(5)),
@@ -156,6 +261,7 @@ async fn main() {
         lazy_source: mose_plugin::lazy_source(a.lazy_source),
         on_incoming: Some(metrics.incoming_observer()),
         on_outgoing: Some(metrics.outgoing_observer()),
+        admission: admission.clone(),
     };
     let advertise = a
         .advertise
@@ -205,7 +311,8 @@ async fn main() {
         }
     };
     let r = tokio::select! {
-        r = serve(cfg) => r.map_err(anyhow::Error::from),
+        r = serve(cfg, tls.clone()) => r.map_err(anyhow::Error::from),
+        r = reload_on_sighup(hup, tls, admission) => r,
         r = serve_policy(policy) => r,
         r = serve_pods(pods) => r,
         r = serve_metrics => r,
