@@ -7,7 +7,6 @@
 //! another node's name is refused, and records name the certified node.
 
 use rustls::pki_types::CertificateDer;
-use x509_parser::prelude::{FromDer, X509Certificate};
 
 /// The node name in a peer's certificate chain (`certs` as rustls reports
 /// it, end-entity first): its subject's one common name.
@@ -19,27 +18,9 @@ pub fn certified_node(certs: Option<&[CertificateDer<'_>]>) -> Result<String, St
     let Some(end_entity) = certs.and_then(|c| c.first()) else {
         return Err("the peer presented no certificate".into());
     };
-    let (_, cert) = X509Certificate::from_der(end_entity.as_ref())
-        .map_err(|e| format!("the peer's certificate does not decode: {e}"))?;
-    let names: Vec<&str> = cert
-        .subject()
-        .iter_common_name()
-        .map(|cn| cn.as_str())
-        .collect::<Result<_, _>>()
-        .map_err(|e| format!("the peer certificate's common name is not text: {e}"))?;
-    match names.as_slice() {
-        [one] => Ok((*one).to_string()),
-        [] => Err(
-            "the peer's certificate names no node (its subject has no common name); \
-                   issue node certificates with `mosectl ca issue --node NAME`"
-                .into(),
-        ),
-        _ => Err(format!(
-            "the peer's certificate names several nodes ({}); issue node certificates with \
-             `mosectl ca issue --node NAME`",
-            names.join(", ")
-        )),
-    }
+    crate::tls::CertificateInfo::from_der(end_entity.as_ref())
+        .map(|c| c.node)
+        .map_err(|why| format!("the peer's {}", why.trim_start_matches("the ")))
 }
 
 /// Refuses a peer that claims (`Hello`/`HelloOk`) to be a node other than
