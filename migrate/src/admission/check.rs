@@ -22,7 +22,7 @@ pub struct Violation {
     pub allow: Option<String>,
 }
 
-fn v(what: String, allow: &str) -> Violation {
+pub(super) fn v(what: String, allow: &str) -> Violation {
     Violation {
         what,
         allow: Some(allow.to_string()),
@@ -36,16 +36,18 @@ pub fn violations(rules: &Rules, container: &ContainerIdentity) -> Vec<Violation
     let mut out = Vec::new();
     capabilities(rules, spec, &mut out);
     namespaces(rules, spec, &mut out);
-    mounts(rules, spec, &mut out);
+    super::mounts::check(rules, spec, &mut out);
     devices(rules, spec, &mut out);
     confinement(rules, spec, &mut out);
     hooks(rules, spec, &mut out);
+    annotations(rules, spec, &mut out);
+    cgroups_path(spec, &mut out);
     image(rules, &container.image, &mut out);
     labels(container, &mut out);
     out
 }
 
-fn strings(v: Option<&Value>) -> impl Iterator<Item = &str> {
+pub(super) fn strings(v: Option<&Value>) -> impl Iterator<Item = &str> {
     v.and_then(Value::as_array)
         .into_iter()
         .flatten()
@@ -113,42 +115,6 @@ fn namespaces(rules: &Rules, spec: &Value, out: &mut Vec<Violation>) {
     }
 }
 
-fn is_bind(m: &Value) -> bool {
-    m.get("type").and_then(Value::as_str) == Some("bind")
-        || strings(m.get("options")).any(|o| o == "bind" || o == "rbind")
-}
-
-fn mounts(rules: &Rules, spec: &Value, out: &mut Vec<Violation>) {
-    for m in spec
-        .get("mounts")
-        .and_then(Value::as_array)
-        .into_iter()
-        .flatten()
-        .filter(|m| is_bind(m))
-    {
-        let source = m.get("source").and_then(Value::as_str).unwrap_or("");
-        let dest = m.get("destination").and_then(Value::as_str).unwrap_or("?");
-        let path = Path::new(source);
-        if is_plain_absolute(path) && rules.allows_host_path(path) {
-            continue;
-        }
-        let allow = if is_plain_absolute(path) {
-            format!("host-paths = [\"{source}\"]")
-        } else {
-            // relative or with `..`: no prefix rule can vouch for it
-            out.push(Violation {
-                what: format!("bind mount of {source:?} at {dest} is not a plain absolute path"),
-                allow: None,
-            });
-            continue;
-        };
-        out.push(v(
-            format!("bind-mounts host path {source} at {dest}"),
-            &allow,
-        ));
-    }
-}
-
 fn devices(rules: &Rules, spec: &Value, out: &mut Vec<Violation>) {
     if rules.devices() {
         return;
@@ -163,36 +129,108 @@ fn devices(rules: &Rules, spec: &Value, out: &mut Vec<Violation>) {
             "devices = true",
         ));
     }
-    let all = spec
+    // containerd's specs deny every device and runc allows its few default
+    // ones itself: any rule granting read or write is a host device (with
+    // CAP_MKNOD in the default set, a node it can create and open)
+    for d in spec
         .pointer("/linux/resources/devices")
         .and_then(Value::as_array)
         .into_iter()
         .flatten()
-        .any(|d| {
-            d.get("allow").and_then(Value::as_bool) == Some(true)
-                && matches!(d.get("type").and_then(Value::as_str), None | Some("a"))
-                && d.get("major").is_none_or(Value::is_null)
-                && d.get("minor").is_none_or(Value::is_null)
-        });
-    if all {
+        .filter(|d| d.get("allow").and_then(Value::as_bool) == Some(true))
+    {
+        let access = d.get("access").and_then(Value::as_str).unwrap_or("rwm");
+        if !access.contains(['r', 'w']) {
+            continue;
+        }
+        let num = |k: &str| {
+            d.get(k)
+                .and_then(Value::as_i64)
+                .map_or("*".to_string(), |n| n.to_string())
+        };
+        let typ = d.get("type").and_then(Value::as_str).unwrap_or("a");
         out.push(v(
-            "its device cgroup allows every device".into(),
+            format!(
+                "its device cgroup allows {typ} {}:{} {access}",
+                num("major"),
+                num("minor")
+            ),
             "devices = true",
         ));
     }
 }
 
+/// Paths containerd's default spec masks and makes read-only (a subset
+/// every containerd since 1.6 sets): without them container root reads
+/// kernel memory (`/proc/kcore`) or writes host sysctls
+/// (`/proc/sys/kernel/core_pattern`, a known escape).
+const MASKED: &[&str] = &[
+    "/proc/kcore",
+    "/proc/keys",
+    "/proc/timer_list",
+    "/sys/firmware",
+];
+const READONLY: &[&str] = &[
+    "/proc/bus",
+    "/proc/fs",
+    "/proc/irq",
+    "/proc/sys",
+    "/proc/sysrq-trigger",
+];
+
 fn confinement(rules: &Rules, spec: &Value, out: &mut Vec<Violation>) {
-    if rules.unconfined() {
+    if !rules.unconfined() {
+        seccomp_and_apparmor(spec, out);
+    }
+    if rules.privileged() {
         return;
     }
-    if spec.pointer("/linux/seccomp").is_none_or(Value::is_null) {
-        out.push(v(
+    for (key, required) in [("maskedPaths", MASKED), ("readonlyPaths", READONLY)] {
+        let listed: Vec<&str> = strings(spec.pointer(&format!("/linux/{key}"))).collect();
+        let missing: Vec<&str> = required
+            .iter()
+            .copied()
+            .filter(|p| !listed.contains(p))
+            .collect();
+        if !missing.is_empty() {
+            out.push(v(
+                format!("linux.{key} leaves out {}", missing.join(", ")),
+                "privileged = true",
+            ));
+        }
+    }
+    let sys_rw = spec
+        .get("mounts")
+        .and_then(Value::as_array)
+        .into_iter()
+        .flatten()
+        .filter(|m| m.get("type").and_then(Value::as_str) == Some("sysfs"))
+        .any(|m| !strings(m.get("options")).any(|o| o == "ro"));
+    if sys_rw {
+        out.push(v("mounts /sys writable".into(), "privileged = true"));
+    }
+}
+
+fn seccomp_and_apparmor(spec: &Value, out: &mut Vec<Violation>) {
+    match spec.pointer("/linux/seccomp") {
+        None | Some(Value::Null) => out.push(v(
             "runs without a seccomp profile (linux.seccomp is unset; `ctr run --seccomp` sets \
              containerd's default)"
                 .into(),
             "unconfined = true",
-        ));
+        )),
+        Some(profile) => {
+            let default = profile.get("defaultAction").and_then(Value::as_str);
+            if matches!(default, Some("SCMP_ACT_ALLOW" | "SCMP_ACT_LOG")) {
+                out.push(v(
+                    format!(
+                        "its seccomp profile lets every syscall through by default ({})",
+                        default.unwrap_or_default()
+                    ),
+                    "unconfined = true",
+                ));
+            }
+        }
     }
     if spec
         .pointer("/process/apparmorProfile")
@@ -204,20 +242,6 @@ fn confinement(rules: &Rules, spec: &Value, out: &mut Vec<Violation>) {
             "unconfined = true",
         ));
     }
-    if !rules.privileged()
-        && spec
-            .pointer("/linux/maskedPaths")
-            .is_some_and(is_empty_list)
-    {
-        out.push(v(
-            "masks none of the kernel's paths (linux.maskedPaths is empty)".into(),
-            "privileged = true",
-        ));
-    }
-}
-
-fn is_empty_list(v: &Value) -> bool {
-    v.as_array().is_some_and(Vec::is_empty)
 }
 
 fn hooks(rules: &Rules, spec: &Value, out: &mut Vec<Violation>) {
@@ -234,6 +258,39 @@ fn hooks(rules: &Rules, spec: &Value, out: &mut Vec<Violation>) {
                 format!("its {kind} hook runs {path:?} on this node"),
                 &format!("hooks = [\"{path}\"]"),
             ));
+        }
+    }
+}
+
+/// Annotation prefixes an OCI runtime or CRIU acts on: runc hands
+/// `org.criu.config` to CRIU (whose `action-script` runs as root on the
+/// node), applies `org.systemd.property.*` to the container's unit, and
+/// crun reads `run.oci.*`.
+const RUNTIME_ANNOTATIONS: &[&str] = &["org.criu.", "org.systemd.property.", "run.oci."];
+
+fn annotations(rules: &Rules, spec: &Value, out: &mut Vec<Violation>) {
+    let Some(all) = spec.get("annotations").and_then(Value::as_object) else {
+        return;
+    };
+    for key in all.keys().filter(|k| {
+        RUNTIME_ANNOTATIONS.iter().any(|p| k.starts_with(p)) && !rules.allows_annotation(k)
+    }) {
+        out.push(v(
+            format!("annotation {key} tells the OCI runtime or CRIU what to do on this node"),
+            &format!("annotations = [\"{key}\"]"),
+        ));
+    }
+}
+
+/// This node places the peer's cgroup under its own (`/mose-node-<node>/…`,
+/// see the receiver's restore); `..` would climb out of it.
+fn cgroups_path(spec: &Value, out: &mut Vec<Violation>) {
+    if let Some(p) = spec.pointer("/linux/cgroupsPath").and_then(Value::as_str) {
+        if p.split(['/', ':']).any(|c| c == "..") {
+            out.push(Violation {
+                what: format!("linux.cgroupsPath {p:?} climbs out of this node's cgroup with .."),
+                allow: None,
+            });
         }
     }
 }
@@ -280,11 +337,19 @@ mod tests {
                 "permitted": ["CAP_CHOWN", "CAP_KILL"]}},
             "mounts": [
                 {"destination": "/proc", "type": "proc", "source": "proc"},
+                {"destination": "/sys", "type": "sysfs", "source": "sysfs",
+                 "options": ["nosuid", "noexec", "nodev", "ro"]},
                 {"destination": "/scratch", "type": "tmpfs", "source": "tmpfs", "options": ["rw"]}],
+            "annotations": {"mose.io/max-downtime": "200ms"},
             "linux": {
                 "namespaces": [{"type": "pid"}, {"type": "ipc"}, {"type": "uts"},
                                {"type": "mount"}, {"type": "network"}],
-                "maskedPaths": ["/proc/kcore"],
+                "cgroupsPath": "/default/svc",
+                "maskedPaths": ["/proc/acpi", "/proc/kcore", "/proc/keys", "/proc/latency_stats",
+                    "/proc/timer_list", "/proc/timer_stats", "/proc/sched_debug", "/sys/firmware",
+                    "/proc/scsi"],
+                "readonlyPaths": ["/proc/asound", "/proc/bus", "/proc/fs", "/proc/irq",
+                    "/proc/sys", "/proc/sysrq-trigger"],
                 "seccomp": {"defaultAction": "SCMP_ACT_ERRNO"},
                 "resources": {"devices": [{"allow": false, "access": "rwm"}]}}
         })
@@ -332,10 +397,19 @@ mod tests {
         s["linux"]["devices"] = json!([{"path": "/dev/sda", "type": "b", "major": 8, "minor": 0}]);
         s["linux"]["resources"]["devices"] = json!([{"allow": true, "access": "rwm"}]);
         s["linux"]["maskedPaths"] = json!([]);
+        s["linux"]
+            .as_object_mut()
+            .map(|l| l.remove("readonlyPaths"));
+        s["mounts"][1]["options"] = json!(["nosuid", "rw"]);
         s["linux"].as_object_mut().map(|l| l.remove("seccomp"));
         s["process"]["apparmorProfile"] = json!("unconfined");
         let w = whats(&Rules::default(), s.clone());
-        assert_eq!(w.len(), 6, "{w:?}");
+        // capabilities, devices, the device cgroup, seccomp, AppArmor,
+        // masked paths, read-only paths, writable /sys
+        assert_eq!(w.len(), 8, "{w:?}");
+        assert!(w[2].contains("allows a *:* rwm"), "{w:?}");
+        assert!(w[5].contains("leaves out /proc/kcore, /proc/keys"), "{w:?}");
+        assert!(w[6].contains("readonlyPaths leaves out /proc/bus"), "{w:?}");
         assert!(w[0].contains("CAP_BPF, CAP_NET_ADMIN, CAP_PERFMON, CAP_SYS_ADMIN and 1 more"));
         let allowed = Rules {
             privileged: Some(true),
@@ -361,24 +435,6 @@ mod tests {
     }
 
     #[test]
-    fn host_path_mounts_are_refused_unless_under_an_allowed_directory() {
-        let mut s = confined();
-        s["mounts"] = json!([
-            {"destination": "/host", "type": "bind", "source": "/", "options": ["rbind", "rw"]},
-            {"destination": "/data", "type": "none", "source": "/srv/data/a", "options": ["bind"]},
-            {"destination": "/x", "type": "bind", "source": "/srv/data/../../etc"}]);
-        let r = Rules {
-            host_paths: Some(vec!["/srv/data".into()]),
-            ..Default::default()
-        };
-        let vs = violations(&r, &container(s));
-        assert_eq!(vs.len(), 2, "{vs:?}");
-        assert_eq!(vs[0].what, "bind-mounts host path / at /host");
-        assert_eq!(vs[0].allow.as_deref(), Some("host-paths = [\"/\"]"));
-        assert!(vs[1].what.contains("not a plain absolute path") && vs[1].allow.is_none());
-    }
-
-    #[test]
     fn hooks_images_and_restart_labels_are_checked() {
         let mut s = confined();
         s["hooks"] = json!({"createRuntime": [{"path": "/tmp/evil"}], "poststart": [{"path": "/usr/bin/ok"}]});
@@ -397,5 +453,46 @@ mod tests {
         assert!(w[0].contains("createRuntime hook runs \"/tmp/evil\""));
         assert!(w[1].contains("image localhost/mose-test/busybox:latest is not from"));
         assert!(w[2].contains("containerd.io/restart.loguri"));
+    }
+
+    #[test]
+    fn a_device_rule_granting_access_or_an_allow_all_seccomp_is_refused() {
+        let mut s = confined();
+        s["linux"]["resources"]["devices"] = json!([
+            {"allow": false, "access": "rwm"},
+            {"allow": true, "type": "b", "access": "m"},
+            {"allow": true, "type": "b", "major": 8, "access": "rw"}]);
+        s["linux"]["seccomp"] = json!({"defaultAction": "SCMP_ACT_ALLOW"});
+        let w = whats(&Rules::default(), s);
+        assert_eq!(
+            w,
+            [
+                "its device cgroup allows b 8:* rw",
+                "its seccomp profile lets every syscall through by default (SCMP_ACT_ALLOW)"
+            ]
+        );
+    }
+
+    #[test]
+    fn runtime_annotations_and_a_climbing_cgroup_path_are_refused() {
+        let mut s = confined();
+        s["annotations"]["org.criu.config"] = json!("/run/x/rootfs/evil.conf");
+        s["annotations"]["run.oci.keep_original_groups"] = json!("1");
+        s["linux"]["cgroupsPath"] = json!("/default/../../system.slice/x");
+        let r = Rules {
+            annotations: Some(vec!["run.oci.keep_original_groups".into()]),
+            ..Default::default()
+        };
+        let vs = violations(&r, &container(s));
+        assert_eq!(vs.len(), 2, "{vs:?}");
+        assert!(vs[0].what.contains("annotation org.criu.config"), "{vs:?}");
+        assert_eq!(
+            vs[0].allow.as_deref(),
+            Some("annotations = [\"org.criu.config\"]")
+        );
+        assert!(
+            vs[1].what.contains("climbs out") && vs[1].allow.is_none(),
+            "{vs:?}"
+        );
     }
 }

@@ -26,6 +26,7 @@
 //! peer's spec is never executed for them.
 
 pub mod check;
+pub mod mounts;
 pub mod rules;
 
 use std::{

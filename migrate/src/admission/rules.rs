@@ -105,6 +105,10 @@ pub struct Rules {
     /// allowed. Default: any image (its content comes with the migration,
     /// checked by digest).
     pub images: Option<Vec<String>>,
+    /// Annotations an OCI runtime or CRIU acts on (`org.criu.*`,
+    /// `org.systemd.property.*`, `run.oci.*`) allowed, by exact key.
+    /// Default none.
+    pub annotations: Option<Vec<String>>,
 }
 
 impl Rules {
@@ -125,6 +129,10 @@ impl Rules {
             unconfined: self.unconfined.or(base.unconfined),
             hooks: self.hooks.clone().or_else(|| base.hooks.clone()),
             images: self.images.clone().or_else(|| base.images.clone()),
+            annotations: self
+                .annotations
+                .clone()
+                .or_else(|| base.annotations.clone()),
         }
     }
 
@@ -175,11 +183,27 @@ impl Rules {
     }
 
     /// Whether image reference `image` is from an allowed prefix.
+    ///
+    /// An entry matches the reference itself, or a reference continuing it
+    /// at a component boundary: `docker.io` and `docker.io/` match
+    /// `docker.io/library/x` but not `docker.io.evil/x`; `localhost/app`
+    /// matches `localhost/app:1` and `localhost/app/x`, not `localhost/apple`.
     pub fn allows_image(&self, image: &str) -> bool {
         match &self.images {
             None => true,
-            Some(prefixes) => prefixes.iter().any(|p| image.starts_with(p.as_str())),
+            Some(prefixes) => prefixes.iter().any(|p| {
+                image.strip_prefix(p.as_str()).is_some_and(|rest| {
+                    rest.is_empty()
+                        || p.ends_with(['/', ':', '@'])
+                        || rest.starts_with(['/', ':', '@'])
+                })
+            }),
         }
+    }
+
+    /// Whether annotation `key` may come.
+    pub fn allows_annotation(&self, key: &str) -> bool {
+        self.annotations.iter().flatten().any(|a| a == key)
     }
 
     /// Refuses names and paths a policy cannot mean (a typo must not widen
@@ -202,11 +226,14 @@ impl Rules {
             for p in paths.iter().flatten() {
                 if !is_plain_absolute(p) {
                     return Err(format!(
-                        "{key}: {} must be an absolute path without `..`",
-                        p.display()
+                        "{key}: {:?} must be an absolute path without `..`",
+                        p.display().to_string()
                     ));
                 }
             }
+        }
+        if self.annotations.iter().flatten().any(String::is_empty) {
+            return Err("annotations: an empty key allows nothing; remove it".into());
         }
         if self.images.iter().flatten().any(String::is_empty) {
             return Err(
@@ -261,6 +288,14 @@ mod tests {
         assert!(!r.allows_host_path(Path::new("/srv/database")));
         assert!(r.allows_image("localhost/mose-test/busybox:latest"));
         assert!(!r.allows_image("docker.io/library/busybox"));
+        let hosts = Rules {
+            images: Some(vec!["docker.io".into(), "localhost/app".into()]),
+            ..Default::default()
+        };
+        assert!(hosts.allows_image("docker.io/library/x:1"));
+        assert!(!hosts.allows_image("docker.io.evil/x"));
+        assert!(hosts.allows_image("localhost/app:1") && hosts.allows_image("localhost/app"));
+        assert!(!hosts.allows_image("localhost/apple:1"));
         assert!(r.validate().is_ok());
     }
 
