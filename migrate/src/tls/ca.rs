@@ -20,16 +20,17 @@ pub(super) fn cert(what: &'static str) -> impl FnOnce(rcgen::Error) -> TlsError 
 /// Creates a new cluster CA in `dir`: `ca.pem`, `ca.key` (mode 0600) and
 /// `ca.name`; `dir` is created with mode 0700.
 ///
-/// Errors: `dir` already holds a CA ([`TlsError::CaExists`]), exists open
-/// to group or others ([`TlsError::DirNotPrivate`]), or cannot be created
-/// or written.
+/// Errors: `dir` already holds a CA ([`TlsError::CaExists`]), is not a
+/// directory ([`TlsError::NotADirectory`]), exists owned by another user
+/// ([`TlsError::DirNotOwned`]) or open to group or others with content
+/// ([`TlsError::DirNotPrivate`]), or cannot be created or written.
 pub fn init_ca(dir: &Path, name: &str) -> Result<()> {
     if dir.join(CA_KEY).exists() {
         return Err(TlsError::CaExists {
             dir: dir.to_path_buf(),
         });
     }
-    private_dir(dir)?;
+    private_dir(dir, "the cluster CA's private key (ca.key)")?;
     let key = KeyPair::generate().map_err(cert("generating the CA key"))?;
     let ca = ca_params(name)?
         .self_signed(&key)
@@ -74,7 +75,28 @@ pub struct Issued {
     pub renewed: bool,
 }
 
+/// Node names: a DNS label's characters (and `_`, `.`), at most 63, not
+/// starting with `.` or `-` (an ssh option), and not `ca` (the CA's own
+/// files).
 pub(super) fn check_node_name(node: &str) -> Result<()> {
+    let reserved = |reason| {
+        Err(TlsError::NodeNameReserved {
+            node: node.to_string(),
+            reason,
+        })
+    };
+    if node.eq_ignore_ascii_case("ca") {
+        return reserved(
+            "it is the cluster CA's: the node's files would be ca.pem and ca.key, the CA \
+             certificate and key",
+        );
+    }
+    if node.starts_with('-') {
+        return reserved(
+            "a node name cannot start with '-' (a DNS label cannot, and in commands such as \
+             `ssh NODE` it would be read as an option)",
+        );
+    }
     let ok = !node.is_empty()
         && node.len() <= 63
         && !node.starts_with('.')
@@ -119,10 +141,17 @@ pub(super) fn random_serial() -> Result<SerialNumber> {
 /// it may find the new key with the old certificate, which rustls refuses
 /// as a mismatch (a reload then keeps the configuration it has).
 ///
-/// Errors: a bad node name or lifetime, no CA in `ca_dir`, `out` holding
-/// the CA key or open to group or others, a certificate for the node
-/// already in `out` without `req.renew` ([`TlsError::CertExists`]), or
-/// creating or writing the files.
+/// The certificate is issued with the CA certificate in `ca_dir/ca.pem`
+/// (its subject is the new certificate's issuer) and verified against it
+/// before anything is written.
+///
+/// Errors: a bad node name or lifetime, no CA in `ca_dir`, a ca.pem that is
+/// no CA certificate or does not pair with ca.key
+/// ([`TlsError::IssuedDoesNotVerify`]), `out` holding the CA key, not a
+/// directory, owned by another user or open to group or others with
+/// content, a certificate for the node already in `out` without
+/// `req.renew` ([`TlsError::CertExists`]), or creating or writing the
+/// files.
 pub fn issue(ca_dir: &Path, out: &Path, req: &NodeRequest<'_>) -> Result<Issued> {
     issue_at(ca_dir, out, req, SystemTime::now())
 }
@@ -143,34 +172,31 @@ pub(super) fn issue_at(
         })?;
     let ca_pem_path = ca_dir.join(CA_CERT);
     let ca_pem = std::fs::read(&ca_pem_path).map_err(|source| TlsError::ReadCa {
-        path: ca_pem_path,
+        path: ca_pem_path.clone(),
         source,
     })?;
-    let name = std::fs::read_to_string(ca_dir.join(CA_NAME)).unwrap_or_default();
     let ca_key = KeyPair::from_pem(&ca_key_pem).map_err(cert("reading the CA key"))?;
-    let ca = ca_params(name.trim())?
+    // the issuer is the CA certificate itself (its subject, key identifier)
+    let roots = roots_of(&ca_pem_path, &ca_pem)?;
+    let ca_der = match rustls_pemfile::certs(&mut &ca_pem[..]).next() {
+        Some(Ok(der)) => der,
+        Some(Err(source)) => {
+            return Err(TlsError::Pem {
+                path: ca_pem_path,
+                source,
+            })
+        }
+        None => return Err(TlsError::NoCaCert { path: ca_pem_path }),
+    };
+    let ca = CertificateParams::from_ca_cert_der(&ca_der)
+        .map_err(|source| TlsError::CaCertificate {
+            path: ca_pem_path.clone(),
+            source,
+        })?
         .self_signed(&ca_key)
-        .map_err(cert("signing the CA certificate"))?;
+        .map_err(cert("reading the CA certificate"))?;
 
-    if out.join(CA_KEY).exists() {
-        return Err(TlsError::BundleHoldsCaKey {
-            dir: out.to_path_buf(),
-        });
-    }
-    private_dir(out)?;
     let cert_path = out.join(format!("{node}.pem"));
-    let renewed = cert_path.exists();
-    if renewed && !req.renew {
-        let not_after = CertificateInfo::read(&cert_path)
-            .map(|c| c.not_after_utc())
-            .unwrap_or_else(|_| "unknown: it does not decode".into());
-        return Err(TlsError::CertExists {
-            node: node.to_string(),
-            path: cert_path,
-            not_after,
-        });
-    }
-
     let mut p = CertificateParams::new(Vec::<String>::new()).map_err(cert("node parameters"))?;
     let mut dn = DistinguishedName::new();
     dn.push(DnType::CommonName, node);
@@ -204,11 +230,42 @@ pub(super) fn issue_at(
     let node_cert = p
         .signed_by(&key, &ca, &ca_key)
         .map_err(cert("signing the node certificate"))?;
+    // as a peer will check it: nothing is written unless it verifies
+    let at = UNIX_EPOCH + Duration::from_secs(now);
+    verify_chain(
+        client_verifier(roots)?.as_ref(),
+        &[node_cert.der().clone()],
+        at,
+    )
+    .map_err(|reason| TlsError::IssuedDoesNotVerify {
+        ca_cert: ca_pem_path.clone(),
+        ca_key: ca_dir.join(CA_KEY),
+        reason,
+    })?;
     let certificate =
         CertificateInfo::from_der(node_cert.der()).map_err(|reason| TlsError::BadCert {
             path: cert_path.clone(),
             reason,
         })?;
+
+    // only now is --out looked at, and created
+    if out.join(CA_KEY).exists() {
+        return Err(TlsError::BundleHoldsCaKey {
+            dir: out.to_path_buf(),
+        });
+    }
+    private_dir(out, &format!("node {node}'s private key ({node}.key)"))?;
+    let renewed = cert_path.exists();
+    if renewed && !req.renew {
+        let not_after = CertificateInfo::read(&cert_path)
+            .map(|c| c.not_after_utc())
+            .unwrap_or_else(|_| "unknown: it does not decode".into());
+        return Err(TlsError::CertExists {
+            node: node.to_string(),
+            path: cert_path,
+            not_after,
+        });
+    }
 
     let (key_pem, cert_pem) = (key.serialize_pem(), node_cert.pem());
     let key_name = format!("{node}.key");

@@ -6,9 +6,10 @@
 //! a certificate is refused during the handshake, before anything is written.
 //!
 //! Two kinds of directory hold credentials, and they never mix:
-//! - the **CA directory** (`mosectl ca init --dir`, mode 0700), kept on the
-//!   operator's host: `ca.pem`, `ca.key` (0600) and `ca.name`. Whoever reads
-//!   `ca.key` can mint any node's identity.
+//! - the **CA directory** (`mosectl ca init --dir`, default `/etc/mose/ca`,
+//!   mode 0700), kept on the operator's host: `ca.pem`, `ca.key` (0600) and
+//!   `ca.name` (a label; certificates are issued with `ca.pem`). Whoever
+//!   reads `ca.key` can mint any node's identity.
 //! - a **node bundle** (`mosectl ca issue --out`, mode 0700), the only thing a
 //!   node gets: `ca.pem`, `<node>.pem` and `<node>.key` (0600). It is what
 //!   [`Identity`] reads and what `mose-plugin --tls-dir` names; the agent
@@ -29,7 +30,10 @@ pub use ca::{default_bundle_dir, init_ca, issue, Issued, NodeRequest};
 pub use certificate::{presented_certificate, CertificateInfo};
 pub use identity::{check_node_dir, Identity, ReloadableServerConfig};
 
-use files::{commit_staged, mode_of, private_dir, stage, write_file, write_private};
+use ca::check_node_name;
+use certificate::utc_text;
+use files::{check_exposure, commit_staged, private_dir, stage, write_file, write_private};
+use identity::{client_verifier, roots_of, verify_chain};
 
 use std::{
     net::IpAddr,
@@ -44,8 +48,8 @@ use rcgen::{
     KeyPair, KeyUsagePurpose, SanType, SerialNumber,
 };
 use rustls::{
-    pki_types::{CertificateDer, PrivateKeyDer, ServerName},
-    server::WebPkiClientVerifier,
+    pki_types::{CertificateDer, PrivateKeyDer, ServerName, UnixTime},
+    server::{danger::ClientCertVerifier, WebPkiClientVerifier},
     ClientConfig, RootCertStore, ServerConfig,
 };
 use x509_parser::prelude::{FromDer, X509Certificate};
@@ -93,6 +97,8 @@ pub enum TlsError {
          characters (it names the node's certificate files and is its DNS name)"
     )]
     NodeNameChars { node: String },
+    #[error("node name {node:?}: {reason}; choose another name")]
+    NodeNameReserved { node: String, reason: &'static str },
     #[error("DNS name {name:?}")]
     DnsName {
         name: String,
@@ -121,11 +127,58 @@ pub enum TlsError {
     )]
     BundleHoldsCaKey { dir: PathBuf },
     #[error(
-        "{} is open to group or others (mode {mode:04o}) and holds private keys: \
-         `chmod 700 {}`, or choose a new directory",
+        "{} is open to group or others (mode {mode:04o}) and already holds files or is a \
+         shared directory (sticky bit); it would hold {holds}: choose a new directory \
+         (mosectl creates it with mode 0700)",
+        .dir.display()
+    )]
+    DirNotPrivate {
+        dir: PathBuf,
+        mode: u32,
+        holds: String,
+    },
+    #[error(
+        "{} is owned by uid {owner}, not by this user (uid {euid}): its owner can swap the \
+         files in it, and it would hold {holds}; choose a new directory (mosectl creates it \
+         with mode 0700)",
+        .dir.display()
+    )]
+    DirNotOwned {
+        dir: PathBuf,
+        owner: u32,
+        euid: u32,
+        holds: String,
+    },
+    #[error(
+        "{} is not a directory; name a directory for {holds} (mosectl creates a missing one \
+         with mode 0700)",
+        .path.display()
+    )]
+    NotADirectory { path: PathBuf, holds: String },
+    #[error(
+        "{} is owned by uid {owner}, not by this user (uid {euid}): its owner can replace this \
+         node's credentials (whoever writes ca.pem chooses which CA the node trusts); fix: \
+         reinstall the bundle as uid {euid}, or check the files and `chown {euid} {}`",
+        .path.display(), .path.display()
+    )]
+    NotOwned {
+        path: PathBuf,
+        owner: u32,
+        euid: u32,
+    },
+    #[error(
+        "{} can be written by group or others (mode {mode:04o}): they could replace this \
+         node's credentials (whoever writes ca.pem chooses which CA the node trusts); fix: \
+         check its content and `chmod go-w {}`",
+        .path.display(), .path.display()
+    )]
+    WritableByOthers { path: PathBuf, mode: u32 },
+    #[error(
+        "no TLS directory {} (node {node}'s bundle: run `mosectl ca issue --node {node} --out \
+         {}` where the CA is, and install that bundle here)",
         .dir.display(), .dir.display()
     )]
-    DirNotPrivate { dir: PathBuf, mode: u32 },
+    NoTlsDir { dir: PathBuf, node: String },
     #[error(
         "{} is the cluster CA's private key: whoever can read it can mint any node's \
          identity, so mose-plugin does not run next to it. Fix: keep the CA key only where \
@@ -143,8 +196,8 @@ pub enum TlsError {
     KeyNotPrivate { path: PathBuf, mode: u32 },
     #[error(
         "the certificate of node {node} at {} expired on {not_after}; renew it where the \
-         cluster CA is (`mosectl ca issue --node {node} --renew --out DIR`), copy the bundle \
-         here and start again",
+         cluster CA is (`mosectl ca issue --dir <CA dir> --node {node} --renew --out DIR`), \
+         copy the bundle here and start again",
         .path.display()
     )]
     Expired {
@@ -174,18 +227,63 @@ pub enum TlsError {
         #[source]
         source: std::io::Error,
     },
-    #[error("bad CA certificate {}", .path.display())]
+    #[error(
+        "{} is not a usable CA certificate: it must be the cluster CA's ca.pem (`mosectl ca \
+         init` writes it, `mosectl ca issue` copies it into each bundle)",
+        .path.display()
+    )]
     BadCaCert {
         path: PathBuf,
         #[source]
         source: rustls::Error,
     },
-    #[error("no certificate for node {node} at {} (run `mosectl ca issue`)", .path.display())]
-    NoNodeCert {
-        node: String,
+    #[error(
+        "{} holds no certificate: it must be the cluster CA's ca.pem (`mosectl ca init` writes \
+         it, `mosectl ca issue` copies it into each bundle)",
+        .path.display()
+    )]
+    NoCaCert { path: PathBuf },
+    #[error(
+        "{} cannot issue certificates: it must be the CA certificate `mosectl ca init` wrote \
+         beside ca.key",
+        .path.display()
+    )]
+    CaCertificate {
         path: PathBuf,
         #[source]
-        source: std::io::Error,
+        source: rcgen::Error,
+    },
+    #[error(
+        "the certificate signed with {} does not verify against {} ({reason}): ca.key and \
+         ca.pem are not a pair, or ca.pem is not a usable CA certificate; nothing was written",
+        .ca_key.display(), .ca_cert.display()
+    )]
+    IssuedDoesNotVerify {
+        ca_cert: PathBuf,
+        ca_key: PathBuf,
+        reason: String,
+    },
+    #[error(
+        "{} does not chain to {} ({reason}): this bundle's ca.pem is not the CA that issued \
+         the node's certificate; fix: install ca.pem, {node}.pem and {node}.key together from \
+         one `mosectl ca issue --node {node}` run where the cluster CA is",
+        .cert.display(), .ca.display()
+    )]
+    NotChained {
+        node: String,
+        cert: PathBuf,
+        ca: PathBuf,
+        reason: String,
+    },
+    #[error(
+        "no certificate for node {node} in {} ({} is missing; run `mosectl ca issue --node \
+         {node} --out {}` where the CA is, and install that bundle here)",
+        .dir.display(), .missing.display(), .dir.display()
+    )]
+    NoNodeCert {
+        node: String,
+        dir: PathBuf,
+        missing: PathBuf,
     },
     #[error("reading {}", .path.display())]
     Read {
@@ -208,8 +306,14 @@ pub enum TlsError {
         #[source]
         source: rustls::server::VerifierBuilderError,
     },
-    #[error("node certificate")]
+    #[error(
+        "the node certificate {} with the key {} was refused; a certificate and its key come \
+         together from one `mosectl ca issue` run: install both from the same bundle",
+        .cert.display(), .key.display()
+    )]
     NodeCert {
+        cert: PathBuf,
+        key: PathBuf,
         #[source]
         source: rustls::Error,
     },
@@ -520,10 +624,11 @@ mod tests {
         let ca = d.path().join("ca");
         std::fs::create_dir(&ca).unwrap();
         std::fs::set_permissions(&ca, PermissionsExt::from_mode(0o755)).unwrap();
-        // empty: taken over and closed
+        // empty and this user's: taken over and closed
         init_ca(&ca, "test").unwrap();
         assert_eq!(mode(&ca), 0o700);
-        // with content: left as it is, and not used
+        // with content: left as it is, and not used; no chmod advice for a
+        // directory that holds other things
         let shared = d.path().join("shared");
         std::fs::create_dir(&shared).unwrap();
         std::fs::write(shared.join("notes"), "x").unwrap();
@@ -533,11 +638,312 @@ mod tests {
             matches!(e, TlsError::DirNotPrivate { mode: 0o755, .. }),
             "{e}"
         );
-        assert!(e.to_string().contains("chmod 700"), "{e}");
+        let m = e.to_string();
+        assert!(!m.contains("chmod"), "{m}");
+        assert!(
+            m.contains("choose a new directory") && m.contains("ca.key"),
+            "{m}"
+        );
         assert!(!shared.join("ca.key").exists());
         assert_eq!(mode(&shared), 0o755);
         let e = issue(&ca, &shared, &request("n", 1, false)).unwrap_err();
         assert!(matches!(e, TlsError::DirNotPrivate { .. }), "{e}");
+        assert!(e.to_string().contains("node n's private key"), "{e}");
+        // a shared directory such as /tmp (sticky, open to all) is never
+        // taken over, even empty
+        let tmp = d.path().join("tmp");
+        std::fs::create_dir(&tmp).unwrap();
+        std::fs::set_permissions(&tmp, PermissionsExt::from_mode(0o1777)).unwrap();
+        let e = issue(&ca, &tmp, &request("n", 1, false)).unwrap_err();
+        assert!(
+            matches!(e, TlsError::DirNotPrivate { mode: 0o1777, .. }),
+            "{e}"
+        );
+        assert!(!e.to_string().contains("chmod"), "{e}");
+        assert_eq!(mode(&tmp), 0o777);
+        assert_eq!(std::fs::read_dir(&tmp).unwrap().count(), 0);
+    }
+
+    #[test]
+    fn an_out_that_is_a_file_is_not_a_directory() {
+        let d = tempfile::tempdir().unwrap();
+        let ca = d.path().join("ca");
+        init_ca(&ca, "test").unwrap();
+        let file = d.path().join("file");
+        std::fs::write(&file, "x").unwrap();
+        let e = issue(&ca, &file, &request("n", 1, false)).unwrap_err();
+        assert!(matches!(e, TlsError::NotADirectory { .. }), "{e}");
+        assert!(e.to_string().contains("is not a directory"), "{e}");
+        let e = init_ca(&file, "test").unwrap_err();
+        assert!(matches!(e, TlsError::NotADirectory { .. }), "{e}");
+        let e = check_node_dir(&file, "n").unwrap_err();
+        assert!(matches!(e, TlsError::NotADirectory { .. }), "{e}");
+        assert_eq!(std::fs::read(&file).unwrap(), b"x");
+    }
+
+    #[test]
+    fn reserved_node_names_are_refused() {
+        let d = tempfile::tempdir().unwrap();
+        init_ca(d.path(), "test").unwrap();
+        let out = d.path().join("out");
+        for bad in ["ca", "CA", "-oProxyCommand=x", "-n"] {
+            let e = issue(d.path(), &out, &request(bad, 1, false)).unwrap_err();
+            assert!(
+                matches!(e, TlsError::NodeNameReserved { .. }),
+                "{bad:?}: {e}"
+            );
+            assert!(e.to_string().contains("choose another name"), "{e}");
+        }
+        let e = issue(d.path(), &out, &request("ca", 1, false)).unwrap_err();
+        assert!(e.to_string().contains("ca.pem and ca.key"), "{e}");
+        let e = issue(d.path(), &out, &request("-n", 1, false)).unwrap_err();
+        assert!(e.to_string().contains("option"), "{e}");
+        assert!(!out.exists(), "nothing written");
+        // names that merely contain them are fine
+        for good in ["cache", "n-1", "ca1"] {
+            issue(d.path(), &out, &request(good, 1, false)).unwrap();
+        }
+    }
+
+    /// The DER of the first certificate in the PEM file `p`.
+    fn der_of(p: &Path) -> Vec<u8> {
+        let pem = std::fs::read(p).unwrap();
+        let der = rustls_pemfile::certs(&mut &pem[..])
+            .next()
+            .unwrap()
+            .unwrap();
+        der.to_vec()
+    }
+
+    #[test]
+    fn issue_signs_with_ca_pem_whatever_ca_name_says() {
+        let d = tempfile::tempdir().unwrap();
+        let ca = d.path().join("ca");
+        init_ca(&ca, "prod").unwrap();
+        let out = d.path().join("b");
+        // ca.name missing, then edited: the issuer is still ca.pem's subject
+        std::fs::remove_file(ca.join("ca.name")).unwrap();
+        issue(&ca, &out, &request("n1", 1, false)).unwrap();
+        std::fs::write(ca.join("ca.name"), "edited").unwrap();
+        issue(&ca, &out, &request("n2", 1, false)).unwrap();
+        let ca_der = der_of(&ca.join("ca.pem"));
+        let (_, ca_cert) = X509Certificate::from_der(&ca_der).unwrap();
+        for n in ["n1", "n2"] {
+            let der = der_of(&out.join(format!("{n}.pem")));
+            let (_, c) = X509Certificate::from_der(&der).unwrap();
+            assert_eq!(
+                c.issuer().as_raw(),
+                ca_cert.subject().as_raw(),
+                "{n}'s issuer is exactly ca.pem's subject"
+            );
+            c.verify_signature(Some(ca_cert.public_key())).unwrap();
+            ReloadableServerConfig::load(Identity::new(&out, n)).unwrap();
+        }
+        handshake(&Identity::new(&out, "n1"), &Identity::new(&out, "n2"));
+    }
+
+    #[test]
+    fn a_ca_pem_that_does_not_pair_with_ca_key_issues_nothing() {
+        let d = tempfile::tempdir().unwrap();
+        let (a, b) = (d.path().join("a"), d.path().join("b"));
+        init_ca(&a, "a").unwrap();
+        init_ca(&b, "b").unwrap();
+        std::fs::copy(b.join("ca.pem"), a.join("ca.pem")).unwrap();
+        let out = d.path().join("out");
+        let e = issue(&a, &out, &request("n1", 1, false)).unwrap_err();
+        assert!(matches!(e, TlsError::IssuedDoesNotVerify { .. }), "{e}");
+        let m = e.to_string();
+        assert!(m.contains(&a.join("ca.key").display().to_string()), "{m}");
+        assert!(m.contains(&a.join("ca.pem").display().to_string()), "{m}");
+        assert!(!out.exists(), "nothing written: {m}");
+        // garbage for ca.pem: named
+        std::fs::write(a.join("ca.pem"), "not a certificate").unwrap();
+        let e = issue(&a, &out, &request("n1", 1, false)).unwrap_err();
+        assert!(matches!(e, TlsError::NoCaCert { .. }), "{e}");
+        assert!(e.to_string().contains("ca.pem"), "{e}");
+    }
+
+    #[test]
+    fn a_bundle_whose_certificate_does_not_chain_to_its_ca_pem_is_refused() {
+        let (d, _ca, out) = ca_and_bundle();
+        let other = d.path().join("other");
+        init_ca(&other, "other").unwrap();
+        std::fs::copy(other.join("ca.pem"), out.join("ca.pem")).unwrap();
+        let e = ReloadableServerConfig::load(Identity::new(&out, "node1")).unwrap_err();
+        assert!(matches!(e, TlsError::NotChained { .. }), "{e}");
+        let m = e.to_string();
+        for want in [
+            out.join("node1.pem").display().to_string(),
+            out.join("ca.pem").display().to_string(),
+            "mosectl ca issue --node node1".to_string(),
+        ] {
+            assert!(m.contains(&want), "{want:?} in {m}");
+        }
+    }
+
+    #[test]
+    fn a_certificate_not_valid_yet_is_loaded() {
+        let (_d, ca, out) = ca_and_bundle();
+        let later = SystemTime::now() + Duration::from_secs(2 * 24 * 3600);
+        issue_at(&ca, &out, &request("node1", 10, true), later).unwrap();
+        let r = ReloadableServerConfig::load(Identity::new(&out, "node1")).unwrap();
+        let now = unix(SystemTime::now()).unwrap() as i64;
+        assert!(r.certificate().not_before > now);
+    }
+
+    #[test]
+    fn a_key_of_another_certificate_names_both_files() {
+        let (_d, ca, out) = ca_and_bundle();
+        issue(&ca, &out, &request("node2", 1, false)).unwrap();
+        std::fs::copy(out.join("node2.key"), out.join("node1.key")).unwrap();
+        let e = ReloadableServerConfig::load(Identity::new(&out, "node1")).unwrap_err();
+        assert!(matches!(e, TlsError::NodeCert { .. }), "{e}");
+        let m = e.to_string();
+        assert!(
+            m.contains(&out.join("node1.pem").display().to_string()),
+            "{m}"
+        );
+        assert!(
+            m.contains(&out.join("node1.key").display().to_string()),
+            "{m}"
+        );
+        let e = Identity::new(&out, "node1").client_config().unwrap_err();
+        assert!(matches!(e, TlsError::NodeCert { .. }), "{e}");
+    }
+
+    #[test]
+    fn a_garbage_ca_pem_is_named() {
+        let (_d, _ca, out) = ca_and_bundle();
+        std::fs::write(out.join("ca.pem"), "garbage\n").unwrap();
+        let e = ReloadableServerConfig::load(Identity::new(&out, "node1")).unwrap_err();
+        assert!(matches!(e, TlsError::NoCaCert { .. }), "{e}");
+        assert!(
+            e.to_string()
+                .contains(&out.join("ca.pem").display().to_string()),
+            "{e}"
+        );
+        let e = Identity::new(&out, "node1").client_config().unwrap_err();
+        assert!(matches!(e, TlsError::NoCaCert { .. }), "{e}");
+    }
+
+    #[test]
+    fn a_missing_directory_or_file_says_how_to_get_the_bundle() {
+        let (d, _ca, out) = ca_and_bundle();
+        let none = d.path().join("none");
+        let e = ReloadableServerConfig::load(Identity::new(&none, "node1")).unwrap_err();
+        assert!(matches!(e, TlsError::NoTlsDir { .. }), "{e}");
+        assert!(
+            e.to_string()
+                .starts_with(&format!("no TLS directory {}", none.display())),
+            "{e}"
+        );
+        for f in ["node1.key", "node1.pem", "ca.pem"] {
+            let (_d, _ca, out) = ca_and_bundle();
+            std::fs::remove_file(out.join(f)).unwrap();
+            let e = ReloadableServerConfig::load(Identity::new(&out, "node1")).unwrap_err();
+            assert!(matches!(e, TlsError::NoNodeCert { .. }), "{f}: {e}");
+            let m = e.to_string();
+            let want = [
+                format!("no certificate for node node1 in {}", out.display()),
+                format!("mosectl ca issue --node node1 --out {}", out.display()),
+                out.join(f).display().to_string(),
+            ];
+            for w in want {
+                assert!(m.contains(&w), "{w:?} in {m}");
+            }
+        }
+        // another node's name: the same, from the agent's check and from
+        // a connection's
+        let e = check_node_dir(&out, "node9").unwrap_err();
+        assert!(matches!(e, TlsError::NoNodeCert { .. }), "{e}");
+        let e = Identity::new(&out, "node9").client_config().unwrap_err();
+        assert!(matches!(e, TlsError::NoNodeCert { .. }), "{e}");
+    }
+
+    #[test]
+    fn credentials_others_can_write_are_refused() {
+        use std::os::unix::fs::PermissionsExt;
+        let set = |p: &Path, m: u32| std::fs::set_permissions(p, PermissionsExt::from_mode(m));
+        let (_d, _ca, out) = ca_and_bundle();
+        for (f, m) in [("ca.pem", 0o666), ("node1.pem", 0o664)] {
+            let p = out.join(f);
+            set(&p, m).unwrap();
+            let e = check_node_dir(&out, "node1").unwrap_err();
+            assert!(
+                matches!(&e, TlsError::WritableByOthers { path, .. } if *path == p),
+                "{f}: {e}"
+            );
+            assert!(
+                e.to_string()
+                    .contains(&format!("chmod go-w {}", p.display())),
+                "{e}"
+            );
+            set(&p, 0o644).unwrap();
+        }
+        set(&out, 0o777).unwrap();
+        let e = ReloadableServerConfig::load(Identity::new(&out, "node1")).unwrap_err();
+        assert!(
+            matches!(&e, TlsError::WritableByOthers { path, .. } if *path == out),
+            "{e}"
+        );
+        // readable by others is fine for the directory and certificates
+        set(&out, 0o755).unwrap();
+        check_node_dir(&out, "node1").unwrap();
+    }
+
+    #[test]
+    fn owner_and_mode_decide_whether_credentials_are_used() {
+        use files::{dir_use, exposure, DirUse, Exposure};
+        // files and directories of a node's bundle
+        assert_eq!(exposure(1000, 0o644, 1000), None);
+        assert_eq!(exposure(1000, 0o600, 1000), None);
+        assert_eq!(exposure(1000, 0o755, 1000), None);
+        assert_eq!(exposure(1000, 0o664, 1000), Some(Exposure::Writable));
+        assert_eq!(exposure(1000, 0o646, 1000), Some(Exposure::Writable));
+        assert_eq!(exposure(0, 0o644, 1000), Some(Exposure::Owner(0)));
+        assert_eq!(exposure(1000, 0o600, 0), Some(Exposure::Owner(1000)));
+        // directories mosectl writes keys into
+        assert_eq!(dir_use(1000, 0o700, false, 1000), DirUse::Use);
+        assert_eq!(dir_use(1000, 0o755, true, 1000), DirUse::TakeOver);
+        assert_eq!(dir_use(1000, 0o755, false, 1000), DirUse::NotPrivate);
+        assert_eq!(dir_use(1000, 0o1777, true, 1000), DirUse::NotPrivate);
+        assert_eq!(dir_use(0, 0o1777, false, 0), DirUse::NotPrivate);
+        assert_eq!(dir_use(0, 0o700, true, 1000), DirUse::NotOwned);
+        assert_eq!(dir_use(0, 0o755, true, 1000), DirUse::NotOwned);
+    }
+
+    /// Run as root (the test bed): files really owned by someone else.
+    #[test]
+    fn credentials_owned_by_another_user_are_refused() {
+        if files::euid() != 0 {
+            return; // chown needs root; the decision itself is tested above
+        }
+        let nobody = Some(65534);
+        let (d, ca, out) = ca_and_bundle();
+        for f in ["ca.pem", "node1.pem", "node1.key"] {
+            let (_d, _ca, out) = ca_and_bundle();
+            let p = out.join(f);
+            std::os::unix::fs::chown(&p, nobody, None).unwrap();
+            let e = check_node_dir(&out, "node1").unwrap_err();
+            assert!(
+                matches!(&e, TlsError::NotOwned { path, owner: 65534, .. } if *path == p),
+                "{f}: {e}"
+            );
+            assert!(e.to_string().contains("uid 65534"), "{e}");
+        }
+        std::os::unix::fs::chown(&out, nobody, None).unwrap();
+        let e = ReloadableServerConfig::load(Identity::new(&out, "node1")).unwrap_err();
+        assert!(matches!(e, TlsError::NotOwned { .. }), "{e}");
+        // mosectl does not write keys into another user's directory
+        let theirs = d.path().join("theirs");
+        std::fs::create_dir(&theirs).unwrap();
+        std::os::unix::fs::chown(&theirs, nobody, None).unwrap();
+        let e = issue(&ca, &theirs, &request("n2", 1, false)).unwrap_err();
+        assert!(matches!(e, TlsError::DirNotOwned { .. }), "{e}");
+        assert!(e.to_string().contains("choose a new directory"), "{e}");
+        let e = init_ca(&theirs, "x").unwrap_err();
+        assert!(matches!(e, TlsError::DirNotOwned { .. }), "{e}");
+        assert_eq!(std::fs::read_dir(&theirs).unwrap().count(), 0);
     }
 
     #[test]
