@@ -1,8 +1,10 @@
 //! Node credentials as operators handle them (real `mosectl`, `mose-plugin`,
 //! containerd, runc and CRIU on the testbed): an agent refuses to start
-//! beside the cluster CA's key or with a key others can read, and a
-//! certificate renewed with `mosectl ca issue --renew` is served after
-//! SIGHUP while a migration that began before goes on to completion.
+//! beside the cluster CA's key, with a key others can read, without its
+//! bundle or with a certificate of another CA; `mosectl` refuses node names
+//! and directories that would misplace keys; and a certificate renewed with
+//! `mosectl ca issue --renew` is served after SIGHUP while a migration that
+//! began before goes on to completion.
 //!
 //! ```text
 //! cargo build --workspace --bins
@@ -117,6 +119,97 @@ fn an_agent_refuses_the_ca_key_and_an_open_node_key_with_the_fix() {
     assert_ne!(code, Some(0), "{stderr}");
     let fix = format!("chmod 600 {}", s(&key));
     assert!(stderr.contains(&fix), "stderr lacks {fix:?}:\n{stderr}");
+    assert!(!scratch.join("work").exists(), "nothing started: {stderr}");
+}
+
+fn failed(o: std::process::Output) -> String {
+    assert!(
+        !o.status.success(),
+        "mosectl succeeded: {}",
+        String::from_utf8_lossy(&o.stdout)
+    );
+    String::from_utf8_lossy(&o.stderr).into_owned()
+}
+
+#[test]
+fn mosectl_and_the_agent_refuse_unusable_names_directories_and_bundles_with_the_fix() {
+    use std::os::unix::fs::PermissionsExt;
+    let d = tempfile::tempdir_in("/tmp").unwrap();
+    let ca = d.path().join("ca");
+    ok(mosectl(&["ca", "init", "--dir", &s(&ca)]));
+    // `--node=NAME`: a name starting with '-' reaches mosectl's own check
+    let issue = |node: &str, out: &Path| {
+        mosectl(&[
+            "ca",
+            "issue",
+            "--dir",
+            &s(&ca),
+            &format!("--node={node}"),
+            "--out",
+            &s(out),
+        ])
+    };
+
+    // names that collide with the CA's files or read as an ssh option
+    let out = d.path().join("out");
+    for bad in ["ca", "-oProxyCommand=x"] {
+        let e = failed(issue(bad, &out));
+        assert!(e.contains("choose another name"), "{bad}: {e}");
+    }
+    assert!(!out.exists());
+
+    // a file, a shared directory with content: no chmod advice
+    let file = d.path().join("file");
+    std::fs::write(&file, "x").unwrap();
+    let e = failed(issue("n1", &file));
+    assert!(e.contains("is not a directory"), "{e}");
+    let shared = d.path().join("shared");
+    std::fs::create_dir(&shared).unwrap();
+    std::fs::write(shared.join("other"), "x").unwrap();
+    std::fs::set_permissions(&shared, PermissionsExt::from_mode(0o1777)).unwrap();
+    let e = failed(issue("n1", &shared));
+    assert!(e.contains("choose a new directory"), "{e}");
+    assert!(!e.contains("chmod"), "{e}");
+    assert!(!shared.join("n1.key").exists());
+
+    // the agent and `mosectl migrate`: no directory, no files, another CA
+    let scratch = d.path().join("scratch");
+    let none = d.path().join("none");
+    let (code, stderr) = start_agent("n1", &none, &scratch);
+    assert_ne!(code, Some(0), "{stderr}");
+    assert!(
+        stderr.contains(&format!("no TLS directory {}", s(&none))),
+        "{stderr}"
+    );
+    let bundle = d.path().join("n1");
+    ok(issue("n1", &bundle));
+    let e = failed(mosectl(&[
+        "migrate",
+        "svc",
+        "--to",
+        "127.0.0.1:1",
+        "--technique",
+        "cold",
+        "--node",
+        "n2",
+        "--tls-dir",
+        &s(&bundle),
+    ]));
+    let want = format!("mosectl ca issue --node n2 --out {}", s(&bundle));
+    assert!(e.contains("no certificate for node n2 in"), "{e}");
+    assert!(e.contains(&want), "{e}");
+    let other = d.path().join("other-ca");
+    ok(mosectl(&["ca", "init", "--dir", &s(&other)]));
+    std::fs::copy(other.join("ca.pem"), bundle.join("ca.pem")).unwrap();
+    let (code, stderr) = start_agent("n1", &bundle, &scratch);
+    assert_ne!(code, Some(0), "{stderr}");
+    for want in [
+        "does not chain to",
+        &s(&bundle.join("ca.pem")),
+        &s(&bundle.join("n1.pem")),
+    ] {
+        assert!(stderr.contains(want), "stderr lacks {want:?}:\n{stderr}");
+    }
     assert!(!scratch.join("work").exists(), "nothing started: {stderr}");
 }
 

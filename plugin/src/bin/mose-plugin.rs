@@ -146,8 +146,8 @@ fn warn_if_expiring(c: &CertificateInfo) {
             not_after = %c.not_after_utc(),
             days_left = left.as_secs() / 86_400,
             "this node's certificate expires within 30 days: renew it where the cluster CA is \
-             (`mosectl ca issue --node {0} --renew --out DIR`), copy the bundle to this node's \
-             --tls-dir and send this agent SIGHUP",
+             (`mosectl ca issue --dir <CA dir> --node {0} --renew --out DIR`), copy the bundle \
+             to this node's --tls-dir and send this agent SIGHUP",
             c.node
         );
     }
@@ -209,8 +209,9 @@ async fn main() {
     }
     mose_plugin::init_logging("info");
     let a = Args::parse();
-    // credentials first: a node must not run beside the CA key, with a key
-    // others can read, or with an expired certificate
+    // credentials first: a node must not run beside the CA key, with files
+    // another user owns or others can write, a key others can read, an
+    // expired certificate or one that does not chain to the bundle's ca.pem
     let identity = Identity::new(&a.tls_dir, &a.node);
     let tls = match ReloadableServerConfig::load(identity.clone()) {
         Ok(t) => Arc::new(t),

@@ -44,12 +44,19 @@ enum Cmd {
     },
 }
 
+/// The cluster CA's default directory, apart from a node's default
+/// `--tls-dir` (`/etc/mose/tls`): with both defaults on one host the CA key
+/// would sit in the node's directory, where mose-plugin refuses it.
+const CA_DIR: &str = "/etc/mose/ca";
+
 #[derive(Subcommand)]
 enum CaCmd {
     /// Create the cluster CA (directory 0700, ca.key 0600). Keep that
     /// directory on this host: its key can mint any node's identity.
     Init {
-        #[arg(long, default_value = "/etc/mose/tls")]
+        /// The CA's directory: not a node's --tls-dir (/etc/mose/tls), which
+        /// must never hold ca.key.
+        #[arg(long, default_value = CA_DIR)]
         dir: PathBuf,
         #[arg(long, default_value = "mose")]
         name: String,
@@ -62,7 +69,7 @@ enum CaCmd {
 #[derive(clap::Args)]
 struct IssueArgs {
     /// The cluster CA's directory (`mosectl ca init --dir`).
-    #[arg(long, default_value = "/etc/mose/tls")]
+    #[arg(long, default_value = CA_DIR)]
     dir: PathBuf,
     #[arg(long)]
     node: String,
@@ -422,6 +429,8 @@ fn print_table(r: &MigrationResult) {
 /// records the plan beside the result and lets the policy learn from it.
 async fn migrate_cmd(a: MigrateArgs) -> Result<i32> {
     let json = a.output == "json";
+    // the agent's checks of the bundle, before anything is planned or sent
+    tls::check_node_dir(&a.tls_dir, &a.node)?;
     let plan = match plan_for(&a, json).await? {
         Ok(plan) => plan,
         Err(code) => return Ok(code),
@@ -654,5 +663,42 @@ async fn main() {
             eprintln!("mosectl: {e:#}");
             std::process::exit(1);
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(args: &[&str]) -> Cmd {
+        Cli::try_parse_from(std::iter::once("mosectl").chain(args.iter().copied()))
+            .unwrap()
+            .cmd
+    }
+
+    #[test]
+    fn the_ca_directory_is_not_a_nodes_tls_directory_by_default() {
+        let Cmd::Migrate(m) = parse(&["migrate", "svc", "--to", "h:1", "--node", "n"]) else {
+            panic!("not migrate");
+        };
+        let Cmd::Ca {
+            cmd: CaCmd::Init { dir: init, .. },
+        } = parse(&["ca", "init"])
+        else {
+            panic!("not ca init");
+        };
+        let Cmd::Ca {
+            cmd: CaCmd::Issue(issue),
+        } = parse(&["ca", "issue", "--node", "n"])
+        else {
+            panic!("not ca issue");
+        };
+        assert_eq!(init, PathBuf::from("/etc/mose/ca"));
+        assert_eq!(issue.dir, init);
+        assert_ne!(
+            init, m.tls_dir,
+            "the CA key would land in the node's --tls-dir"
+        );
+        assert!(!tls::default_bundle_dir(&init, "n").starts_with(&m.tls_dir));
     }
 }
