@@ -115,6 +115,21 @@ fn namespaces(rules: &Rules, spec: &Value, out: &mut Vec<Violation>) {
     }
 }
 
+/// The device cgroup rules containerd's default spec grants
+/// (`oci.WithDefaultUnixDevices`): null, random, full, tty, zero, urandom,
+/// console, the pts and ptmx; (type, major, minor), `None` for `*`.
+const DEFAULT_DEVICES: &[(&str, Option<i64>, Option<i64>)] = &[
+    ("c", Some(1), Some(3)),
+    ("c", Some(1), Some(8)),
+    ("c", Some(1), Some(7)),
+    ("c", Some(5), Some(0)),
+    ("c", Some(1), Some(5)),
+    ("c", Some(1), Some(9)),
+    ("c", Some(5), Some(1)),
+    ("c", Some(136), None),
+    ("c", Some(5), Some(2)),
+];
+
 fn devices(rules: &Rules, spec: &Value, out: &mut Vec<Violation>) {
     if rules.devices() {
         return;
@@ -129,9 +144,8 @@ fn devices(rules: &Rules, spec: &Value, out: &mut Vec<Violation>) {
             "devices = true",
         ));
     }
-    // containerd's specs deny every device and runc allows its few default
-    // ones itself: any rule granting read or write is a host device (with
-    // CAP_MKNOD in the default set, a node it can create and open)
+    // beyond containerd's defaults, a rule granting read or write opens a
+    // host device (with CAP_MKNOD in the default set, a node it can create)
     for d in spec
         .pointer("/linux/resources/devices")
         .and_then(Value::as_array)
@@ -140,20 +154,20 @@ fn devices(rules: &Rules, spec: &Value, out: &mut Vec<Violation>) {
         .filter(|d| d.get("allow").and_then(Value::as_bool) == Some(true))
     {
         let access = d.get("access").and_then(Value::as_str).unwrap_or("rwm");
-        if !access.contains(['r', 'w']) {
+        let typ = d.get("type").and_then(Value::as_str).unwrap_or("a");
+        let (major, minor) = (
+            d.get("major").and_then(Value::as_i64),
+            d.get("minor").and_then(Value::as_i64),
+        );
+        if !access.contains(['r', 'w']) || DEFAULT_DEVICES.contains(&(typ, major, minor)) {
             continue;
         }
-        let num = |k: &str| {
-            d.get(k)
-                .and_then(Value::as_i64)
-                .map_or("*".to_string(), |n| n.to_string())
-        };
-        let typ = d.get("type").and_then(Value::as_str).unwrap_or("a");
+        let num = |n: Option<i64>| n.map_or("*".to_string(), |n| n.to_string());
         out.push(v(
             format!(
                 "its device cgroup allows {typ} {}:{} {access}",
-                num("major"),
-                num("minor")
+                num(major),
+                num(minor)
             ),
             "devices = true",
         ));
@@ -351,7 +365,9 @@ mod tests {
                 "readonlyPaths": ["/proc/asound", "/proc/bus", "/proc/fs", "/proc/irq",
                     "/proc/sys", "/proc/sysrq-trigger"],
                 "seccomp": {"defaultAction": "SCMP_ACT_ERRNO"},
-                "resources": {"devices": [{"allow": false, "access": "rwm"}]}}
+                "resources": {"devices": [{"allow": false, "access": "rwm"},
+                    {"allow": true, "type": "c", "major": 1, "minor": 3, "access": "rwm"},
+                    {"allow": true, "type": "c", "major": 136, "access": "rwm"}]}}
         })
     }
 
