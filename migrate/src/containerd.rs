@@ -8,15 +8,17 @@ use containerd_client::{
         containers_client::ContainersClient,
         content_client::ContentClient,
         images_client::ImagesClient,
+        leases_client::LeasesClient,
         snapshots::{
             snapshots_client::SnapshotsClient, MountsRequest, PrepareSnapshotRequest,
             RemoveSnapshotRequest,
         },
         tasks_client::TasksClient,
-        Container, CreateContainerRequest, CreateTaskRequest, DeleteContainerRequest,
-        DeleteTaskRequest, GetContainerRequest, GetImageRequest, GetRequest, KillRequest,
-        ListContainersRequest, ListPidsRequest, PauseTaskRequest, ReadContentRequest,
-        ResumeTaskRequest, StartRequest, WaitRequest,
+        Container, CreateContainerRequest, CreateRequest as CreateLeaseRequest, CreateTaskRequest,
+        DeleteContainerRequest, DeleteRequest as DeleteLeaseRequest, DeleteTaskRequest,
+        GetContainerRequest, GetImageRequest, GetRequest, KillRequest, ListContainersRequest,
+        ListPidsRequest, PauseTaskRequest, ReadContentRequest, ResumeTaskRequest, StartRequest,
+        WaitRequest,
     },
     types::Mount,
 };
@@ -158,6 +160,12 @@ pub enum ContainerdError {
         #[source]
         source: Status,
     },
+    #[error("creating containerd lease {id}: {}", .source.message())]
+    Lease {
+        id: String,
+        #[source]
+        source: Status,
+    },
     #[error("prepare snapshot {key}: {}", .source.message())]
     PrepareSnapshot {
         key: String,
@@ -271,6 +279,8 @@ pub struct Containerd {
     channel: Channel,
     namespace: String,
     socket: String,
+    /// The lease requests are made under ([`Containerd::leased`]).
+    lease: Option<String>,
 }
 
 impl Containerd {
@@ -289,6 +299,7 @@ impl Containerd {
             channel,
             namespace: namespace.to_string(),
             socket: socket.display().to_string(),
+            lease: None,
         })
     }
 
@@ -304,6 +315,9 @@ impl Containerd {
         let mut r = Request::new(msg);
         if let Ok(v) = self.namespace.parse() {
             r.metadata_mut().insert("containerd-namespace", v);
+        }
+        if let Some(Ok(v)) = self.lease.as_deref().map(str::parse) {
+            r.metadata_mut().insert("containerd-lease", v);
         }
         r.set_timeout(CALL_TIMEOUT);
         r
@@ -668,6 +682,56 @@ impl Containerd {
                 source,
             })?;
         Ok(r.into_inner().mounts)
+    }
+
+    /// A client whose requests are made under a new lease `id`: what they
+    /// create (a snapshot prepared before the container that will hold it
+    /// exists) is not garbage-collected until [`Containerd::release`], or
+    /// at the latest `expire` from now (containerd's `gc.expire` label, in
+    /// case this process dies first). containerd collects what nothing
+    /// references, and a collection runs after any deletion, e.g. the end
+    /// of an image import: without a lease a snapshot prepared right after
+    /// one could vanish before its container is created.
+    ///
+    /// Errors: the lease cannot be created.
+    pub async fn leased(&self, id: &str, expire: Duration) -> Result<Containerd> {
+        let mut labels = HashMap::new();
+        let until = time::OffsetDateTime::now_utc() + expire;
+        if let Ok(t) = until.format(&time::format_description::well_known::Rfc3339) {
+            labels.insert("containerd.io/gc.expire".to_string(), t);
+        }
+        LeasesClient::new(self.channel.clone())
+            .create(self.req(CreateLeaseRequest {
+                id: id.into(),
+                labels,
+            }))
+            .await
+            .map_err(|source| ContainerdError::Lease {
+                id: id.into(),
+                source,
+            })?;
+        Ok(Containerd {
+            lease: Some(id.to_string()),
+            ..self.clone()
+        })
+    }
+
+    /// Ends this client's lease (a no-op without one); what it protected
+    /// stays if something else references it. A failure is logged: the
+    /// lease expires by itself.
+    pub async fn release(&self) {
+        let Some(id) = &self.lease else {
+            return;
+        };
+        let r = LeasesClient::new(self.channel.clone())
+            .delete(self.req(DeleteLeaseRequest {
+                id: id.clone(),
+                sync: false,
+            }))
+            .await;
+        if let Err(e) = r {
+            tracing::warn!(lease = %id, error = %e.message(), "ending a containerd lease (it expires by itself)");
+        }
     }
 
     pub async fn prepare_snapshot(

@@ -50,6 +50,10 @@ fn node_cgroups_path(node: &str, path: &str) -> String {
     format!("/{NODE_CGROUP_PREFIX}{node}/{rel}")
 }
 
+/// How long a restore's containerd lease protects its snapshot if this
+/// process dies before ending it.
+const LEASE_EXPIRY: std::time::Duration = std::time::Duration::from_secs(3600);
+
 /// The destination's own timeline: (step, milliseconds), in order.
 pub type Steps = Vec<(String, f64)>;
 
@@ -211,7 +215,19 @@ pub async fn recreate(
         "" => "overlayfs",
         s => s,
     };
-    let mounts = prepare_rootfs(cd, container, snapshotter, rootfs_tar).await?;
+    // the snapshot is held by a lease until the container references it
+    let leased = cd
+        .leased(&format!("mose-restore-{}", container.id), LEASE_EXPIRY)
+        .await
+        .in_phase(Phase::Restore, "taking a containerd lease for the rootfs")?;
+    let prepared = prepare_rootfs(&leased, container, snapshotter, rootfs_tar).await;
+    let mounts = match prepared {
+        Ok(m) => m,
+        Err(e) => {
+            leased.release().await;
+            return Err(e);
+        }
+    };
     step("snapshot+rootfs", steps);
     let c = Container {
         id: container.id.clone(),
@@ -227,7 +243,9 @@ pub async fn recreate(
         snapshot_key: container.id.clone(),
         ..Default::default()
     };
-    if let Err(e) = cd.create_container(c).await {
+    let created = leased.create_container(c).await;
+    leased.release().await;
+    if let Err(e) = created {
         let _ = cd.remove_snapshot(snapshotter, &container.id).await;
         return Err(e).in_phase(Phase::Restore, "creating the container");
     }
