@@ -183,18 +183,12 @@ fn mosectl_and_the_agent_refuse_unusable_names_directories_and_bundles_with_the_
     );
     let bundle = d.path().join("n1");
     ok(issue("n1", &bundle));
-    let e = failed(mosectl(&[
-        "migrate",
-        "svc",
-        "--to",
-        "127.0.0.1:1",
-        "--technique",
-        "cold",
-        "--node",
-        "n2",
-        "--tls-dir",
-        &s(&bundle),
-    ]));
+    // every outgoing connection (`mosectl migrate`, pod pulls, link probes)
+    // checks the bundle when it loads it
+    let e = mose_migrate::tls::Identity::new(&bundle, "n2")
+        .client_config()
+        .expect_err("no certificate for n2")
+        .to_string();
     let want = format!("mosectl ca issue --node n2 --out {}", s(&bundle));
     assert!(e.contains("no certificate for node n2 in"), "{e}");
     assert!(e.contains(&want), "{e}");

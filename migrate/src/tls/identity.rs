@@ -224,8 +224,12 @@ impl Identity {
 
     /// Client side: verifies the destination against the cluster CA and
     /// presents this node's certificate. Reads the bundle afresh on every
-    /// call: a renewed certificate is used from the next connection on.
+    /// call, after the agent's checks of it ([`check_node_dir`]: no CA key
+    /// beside it, private key and files its own): a renewed certificate is
+    /// used from the next connection on, and `mosectl migrate` refuses an
+    /// unsafe bundle in its result like any other failed start.
     pub fn client_config(&self) -> Result<Arc<ClientConfig>> {
+        check_node_dir(&self.dir, &self.node)?;
         let (certs, key) = self.chain()?;
         let cfg = ClientConfig::builder_with_provider(Self::provider())
             .with_safe_default_protocol_versions()

@@ -429,8 +429,6 @@ fn print_table(r: &MigrationResult) {
 /// records the plan beside the result and lets the policy learn from it.
 async fn migrate_cmd(a: MigrateArgs) -> Result<i32> {
     let json = a.output == "json";
-    // the agent's checks of the bundle, before anything is planned or sent
-    tls::check_node_dir(&a.tls_dir, &a.node)?;
     let plan = match plan_for(&a, json).await? {
         Ok(plan) => plan,
         Err(code) => return Ok(code),
