@@ -60,6 +60,34 @@ impl OomCounter {
         new
     }
 
+    /// Waits (at most [`KILL_COUNT_WAIT`]) for the kernel to count a kill
+    /// of an init that died of SIGKILL while its cgroup had hit its limit
+    /// (`memory.failcnt` > 0): the OOM killer sends SIGKILL before it
+    /// counts the kill (`__oom_kill_process` in mm/oom_kill.c), so the exit
+    /// can be reaped first, on a busy node by whole milliseconds. Returns
+    /// at once for any other exit.
+    pub async fn settle_after(&self, exit_status: i32) {
+        if exit_status != 128 + libc::SIGKILL || !self.hit_limit() {
+            return;
+        }
+        let deadline = Instant::now() + KILL_COUNT_WAIT;
+        while Instant::now() < deadline {
+            let reported = *self.reported.lock().unwrap_or_else(|p| p.into_inner());
+            if self.kills().is_none_or(|k| k > reported) {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+    }
+
+    /// Whether the cgroup's memory use ever hit its limit.
+    fn hit_limit(&self) -> bool {
+        std::fs::read_to_string(self.dir.join("memory.failcnt"))
+            .ok()
+            .and_then(|t| t.trim().parse::<u64>().ok())
+            .is_some_and(|n| n > 0)
+    }
+
     /// Whether the kernel counts this cgroup's kills (else every notification
     /// is one kill).
     pub fn counts_kills(&self) -> bool {

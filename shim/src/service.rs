@@ -182,6 +182,7 @@ impl Inner {
             // OOM kills go out before the exit: a notification's event being
             // published finishes first, then what no notification claimed
             let _publishing = counter.publishing().await;
+            counter.settle_after(code).await;
             for _ in 0..counter.unreported() {
                 warn!(container = %id, "OOM kill (counted at exit)");
                 self.publish_oom(&id).await;
