@@ -201,6 +201,7 @@ fn read(path: &Path) -> Result<PolicyFile, AdmissionError> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::error::error_chain;
 
     #[test]
     fn a_namespace_section_overrides_field_by_field() {
@@ -225,16 +226,16 @@ mod tests {
         let d = tempfile::tempdir().expect("tempdir");
         let p = d.path().join("admission.toml");
         std::fs::write(&p, "[default]\nprivilegd = true\n").expect("write");
-        let e = format!("{:#}", anyhow_chain(Admission::load(&p).unwrap_err()));
+        let e = error_chain(&Admission::load(&p).unwrap_err());
         assert!(
             e.contains("admission.toml") && e.contains("privilegd"),
             "{e}"
         );
         std::fs::write(&p, "[default]\ncapabilities = [\"CAP_FLY\"]\n").expect("write");
-        let e = anyhow_chain(Admission::load(&p).unwrap_err());
+        let e = error_chain(&Admission::load(&p).unwrap_err());
         assert!(e.contains("CAP_FLY"), "{e}");
         std::fs::write(&p, "[default]\nhost-namespaces = [\"time\"]\n").expect("write");
-        let e = anyhow_chain(Admission::load(&p).unwrap_err());
+        let e = error_chain(&Admission::load(&p).unwrap_err());
         assert!(e.contains("time"), "{e}");
         assert!(Admission::from_option(Some(&d.path().join("absent.toml"))).is_err());
     }
@@ -248,16 +249,5 @@ mod tests {
         std::fs::write(&p, "not toml [").expect("write");
         assert!(a.reload().is_err());
         assert!(a.policy.read().expect("lock").default.privileged());
-    }
-
-    fn anyhow_chain(e: AdmissionError) -> String {
-        let mut s = e.to_string();
-        let mut src = std::error::Error::source(&e);
-        while let Some(c) = src {
-            s.push_str(": ");
-            s.push_str(&c.to_string());
-            src = c.source();
-        }
-        s
     }
 }

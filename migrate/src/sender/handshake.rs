@@ -26,19 +26,11 @@ use crate::{
 
 /// A mutually authenticated stream to a node endpoint, and the node its
 /// certificate was issued for (its `HelloOk` must name that node, see
-/// [`Certified::check_hello`]).
+/// [`crate::peer::check_claim`]).
 pub struct Certified {
     pub reader: Reader,
     pub writer: Writer,
     pub node: String,
-}
-
-impl Certified {
-    /// Refuses a `HelloOk` naming another node than the certificate.
-    pub fn check_hello(&self, claimed: &str) -> Result<()> {
-        crate::peer::check_claim(claimed, &self.node)
-            .map_err(|why| MigrateError::local(Phase::Handshake, why))
-    }
 }
 
 /// Opens a mutually authenticated stream to the node endpoint at `to`
